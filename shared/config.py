@@ -1,0 +1,89 @@
+"""Settings, read from the environment once, in entrypoints only.
+
+Library code never reads ``os.environ``: it takes a :class:`Settings` (or plain
+arguments). Tests pass a dict to :meth:`Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_RABBITMQ_URL",
+    "MAX_DATA_KEY_MESSAGES",
+    "Settings",
+]
+
+# guest/guest only works from localhost: a development default, never production's.
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_REGION_ID = "cn-hangzhou"
+# NIST SP 800-38D §8.3: at most 2^32 invocations of GCM with random 96-bit nonces
+# per key. The limit is not configurable above it.
+MAX_DATA_KEY_MESSAGES = 2**32
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the services need to know, with local development defaults."""
+
+    rabbitmq_urls: tuple[str, ...] = (DEFAULT_RABBITMQ_URL,)
+    kms_endpoint: str | None = None
+    kms_key_id: str | None = None
+    region_id: str = DEFAULT_REGION_ID
+    access_key_id: str | None = None
+    access_key_secret: str | None = field(default=None, repr=False)
+    data_key_max_age: float = 300.0
+    data_key_max_messages: int = 2**24
+    key_cache_size: int = 1024
+    key_cache_ttl: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.rabbitmq_urls:
+            raise ConfigError("RABBITMQ_URL must name at least one broker")
+        if not 1 <= self.data_key_max_messages <= MAX_DATA_KEY_MESSAGES:
+            raise ConfigError(
+                "EMQ_DATA_KEY_MAX_MESSAGES must be between 1 and 2**32 "
+                "(NIST SP 800-38D bound for random 96-bit nonces)"
+            )
+        if self.data_key_max_age <= 0:
+            raise ConfigError("EMQ_DATA_KEY_MAX_AGE must be positive")
+        if self.key_cache_size < 1:
+            raise ConfigError("EMQ_KEY_CACHE_SIZE must be at least 1")
+        if self.key_cache_ttl <= 0:
+            raise ConfigError("EMQ_KEY_CACHE_TTL must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (``os.environ`` when omitted)."""
+        env = os.environ if environ is None else environ
+        urls = tuple(
+            u.strip()
+            for u in env.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL).split(",")
+            if u.strip()
+        )
+        return cls(
+            rabbitmq_urls=urls,
+            kms_endpoint=env.get("KMS_ENDPOINT") or None,
+            kms_key_id=env.get("KMS_KEY_ID") or None,
+            region_id=env.get("ALIBABA_CLOUD_REGION_ID") or DEFAULT_REGION_ID,
+            access_key_id=env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None,
+            access_key_secret=env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None,
+            data_key_max_age=_number(env, "EMQ_DATA_KEY_MAX_AGE", 300.0),
+            data_key_max_messages=int(_number(env, "EMQ_DATA_KEY_MAX_MESSAGES", 2**24)),
+            key_cache_size=int(_number(env, "EMQ_KEY_CACHE_SIZE", 1024)),
+            key_cache_ttl=_number(env, "EMQ_KEY_CACHE_TTL", 3600.0),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(int(raw)) if raw.strip().lstrip("-").isdigit() else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
