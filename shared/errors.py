@@ -12,7 +12,7 @@ they never cross a public signature.
      │    └── KmsRequestError         permanent: Forbidden.*, InvalidParameter,
      │                                Rejected.*, bad credentials or signature
      ├── DecryptionError              a message cannot be opened (always the same text)
-     ├── SealingError                 a message cannot be sealed (bad input, key exhausted)
+     ├── SealingError                 a message cannot be sealed (bad input)
      └── BrokerError                  RabbitMQ failed us
           ├── BrokerUnavailableError  cannot connect, or the connection was lost
           └── PublishNotConfirmedError the broker did not take a message
