@@ -1,0 +1,25 @@
+# One image for every envelope-mq service: producer, consumer and the KMS emulator.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# Metadata first, so that a code change does not invalidate the layer cache of pip's
+# dependency resolution more than it must.
+COPY pyproject.toml README.md ./
+COPY shared/ shared/
+COPY producer/ producer/
+COPY consumer/ consumer/
+COPY kms_emulator/ kms_emulator/
+COPY envelope_mq/ envelope_mq/
+RUN pip install . && rm -rf /src
+
+# Never run as root: nothing here needs it.
+RUN useradd --system --uid 10001 --no-create-home emq
+USER emq
+WORKDIR /home/emq
+
+CMD ["envelope-mq"]

@@ -1,0 +1,240 @@
+"""docker-compose.yml, the Dockerfile and the KMS seed, checked statically."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SEED = ROOT / "deploy" / "kms-seed.yaml"
+
+APP_SERVICES = ("producer", "consumer")
+SHARED_ENV = (
+    "RABBITMQ_URL",
+    "KMS_ENDPOINT",
+    "ALIBABA_CLOUD_REGION_ID",
+    "ALIBABA_CLOUD_ACCESS_KEY_ID",
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+@pytest.fixture(scope="module")
+def seed() -> dict[str, Any]:
+    loaded = yaml.safe_load(SEED.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def _option(command: list[str], name: str) -> str | None:
+    for i, arg in enumerate(command):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(command):
+            return command[i + 1]
+    return None
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _principal(seed: dict[str, Any], access_key_id: str) -> dict[str, Any]:
+    matches = [p for p in seed["principals"] if p["access_key_id"] == access_key_id]
+    assert len(matches) == 1, f"seed has no single principal {access_key_id!r}"
+    principal: dict[str, Any] = matches[0]
+    return principal
+
+
+def test_compose_defines_the_four_services(services: dict[str, Any]) -> None:
+    assert {"rabbitmq", "kms-emulator", "producer", "consumer"} <= set(services)
+
+
+def test_every_image_is_pinned_to_an_explicit_tag(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        image = service.get("image")
+        assert image, f"{name} names no image"
+        repository, _, tag = image.rpartition(":")
+        assert repository, f"{name}: image {image!r} has no tag"
+        assert tag != "latest", f"{name}: image {image!r} is not pinned"
+
+
+def test_broker_is_a_pinned_3x_management_image(services: dict[str, Any]) -> None:
+    image = services["rabbitmq"]["image"]
+    assert re.fullmatch(r"rabbitmq:3\.\d+\.\d+-management", image), image
+
+
+@pytest.mark.parametrize("name", ["rabbitmq", "kms-emulator"])
+def test_infrastructure_services_have_healthchecks(
+    services: dict[str, Any], name: str
+) -> None:
+    check = services[name].get("healthcheck", {})
+    assert check.get("test"), f"{name} has no healthcheck"
+    assert not check.get("disable", False)
+
+
+def test_emulator_healthcheck_probes_healthz_on_its_own_port(
+    services: dict[str, Any],
+) -> None:
+    emulator = services["kms-emulator"]
+    port = _option(_command(emulator), "--port")
+    probe = " ".join(emulator["healthcheck"]["test"])
+    assert f":{port}/healthz" in probe
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_clients_wait_for_healthy_broker_and_kms(
+    services: dict[str, Any], name: str
+) -> None:
+    depends = services[name]["depends_on"]
+    assert isinstance(depends, dict), "depends_on needs the long form with conditions"
+    for needed in ("rabbitmq", "kms-emulator"):
+        assert depends[needed]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_clients_are_wired_by_environment(services: dict[str, Any], name: str) -> None:
+    env = _environment(services[name])
+    missing = [var for var in SHARED_ENV if not env.get(var)]
+    assert not missing, f"{name} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_clients_reach_the_compose_broker(services: dict[str, Any], name: str) -> None:
+    url = urlsplit(_environment(services[name])["RABBITMQ_URL"])
+    broker_env = _environment(services["rabbitmq"])
+    assert url.scheme == "amqp"
+    assert url.hostname == "rabbitmq"
+    assert url.port in (None, 5672)
+    # guest may only log in from localhost, so the broker must define the user
+    assert url.username == broker_env["RABBITMQ_DEFAULT_USER"]
+    assert url.password == broker_env["RABBITMQ_DEFAULT_PASS"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_clients_reach_the_compose_emulator(
+    services: dict[str, Any], name: str
+) -> None:
+    endpoint = _environment(services[name])["KMS_ENDPOINT"]
+    url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    assert url.hostname == "kms-emulator"
+    assert str(url.port) == _option(_command(services["kms-emulator"]), "--port")
+
+
+def test_emulator_listens_beyond_loopback_and_authenticates(
+    services: dict[str, Any],
+) -> None:
+    command = _command(services["kms-emulator"])
+    assert _option(command, "--host") == "0.0.0.0"  # noqa: S104 - inside its container
+    assert _option(command, "--auth") in (None, "strict")
+
+
+def test_emulator_seed_is_the_mounted_deploy_file(services: dict[str, Any]) -> None:
+    emulator = services["kms-emulator"]
+    seed_path = _option(_command(emulator), "--seed")
+    mounts = {
+        target: source
+        for source, target, *_ in (v.split(":") for v in emulator["volumes"])
+    }
+    assert seed_path in mounts
+    assert (ROOT / mounts[seed_path]).resolve() == SEED.resolve()
+
+
+def test_producer_and_consumer_use_different_credentials(
+    services: dict[str, Any],
+) -> None:
+    producer = _environment(services["producer"])
+    consumer = _environment(services["consumer"])
+    for var in ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"):
+        assert producer[var] != consumer[var]
+
+
+@pytest.mark.parametrize(
+    ("service", "allowed", "forbidden"),
+    [
+        ("producer", "GenerateDataKey", "Decrypt"),
+        ("consumer", "Decrypt", "GenerateDataKey"),
+    ],
+)
+def test_each_client_holds_only_its_own_kms_permission(
+    services: dict[str, Any],
+    seed: dict[str, Any],
+    service: str,
+    allowed: str,
+    forbidden: str,
+) -> None:
+    env = _environment(services[service])
+    principal = _principal(seed, env["ALIBABA_CLOUD_ACCESS_KEY_ID"])
+    assert principal["access_key_secret"] == env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
+    actions = set(principal["actions"])
+    assert allowed in actions
+    assert forbidden not in actions
+    assert "*" not in actions
+
+
+def test_producer_key_id_names_a_seeded_key(
+    services: dict[str, Any], seed: dict[str, Any]
+) -> None:
+    key_id = _environment(services["producer"])["KMS_KEY_ID"]
+    known = {k.get("key_id") for k in seed["keys"]}
+    known |= {alias for k in seed["keys"] for alias in k.get("aliases", [])}
+    assert key_id in known
+
+
+def test_seed_is_accepted_by_the_emulator() -> None:
+    kms_emulator = pytest.importorskip("kms_emulator.service")
+    try:
+        service = kms_emulator.KmsService.open(seed=SEED)
+    except NotImplementedError:
+        pytest.skip("the emulator's KmsService is not implemented yet")
+    try:
+        principal = service.principal("emq-producer-dev")
+        assert principal is not None
+        assert "Decrypt" not in principal.actions
+    finally:
+        service.close()
+
+
+def test_dockerfile_builds_on_python_311_slim_and_installs_the_project() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    froms = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    assert froms == ["python:3.11-slim"]
+    assert re.search(r"^RUN pip install \.", text, flags=re.MULTILINE)
+    assert re.search(r"^USER\s+(?!root)\S+", text, flags=re.MULTILINE)
+    assert re.search(r'^CMD \["envelope-mq"', text, flags=re.MULTILINE)
+
+
+def test_app_services_build_from_the_one_dockerfile(services: dict[str, Any]) -> None:
+    images = {services[n]["image"] for n in ("kms-emulator", *APP_SERVICES)}
+    assert len(images) == 1
+    for name in ("kms-emulator", *APP_SERVICES):
+        assert services[name].get("build") in (".", {"context": "."})
