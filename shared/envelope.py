@@ -1,0 +1,271 @@
+"""The envelope recipe: seal and open messages in wire format v1.
+
+Producer and consumer call only this module. :class:`Sealer` draws every nonce
+itself and never lets the caller choose one; :class:`Opener` refuses anything
+malformed before it asks KMS for a key. Both keep the per-data-key work (the
+``AESGCM`` object, the first half of the associated data) so that a message on
+a cache hit costs little more than AES-GCM itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol, TypeVar
+
+from shared import wire
+from shared.crypto import KEY_SIZE, NONCE_SIZE, Aes256Gcm
+from shared.errors import DecryptionError, SealingError
+from shared.kms import DataKey
+
+__all__ = [
+    "DataKeySource",
+    "EnvelopeHeader",
+    "KeyUnwrapper",
+    "MessageMeta",
+    "OpenedMessage",
+    "Opener",
+    "SealedMessage",
+    "Sealer",
+]
+
+# Bounds for the per-key memos: far more keys than a healthy process sees at
+# once, small enough that a flood of distinct headers cannot grow memory.
+_MAX_REMEMBERED = 1024
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class DataKeySource(Protocol):
+    """Hands out the current data key for (key id, context); DataKeyCache is one."""
+
+    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        """Return the data key to seal one more message with."""
+        ...
+
+
+class KeyUnwrapper(Protocol):
+    """Turns a wrapped data key back into its plaintext; UnwrapCache is one."""
+
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+        """Return the 32-byte plaintext of ``wrapped``."""
+        ...
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    """The AMQP properties bound into the GCM associated data."""
+
+    message_id: str
+    timestamp: int  # seconds since the epoch (AMQP timestamp)
+    content_type: str | None = None
+    content_encoding: str | None = None
+    type: str | None = None
+
+
+@dataclass(frozen=True)
+class SealedMessage:
+    """A sealed message: the body and x-emq-* headers to publish with ``meta``."""
+
+    body: bytes  # nonce ‖ ciphertext ‖ tag
+    headers: dict[str, str | int]  # exactly the five x-emq-* headers
+    meta: MessageMeta
+
+
+@dataclass(frozen=True)
+class EnvelopeHeader:
+    """Parsed, validated x-emq-* headers of a received message (no KMS call yet)."""
+
+    key_id: str
+    wrapped_key: str
+    context: Mapping[str, str]
+    # The per-key half of the associated data, computed once per header.
+    _key_aad: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for value in (self.key_id, self.wrapped_key):
+            if type(value) is not str or not value:
+                raise DecryptionError() from ValueError("key id or data key missing")
+        try:
+            context_json = wire.canonical_context(self.context)
+        except SealingError as exc:
+            raise DecryptionError() from exc
+        # A read-only copy: the associated data above must stay true to it.
+        object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
+        object.__setattr__(
+            self, "_key_aad", wire.key_aad(self.key_id, self.wrapped_key, context_json)
+        )
+
+
+@dataclass(frozen=True)
+class OpenedMessage:
+    """An authenticated, decrypted message; the repr hides the plaintext."""
+
+    plaintext: bytes = field(repr=False)
+    context: Mapping[str, str]
+    key_id: str
+    meta: MessageMeta
+
+
+def _message_aad(meta: MessageMeta) -> bytes:
+    return wire.message_aad(
+        meta.message_id,
+        meta.timestamp,
+        meta.content_type,
+        meta.content_encoding,
+        meta.type,
+    )
+
+
+@dataclass(frozen=True)
+class _SealingKey:
+    """Everything derived from one data key, built once and reused per message."""
+
+    data_key: DataKey = field(repr=False)
+    cipher: Aes256Gcm = field(repr=False)
+    key_aad: bytes
+    headers: dict[str, str | int]
+
+
+class Sealer:
+    """Seals messages under data keys of one master key and one context."""
+
+    def __init__(
+        self,
+        cache: DataKeySource,
+        key_id: str,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        if type(key_id) is not str or not key_id:
+            raise SealingError("a master key id is required")
+        context = {} if context is None else context
+        self._context_json = wire.canonical_context(context)
+        self._context: Mapping[str, str] = MappingProxyType(dict(context))
+        self._cache = cache
+        self._key_id = key_id
+        self._current: _SealingKey | None = None
+
+    def __repr__(self) -> str:
+        return f"Sealer(key_id={self._key_id!r}, context={self._context_json})"
+
+    def seal(self, plaintext: bytes, meta: MessageMeta) -> SealedMessage:
+        """Encrypt ``plaintext`` bound to ``meta``, under a fresh random nonce.
+
+        Raises:
+            SealingError: bad plaintext, properties or data key.
+            KmsUnavailableError, KmsRequestError: no data key could be had.
+        """
+        # Random 96-bit nonces are safe for 2**32 messages per key (SP 800-38D);
+        # the data key cache rotates keys long before that.
+        return self._seal_with(plaintext, meta, nonce=os.urandom(NONCE_SIZE))
+
+    def _seal_with(
+        self, plaintext: bytes, meta: MessageMeta, *, nonce: bytes
+    ) -> SealedMessage:
+        """Seal with a given nonce: only for known-answer vectors, never in use."""
+        if not isinstance(plaintext, bytes):
+            raise SealingError("the plaintext must be bytes")
+        try:
+            message_aad = _message_aad(meta)
+        except ValueError as exc:
+            raise SealingError(f"invalid message properties: {exc}") from exc
+        # Checked before acquire(), which counts a message against the key.
+        data_key = self._cache.acquire(self._key_id, self._context)
+        current = self._current
+        if current is None or current.data_key is not data_key:
+            current = self._current = self._prepare(data_key)
+        sealed = current.cipher.seal(nonce, plaintext, current.key_aad + message_aad)
+        return SealedMessage(nonce + sealed, dict(current.headers), meta)
+
+    def _prepare(self, data_key: DataKey) -> _SealingKey:
+        key_id, wrapped = data_key.key_id, data_key.wrapped
+        if type(data_key.plaintext) is not bytes or len(data_key.plaintext) != KEY_SIZE:
+            raise SealingError(f"a data key must be {KEY_SIZE} bytes")
+        if type(key_id) is not str or not key_id:
+            raise SealingError("the data key has no master key id")
+        if type(wrapped) is not str or not wrapped:
+            raise SealingError("the data key has no wrapped form")
+        # Never write what every reader must refuse.
+        size = wire.envelope_header_size(key_id, wrapped, self._context_json)
+        if size > wire.MAX_ENVELOPE_HEADER_BYTES:
+            raise SealingError("the x-emq-* headers would exceed 4 KiB")
+        return _SealingKey(
+            data_key=data_key,
+            cipher=Aes256Gcm(data_key.plaintext),
+            key_aad=wire.key_aad(key_id, wrapped, self._context_json),
+            headers={
+                wire.VERSION_HEADER: wire.VERSION,
+                wire.ALG_HEADER: wire.ALGORITHM,
+                wire.KEY_ID_HEADER: key_id,
+                wire.DATA_KEY_HEADER: wrapped,
+                wire.CONTEXT_HEADER: self._context_json,
+            },
+        )
+
+
+class Opener:
+    """Opens messages sealed by :class:`Sealer`, unwrapping keys through a cache."""
+
+    def __init__(self, cache: KeyUnwrapper) -> None:
+        self._cache = cache
+        self._lock = threading.Lock()  # guards the two memos on a miss only
+        self._headers: dict[wire.ReceivedEnvelope, EnvelopeHeader] = {}
+        self._ciphers: dict[bytes, Aes256Gcm] = {}
+
+    def __repr__(self) -> str:
+        return f"Opener({self._cache!r})"
+
+    def parse(self, headers: Mapping[str, object]) -> EnvelopeHeader:
+        """Validate the x-emq-* headers of a received message; no KMS call.
+
+        Raises:
+            DecryptionError: anything missing, mistyped, unsupported or too large.
+        """
+        received = wire.read_headers(headers)
+        header = self._headers.get(received)
+        if header is None:
+            # Only values that passed every check are remembered, so a hit
+            # needs no second look at size or context.
+            context = wire.check_envelope(received)
+            header = EnvelopeHeader(received.key_id, received.wrapped_key, context)
+            self._remember(self._headers, received, header)
+        return header
+
+    def open(
+        self, body: bytes, header: EnvelopeHeader, meta: MessageMeta
+    ) -> OpenedMessage:
+        """Authenticate and decrypt ``body`` under exactly ``header`` and ``meta``.
+
+        Raises:
+            DecryptionError: the message cannot be opened (always the same text).
+            KmsUnavailableError: KMS could not answer now; try again later.
+            KmsRequestError: KMS refused to unwrap the data key.
+        """
+        nonce, sealed = wire.split_body(body)
+        try:
+            aad = header._key_aad + _message_aad(meta)
+        except ValueError as exc:
+            raise DecryptionError() from exc
+        key = self._cache.unwrap(header.wrapped_key, header.context)
+        cipher = self._ciphers.get(key)
+        if cipher is None:
+            cipher = self._cipher_for(key)
+        plaintext = cipher.open(nonce, sealed, aad)
+        return OpenedMessage(plaintext, header.context, header.key_id, meta)
+
+    def _cipher_for(self, key: bytes) -> Aes256Gcm:
+        if type(key) is not bytes or len(key) != KEY_SIZE:
+            raise DecryptionError() from ValueError("unwrapped key is not 32 bytes")
+        cipher = Aes256Gcm(key)
+        self._remember(self._ciphers, key, cipher)
+        return cipher
+
+    def _remember(self, memo: dict[_K, _V], key: _K, value: _V) -> None:
+        with self._lock:
+            if len(memo) >= _MAX_REMEMBERED:
+                del memo[next(iter(memo))]  # the oldest entry
+            memo[key] = value

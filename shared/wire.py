@@ -1,0 +1,291 @@
+"""Wire format v1: the x-emq-* headers, the body layout and the GCM associated data.
+
+This is the byte-exact contract written down in docs/wire-format.md; keep the two
+in step. Nothing here does I/O or cryptography. Received headers are checked
+completely (names, types, sizes, canonical context) before anyone calls KMS, and
+every reason to refuse them is the one :class:`DecryptionError`; the specific
+reason is only chained as the cause, for debugging.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from shared.crypto import NONCE_SIZE, OVERHEAD
+from shared.errors import DecryptionError, SealingError
+
+__all__ = [
+    "ALGORITHM",
+    "ALG_HEADER",
+    "CONTEXT_HEADER",
+    "DATA_KEY_HEADER",
+    "HEADER_NAMES",
+    "KEY_ID_HEADER",
+    "MAX_ENVELOPE_HEADER_BYTES",
+    "MAX_SHORTSTR_BYTES",
+    "VERSION",
+    "VERSION_HEADER",
+    "ReceivedEnvelope",
+    "canonical_context",
+    "check_envelope",
+    "envelope_header_size",
+    "key_aad",
+    "message_aad",
+    "parse_context",
+    "parse_headers",
+    "read_headers",
+    "split_body",
+]
+
+VERSION = 1
+ALGORITHM = "AES-256-GCM"
+
+VERSION_HEADER = "x-emq-version"
+ALG_HEADER = "x-emq-alg"
+KEY_ID_HEADER = "x-emq-key-id"
+DATA_KEY_HEADER = "x-emq-data-key"
+CONTEXT_HEADER = "x-emq-context"
+HEADER_NAMES = (
+    VERSION_HEADER,
+    ALG_HEADER,
+    KEY_ID_HEADER,
+    DATA_KEY_HEADER,
+    CONTEXT_HEADER,
+)
+
+# AMQP 0-9-1 does not fragment a header frame, and the crypto headers share it
+# with everything else: cap ours well below the 128 KiB default frame_max.
+MAX_ENVELOPE_HEADER_BYTES = 4096
+# message_id, content_type, content_encoding and type are AMQP shortstr.
+MAX_SHORTSTR_BYTES = 255
+_U64_LIMIT = 1 << 64
+
+# Names plus the fixed values (the int version counts as 8 bytes, an AMQP
+# long-long); only the three variable strings are added per message.
+_FIXED_HEADER_BYTES = sum(len(name) for name in HEADER_NAMES) + 8 + len(ALGORITHM)
+
+_ABSENT = b"\x00"
+_PRESENT = b"\x01"
+_U64_FIELD = _PRESENT + (8).to_bytes(4, "big")
+
+
+class ReceivedEnvelope(NamedTuple):
+    """The three variable x-emq-* values of a received message, validated."""
+
+    key_id: str
+    wrapped_key: str
+    context_json: str
+
+
+# --- associated data ---------------------------------------------------------
+
+
+def _field(value: bytes) -> bytes:
+    return _PRESENT + len(value).to_bytes(4, "big") + value
+
+
+def _optional_text(value: str | None, name: str) -> bytes:
+    if value is None:
+        return _ABSENT
+    if type(value) is not str:
+        raise ValueError(f"{name} must be a str or None")
+    raw = value.encode("utf-8")  # UnicodeEncodeError is a ValueError
+    if len(raw) > MAX_SHORTSTR_BYTES:
+        raise ValueError(f"{name} exceeds {MAX_SHORTSTR_BYTES} bytes")
+    return _PRESENT + len(raw).to_bytes(4, "big") + raw
+
+
+def key_aad(key_id: str, wrapped_key: str, context_json: str) -> bytes:
+    """Return the per-data-key half of the associated data (fields 1-5).
+
+    It is the same for every message under one data key, so callers compute
+    it once per key and append :func:`message_aad` per message.
+    """
+    return b"".join(
+        (
+            _U64_FIELD + VERSION.to_bytes(8, "big"),
+            _field(ALGORITHM.encode("ascii")),
+            _field(key_id.encode("utf-8")),
+            _field(wrapped_key.encode("utf-8")),
+            _field(context_json.encode("utf-8")),
+        )
+    )
+
+
+def message_aad(
+    message_id: str,
+    timestamp: int,
+    content_type: str | None,
+    content_encoding: str | None,
+    type_: str | None,
+) -> bytes:
+    """Return the per-message half of the associated data (fields 6-10).
+
+    Raises:
+        ValueError: a property has the wrong type, size or range (the recipe
+            turns this into SealingError or DecryptionError).
+    """
+    if message_id is None:
+        raise ValueError("message_id is required")
+    if type(timestamp) is not int or not 0 <= timestamp < _U64_LIMIT:
+        raise ValueError("timestamp must be an int in [0, 2**64)")
+    return b"".join(
+        (
+            _optional_text(message_id, "message_id"),
+            _U64_FIELD + timestamp.to_bytes(8, "big"),
+            _optional_text(content_type, "content_type"),
+            _optional_text(content_encoding, "content_encoding"),
+            _optional_text(type_, "type"),
+        )
+    )
+
+
+# --- encryption context --------------------------------------------------------
+
+
+def _dump_context(context: Mapping[str, str]) -> str:
+    return json.dumps(
+        context, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def canonical_context(context: object) -> str:
+    """Return the canonical JSON of a sealing context (``{}`` when empty).
+
+    Raises:
+        SealingError: the context is not a mapping of str to str, or holds a
+            string that is not valid Unicode (a lone surrogate).
+    """
+    if not isinstance(context, Mapping):
+        raise SealingError("the encryption context must be a mapping of str to str")
+    for key, value in context.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise SealingError("the encryption context must map str to str")
+    text = _dump_context(dict(context))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SealingError("the encryption context is not valid Unicode") from exc
+    return text
+
+
+def parse_context(context_json: str) -> dict[str, str]:
+    """Parse a received x-emq-context that must already be canonical.
+
+    Raises:
+        ValueError: not a JSON object of str to str, or not in canonical form.
+    """
+    try:
+        parsed = json.loads(context_json)
+    except RecursionError as exc:
+        raise ValueError("x-emq-context nests too deeply") from exc
+    if not isinstance(parsed, dict) or not all(
+        type(value) is str for value in parsed.values()
+    ):
+        raise ValueError("x-emq-context is not a JSON object of strings")
+    # Re-encoding and comparing rejects whitespace, unsorted or duplicate keys,
+    # needless escapes: one context has exactly one accepted spelling.
+    if _dump_context(parsed) != context_json:
+        raise ValueError("x-emq-context is not canonical JSON")
+    return parsed
+
+
+# --- headers -------------------------------------------------------------------
+
+
+def envelope_header_size(key_id: str, wrapped_key: str, context_json: str) -> int:
+    """Return the size the five x-emq-* headers count against the 4 KiB limit."""
+    return (
+        _FIXED_HEADER_BYTES
+        + len(key_id.encode("utf-8"))
+        + len(wrapped_key.encode("utf-8"))
+        + len(context_json.encode("utf-8"))
+    )
+
+
+def parse_headers(headers: object) -> tuple[ReceivedEnvelope, dict[str, str]]:
+    """Check received AMQP headers completely; return their values and context.
+
+    Only the x-emq-* headers are examined; other headers are ignored.
+
+    Raises:
+        DecryptionError: a header missing, of the wrong type or value, too
+            large, or a context that is not canonical JSON.
+    """
+    received = read_headers(headers)
+    return received, check_envelope(received)
+
+
+def read_headers(headers: object) -> ReceivedEnvelope:
+    """Check names, types, version and algorithm: the cheap half of parsing.
+
+    The caller must still :func:`check_envelope` the result, unless the very
+    same values already passed it (a reader may remember those).
+
+    Raises:
+        DecryptionError: a header missing, of the wrong type, or unsupported.
+    """
+    try:
+        return _read_headers(headers)
+    except ValueError as exc:
+        raise DecryptionError() from exc
+
+
+def check_envelope(received: ReceivedEnvelope) -> dict[str, str]:
+    """Check the 4 KiB size limit and the canonical context; return the context.
+
+    Raises:
+        DecryptionError: the headers are too large or the context is not
+            canonical JSON of str to str.
+    """
+    try:
+        size = envelope_header_size(*received)
+        if size > MAX_ENVELOPE_HEADER_BYTES:
+            raise ValueError("x-emq-* headers exceed 4 KiB")
+        return parse_context(received.context_json)
+    except ValueError as exc:  # UnicodeEncodeError (lone surrogates) included
+        raise DecryptionError() from exc
+
+
+def _required_text(headers: Mapping[object, object], name: str) -> str:
+    value = headers[name]
+    if type(value) is not str:  # pika hands undecodable strings over as bytes
+        raise ValueError(f"{name} is not a str")
+    if not value:
+        raise ValueError(f"{name} is empty")
+    return value
+
+
+def _read_headers(headers: object) -> ReceivedEnvelope:
+    if not isinstance(headers, Mapping):
+        raise ValueError("headers are not a mapping")
+    missing = [name for name in HEADER_NAMES if name not in headers]
+    if missing:
+        raise ValueError(f"missing headers: {', '.join(missing)}")
+    version = headers[VERSION_HEADER]
+    # bool is an int subclass; and a header never chooses the algorithm.
+    if type(version) is not int or version != VERSION:
+        raise ValueError("unsupported x-emq-version")
+    if type(headers[ALG_HEADER]) is not str or headers[ALG_HEADER] != ALGORITHM:
+        raise ValueError("unsupported x-emq-alg")
+    return ReceivedEnvelope(
+        _required_text(headers, KEY_ID_HEADER),
+        _required_text(headers, DATA_KEY_HEADER),
+        _required_text(headers, CONTEXT_HEADER),
+    )
+
+
+# --- body ----------------------------------------------------------------------
+
+
+def split_body(body: bytes) -> tuple[bytes, bytes]:
+    """Split a body into (nonce, ciphertext ‖ tag).
+
+    Raises:
+        DecryptionError: the body is not bytes or shorter than nonce + tag.
+    """
+    if not isinstance(body, bytes) or len(body) < OVERHEAD:
+        raise DecryptionError() from ValueError("body shorter than nonce + tag")
+    return body[:NONCE_SIZE], body[NONCE_SIZE:]
