@@ -1,0 +1,166 @@
+"""What becomes of one delivery: the consumer's decision, with no broker in sight.
+
+:func:`handle` opens a delivery and runs the handler, then says how the delivery
+ends as an :class:`Outcome`; the transport applies it to the broker. Keeping the
+decision pure (collaborators passed in, no pika) lets every branch be tested
+with fakes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumer.message import Delivery, ReceivedMessage
+from consumer.policy import ContextPolicy
+from shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
+from shared.errors import (
+    DecryptionError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
+
+__all__ = [
+    "ACK",
+    "REQUEUE",
+    "RETRY_LATER",
+    "EnvelopeOpener",
+    "Handler",
+    "Outcome",
+    "Reason",
+    "Verdict",
+    "handle",
+]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[ReceivedMessage], object]
+
+
+class EnvelopeOpener(Protocol):
+    """What :func:`handle` needs of ``shared.envelope.Opener``."""
+
+    def parse(self, headers: Mapping[str, object]) -> EnvelopeHeader:
+        """Validate the x-emq-* headers; raise DecryptionError."""
+        ...
+
+    def open(
+        self, body: bytes, header: EnvelopeHeader, meta: MessageMeta
+    ) -> OpenedMessage:
+        """Unwrap the data key and decrypt; raise DecryptionError or KmsError."""
+        ...
+
+
+class Verdict(enum.Enum):
+    """How a delivery ends."""
+
+    ACK = "ack"  # handled: acknowledge
+    REQUEUE = "requeue"  # the handler failed: deliver it again
+    QUARANTINE = "quarantine"  # move it to <queue>.quarantine, then acknowledge
+    RETRY_LATER = "retry-later"  # KMS is down: hold it unacknowledged, retry
+
+
+class Reason(enum.StrEnum):
+    """Why a message was quarantined (the x-emq-quarantine-reason header)."""
+
+    MALFORMED = "malformed"  # envelope headers or properties unusable
+    UNDECRYPTABLE = "undecryptable"  # authentication failed: tampered or wrong key
+    CONTEXT_DENIED = "context-denied"  # outside the allowed-context policy
+    KMS_REJECTED = "kms-rejected"  # KMS refused to unwrap the data key
+    HANDLER_ERROR = "handler-error"  # the handler failed max_deliveries times
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The verdict on one delivery, with the quarantine reason when there is one."""
+
+    verdict: Verdict
+    reason: Reason | None = None
+    kms_code: str = ""  # the KMS error Code behind kms-rejected; never key material
+
+
+# Shared instances: the hot path allocates no outcome.
+ACK = Outcome(Verdict.ACK)
+REQUEUE = Outcome(Verdict.REQUEUE)
+RETRY_LATER = Outcome(Verdict.RETRY_LATER)
+_MALFORMED = Outcome(Verdict.QUARANTINE, Reason.MALFORMED)
+_UNDECRYPTABLE = Outcome(Verdict.QUARANTINE, Reason.UNDECRYPTABLE)
+_CONTEXT_DENIED = Outcome(Verdict.QUARANTINE, Reason.CONTEXT_DENIED)
+_HANDLER_ERROR = Outcome(Verdict.QUARANTINE, Reason.HANDLER_ERROR)
+
+
+def handle(
+    delivery: Delivery,
+    opener: EnvelopeOpener,
+    handler: Handler,
+    *,
+    policy: ContextPolicy,
+    deliveries: int = 1,
+    max_deliveries: int = 5,
+) -> Outcome:
+    """Open ``delivery``, run ``handler`` on it, and decide how it ends.
+
+    ``deliveries`` is this delivery's number (1 for the first); a handler that
+    fails on delivery ``max_deliveries`` gets its message quarantined.
+    """
+    try:
+        header = opener.parse(delivery.headers)
+    except DecryptionError:
+        return _MALFORMED
+    message_id = delivery.message_id
+    timestamp = delivery.timestamp
+    # message_id and timestamp are bound into the tag: without them nothing opens
+    if type(message_id) is not str or type(timestamp) is not int:
+        return _MALFORMED
+    if policy and not policy.permits(header.context):
+        return _CONTEXT_DENIED
+    meta = MessageMeta(
+        message_id,
+        timestamp,
+        delivery.content_type,
+        delivery.content_encoding,
+        delivery.type,
+    )
+    try:
+        opened = opener.open(delivery.body, header, meta)
+    except DecryptionError:
+        return _UNDECRYPTABLE
+    except KmsUnavailableError:
+        return RETRY_LATER
+    except KmsRequestError as exc:
+        return Outcome(Verdict.QUARANTINE, Reason.KMS_REJECTED, exc.code)
+    message = ReceivedMessage(
+        opened.plaintext,
+        meta,
+        delivery.headers,
+        opened.context,
+        opened.key_id,
+        delivery.redelivered,
+    )
+    try:
+        handler(message)
+    except Exception as exc:  # the one boundary around user code
+        # Type and place only: the text of a handler's exception (and so its
+        # traceback) may quote the plaintext, which never goes to a log.
+        logger.warning(
+            "handler failed on message %s (delivery %d of at most %d): %s at %s",
+            message_id,
+            deliveries,
+            max_deliveries,
+            type(exc).__name__,
+            _where(exc),
+        )
+        return _HANDLER_ERROR if deliveries >= max_deliveries else REQUEUE
+    return ACK
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"

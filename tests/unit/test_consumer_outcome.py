@@ -1,0 +1,297 @@
+"""consumer.outcome.handle: every way a delivery can end, with fakes for KMS."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import pytest
+
+from consumer.message import Delivery, ReceivedMessage
+from consumer.outcome import ACK, REQUEUE, RETRY_LATER, Reason, Verdict, handle
+from consumer.policy import ContextPolicy
+from shared.envelope import MessageMeta, Opener, Sealer
+from shared.errors import KmsRequestError, KmsUnavailableError
+from shared.kms import DataKey, InMemoryKeyProvider
+
+KEY_ID = "key-1"
+OPEN_POLICY = ContextPolicy()
+
+
+class OneKeySource:
+    """A DataKeySource that generates one data key per context and keeps it."""
+
+    def __init__(self, provider: InMemoryKeyProvider) -> None:
+        self.provider = provider
+        self.keys: dict[str, DataKey] = {}
+
+    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        slot = repr(sorted(context.items()))
+        if slot not in self.keys:
+            self.keys[slot] = self.provider.generate_data_key(key_id, context)
+        return self.keys[slot]
+
+
+class ProviderUnwrapper:
+    """A KeyUnwrapper straight over the provider: every open is a KMS call."""
+
+    def __init__(self, provider: InMemoryKeyProvider) -> None:
+        self.provider = provider
+
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+        return self.provider.decrypt_data_key(wrapped, context)
+
+
+class Recorder:
+    """A handler that records what it got, failing while ``failures`` > 0."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.received: list[ReceivedMessage] = []
+
+    def __call__(self, message: ReceivedMessage) -> None:
+        self.received.append(message)
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("handler failed")
+
+
+@pytest.fixture
+def provider() -> InMemoryKeyProvider:
+    return InMemoryKeyProvider([KEY_ID])
+
+
+@pytest.fixture
+def opener(provider: InMemoryKeyProvider) -> Opener:
+    return Opener(ProviderUnwrapper(provider))
+
+
+def seal(
+    provider: InMemoryKeyProvider,
+    plaintext: bytes = b"hello",
+    *,
+    context: Mapping[str, str] | None = None,
+    message_id: str = "m-1",
+    content_type: str | None = "text/plain",
+) -> Delivery:
+    sealer = Sealer(OneKeySource(provider), KEY_ID, context)
+    meta = MessageMeta(message_id, 1_700_000_000, content_type)
+    sealed = sealer.seal(plaintext, meta)
+    return Delivery(
+        body=sealed.body,
+        headers=dict(sealed.headers),
+        message_id=meta.message_id,
+        timestamp=meta.timestamp,
+        content_type=meta.content_type,
+        content_encoding=meta.content_encoding,
+        type=meta.type,
+        redelivered=False,
+        delivery_tag=1,
+    )
+
+
+def test_handled_message_is_acked_and_the_handler_sees_the_plaintext(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    handler = Recorder()
+    delivery = seal(provider, b"payload", context={"tenant": "a"})
+
+    outcome = handle(delivery, opener, handler, policy=OPEN_POLICY)
+
+    assert outcome is ACK
+    [message] = handler.received
+    assert message.body == b"payload"
+    assert message.context == {"tenant": "a"}
+    assert message.message_id == "m-1"
+    assert message.content_type == "text/plain"
+    assert message.key_id == KEY_ID
+    assert message.headers["x-emq-key-id"] == KEY_ID
+
+
+def test_received_message_repr_hides_the_plaintext(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    handler = Recorder()
+    handle(seal(provider, b"top-secret-words"), opener, handler, policy=OPEN_POLICY)
+    assert "top-secret-words" not in repr(handler.received[0])
+
+
+def test_flipped_body_bit_is_quarantined_as_undecryptable(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    handler = Recorder()
+    delivery = seal(provider)
+    body = bytearray(delivery.body)
+    body[-1] ^= 0x01
+    tampered = dataclasses.replace(delivery, body=bytes(body))
+
+    outcome = handle(tampered, opener, handler, policy=OPEN_POLICY)
+
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.UNDECRYPTABLE
+    assert handler.received == []
+
+
+def test_body_moved_under_another_messages_headers_is_undecryptable(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    first = seal(provider, b"one", message_id="m-1")
+    second = seal(provider, b"two", message_id="m-2", context={"x": "y"})
+    swapped = dataclasses.replace(first, headers=second.headers)
+
+    outcome = handle(swapped, opener, Recorder(), policy=OPEN_POLICY)
+
+    assert outcome.reason is Reason.UNDECRYPTABLE
+
+
+def test_changed_bound_property_is_undecryptable(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    delivery = dataclasses.replace(seal(provider), content_type="application/json")
+    outcome = handle(delivery, opener, Recorder(), policy=OPEN_POLICY)
+    assert outcome.reason is Reason.UNDECRYPTABLE
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-emq-version": 2},
+        {"x-emq-alg": "AES-128-CBC"},
+        {"x-emq-context": "not json"},
+        {"x-emq-data-key": "A" * 5000},
+        {"x-emq-version": True},
+    ],
+    ids=["none", "version-2", "other-alg", "bad-context", "oversize", "bool-version"],
+)
+def test_malformed_envelope_headers_are_quarantined_before_any_kms_call(
+    provider: InMemoryKeyProvider, opener: Opener, headers: dict[str, object]
+) -> None:
+    delivery = seal(provider)
+    broken = {**delivery.headers, **headers} if headers else {}
+    outcome = handle(
+        dataclasses.replace(delivery, headers=broken),
+        opener,
+        Recorder(),
+        policy=OPEN_POLICY,
+    )
+    assert outcome.reason is Reason.MALFORMED
+    assert provider.decrypt_calls == 0
+
+
+@pytest.mark.parametrize("field", ["message_id", "timestamp"])
+def test_missing_bound_property_is_malformed(
+    provider: InMemoryKeyProvider, opener: Opener, field: str
+) -> None:
+    delivery = dataclasses.replace(seal(provider), **{field: None})
+    outcome = handle(delivery, opener, Recorder(), policy=OPEN_POLICY)
+    assert outcome.reason is Reason.MALFORMED
+    assert provider.decrypt_calls == 0
+
+
+def test_context_outside_the_policy_is_denied_before_any_kms_call(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    handler = Recorder()
+    policy = ContextPolicy.parse(["tenant=a"])
+
+    outcome = handle(
+        seal(provider, context={"tenant": "b"}), opener, handler, policy=policy
+    )
+
+    assert outcome.reason is Reason.CONTEXT_DENIED
+    assert provider.decrypt_calls == 0
+    assert handler.received == []
+
+
+def test_context_inside_the_policy_is_handled(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    policy = ContextPolicy.parse(["tenant=a", "tenant=b"])
+    delivery = seal(provider, context={"tenant": "b", "env": "prod"})
+    assert handle(delivery, opener, Recorder(), policy=policy) is ACK
+
+
+def test_kms_outage_holds_the_message_and_never_calls_the_handler(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    handler = Recorder()
+    delivery = seal(provider)
+    provider.fail_with(KmsUnavailableError("down", code="SDK.ServerUnreachable"))
+
+    assert handle(delivery, opener, handler, policy=OPEN_POLICY) is RETRY_LATER
+
+    provider.recover()
+    assert handle(delivery, opener, handler, policy=OPEN_POLICY) is ACK
+    assert len(handler.received) == 1
+
+
+def test_kms_refusal_is_quarantined_with_its_code(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    delivery = seal(provider)
+    provider.fail_with(
+        KmsRequestError("denied", code="Forbidden.NoPermission", http_status=403)
+    )
+
+    outcome = handle(delivery, opener, Recorder(), policy=OPEN_POLICY)
+
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.KMS_REJECTED
+    assert outcome.kms_code == "Forbidden.NoPermission"
+
+
+def test_wrapped_key_of_an_unknown_master_key_is_kms_rejected(
+    opener: Opener,
+) -> None:
+    foreign = InMemoryKeyProvider([KEY_ID])  # same name, other key material
+    outcome = handle(seal(foreign), opener, Recorder(), policy=OPEN_POLICY)
+    assert outcome.reason is Reason.KMS_REJECTED
+
+
+@pytest.mark.parametrize(("deliveries", "expected"), [(1, REQUEUE), (2, REQUEUE)])
+def test_failing_handler_is_requeued_below_the_delivery_limit(
+    provider: InMemoryKeyProvider,
+    opener: Opener,
+    deliveries: int,
+    expected: object,
+) -> None:
+    outcome = handle(
+        seal(provider),
+        opener,
+        Recorder(failures=1),
+        policy=OPEN_POLICY,
+        deliveries=deliveries,
+        max_deliveries=3,
+    )
+    assert outcome is expected
+
+
+def test_failing_handler_is_quarantined_on_the_last_allowed_delivery(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    outcome = handle(
+        seal(provider),
+        opener,
+        Recorder(failures=1),
+        policy=OPEN_POLICY,
+        deliveries=3,
+        max_deliveries=3,
+    )
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.HANDLER_ERROR
+
+
+def test_handler_failure_log_names_the_error_type_but_not_its_text(
+    provider: InMemoryKeyProvider,
+    opener: Opener,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def leaky(message: ReceivedMessage) -> None:
+        raise ValueError(message.body.decode())
+
+    with caplog.at_level("DEBUG"):
+        handle(seal(provider, b"secret-plaintext"), opener, leaky, policy=OPEN_POLICY)
+
+    assert "ValueError" in caplog.text
+    assert "secret-plaintext" not in caplog.text
