@@ -6,6 +6,7 @@ arguments). Tests pass a dict to :meth:`Settings.from_env`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,8 +74,8 @@ class Settings:
             access_key_id=env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None,
             access_key_secret=env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None,
             data_key_max_age=_number(env, "EMQ_DATA_KEY_MAX_AGE", 300.0),
-            data_key_max_messages=int(_number(env, "EMQ_DATA_KEY_MAX_MESSAGES", 2**24)),
-            key_cache_size=int(_number(env, "EMQ_KEY_CACHE_SIZE", 1024)),
+            data_key_max_messages=_integer(env, "EMQ_DATA_KEY_MAX_MESSAGES", 2**24),
+            key_cache_size=_integer(env, "EMQ_KEY_CACHE_SIZE", 1024),
             key_cache_ttl=_number(env, "EMQ_KEY_CACHE_TTL", 3600.0),
         )
 
@@ -84,6 +85,19 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(int(raw)) if raw.strip().lstrip("-").isdigit() else float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):  # "nan" would pass every range check
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
