@@ -1,0 +1,166 @@
+"""pytest plugin: RabbitMQ and KMS emulator fixtures for envelope-mq test suites.
+
+Installed with envelope-mq (entry point ``envelope_mq`` in the ``pytest11`` group),
+so a user's suite gets the same fixtures as ours:
+
+- ``rabbitmq_broker`` / ``rabbitmq_url`` / ``rabbitmq_urls`` (session): a broker
+  chosen as :mod:`envelope_mq.testing.broker` describes; skipped with the reason
+  when there is none, but failed when ``CI=true``;
+- ``amqp_names``: unique queue and exchange names, deleted after the test;
+- ``amqp_topology``: a :class:`shared.amqp.Topology` on those names whose queues
+  expire and whose exchange auto-deletes, so nothing piles up even after a crash;
+- ``rabbitmq_proxy``: a :class:`TcpProxy` in front of the broker, to cut connections;
+- ``rabbitmq_node``: a private, stoppable ``rabbitmq-server`` node of its own;
+- ``kms``: an emulator on a free port, strict signatures, one key with an alias,
+  a producer principal (GenerateDataKey only) and a consumer one (Decrypt only);
+- ``producer_settings`` / ``consumer_settings``: Settings for each role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NoReturn
+
+import pytest
+
+from envelope_mq.testing.broker import Broker, NoBrokerError, start_broker
+from envelope_mq.testing.kms import KmsFixture, running_emulator
+from envelope_mq.testing.proxy import TcpProxy
+from envelope_mq.testing.rabbitmq_node import (
+    RabbitNode,
+    RabbitNodeError,
+    rabbitmq_server_unavailable_reason,
+)
+from shared.amqp import QUARANTINE_SUFFIX, Topology, connect_blocking
+from shared.config import Settings
+from shared.errors import BrokerError
+
+__all__ = ["AmqpNames"]
+
+# Test queues vanish 10 minutes after their last use even if teardown never ran.
+QUEUE_EXPIRES_MS = 600_000
+
+
+def _missing(reason: str) -> NoReturn:
+    """Skip, or fail when CI=true: a CI run must never pass by skipping."""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_broker() -> Iterator[Broker]:
+    """The session's broker (RABBITMQ_URL, local, container or private node)."""
+    try:
+        broker = start_broker(os.environ)
+    except NoBrokerError as exc:
+        _missing(str(exc))
+    with broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_urls(rabbitmq_broker: Broker) -> tuple[str, ...]:
+    """Every URL of the session broker, in failover order."""
+    return rabbitmq_broker.urls
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq_broker: Broker) -> str:
+    """The session broker's first URL."""
+    return rabbitmq_broker.url
+
+
+@dataclass(frozen=True)
+class AmqpNames:
+    """Queue and exchange names that belong to one test."""
+
+    queue: str
+    exchange: str
+
+    @property
+    def quarantine_queue(self) -> str:
+        """The quarantine queue's name for :attr:`queue`."""
+        return self.queue + QUARANTINE_SUFFIX
+
+
+@pytest.fixture
+def amqp_names(
+    request: pytest.FixtureRequest, rabbitmq_urls: tuple[str, ...]
+) -> Iterator[AmqpNames]:
+    """Unique names for this test; the queues and exchange are deleted afterwards."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
+    tag = uuid.uuid4().hex[:8]
+    names = AmqpNames(queue=f"emq-test-{slug}-{tag}", exchange=f"emq-test-x-{tag}")
+    yield names
+    # Best effort: x-expires and auto-delete are the safety net.
+    with contextlib.suppress(BrokerError):
+        connection = connect_blocking(rabbitmq_urls)
+        try:
+            channel = connection.channel()
+            channel.queue_delete(names.queue)
+            channel.queue_delete(names.quarantine_queue)
+            channel.exchange_delete(names.exchange)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
+@pytest.fixture
+def amqp_topology(amqp_names: AmqpNames) -> Topology:
+    """A self-cleaning classic-queue topology on this test's names."""
+    return Topology(
+        queue=amqp_names.queue,
+        exchange=amqp_names.exchange,
+        queue_arguments={"x-expires": QUEUE_EXPIRES_MS},
+        exchange_auto_delete=True,
+    )
+
+
+@pytest.fixture
+def rabbitmq_proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the session broker; ``proxied_url`` goes through it."""
+    with TcpProxy.for_url(rabbitmq_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def rabbitmq_node() -> Iterator[RabbitNode]:
+    """A private rabbitmq-server node of this test's own, free to stop or kill."""
+    reason = rabbitmq_server_unavailable_reason()
+    if reason is not None:
+        _missing(reason)
+    node = RabbitNode()
+    try:
+        node.start()
+    except RabbitNodeError as exc:
+        node.close()
+        _missing(str(exc))
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture
+def kms() -> Iterator[KmsFixture]:
+    """A fresh KMS emulator with one key and the producer and consumer principals."""
+    with running_emulator() as fixture:
+        yield fixture
+
+
+@pytest.fixture
+def producer_settings(kms: KmsFixture, rabbitmq_urls: tuple[str, ...]) -> Settings:
+    """Settings of the producer role (may only generate data keys)."""
+    return kms.settings("producer", rabbitmq_urls)
+
+
+@pytest.fixture
+def consumer_settings(kms: KmsFixture, rabbitmq_urls: tuple[str, ...]) -> Settings:
+    """Settings of the consumer role (may only decrypt data keys)."""
+    return kms.settings("consumer", rabbitmq_urls)
