@@ -1,11 +1,187 @@
-"""Placeholder registration; replaced by the emulator's real CLI (issue 3)."""
+"""``envelope-mq kms-emulator`` and ``python -m kms_emulator``: run the local KMS.
+
+On a first run with no seed the emulator creates one key under ``--key-alias`` and,
+in strict mode, one all-powerful principal from KMS_EMULATOR_ACCESS_KEY_ID and
+KMS_EMULATOR_ACCESS_KEY_SECRET. It prints the endpoint and the KeyId, never a secret.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
 from typing import Any
+
+from kms_emulator.emulator import Emulator
+from kms_emulator.errors import ApiError, EmulatorError
+from kms_emulator.service import KmsService
+
+__all__ = ["ACCESS_KEY_ID_ENV", "ACCESS_KEY_SECRET_ENV", "main", "register", "run"]
+
+ACCESS_KEY_ID_ENV = "KMS_EMULATOR_ACCESS_KEY_ID"
+ACCESS_KEY_SECRET_ENV = "KMS_EMULATOR_ACCESS_KEY_SECRET"  # noqa: S105 (a name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The emulator's flags (shared by both entry points)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=8600, help="port (0: any free)")
+    parser.add_argument(
+        "--data", metavar="PATH", help="data directory (default: memory)"
+    )
+    parser.add_argument("--seed", metavar="FILE", help="YAML/JSON seed file")
+    parser.add_argument(
+        "--auth",
+        choices=("strict", "off"),
+        default="strict",
+        help="strict: verify every signature (default); off: for debugging only",
+    )
+    parser.add_argument(
+        "--admin", action="store_true", help="serve /admin/ (reset, rotate, faults)"
+    )
+    parser.add_argument(
+        "--key-alias",
+        default="alias/envelope-mq",
+        help="without --seed: alias of the key created on first run",
+    )
+    parser.add_argument(
+        "--region", default="cn-hangzhou", help="region the emulator answers for"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="INFO logs one audit line per request",
+    )
+    parser.set_defaults(run=run)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register the ``kms-emulator`` subcommand."""
-    subparsers.add_parser("kms-emulator", help="run the local Alibaba Cloud KMS")
+    """Register the ``kms-emulator`` subcommand of ``envelope-mq``."""
+    parser = subparsers.add_parser(
+        "kms-emulator",
+        help="run the local Alibaba Cloud KMS",
+        description="A local Alibaba Cloud KMS 2016-01-20 for development and tests.",
+    )
+    add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kms_emulator``."""
+    parser = argparse.ArgumentParser(
+        prog="kms-emulator", description="A local Alibaba Cloud KMS 2016-01-20."
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
+    """Start the emulator and serve until SIGINT or SIGTERM; the exit code."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    access_key_id = environ.get(ACCESS_KEY_ID_ENV, "")
+    secret = environ.get(ACCESS_KEY_SECRET_ENV, "")
+    if bool(access_key_id) != bool(secret):
+        return _fail(f"set both {ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}")
+    seed: str | dict[str, Any] | None = args.seed
+    if seed is None and access_key_id:
+        seed = {
+            "principals": [
+                {
+                    "access_key_id": access_key_id,
+                    "access_key_secret": secret,
+                    "actions": ["*"],
+                    "keys": ["*"],
+                }
+            ]
+        }
+    if seed is None and args.auth == "strict":
+        return _fail(
+            "strict authentication needs credentials: set "
+            f"{ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}, pass --seed FILE "
+            "(principals), or run with --auth off"
+        )
+    emulator = Emulator(
+        seed=seed,
+        auth=args.auth,
+        admin=args.admin,
+        data=args.data,
+        host=args.host,
+        port=args.port,
+        region_id=args.region,
+    )
+    try:
+        emulator.start()
+    except (EmulatorError, OSError) as exc:
+        return _fail(str(exc))
+    try:
+        key_line = ""
+        if args.seed is None:
+            key_line = _ensure_key(emulator.service, args.key_alias)
+        _banner(emulator, args, access_key_id, key_line)
+        _wait_for_signal()
+    except ApiError as exc:
+        return _fail(f"could not create the first key: {exc.code}: {exc.message}")
+    finally:
+        emulator.stop()
+    return 0
+
+
+def _ensure_key(service: KmsService, alias: str) -> str:
+    """The KeyId behind ``alias``, creating key and alias on first run."""
+    try:
+        found = service.call("DescribeKey", {"KeyId": alias}, None)
+    except ApiError as exc:
+        if exc.code != "Forbidden.AliasNotFound":
+            raise
+        created = service.call(
+            "CreateKey", {"Description": "created by kms-emulator on first run"}, None
+        )
+        key_id = str(created["KeyMetadata"]["KeyId"])
+        service.call("CreateAlias", {"AliasName": alias, "KeyId": key_id}, None)
+        return f"KMS_KEY_ID={alias} (KeyId {key_id}, created now)"
+    return f"KMS_KEY_ID={alias} (KeyId {found['KeyMetadata']['KeyId']})"
+
+
+def _banner(
+    emulator: Emulator, args: argparse.Namespace, access_key_id: str, key_line: str
+) -> None:
+    lines = [
+        f"kms-emulator listening on {emulator.url} "
+        f"(auth {args.auth}, admin {'on' if args.admin else 'off'}, "
+        f"data {args.data or 'in memory'})",
+        f"  KMS_ENDPOINT={emulator.endpoint}",
+    ]
+    if key_line:
+        lines.append(f"  {key_line}")
+    if access_key_id:
+        lines.append(
+            f"  ALIBABA_CLOUD_ACCESS_KEY_ID={access_key_id} "
+            f"(secret: the value of {ACCESS_KEY_SECRET_ENV})"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+
+
+def _fail(message: str) -> int:
+    print(f"kms-emulator: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,212 @@
+"""The request pipeline behind the HTTP server: parse, fault, authenticate, dispatch.
+
+It knows nothing of sockets: ``Gateway.handle`` takes a method, a target, headers
+and a body and returns a ``Reply``, so the HTTP layer stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from kms_emulator.admin import AdminRoutes
+from kms_emulator.audit import audit, resolved_key_id
+from kms_emulator.auth import SIGNATURE_PARAMS, Authenticator, SignedRequest
+from kms_emulator.errors import ApiError, invalid_parameter, missing_parameter
+from kms_emulator.faults import Faults, Outcome
+from kms_emulator.policy import Principal
+from kms_emulator.reply import Reply, error_reply
+from kms_emulator.service import KmsService
+
+__all__ = ["API_VERSION", "Gateway"]
+
+API_VERSION = "2016-01-20"
+# Parameters every RPC request carries that are not the operation's own.
+_COMMON = SIGNATURE_PARAMS | {"Action", "Version", "Format", "RegionId"}
+_MAX_FIELDS = 256
+_MAX_ACTIONS = 128
+_LOG = logging.getLogger("kms_emulator.server")
+
+
+class Gateway:
+    """One emulator's request pipeline; thread-safe, shared by every connection."""
+
+    def __init__(
+        self,
+        service: KmsService,
+        *,
+        authenticator: Authenticator | None,
+        faults: Faults,
+        admin: bool,
+        region_id: str,
+    ) -> None:
+        self.service = service
+        self.authenticator = authenticator
+        self.faults = faults
+        self.host_id = f"kms.{region_id}.aliyuncs.com"
+        self._admin = AdminRoutes(self) if admin else None
+        self._counts: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+
+    @property
+    def request_count(self) -> dict[str, int]:
+        """RPC requests answered so far, by Action."""
+        with self._count_lock:
+            return dict(self._counts)
+
+    def reset_counts(self) -> None:
+        """Start counting from zero."""
+        with self._count_lock:
+            self._counts.clear()
+
+    def _count(self, action: str | None) -> None:
+        with self._count_lock:
+            # Action names come from the client: cap the distinct names kept.
+            if action not in self._counts and len(self._counts) >= _MAX_ACTIONS:
+                action = None
+            self._counts[action or "-"] += 1
+
+    def error(
+        self, status: int, code: str, message: str, request_id: str = ""
+    ) -> Reply:
+        """An error reply in the API's JSON shape."""
+        return error_reply(
+            status, code, message, host_id=self.host_id, request_id=request_id
+        )
+
+    def handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
+        """Answer one HTTP request (headers have lower-case names)."""
+        try:
+            parts = urlsplit(target)
+        except ValueError:
+            return self.error(400, "InvalidParameter", "The request URL is not valid.")
+        if parts.path == "/":
+            if method not in ("GET", "POST"):
+                return self.error(405, "MethodNotAllowed", "Use GET or POST on /.")
+            return self._rpc(method, parts.query, headers, body)
+        if parts.path == "/healthz" and method == "GET":
+            return Reply(200, {"Status": "OK"})
+        if self._admin is not None and parts.path.startswith("/admin/"):
+            return self._admin.handle(method, parts.path, body)
+        return self.error(404, "NotFound", "The requested path is not served.")
+
+    def _rpc(
+        self, method: str, query_text: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
+        started = time.perf_counter()
+        delay, outcome = self.faults.decide()
+        if outcome is Outcome.OUTAGE:
+            return Reply(0, abort=True)
+        request_id = str(uuid.uuid4())
+        action: str | None = None
+        principal: Principal | None = None
+        params: dict[str, str] = {}
+        answer: dict[str, Any] | None = None
+        try:
+            query = _parse_pairs(query_text, "query string")
+            params = dict(query)
+            if _is_form(headers) and body:
+                form = _parse_pairs(_text(body), "form body")
+                repeated = form.keys() & query.keys()
+                if repeated:
+                    raise invalid_parameter(
+                        min(repeated), "It is given more than once."
+                    )
+                params.update(form)
+            action = params.get("Action") or headers.get("x-acs-action") or None
+            self._count(action)
+            if delay:
+                time.sleep(delay)
+            _raise_fault(outcome)
+            if action is None:
+                raise missing_parameter("Action")
+            version = params.get("Version") or headers.get("x-acs-version")
+            if not version:
+                raise missing_parameter("Version")
+            if version != API_VERSION:
+                raise invalid_parameter("Version", f"Only {API_VERSION} is served.")
+            if self.authenticator is not None:
+                principal = self.authenticator.authenticate(
+                    SignedRequest(method, params, query, headers, body)
+                )
+            api_params = {k: v for k, v in params.items() if k not in _COMMON}
+            answer = self.service.call(action, api_params, principal)
+            reply = Reply(200, {"RequestId": request_id, **answer})
+            code = "OK"
+        except ApiError as exc:
+            reply = self.error(exc.status, exc.code, exc.message, request_id)
+            code = exc.code
+        except Exception:
+            # Never a traceback on the wire; the log gets it, without parameters.
+            _LOG.exception("internal failure in %r (RequestId %s)", action, request_id)
+            reply = self.error(500, "InternalFailure", "Internal Failure.", request_id)
+            code = "InternalFailure"
+        audit(
+            access_key_id=principal.access_key_id if principal else None,
+            action=action,
+            key_id=resolved_key_id(answer, params),
+            code=code,
+            status=reply.status,
+            started=started,
+            request_id=request_id,
+        )
+        return reply
+
+
+def _raise_fault(outcome: Outcome) -> None:
+    if outcome is Outcome.THROTTLE:
+        raise ApiError(
+            400, "Throttling", "Request was denied due to request throttling."
+        )
+    if outcome is Outcome.UNAVAILABLE:
+        raise ApiError(
+            503,
+            "ServiceUnavailable",
+            "The request has failed due to a temporary failure of the server.",
+        )
+
+
+def _is_form(headers: Mapping[str, str]) -> bool:
+    content_type = headers.get("content-type", "")
+    return content_type.split(";")[0].strip().lower() in (
+        "application/x-www-form-urlencoded",
+        "",
+    )
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("ascii")
+    except UnicodeDecodeError:
+        raise ApiError(
+            400, "InvalidParameter", "The form body must be URL-encoded ASCII."
+        ) from None
+
+
+def _parse_pairs(text: str, where: str) -> dict[str, str]:
+    """Decode ``a=b&c=d`` strictly: bad UTF-8 or a repeated name is rejected."""
+    try:
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=_MAX_FIELDS,
+        )
+    except ValueError:  # UnicodeDecodeError included
+        raise ApiError(
+            400, "InvalidParameter", f"The {where} is not valid URL-encoded UTF-8."
+        ) from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise invalid_parameter(name, "It is given more than once.")
+        params[name] = value
+    return params
