@@ -1,0 +1,29 @@
+"""Data keys from Alibaba Cloud KMS: the KeyProvider port and its two providers.
+
+:class:`AliyunKms` talks to KMS 2016-01-20 (the real service or the local
+emulator) through ``aliyun-python-sdk-kms``; :class:`InMemoryKeyProvider` is the
+test double shipped in the package, as httpx ships ``MockTransport``. Import
+everything from here; the submodules are an implementation detail.
+"""
+
+from __future__ import annotations
+
+from shared.kms.aliyun import AliyunKms
+from shared.kms.datakey import (
+    DATA_KEY_SIZE,
+    DataKey,
+    KeyProvider,
+    canonical_context,
+    replay_error,
+)
+from shared.kms.memory import InMemoryKeyProvider
+
+__all__ = [
+    "DATA_KEY_SIZE",
+    "AliyunKms",
+    "DataKey",
+    "InMemoryKeyProvider",
+    "KeyProvider",
+    "canonical_context",
+    "replay_error",
+]

@@ -1,0 +1,321 @@
+"""Alibaba Cloud KMS 2016-01-20 through aliyun-python-sdk-kms's ``AcsClient``.
+
+SDK exceptions never leave this module: :func:`_translate` is the one place
+that maps them (and socket errors) into :mod:`shared.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
+from aliyunsdkcore.client import AcsClient
+from aliyunsdkcore.request import RpcRequest
+from aliyunsdkkms.endpoint import endpoint_data
+from aliyunsdkkms.request.v20160120.DecryptRequest import DecryptRequest
+from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
+    GenerateDataKeyRequest,
+)
+
+from shared.config import DEFAULT_REGION_ID, Settings
+from shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
+from shared.kms.datakey import DATA_KEY_SIZE, DataKey, canonical_context
+
+__all__ = ["AliyunKms"]
+
+logger = logging.getLogger(__name__)
+
+_API_VERSION = "2016-01-20"
+# Local codes for failures that never got an answer from KMS.
+_CONNECT_FAILED = "SDK.ConnectionFailed"
+_CONNECT_TIMEOUT = "SDK.ConnectTimeout"
+_READ_TIMEOUT = "SDK.ReadTimeout"
+_HTTP_ERROR = "SDK.HttpError"
+_BAD_RESPONSE = "EMQ.InvalidResponse"
+_BAD_DATA_KEY = "EMQ.InvalidDataKey"
+
+
+class AliyunKms:
+    """Alibaba Cloud KMS 2016-01-20 through the official ``AcsClient``.
+
+    The SDK does no retries for KMS (kms-api.md §4), so this client retries
+    transient failures itself: at most ``max_attempts`` tries, sleeping a random
+    time in ``[0, min(max_backoff, backoff * 2**n)]`` between them ("full
+    jitter", so that many clients do not retry in step).
+
+    ``endpoint`` overrides the regional endpoint: ``https://host[:port]`` and
+    ``http://host:port`` are taken as written; a bare ``host:port`` (port other
+    than 443) means plain HTTP, the local emulator; a bare host keeps TLS.
+    """
+
+    def __init__(
+        self,
+        access_key_id: str,
+        access_key_secret: str,
+        region_id: str = DEFAULT_REGION_ID,
+        *,
+        endpoint: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not access_key_id or not access_key_secret:
+            raise ConfigError(
+                "KMS needs ALIBABA_CLOUD_ACCESS_KEY_ID and "
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+            )
+        if max_attempts < 1 or connect_timeout <= 0 or read_timeout <= 0:
+            raise ConfigError("KMS timeouts must be positive and max_attempts >= 1")
+        self._endpoint = _parse_endpoint(endpoint) if endpoint else None
+        self._region_id = region_id
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        # auto_retry=False: retries are ours, and only on transient errors.
+        self._client = AcsClient(
+            access_key_id, access_key_secret, region_id, auto_retry=False, pool_size=32
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> AliyunKms:
+        """Build a client from region, credentials and endpoint in ``settings``."""
+        return cls(
+            settings.access_key_id or "",
+            settings.access_key_secret or "",
+            settings.region_id,
+            endpoint=settings.kms_endpoint,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        where = "://".join(self._endpoint) if self._endpoint else self._region_id
+        return f"AliyunKms({where})"
+
+    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        """GenerateDataKey with KeySpec AES_256, bound to ``context``."""
+
+        def build() -> RpcRequest:
+            request = GenerateDataKeyRequest()
+            request.set_KeyId(key_id)
+            request.set_KeySpec("AES_256")
+            if context:
+                request.set_EncryptionContext(canonical_context(context))
+            return request
+
+        body = self._send("GenerateDataKey", build, idempotent=True)
+        wrapped = _text_field(body, "CiphertextBlob", "GenerateDataKey")
+        master_key_id = _text_field(body, "KeyId", "GenerateDataKey")
+        plaintext = _data_key(body, "GenerateDataKey")
+        return DataKey(plaintext=plaintext, wrapped=wrapped, key_id=master_key_id)
+
+    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+        """Decrypt a CiphertextBlob from GenerateDataKey under the same context."""
+
+        def build() -> RpcRequest:
+            request = DecryptRequest()
+            request.set_CiphertextBlob(wrapped)
+            if context:
+                request.set_EncryptionContext(canonical_context(context))
+            return request
+
+        return _data_key(self._send("Decrypt", build, idempotent=True), "Decrypt")
+
+    def call(
+        self,
+        action: str,
+        params: Mapping[str, object] | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> dict[str, Any]:
+        """Call any KMS action and return its JSON body.
+
+        Dicts and lists become compact JSON, booleans ``true``/``false``. Unless
+        ``idempotent``, a failure is retried only when KMS surely did not act on
+        the request (no connection, Throttling): a timed-out CreateKey might
+        have created a key.
+        """
+        query = {name: _param_text(value) for name, value in (params or {}).items()}
+
+        def build() -> RpcRequest:
+            request = RpcRequest("Kms", _API_VERSION, action, "kms")
+            request.set_method("POST")
+            request.set_protocol_type("https")
+            request.endpoint_map = endpoint_data.getEndpointMap()
+            request.endpoint_regional = endpoint_data.getEndpointRegional()
+            for name, text in query.items():
+                request.add_query_param(name, text)
+            return request
+
+        return self._send(action, build, idempotent=idempotent)
+
+    def _send(
+        self, action: str, build: Callable[[], RpcRequest], *, idempotent: bool
+    ) -> dict[str, Any]:
+        attempt = 1
+        while True:
+            request = build()  # a fresh request each time: new nonce, new signature
+            request.set_connect_timeout(self._connect_timeout)
+            request.set_read_timeout(self._read_timeout)
+            if self._endpoint:
+                request.set_protocol_type(self._endpoint[0])
+                request.set_endpoint(self._endpoint[1])
+            try:
+                with _translate(action):
+                    raw = self._client.do_action_with_exception(request)
+            except KmsUnavailableError as err:
+                repeatable = idempotent or _surely_not_processed(err.code)
+                if attempt >= self._max_attempts or not repeatable:
+                    raise
+                delay = random.uniform(
+                    0.0, min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
+                )
+                logger.warning(
+                    "KMS %s: %s, retry %d of %d in %.2fs",
+                    action,
+                    err.code,
+                    attempt,
+                    self._max_attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+                attempt += 1
+                continue
+            return _json_body(raw, action)
+
+
+@contextmanager
+def _translate(action: str) -> Iterator[None]:
+    """Map SDK and socket exceptions of one KMS call into shared.errors."""
+    try:
+        yield
+    except ServerException as exc:
+        code = exc.get_error_code() or "SDK.UnknownServerError"
+        status = exc.get_http_status()
+        # Never the whole server message: SignatureDoesNotMatch carries the
+        # server's string-to-sign (every request parameter) after its ':'.
+        head = str(exc.get_error_msg() or "").split(":", 1)[0].strip()[:200]
+        text = f"KMS {action} failed: {code} (HTTP {status})" + (
+            f": {head}" if head else ""
+        )
+        transient = (status or 0) >= 500 or status == 429 or _is_throttling(code)
+        kind = KmsUnavailableError if transient else KmsRequestError
+        raise kind(
+            text, code=code, request_id=exc.get_request_id() or "", http_status=status
+        ) from exc
+    except ClientException as exc:
+        code = exc.get_error_code() or "SDK.ClientError"
+        if code == _HTTP_ERROR:
+            # The SDK flattens the requests exception into text (the URL with
+            # every parameter, so never copied); its wording is all there is.
+            code = _network_code(str(exc.get_error_msg()))
+            raise KmsUnavailableError(
+                f"KMS {action} failed: {code}", code=code
+            ) from exc
+        raise KmsRequestError(f"KMS {action} failed: {code}", code=code) from exc
+    except OSError as exc:
+        raise KmsUnavailableError(
+            f"KMS {action} failed: {_HTTP_ERROR}", code=_HTTP_ERROR
+        ) from exc
+
+
+def _network_code(text: str) -> str:
+    lowered = text.lower()
+    if "read timed out" in lowered:
+        return _READ_TIMEOUT
+    if "connecttimeout" in lowered or "connect timeout" in lowered:
+        return _CONNECT_TIMEOUT
+    if "newconnectionerror" in lowered or "connection refused" in lowered:
+        return _CONNECT_FAILED
+    return _HTTP_ERROR
+
+
+def _is_throttling(code: str) -> bool:
+    return code.startswith(("Throttling", "Rejected.Throttling"))
+
+
+def _surely_not_processed(code: str) -> bool:
+    return code in (_CONNECT_FAILED, _CONNECT_TIMEOUT) or _is_throttling(code)
+
+
+def _parse_endpoint(endpoint: str) -> tuple[str, str]:
+    """Split an endpoint override into (protocol, host[:port])."""
+    scheme, sep, rest = endpoint.strip().partition("://")
+    if sep:
+        protocol, host = scheme.lower(), rest.rstrip("/")
+    else:
+        host = endpoint.strip().rstrip("/")
+        _, colon, port = host.rpartition(":")
+        # kms-api.md §8: without "http" the SDK would try TLS against the emulator.
+        protocol = "http" if colon and port.isdigit() and port != "443" else "https"
+    if protocol not in ("http", "https") or not host or "/" in host:
+        raise ConfigError(
+            "KMS_ENDPOINT must be host:port, http://host:port or https://host[:port]"
+        )
+    return protocol, host
+
+
+def _param_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _json_body(raw: bytes, action: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise _bad_response(action) from exc
+    if not isinstance(body, dict):
+        raise _bad_response(action)
+    return body
+
+
+def _text_field(body: Mapping[str, Any], name: str, action: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise _bad_response(action)
+    return value
+
+
+def _data_key(body: Mapping[str, Any], action: str) -> bytes:
+    encoded = body.get("Plaintext")
+    if not isinstance(encoded, str):
+        raise _bad_response(action)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad_data_key(action) from exc
+    if len(key) != DATA_KEY_SIZE:
+        raise _bad_data_key(action)
+    return key
+
+
+def _bad_response(action: str) -> KmsUnavailableError:
+    return KmsUnavailableError(
+        f"KMS {action} failed: {_BAD_RESPONSE}", code=_BAD_RESPONSE
+    )
+
+
+def _bad_data_key(action: str) -> KmsRequestError:
+    # Permanent: the wrapped blob holds something that is not an AES-256 key,
+    # and asking again returns the same thing.
+    return KmsRequestError(
+        f"KMS {action} failed: {_BAD_DATA_KEY}: not a {DATA_KEY_SIZE}-byte key",
+        code=_BAD_DATA_KEY,
+    )
