@@ -63,7 +63,7 @@ class Settings:
         env = os.environ if environ is None else environ
         urls = tuple(
             u.strip()
-            for u in env.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL).split(",")
+            for u in (env.get("RABBITMQ_URL") or DEFAULT_RABBITMQ_URL).split(",")
             if u.strip()
         )
         return cls(
