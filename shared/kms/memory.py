@@ -71,6 +71,8 @@ class InMemoryKeyProvider:
         try:
             blob = base64.b64decode(wrapped, validate=True)
             (size,) = struct.unpack_from(">H", blob)
+            if len(blob) < 2 + size + 12 + 16:  # head, nonce, GCM tag
+                raise ValueError("blob too short")
             key_id = blob[2 : 2 + size].decode("utf-8")
         except (binascii.Error, ValueError, struct.error) as exc:
             raise _invalid_blob() from exc

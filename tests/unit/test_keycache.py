@@ -1,0 +1,381 @@
+"""DataKeyCache and UnwrapCache over InMemoryKeyProvider, with a hand-driven clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shared.errors import ConfigError, KmsError, KmsRequestError, KmsUnavailableError
+from shared.keycache import DataKeyCache, UnwrapCache
+from shared.kms import DataKey, InMemoryKeyProvider
+
+THREADS = 8
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GatedProvider:
+    """InMemoryKeyProvider whose calls wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryKeyProvider()
+        self.gate = threading.Event()
+
+    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        self.gate.wait(timeout=30)
+        return self.inner.generate_data_key(key_id, context)
+
+    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+        self.gate.wait(timeout=30)
+        return self.inner.decrypt_data_key(wrapped, context)
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "threads never got there"
+        time.sleep(0.002)
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except KmsError as err:
+        return err
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def provider() -> InMemoryKeyProvider:
+    return InMemoryKeyProvider()
+
+
+# --- DataKeyCache -------------------------------------------------------------
+
+
+def test_a_data_key_is_reused_within_its_limits(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, clock=clock)
+    keys = {cache.acquire("k", {"t": "a"}) for _ in range(5)}
+    assert len(keys) == 1
+    assert provider.generate_calls == 1
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.generate_calls) == (4, 1, 1)
+
+
+def test_each_master_key_and_context_has_its_own_data_key(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, clock=clock)
+    a = cache.acquire("k", {"t": "a", "u": "1"})
+    assert cache.acquire("k", {"u": "1", "t": "a"}) is a
+    assert cache.acquire("k", {"t": "b", "u": "1"}) != a
+    assert cache.acquire("other", {"t": "a", "u": "1"}) != a
+    assert cache.acquire("k", {}) != a
+    assert provider.generate_calls == 4
+
+
+def test_a_data_key_is_replaced_at_its_age_limit(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, max_age=300.0, clock=clock)
+    first = cache.acquire("k", {})
+    clock.now += 299.9
+    assert cache.acquire("k", {}) is first
+    clock.now += 0.1
+    second = cache.acquire("k", {})
+    assert second != first
+    assert provider.decrypt_data_key(second.wrapped, {}) == second.plaintext
+    assert cache.stats().rotations == 1
+
+
+def test_a_data_key_seals_at_most_max_messages(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, max_messages=3, clock=clock)
+    handed_out = [cache.acquire("k", {}) for _ in range(7)]
+    assert [handed_out.index(key) for key in handed_out] == [0, 0, 0, 3, 3, 3, 6]
+    assert (provider.generate_calls, cache.stats().rotations) == (3, 2)
+
+
+@pytest.mark.parametrize("max_messages", [0, -1, 2**32 + 1, 2**40])
+def test_max_messages_is_bounded_by_the_gcm_nonce_limit(
+    provider: InMemoryKeyProvider, max_messages: int
+) -> None:
+    with pytest.raises(ConfigError, match="2\\*\\*32"):
+        DataKeyCache(provider, max_messages=max_messages)
+
+
+def test_max_messages_may_be_exactly_two_to_the_32(
+    provider: InMemoryKeyProvider,
+) -> None:
+    DataKeyCache(provider, max_messages=2**32).acquire("k", {})
+
+
+@pytest.mark.parametrize("max_age", [0.0, -1.0, float("nan")])
+def test_max_age_must_be_positive(
+    provider: InMemoryKeyProvider, max_age: float
+) -> None:
+    with pytest.raises(ConfigError):
+        DataKeyCache(provider, max_age=max_age)
+
+
+def test_a_failed_refresh_of_an_expired_key_raises_and_never_reuses_it(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, max_age=10.0, clock=clock)
+    old = cache.acquire("k", {})
+    clock.now += 10.0
+    provider.fail_with(KmsUnavailableError("down", code="SDK.ConnectionFailed"))
+    for _ in range(2):
+        with pytest.raises(KmsUnavailableError):
+            cache.acquire("k", {})
+    provider.recover()
+    assert cache.acquire("k", {}) != old
+    assert provider.generate_calls == 4
+
+
+def test_a_used_up_key_is_not_reused_when_kms_refuses(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, max_messages=1, clock=clock)
+    cache.acquire("k", {})
+    provider.fail_with(KmsRequestError("refused", code="Rejected.Disabled"))
+    with pytest.raises(KmsRequestError):
+        cache.acquire("k", {})
+
+
+def test_concurrent_publishers_trigger_one_generate_data_key(clock: Clock) -> None:
+    provider = GatedProvider()
+    cache = DataKeyCache(provider, clock=clock)
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [pool.submit(cache.acquire, "k", {"t": "a"}) for _ in range(THREADS)]
+        _until(lambda: cache.stats().misses == THREADS)
+        provider.gate.set()
+        keys = {future.result() for future in futures}
+    assert len(keys) == 1
+    assert provider.inner.generate_calls == 1
+
+
+def test_concurrent_publishers_get_one_call_per_key_lifetime(clock: Clock) -> None:
+    provider = InMemoryKeyProvider()
+    cache = DataKeyCache(provider, max_messages=5, clock=clock)
+    with ThreadPoolExecutor(THREADS) as pool:
+        handed_out = list(
+            pool.map(lambda _: cache.acquire("k", {}), range(THREADS * 10))
+        )
+    uses = {key: handed_out.count(key) for key in handed_out}
+    assert sorted(uses.values()) == [5] * 16
+    assert provider.generate_calls == 16
+
+
+def test_concurrent_publishers_share_the_failure_of_the_one_call(clock: Clock) -> None:
+    provider = GatedProvider()
+    provider.inner.fail_with(KmsRequestError("refused", code="Rejected.Disabled"))
+    cache = DataKeyCache(provider, clock=clock)
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [
+            pool.submit(_outcome, lambda: cache.acquire("k", {}))
+            for _ in range(THREADS)
+        ]
+        _until(lambda: cache.stats().misses == THREADS)
+        provider.gate.set()
+        outcomes = [future.result() for future in futures]
+    assert all(isinstance(o, KmsRequestError) for o in outcomes)
+    assert {o.code for o in outcomes if isinstance(o, KmsError)} == {
+        "Rejected.Disabled"
+    }
+    assert provider.inner.generate_calls == 1
+
+
+# --- UnwrapCache ----------------------------------------------------------------
+
+
+def test_an_unwrapped_key_is_served_from_the_cache(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    data_key = provider.generate_data_key("k", {"t": "a"})
+    cache = UnwrapCache(provider, clock=clock)
+    for _ in range(3):
+        assert cache.unwrap(data_key.wrapped, {"t": "a"}) == data_key.plaintext
+    assert provider.decrypt_calls == 1
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.decrypt_calls) == (2, 1, 1)
+
+
+def test_the_context_is_part_of_the_cache_key(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    data_key = provider.generate_data_key("k", {"t": "a"})
+    cache = UnwrapCache(provider, clock=clock)
+    cache.unwrap(data_key.wrapped, {"t": "a"})
+    with pytest.raises(KmsRequestError):
+        cache.unwrap(data_key.wrapped, {"t": "b"})
+
+
+def test_the_least_recently_used_key_is_evicted(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    a, b, c = (provider.generate_data_key("k", {}).wrapped for _ in range(3))
+    cache = UnwrapCache(provider, max_entries=2, clock=clock)
+    cache.unwrap(a, {})
+    cache.unwrap(b, {})
+    cache.unwrap(a, {})  # a is now the most recently used
+    cache.unwrap(c, {})  # evicts b
+    assert (len(cache), cache.stats().evictions) == (2, 1)
+    calls = provider.decrypt_calls
+    cache.unwrap(a, {})
+    assert provider.decrypt_calls == calls
+    cache.unwrap(b, {})
+    assert provider.decrypt_calls == calls + 1
+
+
+def test_an_unwrapped_key_expires_after_its_ttl(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    wrapped = provider.generate_data_key("k", {}).wrapped
+    cache = UnwrapCache(provider, ttl=60.0, clock=clock)
+    cache.unwrap(wrapped, {})
+    clock.now += 59.9
+    cache.unwrap(wrapped, {})
+    assert provider.decrypt_calls == 1
+    clock.now += 0.1
+    cache.unwrap(wrapped, {})
+    assert provider.decrypt_calls == 2
+
+
+def test_a_refusal_is_remembered_for_the_negative_ttl(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = UnwrapCache(provider, negative_ttl=30.0, clock=clock)
+    with pytest.raises(KmsRequestError) as first:
+        cache.unwrap("bm90IGEga2V5", {})
+    for _ in range(5):
+        with pytest.raises(KmsRequestError) as again:
+            cache.unwrap("bm90IGEga2V5", {})
+        assert again.value.code == first.value.code
+    assert provider.decrypt_calls == 1
+    assert cache.stats().negative_hits == 5
+    clock.now += 30.0
+    with pytest.raises(KmsRequestError):
+        cache.unwrap("bm90IGEga2V5", {})
+    assert provider.decrypt_calls == 2
+
+
+def test_a_zero_negative_ttl_remembers_no_refusal(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = UnwrapCache(provider, negative_ttl=0.0, clock=clock)
+    for _ in range(3):
+        with pytest.raises(KmsRequestError):
+            cache.unwrap("bm90IGEga2V5", {})
+    assert provider.decrypt_calls == 3
+
+
+def test_a_transient_failure_is_not_remembered(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    data_key = provider.generate_data_key("k", {})
+    cache = UnwrapCache(provider, clock=clock)
+    provider.fail_with(KmsUnavailableError("down", code="Throttling"), times=1)
+    with pytest.raises(KmsUnavailableError):
+        cache.unwrap(data_key.wrapped, {})
+    assert cache.unwrap(data_key.wrapped, {}) == data_key.plaintext
+    assert (provider.decrypt_calls, cache.stats().negative_hits) == (2, 0)
+
+
+def test_refusals_are_bounded_like_keys(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = UnwrapCache(provider, max_entries=2, clock=clock)
+    for wrapped in ("YWFh", "YmJi", "Y2Nj"):
+        with pytest.raises(KmsRequestError):
+            cache.unwrap(wrapped, {})
+    with pytest.raises(KmsRequestError):
+        cache.unwrap("YWFh", {})  # the oldest refusal was dropped
+    assert provider.decrypt_calls == 4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_entries": 0}, {"ttl": 0.0}, {"ttl": -1.0}, {"negative_ttl": -1.0}],
+)
+def test_unwrap_cache_limits_are_validated(
+    provider: InMemoryKeyProvider, options: dict[str, float]
+) -> None:
+    with pytest.raises(ConfigError):
+        UnwrapCache(provider, **options)  # type: ignore[arg-type]
+
+
+def test_concurrent_messages_under_a_new_key_cause_one_decrypt(clock: Clock) -> None:
+    provider = GatedProvider()
+    provider.gate.set()
+    data_key = provider.inner.generate_data_key("k", {"t": "a"})
+    provider.gate.clear()
+    cache = UnwrapCache(provider, clock=clock)
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [
+            pool.submit(cache.unwrap, data_key.wrapped, {"t": "a"})
+            for _ in range(THREADS)
+        ]
+        _until(lambda: cache.stats().misses == THREADS)
+        provider.gate.set()
+        results = {future.result() for future in futures}
+    assert results == {data_key.plaintext}
+    assert provider.inner.decrypt_calls == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KmsRequestError("refused", code="Forbidden.KeyNotFound", http_status=404),
+        KmsUnavailableError("down", code="SDK.ReadTimeout"),
+    ],
+)
+def test_concurrent_waiters_get_the_same_error(clock: Clock, error: KmsError) -> None:
+    provider = GatedProvider()
+    provider.inner.fail_with(error, times=1)
+    cache = UnwrapCache(provider, clock=clock)
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [
+            pool.submit(_outcome, lambda: cache.unwrap("d3JhcHBlZA==", {}))
+            for _ in range(THREADS)
+        ]
+        _until(lambda: cache.stats().misses == THREADS)
+        provider.gate.set()
+        outcomes = [future.result() for future in futures]
+    assert {type(o) for o in outcomes} == {type(error)}
+    assert {(o.code, o.http_status) for o in outcomes if isinstance(o, KmsError)} == {
+        (error.code, error.http_status)
+    }
+    assert provider.inner.decrypt_calls == 1
+
+
+def test_clear_forgets_every_key(provider: InMemoryKeyProvider, clock: Clock) -> None:
+    data_key = provider.generate_data_key("k", {})
+    producer, consumer = (
+        DataKeyCache(provider, clock=clock),
+        UnwrapCache(provider, clock=clock),
+    )
+    first = producer.acquire("k", {})
+    consumer.unwrap(data_key.wrapped, {})
+    producer.clear()
+    consumer.clear()
+    assert producer.acquire("k", {}) != first
+    consumer.unwrap(data_key.wrapped, {})
+    assert (provider.generate_calls, provider.decrypt_calls) == (3, 2)
