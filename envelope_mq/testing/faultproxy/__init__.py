@@ -1,0 +1,32 @@
+"""An in-process fault-injecting TCP proxy for tests, in Toxiproxy's vocabulary.
+
+See :mod:`envelope_mq.testing.faultproxy.proxy` for the proxy and
+:mod:`envelope_mq.testing.faultproxy.toxics` for the faults it injects.
+"""
+
+from __future__ import annotations
+
+from envelope_mq.testing.faultproxy.proxy import FaultProxy, ProxyStats
+from envelope_mq.testing.faultproxy.toxics import (
+    Bandwidth,
+    Latency,
+    LimitData,
+    ResetPeer,
+    Slicer,
+    Stream,
+    Timeout,
+    Toxic,
+)
+
+__all__ = [
+    "Bandwidth",
+    "FaultProxy",
+    "Latency",
+    "LimitData",
+    "ProxyStats",
+    "ResetPeer",
+    "Slicer",
+    "Stream",
+    "Timeout",
+    "Toxic",
+]
