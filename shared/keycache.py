@@ -103,6 +103,10 @@ class DataKeyCache:
         self._last_sweep = clock()
         self._hits = self._misses = self._generate_calls = self._rotations = 0
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
     def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         """The data key to seal one message with, under ``key_id`` and ``context``.
 

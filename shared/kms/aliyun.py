@@ -205,9 +205,12 @@ def _translate(action: str) -> Iterator[None]:
     except ServerException as exc:
         code = exc.get_error_code() or "SDK.UnknownServerError"
         status = exc.get_http_status()
-        # Never the whole server message: SignatureDoesNotMatch carries the
-        # server's string-to-sign (every request parameter) after its ':'.
-        head = str(exc.get_error_msg() or "").split(":", 1)[0].strip()[:200]
+        head = str(exc.get_error_msg() or "")
+        if "string to sign" in head.lower():
+            # SignatureDoesNotMatch echoes the server's string-to-sign (every
+            # request parameter) after its ':'; keep only the sentence before.
+            head = head.split(":", 1)[0]
+        head = head.strip()[:200]
         text = f"KMS {action} failed: {code} (HTTP {status})" + (
             f": {head}" if head else ""
         )

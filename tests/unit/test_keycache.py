@@ -113,6 +113,17 @@ def test_a_data_key_seals_at_most_max_messages(
     assert (provider.generate_calls, cache.stats().rotations) == (3, 2)
 
 
+def test_expired_keys_of_idle_contexts_are_dropped(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, max_age=60.0, clock=clock)
+    for tenant in ("a", "b", "c"):
+        cache.acquire("k", {"t": tenant})
+    clock.now += 60.0
+    cache.acquire("k", {"t": "d"})
+    assert len(cache) == 1
+
+
 @pytest.mark.parametrize("max_messages", [0, -1, 2**32 + 1, 2**40])
 def test_max_messages_is_bounded_by_the_gcm_nonce_limit(
     provider: InMemoryKeyProvider, max_messages: int
