@@ -251,7 +251,8 @@ class Opener:
         except ValueError as exc:
             raise DecryptionError() from exc
         key = self._cache.unwrap(header.wrapped_key, header.context)
-        cipher = self._ciphers.get(key)
+        # The type check keeps an unhashable "key" from escaping as TypeError.
+        cipher = self._ciphers.get(key) if type(key) is bytes else None
         if cipher is None:
             cipher = self._cipher_for(key)
         plaintext = cipher.open(nonce, sealed, aad)

@@ -241,6 +241,13 @@ def test_unwrapped_key_of_the_wrong_length_fails(size: int) -> None:
     assert str(caught.value) == DecryptionError.MESSAGE
 
 
+@pytest.mark.parametrize("key", [bytearray(32), list(range(32)), "k" * 32])
+def test_unwrapped_key_that_is_not_bytes_fails(key: Any) -> None:
+    sealed = Sealer(FixedKeys(), KEY_ID).seal(b"payload", META)
+    with pytest.raises(DecryptionError):
+        _open(Opener(KnownKeys(key=key)), sealed.headers, sealed.body, META)
+
+
 @pytest.mark.parametrize(
     "failure",
     [
