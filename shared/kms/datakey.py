@@ -1,13 +1,16 @@
-"""The data key, the KeyProvider port, and the canonical EncryptionContext."""
+"""The data key and the KeyProvider port.
+
+The canonical EncryptionContext is the wire format's own (one definition, so the
+context KMS binds and the context our AAD binds can never drift apart)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.errors import KmsError
+from shared.wire import canonical_context
 
 __all__ = [
     "DATA_KEY_SIZE",
@@ -43,13 +46,6 @@ class KeyProvider(Protocol):
     def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
         """Return the 32-byte plaintext of a wrapped data key."""
         ...
-
-
-def canonical_context(context: Mapping[str, str]) -> str:
-    """The EncryptionContext as canonical JSON: keys sorted, no whitespace, UTF-8."""
-    return json.dumps(
-        dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
 
 
 def replay_error(error: KmsError) -> KmsError:
