@@ -1,0 +1,199 @@
+"""``envelope-mq consume`` and ``envelope-mq quarantine-replay``.
+
+Entrypoints only: parse, read Settings from the environment once, wire, and
+turn a MessagingError into exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from consumer.output import JsonLinesWriter
+from consumer.policy import ContextPolicy
+from consumer.replay import replay_quarantine
+from consumer.signals import stop_on_signals
+from consumer.worker import EncryptedConsumer
+from shared.amqp import DEFAULT_EXCHANGE, Topology
+from shared.config import Settings
+from shared.errors import MessagingError
+
+__all__ = ["register", "register_replay"]
+
+_EPILOG = (
+    "Broker and KMS come from RABBITMQ_URL, KMS_ENDPOINT and ALIBABA_CLOUD_* "
+    "(see the README)."
+)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_topology_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", required=True, help="queue to consume (declared)")
+    parser.add_argument(
+        "--exchange",
+        default=DEFAULT_EXCHANGE,
+        help="durable topic exchange the queue is bound to (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--routing-key",
+        help="binding key of the queue (default: the queue name)",
+    )
+    parser.add_argument(
+        "--queue-type",
+        choices=("classic", "quorum"),
+        default="classic",
+        help="type of the queue and its quarantine queue (default: %(default)s)",
+    )
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    return Topology(
+        queue=args.queue,
+        exchange=args.exchange,
+        routing_key=args.routing_key,
+        queue_type=args.queue_type,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register the ``consume`` subcommand."""
+    parser = subparsers.add_parser(
+        "consume",
+        help="decrypt messages from a queue and print them as JSON lines",
+        description=(
+            "Consume a queue, decrypt each message and write it as one JSON line "
+            "(body, message_id, timestamp, content_type, context...). Messages "
+            "that cannot be opened go to <queue>.quarantine with a reason header; "
+            "SIGTERM or Ctrl-C stops gracefully."
+        ),
+        epilog=_EPILOG,
+    )
+    _add_topology_arguments(parser)
+    parser.add_argument("--count", type=_positive, help="stop after N messages")
+    parser.add_argument(
+        "--output", "-o", type=Path, help="append JSON lines to FILE (default: stdout)"
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=_positive,
+        default=1000,
+        help="unacknowledged messages in flight (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "accept only messages whose encryption context has KEY=VALUE; repeat "
+            "to allow more values or constrain more keys; others are quarantined"
+        ),
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=_positive,
+        default=5,
+        help="deliveries before a failing message is quarantined (default: 5)",
+    )
+    parser.set_defaults(run=run_consume)
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    with path.open("a", encoding="utf-8") as stream:
+        yield stream
+
+
+def run_consume(args: argparse.Namespace) -> int:
+    """Run ``envelope-mq consume``; the exit code."""
+    try:
+        settings = Settings.from_env()
+        policy = ContextPolicy.parse(args.allow_context)
+        with _output(args.output) as stream:
+            writer = JsonLinesWriter(stream)
+            consumer = EncryptedConsumer.from_settings(
+                settings,
+                _topology(args),
+                writer,
+                prefetch=args.prefetch,
+                max_deliveries=args.max_deliveries,
+                policy=policy,
+            )
+            writer.on_error = consumer.stop
+            with stop_on_signals(consumer.stop):
+                stats = consumer.run(count=args.count)
+    except MessagingError as exc:
+        print(f"envelope-mq consume: {exc}", file=sys.stderr)
+        return 1
+    quarantined = ", ".join(f"{n} {r}" for r, n in sorted(stats.quarantined.items()))
+    print(
+        f"envelope-mq consume: {stats.handled} message(s) from {args.queue!r}; "
+        f"quarantined: {quarantined or 'none'}; requeued: {stats.requeued}",
+        file=sys.stderr,
+    )
+    if writer.failed:
+        print("envelope-mq consume: the output failed; stopped", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register_replay(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register the ``quarantine-replay`` subcommand."""
+    parser = subparsers.add_parser(
+        "quarantine-replay",
+        help="move quarantined messages back to their queue",
+        description=(
+            "Move messages from <queue>.quarantine back to <queue>, without their "
+            "quarantine headers (after, say, a disabled key was enabled again). "
+            "Each is acknowledged only after the broker confirmed its copy."
+        ),
+        epilog=_EPILOG,
+    )
+    _add_topology_arguments(parser)
+    parser.add_argument("--count", type=_positive, help="move at most N messages")
+    parser.add_argument(
+        "--reason",
+        action="append",
+        metavar="REASON",
+        help=(
+            "move only messages quarantined for REASON (malformed, undecryptable, "
+            "context-denied, kms-rejected, handler-error); repeatable"
+        ),
+    )
+    parser.set_defaults(run=run_replay)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Run ``envelope-mq quarantine-replay``; the exit code."""
+    try:
+        settings = Settings.from_env()
+        result = replay_quarantine(
+            settings.rabbitmq_urls,
+            _topology(args),
+            limit=args.count,
+            reasons=None if args.reason is None else frozenset(args.reason),
+        )
+    except MessagingError as exc:
+        print(f"envelope-mq quarantine-replay: {exc}", file=sys.stderr)
+        return 1
+    detail = ", ".join(f"{n} {r}" for r, n in sorted(result.moved.items()))
+    print(
+        f"envelope-mq quarantine-replay: moved {result.total_moved} message(s) "
+        f"to {args.queue!r}{f' ({detail})' if detail else ''}; "
+        f"left {result.skipped} in quarantine",
+        file=sys.stderr,
+    )
+    return 0

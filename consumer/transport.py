@@ -1,0 +1,266 @@
+"""The consumer's pika boundary: receive deliveries, apply outcomes to the broker.
+
+One ``BlockingConnection`` carries two channels: the consuming channel (manual
+acks, a prefetch window) and a confirm-mode channel for quarantine publishes, so
+that a quarantined message is acknowledged only after the broker has confirmed
+its copy. pika types never leave this module: deliveries become
+:class:`~consumer.message.Delivery` values as they arrive.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pika
+import pika.spec
+
+from consumer.message import Delivery
+from consumer.outcome import Outcome
+from shared.amqp import ConnectionOptions, Topology, broker_errors, connect_blocking
+from shared.errors import BrokerUnavailableError
+
+__all__ = [
+    "QUARANTINE_HEADER_PREFIX",
+    "QUARANTINE_KMS_CODE_HEADER",
+    "QUARANTINE_QUEUE_HEADER",
+    "QUARANTINE_REASON_HEADER",
+    "QUARANTINE_TIME_HEADER",
+    "BlockingTransport",
+    "copy_properties",
+    "quarantine_properties",
+]
+
+logger = logging.getLogger(__name__)
+
+QUARANTINE_HEADER_PREFIX = "x-emq-quarantine-"
+QUARANTINE_REASON_HEADER = "x-emq-quarantine-reason"
+QUARANTINE_KMS_CODE_HEADER = "x-emq-quarantine-kms-code"
+QUARANTINE_QUEUE_HEADER = "x-emq-quarantine-queue"
+QUARANTINE_TIME_HEADER = "x-emq-quarantine-time"
+
+
+class BlockingTransport:
+    """One connection to the broker, consuming ``topology.queue``.
+
+    Not thread-safe: pika's BlockingConnection belongs to the thread using it.
+    Every method may raise pika exceptions; callers run them inside
+    :meth:`errors`, which turns them into ``BrokerError``.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        topology: Topology,
+        *,
+        prefetch: int = 1000,
+        ack_batch: int = 50,
+        options: ConnectionOptions | None = None,
+    ) -> None:
+        if prefetch < 1 or not 1 <= ack_batch <= prefetch:
+            raise ValueError("need prefetch >= 1 and 1 <= ack_batch <= prefetch")
+        self._urls = urls
+        self._topology = topology
+        self._prefetch = prefetch
+        self._ack_batch = ack_batch
+        self._options = options
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._confirm_channel: Any = None
+        self._unacked_tag = 0  # highest processed tag not yet acked on the wire
+        self._unacked = 0
+        #: Deliveries received and not yet processed, oldest first.
+        self.pending: collections.deque[Delivery] = collections.deque()
+
+    @contextlib.contextmanager
+    def errors(self, doing: str = "consume") -> Iterator[None]:
+        """Translate pika and socket errors raised in the block into BrokerError."""
+        with broker_errors(f"{doing} from {self._topology.queue!r}"):
+            yield
+
+    def open(self) -> None:
+        """Connect, declare the topology and start consuming."""
+        self._connection = connect_blocking(self._urls, self._options)
+        with self.errors("open"):
+            channel = self._connection.channel()
+            self._topology.declare(channel)
+            channel.basic_qos(prefetch_count=self._prefetch)
+            confirm = self._connection.channel()
+            confirm.confirm_delivery()
+            channel.basic_consume(
+                self._topology.queue, self._on_message, auto_ack=False
+            )
+        self._channel, self._confirm_channel = channel, confirm
+        self._unacked_tag = self._unacked = 0
+        self.pending.clear()
+
+    def _on_message(
+        self,
+        _channel: object,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        # The hot path: one allocation, no logging.
+        self.pending.append(
+            Delivery(
+                body,
+                properties.headers or {},
+                properties.message_id,
+                properties.timestamp,
+                properties.content_type,
+                properties.content_encoding,
+                properties.type,
+                method.redelivered,
+                method.delivery_tag,
+                properties,
+            )
+        )
+
+    @property
+    def consuming(self) -> bool:
+        """False once the broker cancelled our consumer (queue deleted, failover)."""
+        return self._channel is not None and bool(self._channel.consumer_tags)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for deliveries (and service heartbeats)."""
+        self._live().process_data_events(time_limit=timeout)
+
+    def sleep(self, seconds: float, stop: Callable[[], bool]) -> None:
+        """Wait ``seconds`` while servicing heartbeats; return early when ``stop()``."""
+        connection = self._live()
+        deadline = time.monotonic() + seconds
+        while not stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            connection.sleep(min(left, 0.25))
+
+    def _live(self) -> pika.BlockingConnection:
+        if self._connection is None:
+            raise BrokerUnavailableError("not connected to RabbitMQ")
+        return self._connection
+
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge ``delivery``; acks go out with multiple=True in small batches.
+
+        Deliveries are processed in order, so every tag below the batch's last
+        one has been settled (acked, requeued or quarantined) already.
+        """
+        self._unacked_tag = delivery.delivery_tag
+        self._unacked += 1
+        if self._unacked >= self._ack_batch:
+            self._channel.basic_ack(self._unacked_tag, multiple=True)
+            self._unacked = 0
+
+    def flush_acks(self) -> None:
+        """Send the acknowledgements still held back by batching."""
+        if self._unacked:
+            self._channel.basic_ack(self._unacked_tag, multiple=True)
+            self._unacked = 0
+
+    def requeue(self, delivery: Delivery) -> None:
+        """Return ``delivery`` to its queue, for another try."""
+        self._channel.basic_nack(delivery.delivery_tag, multiple=False, requeue=True)
+
+    def quarantine(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Copy ``delivery`` to the quarantine queue, wait for the confirm, then ack.
+
+        Raises MessageNackedError/MessageUnroutableError (through :meth:`errors`)
+        when the broker does not take the copy; the original stays unacked.
+        """
+        properties = quarantine_properties(
+            delivery.raw, outcome, self._topology.queue, time.time()
+        )
+        self._confirm_channel.basic_publish(
+            "",
+            self._topology.quarantine_queue,
+            delivery.body,
+            properties,
+            mandatory=True,
+        )
+        self.ack(delivery)
+
+    def close(self) -> None:
+        """Stop consuming, settle what is held, requeue the rest and disconnect.
+
+        Never raises: on a dead connection the broker requeues whatever was
+        unacknowledged anyway.
+        """
+        connection, channel = self._connection, self._channel
+        self._connection = self._channel = self._confirm_channel = None
+        self.pending.clear()
+        if connection is None:
+            return
+        try:
+            if channel is not None and channel.is_open:
+                for tag in channel.consumer_tags:
+                    channel.basic_cancel(tag)
+                if self._unacked:
+                    channel.basic_ack(self._unacked_tag, multiple=True)
+                # delivery tag 0 with multiple: every delivery still outstanding
+                channel.basic_nack(0, multiple=True, requeue=True)
+            if connection.is_open:
+                connection.close()
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            logger.debug("broker connection closed uncleanly: %s", type(exc).__name__)
+        finally:
+            self._unacked = 0
+
+    def abandon(self) -> None:
+        """Drop a broken connection without talking to the broker."""
+        connection = self._connection
+        self._connection = self._channel = self._confirm_channel = None
+        self.pending.clear()
+        self._unacked = 0
+        if connection is not None:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                if connection.is_open:
+                    connection.close()
+
+
+def quarantine_properties(
+    original: object, outcome: Outcome, queue: str, now: float
+) -> pika.BasicProperties:
+    """The original properties with the quarantine headers added, persistent.
+
+    ``expiration`` is dropped (a quarantined message waits for a human) and
+    ``user_id`` too (the broker checks it against the publishing user).
+    """
+    if not isinstance(original, pika.BasicProperties):
+        raise TypeError("quarantine needs the delivery's pika properties")
+    headers: dict[str, Any] = {
+        k: v
+        for k, v in (original.headers or {}).items()
+        if not k.startswith(QUARANTINE_HEADER_PREFIX)
+    }
+    headers[QUARANTINE_REASON_HEADER] = str(outcome.reason)
+    if outcome.kms_code:
+        headers[QUARANTINE_KMS_CODE_HEADER] = outcome.kms_code
+    headers[QUARANTINE_QUEUE_HEADER] = queue
+    headers[QUARANTINE_TIME_HEADER] = int(now)
+    return copy_properties(original, headers)
+
+
+def copy_properties(
+    original: pika.BasicProperties, headers: Mapping[str, Any]
+) -> pika.BasicProperties:
+    """``original`` with other ``headers``, persistent, without expiration/user_id."""
+    return pika.BasicProperties(
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        headers=dict(headers),
+        delivery_mode=pika.DeliveryMode.Persistent,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        type=original.type,
+        app_id=original.app_id,
+        cluster_id=original.cluster_id,
+    )

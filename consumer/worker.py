@@ -1,0 +1,294 @@
+"""EncryptedConsumer: consume, open, hand over, and settle every delivery.
+
+The loop pulls deliveries off the transport in order, asks
+:func:`~consumer.outcome.handle` how each ends, and applies that:
+
+- ACK: acknowledged (in small ``multiple`` batches, after the handler returned);
+- REQUEUE: nacked back to the queue, counted against ``max_deliveries``;
+- QUARANTINE: copied to ``<queue>.quarantine`` with a reason header,
+  confirmed, then acknowledged — never requeued, never a hot loop;
+- RETRY_LATER (KMS unavailable): held unacknowledged while the loop backs off,
+  servicing heartbeats, and retries the same message until KMS answers.
+
+A lost connection is re-established with backoff through the broker URL list;
+what was unacknowledged comes back from the broker (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumer.backoff import Backoff
+from consumer.deliveries import DeliveryCounter
+from consumer.message import Delivery
+from consumer.outcome import (
+    ACK,
+    REQUEUE,
+    RETRY_LATER,
+    EnvelopeOpener,
+    Handler,
+    Outcome,
+    Reason,
+    handle,
+)
+from consumer.policy import ContextPolicy
+from consumer.transport import BlockingTransport
+from shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
+from shared.config import Settings
+from shared.envelope import Opener
+from shared.errors import BrokerError, BrokerUnavailableError
+from shared.keycache import UnwrapCache
+from shared.kms import AliyunKms
+
+__all__ = ["ConsumerStats", "EncryptedConsumer"]
+
+logger = logging.getLogger(__name__)
+
+# How long an idle consumer waits for deliveries before it looks at stop().
+_POLL_SECONDS = 0.25
+
+
+@dataclass
+class ConsumerStats:
+    """Counts since the consumer was made; read them after (or during) ``run``."""
+
+    handled: int = 0
+    requeued: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    kms_retries: int = 0
+    reconnects: int = 0
+
+
+class EncryptedConsumer:
+    """Consumes ``topology.queue``, decrypting each message for ``handler``.
+
+    ``handler(message)`` gets a :class:`~consumer.message.ReceivedMessage`; the
+    delivery is acknowledged after it returns, requeued when it raises (up to
+    ``max_deliveries`` deliveries, then quarantined as handler-error). Run the
+    loop with :meth:`run`; :meth:`stop` ends it gracefully from a signal
+    handler, another thread or the handler itself.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        topology: Topology,
+        opener: EnvelopeOpener,
+        handler: Handler,
+        *,
+        prefetch: int = 1000,
+        ack_batch: int = 50,
+        max_deliveries: int = 5,
+        policy: ContextPolicy | None = None,
+        kms_backoff: Backoff | None = None,
+        reconnect_backoff: Backoff | None = None,
+        connection_options: ConnectionOptions | None = None,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        self._urls = split_urls(urls)
+        self._topology = topology
+        self._opener = opener
+        self._handler = handler
+        self._max_deliveries = max_deliveries
+        self._policy = policy or ContextPolicy()
+        self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
+        self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
+        self._transport = BlockingTransport(
+            self._urls,
+            topology,
+            prefetch=prefetch,
+            ack_batch=min(ack_batch, prefetch),
+            options=connection_options,
+        )
+        self._counter = DeliveryCounter()
+        self._stopping = False
+        self._limit: int | None = None
+        self.stats = ConsumerStats()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        topology: Topology,
+        handler: Handler,
+        **options: Any,
+    ) -> EncryptedConsumer:
+        """Wire the KMS client, the unwrap cache and the opener from ``settings``."""
+        cache = UnwrapCache(
+            AliyunKms.from_settings(settings),
+            max_entries=settings.key_cache_size,
+            ttl=settings.key_cache_ttl,
+        )
+        return cls(
+            settings.rabbitmq_urls,
+            topology,
+            Opener(cache),
+            handler,
+            **options,
+        )
+
+    @property
+    def topology(self) -> Topology:
+        """What this consumer declares and consumes."""
+        return self._topology
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return: the message in hand finishes, the rest requeue.
+
+        Safe from a signal handler or another thread: it only sets a flag.
+        """
+        self._stopping = True
+
+    def run(self, count: int | None = None) -> ConsumerStats:
+        """Consume until :meth:`stop`, or until ``count`` messages were handled.
+
+        Raises:
+            BrokerUnavailableError: the first connection could not be made.
+            BrokerError: the topology could not be declared (e.g. a queue exists
+                with other arguments).
+        """
+        self._stopping = False
+        self._limit = None if count is None else self.stats.handled + count
+        transport = self._transport
+        transport.open()
+        try:
+            while not self._stopping and not self._reached_limit():
+                try:
+                    self._consume(transport)
+                except BrokerError as exc:
+                    if self._stopping:
+                        break
+                    logger.warning("lost the broker (%s); reconnecting", exc)
+                    transport.abandon()
+                    self._reconnect(transport)
+        finally:
+            transport.close()
+        return self.stats
+
+    def _reached_limit(self) -> bool:
+        return self._limit is not None and self.stats.handled >= self._limit
+
+    def _consume(self, transport: BlockingTransport) -> None:
+        pending = transport.pending
+        with transport.errors():
+            while not self._stopping:
+                if not pending:
+                    transport.flush_acks()
+                    transport.pump(_POLL_SECONDS)
+                    if not transport.consuming:
+                        raise BrokerUnavailableError(
+                            "the broker cancelled our consumer"
+                        )
+                    continue
+                self._settle(transport, pending.popleft())
+                if self._limit is not None and self.stats.handled >= self._limit:
+                    break
+            transport.flush_acks()
+
+    def _settle(self, transport: BlockingTransport, delivery: Delivery) -> None:
+        deliveries = self._counter.deliveries(delivery) if delivery.redelivered else 1
+        outcome = self._outcome(delivery, deliveries)
+        if outcome is ACK:
+            transport.ack(delivery)
+            self.stats.handled += 1
+            if delivery.redelivered:
+                self._counter.settled(delivery)
+        elif outcome is RETRY_LATER:
+            outcome = self._hold(transport, delivery, deliveries)
+            if outcome is not RETRY_LATER:  # else: stopping, leave it unacked
+                self._apply_settled(transport, delivery, deliveries, outcome)
+        else:
+            self._apply_settled(transport, delivery, deliveries, outcome)
+
+    def _outcome(self, delivery: Delivery, deliveries: int) -> Outcome:
+        return handle(
+            delivery,
+            self._opener,
+            self._handler,
+            policy=self._policy,
+            deliveries=deliveries,
+            max_deliveries=self._max_deliveries,
+        )
+
+    def _apply_settled(
+        self,
+        transport: BlockingTransport,
+        delivery: Delivery,
+        deliveries: int,
+        outcome: Outcome,
+    ) -> None:
+        if outcome is ACK:
+            transport.ack(delivery)
+            self.stats.handled += 1
+            self._counter.settled(delivery)
+        elif outcome is REQUEUE:
+            self._counter.failed(delivery, deliveries)
+            transport.requeue(delivery)
+            self.stats.requeued += 1
+        else:
+            reason = outcome.reason or Reason.MALFORMED
+            logger.warning(
+                "quarantining message %s from %r: %s%s",
+                delivery.message_id,
+                self._topology.queue,
+                reason,
+                f" ({outcome.kms_code})" if outcome.kms_code else "",
+            )
+            transport.quarantine(delivery, outcome)
+            self._counter.settled(delivery)
+            self.stats.quarantined[str(reason)] += 1
+
+    def _hold(
+        self, transport: BlockingTransport, delivery: Delivery, deliveries: int
+    ) -> Outcome:
+        """Retry ``delivery`` with backoff while KMS is unavailable.
+
+        The message stays unacknowledged and the connection keeps servicing
+        heartbeats while we wait; nothing later in the queue overtakes it.
+        """
+        transport.flush_acks()  # what was handled before the outage is done
+        logger.warning(
+            "KMS unavailable; holding message %s and retrying with backoff",
+            delivery.message_id,
+        )
+        outcome = RETRY_LATER
+        for delay in self._kms_backoff.delays():
+            transport.sleep(delay, self._stop_requested)
+            if self._stopping:
+                break
+            self.stats.kms_retries += 1
+            outcome = self._outcome(delivery, deliveries)
+            if outcome is not RETRY_LATER:
+                logger.info("KMS answers again; resuming")
+                break
+        return outcome
+
+    def _stop_requested(self) -> bool:
+        return self._stopping
+
+    def _reconnect(self, transport: BlockingTransport) -> None:
+        where = ", ".join(redact_url(u) for u in self._urls)
+        for delay in self._reconnect_backoff.delays():
+            if self._stopping:
+                return
+            try:
+                transport.open()
+            except BrokerUnavailableError as exc:
+                logger.warning("reconnect failed (%s); retrying in %.1fs", exc, delay)
+                self._wait(delay)
+                continue
+            self.stats.reconnects += 1
+            logger.info("reconnected to %s", where)
+            return
+
+    def _wait(self, seconds: float) -> None:
+        # No connection to service here: plain sleeps, short enough to notice stop().
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
