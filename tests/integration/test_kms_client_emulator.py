@@ -1,0 +1,160 @@
+"""AliyunKms (the real aliyun-python-sdk-kms) against the real emulator, strict auth."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from envelope_mq.testing.kms import KmsFixture
+from shared.errors import KmsRequestError, KmsUnavailableError
+from shared.keycache import DataKeyCache, UnwrapCache
+from shared.kms import AliyunKms
+
+pytestmark = pytest.mark.integration
+
+CONTEXT = {"tenant": "a", "用途": "测试 ünïcode"}
+
+
+def _client(kms: KmsFixture, role: str, **overrides: object) -> AliyunKms:
+    creds = kms.producer if role == "producer" else kms.consumer
+    options: dict[str, object] = {
+        "endpoint": kms.endpoint,
+        "max_attempts": 1,
+        "connect_timeout": 2.0,
+        "read_timeout": 5.0,
+    }
+    options.update(overrides)
+    return AliyunKms(creds.access_key_id, creds.access_key_secret, **options)  # type: ignore[arg-type]
+
+
+def test_data_key_round_trips_between_the_two_roles(kms: KmsFixture) -> None:
+    data_key = _client(kms, "producer").generate_data_key(kms.alias, CONTEXT)
+
+    unwrapped = _client(kms, "consumer").decrypt_data_key(data_key.wrapped, CONTEXT)
+
+    assert unwrapped == data_key.plaintext
+    assert len(unwrapped) == 32
+    assert data_key.key_id == kms.key_id  # the alias resolves to the key id
+
+
+def test_endpoint_with_scheme_works_like_host_port(kms: KmsFixture) -> None:
+    client = _client(kms, "producer", endpoint=f"http://{kms.endpoint}")
+
+    assert client.generate_data_key(kms.key_id, {}).key_id == kms.key_id
+
+
+def test_unwrapping_under_another_context_is_refused(kms: KmsFixture) -> None:
+    data_key = _client(kms, "producer").generate_data_key(kms.key_id, {"ab": "c"})
+
+    with pytest.raises(KmsRequestError) as caught:
+        _client(kms, "consumer").decrypt_data_key(data_key.wrapped, {"a": "bc"})
+
+    assert caught.value.code == "InvalidParameter"
+    assert caught.value.request_id
+
+
+def test_producer_principal_cannot_decrypt(kms: KmsFixture) -> None:
+    producer = _client(kms, "producer")
+    data_key = producer.generate_data_key(kms.key_id, CONTEXT)
+
+    with pytest.raises(KmsRequestError) as caught:
+        producer.decrypt_data_key(data_key.wrapped, CONTEXT)
+
+    assert caught.value.code.startswith("Forbidden")
+
+
+def test_consumer_principal_cannot_generate_data_keys(kms: KmsFixture) -> None:
+    with pytest.raises(KmsRequestError) as caught:
+        _client(kms, "consumer").generate_data_key(kms.key_id, CONTEXT)
+
+    assert caught.value.code.startswith("Forbidden")
+
+
+def test_wrong_secret_is_a_permanent_error_without_the_secret(kms: KmsFixture) -> None:
+    client = AliyunKms(
+        kms.producer.access_key_id,
+        "not-the-secret",
+        endpoint=kms.endpoint,
+        max_attempts=1,
+    )
+
+    with pytest.raises(KmsRequestError) as caught:
+        client.generate_data_key(kms.key_id, CONTEXT)
+
+    # The emulator answers SignatureDoesNotMatch with its string-to-sign; the SDK
+    # finds it equal to its own and renames the error, exactly as with the cloud.
+    assert caught.value.code == "InvalidAccessKeySecret"
+    assert "not-the-secret" not in str(caught.value)
+
+
+def test_unknown_access_key_is_a_permanent_error(kms: KmsFixture) -> None:
+    client = AliyunKms("nobody", "secret", endpoint=kms.endpoint, max_attempts=1)
+
+    with pytest.raises(KmsRequestError) as caught:
+        client.generate_data_key(kms.key_id, CONTEXT)
+
+    assert caught.value.code == "InvalidAccessKeyId.NotFound"
+
+
+def test_disabled_key_is_a_permanent_error(kms: KmsFixture) -> None:
+    consumer = _client(kms, "consumer")
+    data_key = _client(kms, "producer").generate_data_key(kms.key_id, CONTEXT)
+    kms.emulator.service.call("DisableKey", {"KeyId": kms.key_id}, None)
+
+    with pytest.raises(KmsRequestError) as caught:
+        consumer.decrypt_data_key(data_key.wrapped, CONTEXT)
+
+    assert caught.value.code == "Rejected.Disabled"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"outage_seconds": 30.0}, {"throttle_ratio": 1.0}, {"error_ratio": 1.0}],
+    ids=["outage", "throttling", "http-503"],
+)
+def test_kms_faults_are_transient_errors(
+    kms: KmsFixture, fault: dict[str, float]
+) -> None:
+    kms.emulator.faults.set(**fault)
+
+    with pytest.raises(KmsUnavailableError):
+        _client(kms, "producer").generate_data_key(kms.key_id, CONTEXT)
+
+
+def test_transient_errors_are_retried_until_kms_recovers(kms: KmsFixture) -> None:
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        kms.emulator.faults.clear()  # KMS comes back during the first back-off
+
+    kms.emulator.faults.set(throttle_ratio=1.0)
+    client = _client(kms, "producer", max_attempts=3, sleep=sleep)
+
+    assert client.generate_data_key(kms.key_id, CONTEXT).key_id == kms.key_id
+    assert len(slept) == 1
+
+
+def test_caches_make_one_kms_call_per_key_under_eight_threads(kms: KmsFixture) -> None:
+    producer_cache = DataKeyCache(_client(kms, "producer"))
+    consumer_cache = UnwrapCache(_client(kms, "consumer"))
+    kms.emulator.reset_request_count()
+    start = threading.Barrier(8)
+    unwrapped: list[bytes] = []
+
+    def work() -> None:
+        start.wait()
+        for _ in range(50):
+            data_key = producer_cache.acquire(kms.key_id, CONTEXT)
+            unwrapped.append(consumer_cache.unwrap(data_key.wrapped, CONTEXT))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(set(unwrapped)) == 1
+    assert len(unwrapped) == 400
+    assert kms.emulator.request_count == {"GenerateDataKey": 1, "Decrypt": 1}
