@@ -15,7 +15,7 @@ from kms_emulator.blob import open_blob, seal, split, undecryptable
 from kms_emulator.context import canonical_context
 from kms_emulator.errors import ApiError, invalid_parameter
 from kms_emulator.model import Key, KeyVersion
-from kms_emulator.params import optional, parse_int, required
+from kms_emulator.params import optional, parse_int, required, utf8
 from kms_emulator.request import Call
 from kms_emulator.states import check_state
 
@@ -42,13 +42,6 @@ def _primary(key: Key) -> KeyVersion:
     return version
 
 
-def _utf8(value: str, name: str) -> bytes:
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # lone surrogates from a lax URL decoder
-        raise invalid_parameter(name, "Expected UTF-8 text.") from exc
-
-
 def _source(call: Call) -> tuple[Key, KeyVersion, bytes]:
     """The key and version a CiphertextBlob names, authorized and state-checked."""
     version_id, raw = split(required(call.params, "CiphertextBlob"))
@@ -72,7 +65,7 @@ def _unwrap(version: KeyVersion, raw: bytes, context: bytes) -> str:
 def encrypt(call: Call) -> dict[str, Any]:
     """Encrypt: the Plaintext string, sealed under the key's primary version."""
     key = call.key()
-    data = _utf8(required(call.params, "Plaintext"), "Plaintext")
+    data = utf8(required(call.params, "Plaintext"), "Plaintext")
     if len(data) > MAX_PLAINTEXT_BYTES:
         raise invalid_parameter("Plaintext", f"At most {MAX_PLAINTEXT_BYTES} bytes.")
     context = canonical_context(call.params.get("EncryptionContext"))

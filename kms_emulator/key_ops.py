@@ -17,6 +17,7 @@ from kms_emulator.params import (
     parse_int,
     parse_interval,
     parse_json,
+    utf8,
 )
 from kms_emulator.request import Call
 
@@ -74,6 +75,7 @@ def _description(call: Call, *, needed: bool) -> str:
         if needed:
             raise missing_parameter("Description")
         return ""
+    utf8(value, "Description")  # it is stored, and SQLite takes only UTF-8
     if len(value) > MAX_DESCRIPTION_CHARS:
         raise invalid_parameter(
             "Description", f"At most {MAX_DESCRIPTION_CHARS} characters."

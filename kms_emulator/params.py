@@ -20,6 +20,7 @@ __all__ = [
     "parse_interval",
     "parse_json",
     "required",
+    "utf8",
 ]
 
 _INT = re.compile(r"-?[0-9]{1,12}")
@@ -34,6 +35,14 @@ def required(params: Mapping[str, str], name: str) -> str:
     if not value:
         raise missing_parameter(name)
     return value
+
+
+def utf8(value: str, name: str) -> bytes:
+    """The UTF-8 bytes of ``value``; lone surrogates are InvalidParameter."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid_parameter(name, "Expected UTF-8 text.") from exc
 
 
 def optional(params: Mapping[str, str], name: str) -> str | None:

@@ -157,6 +157,10 @@ class _Parser:
     def text(self, value: Any, path: _Path, *, empty: bool = False) -> str:
         if not isinstance(value, str) or (not empty and not value):
             raise self.fail(path, "expected a non-empty string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise self.fail(path, "expected UTF-8 text") from exc
         return value
 
     def strings(self, value: Any, path: _Path) -> list[str]:
