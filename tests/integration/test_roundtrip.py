@@ -1,0 +1,99 @@
+"""Producer to consumer, through the real broker, the real emulator and the real SDK."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+
+import pytest
+
+from consumer.message import ReceivedMessage
+from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.kms import KmsFixture
+from producer import EncryptedPublisher
+from shared.amqp import Topology
+from shared.config import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def _round_trip(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    topology: Topology,
+    count: int,
+) -> tuple[dict[str, bytes], dict[str, bytes], EncryptedConsumer]:
+    sent: dict[str, bytes] = {}
+    with EncryptedPublisher.from_settings(
+        producer_settings, topology=topology, context={"tenant": "a"}
+    ) as publisher:
+        futures = []
+        for i in range(count):
+            # Sizes from 0 bytes up, and non-UTF-8 bytes too
+            body = bytes([i % 256]) * (i % 1500)
+            message_id = str(uuid.uuid4())
+            sent[message_id] = _digest(body)
+            futures.append(publisher.publish(body, message_id=message_id))
+        assert publisher.flush(timeout=120)
+        assert all(f.result() for f in futures)
+
+    received: dict[str, bytes] = {}
+    contexts: set[tuple[tuple[str, str], ...]] = set()
+
+    def handler(message: ReceivedMessage) -> None:
+        received[message.message_id] = _digest(message.body)
+        contexts.add(tuple(sorted(message.context.items())))
+
+    consumer = EncryptedConsumer.from_settings(consumer_settings, topology, handler)
+    watchdog = threading.Timer(120, consumer.stop)
+    watchdog.start()
+    try:
+        consumer.run(count=count)
+    finally:
+        watchdog.cancel()
+    assert contexts == {(("tenant", "a"),)}
+    return sent, received, consumer
+
+
+@pytest.mark.slow
+def test_ten_thousand_messages_arrive_intact(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+    kms: KmsFixture,
+) -> None:
+    sent, received, consumer = _round_trip(
+        producer_settings, consumer_settings, amqp_topology, 10_000
+    )
+
+    assert received == sent
+    assert consumer.stats.handled == 10_000
+    assert not consumer.stats.quarantined
+    # one data key for the whole run: one GenerateDataKey, one Decrypt
+    assert kms.emulator.request_count.get("GenerateDataKey") == 1
+    assert kms.emulator.request_count.get("Decrypt") == 1
+
+
+def test_quorum_queue_round_trip(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+) -> None:
+    quorum = Topology(
+        queue=amqp_topology.queue,
+        exchange=amqp_topology.exchange,
+        queue_type="quorum",
+        queue_arguments=amqp_topology.queue_arguments,
+        exchange_auto_delete=True,
+    )
+    sent, received, consumer = _round_trip(
+        producer_settings, consumer_settings, quorum, 500
+    )
+
+    assert received == sent
+    assert not consumer.stats.quarantined
