@@ -40,7 +40,6 @@ def _encode(text: str) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-@functools.lru_cache(maxsize=4096)
 def _canonical(raw: str, name: str) -> bytes | ApiError:
     # Returning (not raising) the error lets lru_cache remember bad inputs too.
     if len(raw) > MAX_CONTEXT_CHARS:
@@ -56,11 +55,18 @@ def _canonical(raw: str, name: str) -> bytes | ApiError:
     return b"".join(_encode(k) + _encode(value[k]) for k in sorted(value))
 
 
+# Contexts repeat (a producer reuses one per stream), so parsing is cached; only
+# short ones, to bound the cache's memory whatever callers send.
+_cached = functools.lru_cache(maxsize=4096)(_canonical)
+_CACHED_CHARS = 512
+
+
 def canonical_context(raw: str | None, name: str = "EncryptionContext") -> bytes:
     """The canonical bytes of a context parameter; absent or empty means {}."""
     if not raw:
         return _EMPTY
-    result = _canonical(raw, name)
+    parse = _cached if len(raw) <= _CACHED_CHARS else _canonical
+    result = parse(raw, name)
     if isinstance(result, ApiError):
         # A fresh copy: a cached exception instance would accumulate tracebacks.
         raise ApiError(result.status, result.code, result.message)
