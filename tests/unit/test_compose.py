@@ -211,15 +211,20 @@ def test_producer_key_id_names_a_seeded_key(
 
 
 def test_seed_is_accepted_by_the_emulator() -> None:
-    kms_emulator = pytest.importorskip("kms_emulator.service")
+    from kms_emulator import KmsService
+
+    service = KmsService.open(seed=SEED)
     try:
-        service = kms_emulator.KmsService.open(seed=SEED)
-    except NotImplementedError:
-        pytest.skip("the emulator's KmsService is not implemented yet")
-    try:
-        principal = service.principal("emq-producer-dev")
-        assert principal is not None
-        assert "Decrypt" not in principal.actions
+        producer = service.principal("emq-producer-dev")
+        consumer = service.principal("emq-consumer-dev")
+        assert producer is not None
+        assert consumer is not None
+        assert producer.actions == frozenset({"GenerateDataKey"})
+        assert consumer.actions == frozenset({"Decrypt"})
+        described = service.call(
+            "DescribeKey", {"KeyId": "alias/envelope-mq-demo"}, None
+        )
+        assert described["KeyMetadata"]["KeyState"] == "Enabled"
     finally:
         service.close()
 
