@@ -12,12 +12,12 @@ ARN = "acs:kms:cn-hangzhou:1234567890123456"
 
 def test_alias_lifecycle(kms: KmsService, key_id: str) -> None:
     other = new_key(kms)
-    call(kms, "CreateAlias", AliasName="alias/orders", KeyId=key_id)
+    assert call(kms, "CreateAlias", AliasName="alias/orders", KeyId=key_id) == {}
     assert call(kms, "Encrypt", KeyId="alias/orders", Plaintext="p")["KeyId"] == key_id
-    call(kms, "UpdateAlias", AliasName="alias/orders", KeyId=other)
+    assert call(kms, "UpdateAlias", AliasName="alias/orders", KeyId=other) == {}
     assert call(kms, "Encrypt", KeyId="alias/orders", Plaintext="p")["KeyId"] == other
     assert call(kms, "ListAliasesByKeyId", KeyId=key_id)["TotalCount"] == 0
-    call(kms, "DeleteAlias", AliasName="alias/orders")
+    assert call(kms, "DeleteAlias", AliasName="alias/orders") == {}
     exc = error_of(kms, "Encrypt", KeyId="alias/orders", Plaintext="p")
     assert (exc.status, exc.code) == (404, "Forbidden.AliasNotFound")
     assert call(kms, "DescribeKey", KeyId=other)["KeyMetadata"]["KeyState"] == "Enabled"
