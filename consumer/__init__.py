@@ -1,1 +1,35 @@
-"""consumer."""
+"""The consumer: open envelope-encrypted messages and hand them over, at least once.
+
+:class:`EncryptedConsumer` is the library; ``envelope-mq consume`` and
+``envelope-mq quarantine-replay`` are the commands. How each delivery ends is
+decided by the pure :func:`handle` and applied to the broker by the transport.
+"""
+
+from __future__ import annotations
+
+from consumer.backoff import Backoff
+from consumer.keepalive import KeepAliveProvider
+from consumer.message import Delivery, ReceivedMessage
+from consumer.outcome import Outcome, Reason, Verdict, handle
+from consumer.peek import StoredMessage, peek
+from consumer.policy import ContextPolicy
+from consumer.replay import ReplayResult, replay_quarantine
+from consumer.worker import ConsumerStats, EncryptedConsumer
+
+__all__ = [
+    "Backoff",
+    "ConsumerStats",
+    "ContextPolicy",
+    "Delivery",
+    "EncryptedConsumer",
+    "KeepAliveProvider",
+    "Outcome",
+    "Reason",
+    "ReceivedMessage",
+    "ReplayResult",
+    "StoredMessage",
+    "Verdict",
+    "handle",
+    "peek",
+    "replay_quarantine",
+]

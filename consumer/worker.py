@@ -25,6 +25,7 @@ from typing import Any
 
 from consumer.backoff import Backoff
 from consumer.deliveries import DeliveryCounter
+from consumer.keepalive import KeepAliveProvider
 from consumer.message import Delivery
 from consumer.outcome import (
     ACK,
@@ -72,6 +73,12 @@ class EncryptedConsumer:
     ``max_deliveries`` deliveries, then quarantined as handler-error). Run the
     loop with :meth:`run`; :meth:`stop` ends it gracefully from a signal
     handler, another thread or the handler itself.
+
+    The handler runs in the thread that services the broker connection, so it
+    should return well within the heartbeat timeout (30 s by default; see
+    ``ConnectionOptions``). KMS calls do not have this limit when the provider
+    is wrapped in a :class:`KeepAliveProvider` passed as ``keep_alive`` (as
+    :meth:`from_settings` does): the connection is serviced while they run.
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class EncryptedConsumer:
         kms_backoff: Backoff | None = None,
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
+        keep_alive: KeepAliveProvider | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
@@ -107,6 +115,7 @@ class EncryptedConsumer:
             options=connection_options,
         )
         self._counter = DeliveryCounter()
+        self._keep_alive = keep_alive
         self._stopping = False
         self._limit: int | None = None
         self.stats = ConsumerStats()
@@ -120,8 +129,9 @@ class EncryptedConsumer:
         **options: Any,
     ) -> EncryptedConsumer:
         """Wire the KMS client, the unwrap cache and the opener from ``settings``."""
+        kms = KeepAliveProvider(AliyunKms.from_settings(settings))
         cache = UnwrapCache(
-            AliyunKms.from_settings(settings),
+            kms,
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
@@ -130,6 +140,7 @@ class EncryptedConsumer:
             topology,
             Opener(cache),
             handler,
+            keep_alive=kms,
             **options,
         )
 
@@ -157,6 +168,8 @@ class EncryptedConsumer:
         self._limit = None if count is None else self.stats.handled + count
         transport = self._transport
         transport.open()
+        if self._keep_alive is not None:
+            self._keep_alive.attach(transport.pump)
         try:
             while not self._stopping and not self._reached_limit():
                 try:
@@ -168,6 +181,8 @@ class EncryptedConsumer:
                     transport.abandon()
                     self._reconnect(transport)
         finally:
+            if self._keep_alive is not None:
+                self._keep_alive.attach(None)
             transport.close()
         return self.stats
 

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from consumer.keepalive import KeepAliveProvider
 from consumer.message import ReceivedMessage
 from consumer.peek import StoredMessage, peek
 from consumer.worker import EncryptedConsumer
@@ -143,7 +144,8 @@ def _consume(
     result: DemoResult,
     timeout: float | None,
 ) -> None:
-    cache = UnwrapCache(roles.consumer_kms)
+    kms = KeepAliveProvider(roles.consumer_kms)
+    cache = UnwrapCache(kms)
     progress = Progress("consume", len(digests))
     seen: set[str] = set()
     peeked = result.stored.message_id if result.stored else None
@@ -165,7 +167,7 @@ def _consume(
         if len(seen) == len(digests):
             consumer.stop()
 
-    consumer = EncryptedConsumer(urls, topology, Opener(cache), verify)
+    consumer = EncryptedConsumer(urls, topology, Opener(cache), verify, keep_alive=kms)
     # A watchdog, so that a lost message ends the demo with an error, not a hang.
     limit = timeout if timeout is not None else 60.0 + len(digests) / 200
     watchdog = threading.Timer(limit, consumer.stop)

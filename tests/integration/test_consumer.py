@@ -25,7 +25,7 @@ from consumer.transport import (
 from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.proxy import TcpProxy
-from shared.amqp import Topology
+from shared.amqp import ConnectionOptions, Topology
 from shared.config import Settings
 from shared.envelope import MessageMeta, Sealer
 from shared.errors import KmsRequestError
@@ -453,3 +453,29 @@ def test_consumer_reconnects_after_the_connection_is_cut(
     assert consumer.stats.reconnects >= 1
     assert handler.bodies == publisher.published.bodies
     assert depth(rabbitmq_url, amqp_topology.queue) == 0
+
+
+@pytest.mark.slow
+def test_slow_kms_does_not_cost_the_broker_connection(
+    publisher: TestPublisher,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+    kms: KmsFixture,
+) -> None:
+    publisher.send(b"needs a slow Decrypt")
+    # Decrypt takes three times the heartbeat timeout: a connection left silent
+    # for that long is closed by the broker.
+    kms.emulator.faults.set(latency_ms=6_000)
+    handler = Collector()
+    consumer = make_consumer(
+        consumer_settings,
+        amqp_topology,
+        handler,
+        connection_options=ConnectionOptions(heartbeat=2),
+    )
+    with running(consumer):
+        wait_for(lambda: len(handler.bodies) == 1, "the message")
+        kms.emulator.faults.clear()
+
+    assert consumer.stats.reconnects == 0
+    assert handler.calls == {next(iter(publisher.published.bodies)): 1}
