@@ -1,0 +1,107 @@
+"""The benchmark's own broker housekeeping: unique queues, waits, purges, clean-up.
+
+Every queue the benchmark makes has a unique name and expires on its own
+(``x-expires``), and every exchange auto-deletes, so an interrupted run
+leaves nothing behind for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pika
+
+from shared.amqp import Topology, broker_errors, connect_blocking
+from shared.errors import BrokerError
+
+__all__ = ["QUEUE_EXPIRES_MS", "BenchBroker"]
+
+QUEUE_EXPIRES_MS = 600_000
+_POLL_SECONDS = 0.02
+
+
+class BenchBroker:
+    """An admin connection for declaring, watching and emptying bench queues."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = tuple(urls)
+        self.tag = uuid.uuid4().hex[:8]
+        self._connection = connect_blocking(self.urls)
+        self._channel: Any = self._connection.channel()
+        self._queues: list[str] = []
+        self._exchanges: list[str] = []
+
+    @property
+    def url(self) -> str:
+        """The broker URL the benchmark's clients connect to."""
+        return self.urls[0]
+
+    def server_version(self) -> str:
+        """The RabbitMQ version the broker announced when we connected."""
+        # pika keeps the connection.start properties on its connection object.
+        properties = getattr(self._connection, "_impl", None)
+        server = getattr(properties, "server_properties", None) or {}
+        version = server.get("version", b"unknown")
+        return version.decode() if isinstance(version, bytes) else str(version)
+
+    def plain_queue(self, name: str) -> str:
+        """Declare a durable, expiring queue for the plain pika side; its name."""
+        queue = f"emq-bench-{self.tag}-{name}"
+        with broker_errors(f"declare {queue!r}"):
+            self._channel.queue_declare(
+                queue, durable=True, arguments={"x-expires": QUEUE_EXPIRES_MS}
+            )
+        self._queues.append(queue)
+        return queue
+
+    def topology(self, name: str) -> Topology:
+        """A durable, expiring topology of our own (exchange, queue, quarantine)."""
+        topology = Topology(
+            queue=f"emq-bench-{self.tag}-{name}",
+            exchange=f"emq-bench-{self.tag}-{name}-x",
+            queue_arguments={"x-expires": QUEUE_EXPIRES_MS},
+            exchange_auto_delete=True,
+        )
+        topology.declare(self._channel)
+        self._queues += [topology.queue, topology.quarantine_queue]
+        self._exchanges.append(topology.exchange)
+        return topology
+
+    def count(self, queue: str) -> int:
+        """Messages ready in ``queue`` now."""
+        with broker_errors(f"inspect {queue!r}"):
+            frame = self._channel.queue_declare(queue, passive=True)
+        return int(frame.method.message_count)
+
+    def wait_for_count(self, queue: str, expected: int, timeout: float = 120.0) -> None:
+        """Wait until ``queue`` holds exactly ``expected`` ready messages.
+
+        Unconfirmed publishes return before the broker has stored the message,
+        so a round is only over once the queue shows it.
+        """
+        deadline = time.monotonic() + timeout
+        while (found := self.count(queue)) != expected:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"{queue!r} holds {found} messages, expected {expected}"
+                )
+            self._connection.sleep(_POLL_SECONDS)
+
+    def purge(self, queue: str) -> None:
+        """Drop every ready message of ``queue``."""
+        with broker_errors(f"purge {queue!r}"):
+            self._channel.queue_purge(queue)
+
+    def close(self) -> None:
+        """Delete what the benchmark declared, then disconnect; never raises."""
+        with contextlib.suppress(BrokerError, pika.exceptions.AMQPError, OSError):
+            for queue in self._queues:
+                self._channel.queue_delete(queue)
+            for exchange in self._exchanges:
+                self._channel.exchange_delete(exchange)
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            self._connection.close()

@@ -1,0 +1,167 @@
+"""``envelope-mq bench``: run the benchmark, print the table, check the targets.
+
+Progress goes to stderr, the results table (Markdown) to stdout, ``--json
+FILE`` writes every figure and target, and ``--check`` exits 1 when a target
+was missed, naming it. The broker comes from ``RABBITMQ_URL``; the KMS is an
+in-process emulator with a producer and a consumer principal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from envelope_mq.bench.crypto import run_crypto
+from envelope_mq.bench.emulator_load import run_emulator_load
+from envelope_mq.bench.files import run_files
+from envelope_mq.bench.kms_economy import run_kms_economy
+from envelope_mq.bench.lab import open_lab
+from envelope_mq.bench.latency import run_latency
+from envelope_mq.bench.machine import describe_machine
+from envelope_mq.bench.memory import run_memory
+from envelope_mq.bench.report import Report
+from envelope_mq.bench.throughput import run_throughput
+from shared.config import Settings
+from shared.errors import MessagingError
+
+__all__ = ["SECTIONS", "register", "run"]
+
+SECTIONS = ("throughput", "latency", "crypto", "emulator", "memory", "files")
+_BROKER_SECTIONS = {"throughput", "latency", "memory"}
+_MEMORY_KEYS = 1024
+_MESSAGES_PER_KEY = 16
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register the ``bench`` subcommand of ``envelope-mq``."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure envelope-mq beside plain pika and check its targets",
+        description=(
+            "Benchmark envelope-mq on this machine: throughput beside plain pika "
+            "(interleaved rounds), KMS economy, latency at a fixed rate, crypto "
+            "beside the AWS Encryption SDK and raw AES-GCM, the KMS emulator "
+            "under load, a consumer's memory, and sealed files. Uses the "
+            "RabbitMQ at RABBITMQ_URL and an in-process KMS emulator."
+        ),
+    )
+    parser.add_argument(
+        "--messages", type=_positive_int, default=20_000, help="per round and side"
+    )
+    parser.add_argument(
+        "--size", type=_positive_int, default=1024, help="message size in bytes"
+    )
+    parser.add_argument(
+        "--rounds", type=_positive_int, default=5, help="interleaved rounds"
+    )
+    parser.add_argument(
+        "--rate", type=_positive_int, default=1000, help="latency: offered msg/s"
+    )
+    parser.add_argument(
+        "--duration", type=_positive_float, default=10.0, help="latency: seconds"
+    )
+    parser.add_argument(
+        "--emulator-seconds",
+        type=_positive_float,
+        default=5.0,
+        help="KMS emulator load: seconds per action",
+    )
+    parser.add_argument(
+        "--file-size",
+        type=_positive_int,
+        default=64,
+        metavar="MIB",
+        help="sealed file size in MiB",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target is missed"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen sections; print the table; the exit code."""
+    sections = set(args.only or SECTIONS)
+    report = Report(machine=describe_machine(), parameters=_parameters(args))
+    started = time.monotonic()
+    try:
+        if sections & _BROKER_SECTIONS:
+            _broker_sections(report, args, sections)
+        if "crypto" in sections:
+            run_crypto(report, args.rounds)
+        if "emulator" in sections:
+            run_emulator_load(report, args.emulator_seconds)
+        if "files" in sections:
+            run_files(report, args.rounds, args.file_size * 1024 * 1024)
+    except MessagingError as exc:
+        print(f"envelope-mq bench: {exc}", file=sys.stderr)
+        return 1
+    report.parameters["wall time, s"] = round(time.monotonic() - started, 1)
+    sys.stdout.write(report.table())
+    sys.stdout.flush()
+    if args.json:
+        Path(args.json).write_text(report.to_json() + "\n", encoding="utf-8")
+    if args.check and report.missed:
+        for target in report.missed:
+            print(
+                f"envelope-mq bench: target missed: {target.name}: "
+                f"{target.measured:g} {target.unit}, needs {target.op} "
+                f"{target.limit:g} {target.unit}",
+                file=sys.stderr,
+            )
+        return 1
+    return 0
+
+
+def _broker_sections(
+    report: Report, args: argparse.Namespace, sections: set[str]
+) -> None:
+    settings = Settings.from_env()
+    with open_lab(settings.rabbitmq_urls) as lab:
+        report.machine["RabbitMQ"] = lab.broker.server_version()
+        if "throughput" in sections:
+            run_throughput(report, lab, args.messages, args.size, args.rounds)
+        if "latency" in sections:
+            run_latency(report, lab, args.rate, args.duration, args.size)
+        if sections & {"throughput", "latency"}:
+            run_kms_economy(report, lab)
+        if "memory" in sections:
+            run_memory(report, lab, _MEMORY_KEYS, _MESSAGES_PER_KEY, args.size)
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "messages per round and side": args.messages,
+        "message size, bytes": args.size,
+        "rounds": args.rounds,
+        "latency rate, msg/s": args.rate,
+        "latency duration, s": args.duration,
+        "emulator load, s per action": args.emulator_seconds,
+        "sealed file, MiB": args.file_size,
+        "sections": ", ".join(s for s in SECTIONS if s in (args.only or SECTIONS)),
+    }
