@@ -1,0 +1,230 @@
+"""EncryptedPublisher: seal every message, publish it with confirms, pipelined."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Self
+
+from producer.transport import (
+    ConfirmingTransport,
+    TransportOptions,
+    TransportStats,
+)
+from shared.amqp import DEFAULT_EXCHANGE, ConnectionOptions, Topology
+from shared.config import Settings
+from shared.envelope import DataKeySource, MessageMeta, Sealer
+from shared.errors import ConfigError, PublishNotConfirmedError
+from shared.keycache import DataKeyCache
+from shared.kms import AliyunKms, KeyProvider
+
+__all__ = ["EncryptedPublisher", "new_message_id"]
+
+_ContextKey = tuple[tuple[str, str], ...]
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but 3x cheaper."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class EncryptedPublisher:
+    """Seals messages with envelope encryption and publishes them, confirmed.
+
+    :meth:`publish` seals in the calling thread (a KMS call only when the data
+    key cache needs a new key) and returns a Future that resolves to the
+    message_id once the broker confirms the message, or fails with
+    MessageNackedError / MessageUnroutableError. Nothing is ever published
+    unsealed: if no data key can be had, :meth:`publish` raises the KmsError.
+    Thread-safe; use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        data_keys: DataKeySource,
+        key_id: str,
+        *,
+        topology: Topology | None = None,
+        exchange: str | None = None,
+        context: Mapping[str, str] | None = None,
+        options: TransportOptions | None = None,
+        connection_options: ConnectionOptions | None = None,
+    ) -> None:
+        if topology is not None and exchange not in (None, topology.exchange):
+            raise ConfigError("exchange differs from the topology's exchange")
+        self._topology = topology
+        self._exchange = topology.exchange if topology else exchange or DEFAULT_EXCHANGE
+        self._default_routing_key = topology.binding_key if topology else None
+        self._data_keys = data_keys
+        self._key_id = key_id
+        self._default_sealer = Sealer(data_keys, key_id, context)
+        self._sealers: dict[_ContextKey, Sealer] = {}
+        self._sealers_lock = threading.Lock()
+        self._transport = ConfirmingTransport(
+            urls,
+            declare=topology.declare_async if topology else None,
+            options=options,
+            connection_options=connection_options,
+        )
+        self._transport.start()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        topology: Topology | None = None,
+        exchange: str | None = None,
+        key_id: str | None = None,
+        context: Mapping[str, str] | None = None,
+        provider: KeyProvider | None = None,
+        options: TransportOptions | None = None,
+    ) -> EncryptedPublisher:
+        """Build a publisher from ``settings``: KMS client, key cache, broker URLs."""
+        master = key_id or settings.kms_key_id
+        if not master:
+            raise ConfigError(
+                "a KMS master key id is required (KMS_KEY_ID or --key-id)"
+            )
+        cache = DataKeyCache(
+            provider or AliyunKms.from_settings(settings),
+            max_age=settings.data_key_max_age,
+            max_messages=settings.data_key_max_messages,
+        )
+        return cls(
+            settings.rabbitmq_urls,
+            cache,
+            master,
+            topology=topology,
+            exchange=exchange,
+            context=context,
+            options=options,
+        )
+
+    @property
+    def exchange(self) -> str:
+        """The exchange every message goes to."""
+        return self._exchange
+
+    @property
+    def data_keys(self) -> DataKeySource:
+        """The data key source (a DataKeyCache when built from settings)."""
+        return self._data_keys
+
+    def publish(
+        self,
+        body: bytes,
+        *,
+        routing_key: str | None = None,
+        message_id: str | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        type: str | None = None,  # the AMQP property's own name
+        context: Mapping[str, str] | None = None,
+    ) -> Future[str]:
+        """Seal ``body`` and hand it to the broker; the Future resolves on ack.
+
+        Blocks while the in-flight window is full (backpressure).
+
+        Raises:
+            KmsError: no data key could be had; nothing was published.
+            SealingError: invalid input.
+            BrokerError: the publisher is closed or gave up reconnecting.
+        """
+        key = routing_key if routing_key is not None else self._default_routing_key
+        if key is None:
+            raise ConfigError("a routing key is required when no queue is configured")
+        meta = MessageMeta(
+            message_id=message_id or new_message_id(),
+            timestamp=int(time.time()),
+            content_type=content_type,
+            content_encoding=content_encoding,
+            type=type,
+        )
+        sealer = self._default_sealer if context is None else self._sealer_for(context)
+        sealed = sealer.seal(body, meta)
+        return self._transport.submit(self._exchange, key, sealed)
+
+    def send(
+        self,
+        body: bytes,
+        *,
+        timeout: float | None = 30.0,
+        routing_key: str | None = None,
+        message_id: str | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        type: str | None = None,
+        context: Mapping[str, str] | None = None,
+    ) -> str:
+        """Publish one message and wait for its confirm; return its message_id.
+
+        Raises what :meth:`publish` raises, the Future's error, or
+        PublishNotConfirmedError when no confirm came within ``timeout``.
+        """
+        message_id = message_id or new_message_id()
+        future = self.publish(
+            body,
+            routing_key=routing_key,
+            message_id=message_id,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            type=type,
+            context=context,
+        )
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            raise PublishNotConfirmedError(
+                f"message {message_id} not confirmed within {timeout} s",
+                message_id=message_id,
+            ) from None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every message published so far is confirmed or failed."""
+        return self._transport.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then disconnect. Raises PublishNotConfirmedError on timeout."""
+        self._transport.close(timeout)
+
+    def stats(self) -> TransportStats:
+        """Publishing counters (published, confirmed, failed, republished...)."""
+        return self._transport.stats()
+
+    def _sealer_for(self, context: Mapping[str, str]) -> Sealer:
+        key = tuple(sorted(context.items()))
+        sealer = self._sealers.get(key)
+        if sealer is None:
+            with self._sealers_lock:
+                sealer = self._sealers.get(key)
+                if sealer is None:
+                    sealer = self._sealers[key] = Sealer(
+                        self._data_keys, self._key_id, context
+                    )
+        return sealer
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"EncryptedPublisher(exchange={self._exchange!r}, key_id={self._key_id!r})"
+        )

@@ -1,0 +1,538 @@
+"""The publisher's pika transport: one I/O thread, pipelined confirms, reconnects.
+
+Callers hand sealed messages to :meth:`ConfirmingTransport.submit`, which appends
+them to a deque and wakes the I/O thread at most once per batch (a thread-safe
+callback per message would cost more than the publish itself). The I/O thread
+runs a pika ``SelectConnection``: it drains the deque into ``basic_publish`` on a
+confirm-mode channel and resolves each message's Future when the broker's
+``basic.ack`` (usually ``multiple=True``, covering a range of delivery tags)
+arrives. ``mandatory=True`` turns an unroutable message into ``basic.return``
+and a failed Future instead of a silent drop.
+
+When the connection is lost, every unconfirmed message goes back to the front
+of the deque, unchanged (same message_id, same sealed body and headers), and is
+published again after reconnecting, trying the broker URLs in turn with
+exponential backoff: at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+import pika.spec
+from pika.adapters.select_connection import IOLoop
+
+from producer import frames
+from producer.window import InFlightWindow
+from shared.amqp import ConnectionOptions, connection_parameters, redact_url, split_urls
+from shared.amqp import translate_error as _translate
+from shared.envelope import SealedMessage
+from shared.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    MessageNackedError,
+    MessageUnroutableError,
+    PublishNotConfirmedError,
+)
+
+__all__ = ["ConfirmingTransport", "TransportOptions", "TransportStats"]
+
+_log = logging.getLogger(__name__)
+
+# Messages published per turn of the I/O loop before it goes back to the socket
+# (to write them and read confirms): large enough to amortise the wake-up,
+# small enough to keep confirms flowing.
+_BATCH = 1000
+# How long the I/O thread lets callers fill the deque between two drains while
+# messages flow; it costs latency only under load (an idle loop is woken at once).
+_POLL_INTERVAL = 0.001
+
+Declare = Callable[[Any, Callable[[], None]], None]
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Flow control and reconnection settings of the publisher."""
+
+    max_in_flight: int = 10_000  # publish() blocks while this many are unconfirmed
+    connect_timeout: float = 30.0  # for the first connection, in start()
+    reconnect_timeout: float | None = 300.0  # then pending messages fail
+    initial_backoff: float = 0.1
+    max_backoff: float = 10.0
+
+
+@dataclass(frozen=True)
+class TransportStats:
+    """Counters since the transport started."""
+
+    published: int  # basic.publish calls, re-publications included
+    confirmed: int
+    failed: int
+    republished: int
+    reconnects: int
+
+
+def _discard(data: bytes) -> None:
+    """Stands in for the output of a connection not yet open."""
+
+
+class _Outgoing:
+    __slots__ = (
+        "body",
+        "exchange",
+        "future",
+        "header",
+        "message_id",
+        "method",
+        "routing_key",
+        "sent",
+    )
+
+    def __init__(
+        self,
+        destination: tuple[str, str, bytes],
+        header: bytes,
+        body: bytes,
+        message_id: str,
+    ) -> None:
+        self.exchange, self.routing_key, self.method = destination
+        self.header = header  # content header payload (properties)
+        self.body = body
+        self.message_id = message_id
+        self.future: Future[str] = Future()
+        self.sent = 0
+
+
+class ConfirmingTransport:
+    """Publishes sealed messages with pipelined publisher confirms."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        declare: Declare | None = None,
+        options: TransportOptions | None = None,
+        connection_options: ConnectionOptions | None = None,
+    ) -> None:
+        self._options = options or TransportOptions()
+        self._params = connection_parameters(urls, connection_options)
+        self._where = ", ".join(redact_url(u) for u in split_urls(urls))
+        self._declare = declare
+        self._window = InFlightWindow(self._options.max_in_flight)
+        self._outbox: deque[_Outgoing] = deque()
+        self._destinations: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+        self._submit_lock = threading.Lock()
+        self._wake_scheduled = False
+        self._closed = False
+        self._failed: BrokerError | None = None
+        self._ioloop = IOLoop()
+        self._thread = threading.Thread(
+            target=self._run, name="emq-publisher", daemon=True
+        )
+        self._started = threading.Event()
+        # Owned by the I/O thread from here on.
+        self._connection: Any = None
+        self._channel: Any = None
+        self._ready = False
+        self._ever_ready = False
+        self._closing = False
+        self._next_tag = 1
+        self._emit: Callable[[bytes], None] = _discard
+        self._body_max = 131_072 - 8
+        self._unconfirmed: OrderedDict[int, _Outgoing] = OrderedDict()
+        self._returned: set[bytes] = set()
+        self._url_index = 0
+        self._round_failures = 0
+        self._attempt = 0
+        self._down_since: float | None = None
+        self._last_error: BaseException | None = None
+        self._published = self._confirmed = self._failed_count = 0
+        self._republished = self._reconnects = 0
+
+    # ---- caller side -------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, open a confirm-mode channel and declare; raises BrokerError."""
+        self._thread.start()
+        if not self._started.wait(self._options.connect_timeout):
+            self._stop_thread()
+            raise BrokerUnavailableError(
+                f"cannot connect to RabbitMQ at {self._where} within "
+                f"{self._options.connect_timeout:.0f} s"
+            )
+        if self._failed is not None:
+            self._stop_thread()
+            raise self._failed
+
+    def submit(
+        self, exchange: str, routing_key: str, sealed: SealedMessage
+    ) -> Future[str]:
+        """Queue one sealed message; its Future resolves to the message_id on ack."""
+        meta = sealed.meta
+        destination = self._destinations.get((exchange, routing_key))
+        if destination is None:
+            destination = self._destination(exchange, routing_key)
+        header = frames.header_payload(
+            len(sealed.body),
+            sealed.headers,
+            message_id=meta.message_id,
+            timestamp=meta.timestamp,
+            content_type=meta.content_type,
+            content_encoding=meta.content_encoding,
+            type=meta.type,
+        )
+        out = _Outgoing(destination, header, sealed.body, meta.message_id)
+        # Handed over means in flight: the caller can no longer cancel it.
+        out.future.set_running_or_notify_cancel()
+        self._window.acquire()
+        with self._submit_lock:
+            error = self._failed or (
+                BrokerError("the publisher is closed") if self._closed else None
+            )
+            if error is None:
+                self._outbox.append(out)
+        if error is not None:
+            self._window.release()
+            raise type(error)(str(error)) from error
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._ioloop.add_callback_threadsafe(self._drain)
+        return out.future
+
+    def _destination(self, exchange: str, routing_key: str) -> tuple[str, str, bytes]:
+        destination = (
+            exchange,
+            routing_key,
+            frames.method_payload(exchange, routing_key),
+        )
+        if len(self._destinations) < 1024:  # a bounded memo
+            self._destinations[(exchange, routing_key)] = destination
+        return destination
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted message is settled; False on timeout."""
+        return self._window.wait_empty(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then close the connection and stop the I/O thread.
+
+        Raises:
+            PublishNotConfirmedError: messages were still unconfirmed at the
+                deadline; their Futures fail with BrokerUnavailableError.
+        """
+        if self._closed:
+            return
+        flushed = self.flush(timeout) if self._thread.is_alive() else False
+        with self._submit_lock:
+            self._closed = True
+        self._stop_thread()
+        left = self._fail_everything(
+            BrokerUnavailableError("the publisher closed first")
+        )
+        if not flushed and left:
+            raise PublishNotConfirmedError(
+                f"{left} message(s) were not confirmed before close"
+            )
+
+    def stats(self) -> TransportStats:
+        """A snapshot of the counters."""
+        return TransportStats(
+            self._published,
+            self._confirmed,
+            self._failed_count,
+            self._republished,
+            self._reconnects,
+        )
+
+    def _stop_thread(self) -> None:
+        if self._thread.is_alive():
+            self._ioloop.add_callback_threadsafe(self._shutdown)
+            self._thread.join(30)
+        self._ioloop.close()
+
+    # ---- I/O thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        self._connect()
+        self._ioloop.start()
+
+    def _connect(self) -> None:
+        if self._closing:
+            return
+        params = self._params[self._url_index % len(self._params)]
+        self._connection = pika.SelectConnection(
+            params,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_connection_open(self, connection: Any) -> None:
+        self._round_failures = 0
+        # Frames built in frames.py go straight to pika's output buffer: the
+        # same path pika's own _send_message ends in, minus its marshalling.
+        self._emit = connection._adapter_emit_data
+        self._body_max = connection.params.frame_max - 8  # frame header + end octet
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            self._connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm,
+            callback=lambda _frame: self._on_confirm_mode(channel),
+        )
+
+    def _on_confirm_mode(self, channel: Any) -> None:
+        if self._declare is None:
+            self._on_ready()
+        else:
+            self._declare(channel, self._on_ready)
+
+    def _on_ready(self) -> None:
+        self._ready = True
+        self._next_tag = 1
+        self._attempt = 0
+        self._down_since = None
+        if self._ever_ready:
+            self._reconnects += 1
+            _log.info(
+                "reconnected to RabbitMQ; re-publishing %d message(s)",
+                len(self._outbox),
+            )
+        self._ever_ready = True
+        self._started.set()
+        self._drain()
+
+    def _drain(self) -> None:
+        # While messages keep coming, this re-arms itself on a short timer and
+        # callers need not wake the loop (a pipe write and a thread switch
+        # each); only when it finds nothing to do does it go idle and let the
+        # next submit() wake it.
+        channel = self._channel
+        if not self._ready or channel is None or not channel.is_open:
+            self._wake_scheduled = False
+            return  # _on_ready drains once the channel is back
+        number, body_max = channel.channel_number, self._body_max
+        outbox, unconfirmed = self._outbox, self._unconfirmed
+        wire: list[bytes] = []
+        for _ in range(_BATCH):
+            try:
+                out = outbox.popleft()
+            except IndexError:
+                break
+            wire += frames.frame_message(
+                number, out.method, out.header, out.body, body_max
+            )
+            unconfirmed[self._next_tag] = out
+            self._next_tag += 1
+            self._published += 1
+            if out.sent:
+                self._republished += 1
+            out.sent += 1
+        if wire:
+            # One write per batch instead of three per message (see frames.py).
+            self._emit(b"".join(wire))
+            self._ioloop.call_later(0 if outbox else _POLL_INTERVAL, self._drain)
+            return
+        self._wake_scheduled = False
+        if outbox:  # appended after our look, by a caller who saw the flag still set
+            self._wake_scheduled = True
+            self._ioloop.call_later(0, self._drain)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tag, unconfirmed = method.delivery_tag, self._unconfirmed
+        settled: list[_Outgoing] = []
+        if method.multiple:
+            while unconfirmed and next(iter(unconfirmed)) <= tag:
+                settled.append(unconfirmed.popitem(last=False)[1])
+        elif (one := unconfirmed.pop(tag, None)) is not None:
+            settled.append(one)
+        for out in settled:
+            self._settle(out, acked)
+        self._window.release(len(settled))
+
+    def _settle(self, out: _Outgoing, acked: bool) -> None:
+        if acked and not (self._returned and out.body in self._returned):
+            self._confirmed += 1
+            out.future.set_result(out.message_id)
+            return
+        error: PublishNotConfirmedError
+        if acked:
+            self._returned.discard(out.body)
+            error = MessageUnroutableError(
+                f"message {out.message_id} matched no queue (exchange "
+                f"{out.exchange!r}, routing key {out.routing_key!r})",
+                message_id=out.message_id,
+            )
+        else:
+            error = MessageNackedError(
+                f"the broker nacked message {out.message_id}", message_id=out.message_id
+            )
+        self._failed_count += 1
+        out.future.set_exception(error)
+
+    def _on_return(
+        self, channel: Any, method: Any, properties: Any, body: bytes
+    ) -> None:
+        # basic.return always precedes the basic.ack of the same message.
+        self._returned.add(body)
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is not self._channel:
+            return
+        self._channel = None
+        self._ready = False
+        if self._closing or not isinstance(
+            reason, pika.exceptions.ChannelClosedByBroker
+        ):
+            return  # a connection loss: _on_connection_closed handles it
+        error = _translate(reason, "the broker closed the publishing channel")
+        if not self._ever_ready:
+            self._fail_start(error)
+            return
+        # These messages are in doubt and republishing would hit the same refusal.
+        _log.warning("%s", error)
+        self._fail_unconfirmed(error)
+        self._ioloop.call_later(self._backoff(), self._open_channel)
+
+    def _on_open_error(self, connection: Any, error: BaseException) -> None:
+        self._connection = None
+        self._last_error = error
+        self._url_index += 1
+        self._round_failures += 1
+        if self._round_failures < len(self._params):
+            self._connect()  # the next URL of this round, right away
+            return
+        self._round_failures = 0
+        if not self._ever_ready:
+            self._fail_start(
+                _translate(error, f"cannot connect to RabbitMQ at {self._where}")
+            )
+            return
+        self._schedule_reconnect()
+
+    def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
+        self._connection = None
+        self._channel = None
+        self._ready = False
+        if self._closing:
+            self._ioloop.stop()
+            return
+        if not self._ever_ready:
+            self._fail_start(
+                _translate(reason, f"RabbitMQ at {self._where} closed the connection")
+            )
+            return
+        self._last_error = reason
+        _log.warning(
+            "lost the RabbitMQ connection (%s); %d message(s) unconfirmed",
+            type(reason).__name__,
+            len(self._unconfirmed),
+        )
+        # Unchanged and in their original order, ahead of anything newer.
+        self._outbox.extendleft(reversed(self._unconfirmed.values()))
+        self._unconfirmed.clear()
+        self._returned.clear()
+        self._url_index += 1  # a cluster's next node may be the one still up
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        timeout = self._options.reconnect_timeout
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if timeout is not None and time.monotonic() - self._down_since >= timeout:
+            error = BrokerUnavailableError(
+                f"RabbitMQ at {self._where} unreachable for {timeout:.0f} s: "
+                f"{type(self._last_error).__name__}"
+            )
+            self._failed = error
+            self._fail_everything(error)
+            self._ioloop.stop()
+            return
+        self._ioloop.call_later(self._backoff(), self._connect)
+
+    def _backoff(self) -> float:
+        ceiling = min(
+            self._options.max_backoff, self._options.initial_backoff * 2**self._attempt
+        )
+        self._attempt += 1
+        return random.uniform(
+            ceiling / 2, ceiling
+        )  # jitter: clients do not retry in step
+
+    def _fail_start(self, error: BrokerError) -> None:
+        self._failed = error
+        self._closing = True
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()  # _on_connection_closed stops the loop
+        else:
+            self._ioloop.stop()
+        self._started.set()
+
+    def _fail_unconfirmed(self, error: BrokerError) -> None:
+        pending = list(self._unconfirmed.values())
+        self._unconfirmed.clear()
+        self._returned.clear()
+        for out in pending:
+            self._fail(out, error)
+        self._window.release(len(pending))
+
+    def _fail_everything(self, error: BrokerError) -> int:
+        """Fail unconfirmed and queued messages (I/O thread, or after it ended)."""
+        pending = len(self._unconfirmed)
+        self._fail_unconfirmed(error)
+        queued = 0
+        while True:
+            try:
+                out = self._outbox.popleft()
+            except IndexError:
+                break
+            self._fail(out, error)
+            queued += 1
+        self._window.release(queued)
+        return pending + queued
+
+    def _fail(self, out: _Outgoing, error: BrokerError) -> None:
+        self._failed_count += 1
+        failure = type(error)(str(error))
+        if isinstance(failure, PublishNotConfirmedError):
+            failure.message_id = out.message_id
+        out.future.set_exception(failure)
+
+    def _shutdown(self) -> None:
+        self._closing = True
+        connection = self._connection
+        if connection is not None and not (
+            connection.is_closing or connection.is_closed
+        ):
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                self._ioloop.stop()
+            else:
+                # Should the broker never answer Connection.Close, stop anyway.
+                self._ioloop.call_later(5.0, self._ioloop.stop)
+            return
+        self._ioloop.stop()
