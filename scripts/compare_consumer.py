@@ -15,7 +15,6 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Mapping
 
 import pika
 
@@ -75,8 +74,12 @@ def ours_consume(queue: str, n: int, opener: Opener, ack_batch: int) -> float:
 
     consumer = EncryptedConsumer(
         URL,
-        Topology(queue, exchange=f"{queue}-x", queue_arguments={"x-expires": 600_000},
-                 exchange_auto_delete=True),
+        Topology(
+            queue,
+            exchange=f"{queue}-x",
+            queue_arguments={"x-expires": 600_000},
+            exchange_auto_delete=True,
+        ),
         opener,
         handler,
         prefetch=1000,
@@ -85,7 +88,8 @@ def ours_consume(queue: str, n: int, opener: Opener, ack_batch: int) -> float:
     start = time.perf_counter()
     stats = consumer.run(count=n)
     elapsed = time.perf_counter() - start
-    assert stats.handled == n, stats
+    if stats.handled != n:
+        raise SystemExit(f"consumed {stats.handled} of {n}: {stats}")
     return n / elapsed
 
 
@@ -102,8 +106,12 @@ def main() -> None:
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
     queue = f"speed-{uuid.uuid4().hex[:8]}"
-    Topology(queue, exchange=f"{queue}-x", queue_arguments={"x-expires": 600_000},
-             exchange_auto_delete=True).declare(channel)
+    Topology(
+        queue,
+        exchange=f"{queue}-x",
+        queue_arguments={"x-expires": 600_000},
+        exchange_auto_delete=True,
+    ).declare(channel)
     rates: dict[str, list[float]] = {"plain": []}
     rates.update({f"ours(ack_batch={b})": [] for b in args.ack_batch})
     for _ in range(args.rounds):
@@ -119,8 +127,14 @@ def main() -> None:
     base = statistics.median(rates["plain"])
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"{name:>20}: {median:9.0f} msg/s  ratio {median / base:.2f}  "
-              f"rounds {[round(v) for v in values]}")
+        # Per-round ratios pair each run with the plain run next to it, which
+        # cancels most of the noise of a shared machine.
+        ratios = [v / p for v, p in zip(values, rates["plain"], strict=True)]
+        print(
+            f"{name:>20}: {median:9.0f} msg/s  median ratio "
+            f"{statistics.median(ratios):.2f} (of medians {median / base:.2f})  "
+            f"per round {[round(r, 2) for r in ratios]}"
+        )
 
 
 if __name__ == "__main__":
