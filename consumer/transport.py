@@ -83,20 +83,31 @@ class BlockingTransport:
             yield
 
     def open(self) -> None:
-        """Connect, declare the topology and start consuming."""
-        self._connection = connect_blocking(self._urls, self._options)
-        with self.errors("open"):
-            channel = self._connection.channel()
-            self._topology.declare(channel)
-            channel.basic_qos(prefetch_count=self._prefetch)
-            confirm = self._connection.channel()
-            confirm.confirm_delivery()
-            channel.basic_consume(
-                self._topology.queue, self._on_message, auto_ack=False
-            )
+        """Connect, declare the topology and start consuming.
+
+        On failure nothing stays open; raises BrokerError.
+        """
+        connection = connect_blocking(self._urls, self._options)
+        try:
+            with self.errors("open"):
+                channel = connection.channel()
+                self._topology.declare(channel)
+                channel.basic_qos(prefetch_count=self._prefetch)
+                confirm = connection.channel()
+                confirm.confirm_delivery()
+                # Deliveries may arrive from here on: the state must be fresh.
+                self._unacked_tag = self._unacked = 0
+                self.pending.clear()
+                channel.basic_consume(
+                    self._topology.queue, self._on_message, auto_ack=False
+                )
+        except BaseException:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                if connection.is_open:
+                    connection.close()
+            raise
+        self._connection = connection
         self._channel, self._confirm_channel = channel, confirm
-        self._unacked_tag = self._unacked = 0
-        self.pending.clear()
 
     def _on_message(
         self,

@@ -152,7 +152,8 @@ class EncryptedConsumer:
     def stop(self) -> None:
         """Ask :meth:`run` to return: the message in hand finishes, the rest requeue.
 
-        Safe from a signal handler or another thread: it only sets a flag.
+        Safe from a signal handler or another thread: it only sets a flag. A
+        stop() that comes before :meth:`run` makes the next run return at once.
         """
         self._stopping = True
 
@@ -164,10 +165,13 @@ class EncryptedConsumer:
             BrokerError: the topology could not be declared (e.g. a queue exists
                 with other arguments).
         """
-        self._stopping = False
         self._limit = None if count is None else self.stats.handled + count
         transport = self._transport
-        transport.open()
+        try:
+            transport.open()
+        except BaseException:
+            self._stopping = False
+            raise
         if self._keep_alive is not None:
             self._keep_alive.attach(transport.pump)
         try:
@@ -184,6 +188,7 @@ class EncryptedConsumer:
             if self._keep_alive is not None:
                 self._keep_alive.attach(None)
             transport.close()
+            self._stopping = False  # a stop() before run() still counts; now reset
         return self.stats
 
     def _reached_limit(self) -> bool:
