@@ -183,7 +183,9 @@ def seal_stream(
         SealingError: bad context or segment size; KmsError: KMS refused.
     """
     context = dict(context or {})
-    canonical_context(context)  # refuse a bad context before calling KMS
+    # Refuse bad input before spending a KMS call on it.
+    canonical_context(context)
+    _check_segment_size(segment_size)
     data_key = provider.generate_data_key(key_id, context)
     return seal_with_key(src, dst, data_key, context, segment_size=segment_size)
 
@@ -211,10 +213,7 @@ def _seal_parts(
     nonce_prefix: bytes,
 ) -> FileHeader:
     """Seal with a given salt and nonce prefix: the seam for test vectors only."""
-    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
-        raise SealingError(
-            f"segment size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE}"
-        )
+    _check_segment_size(segment_size)
     context_json = canonical_context(context)
     encoded = _encode_header(
         data_key.key_id,
@@ -295,6 +294,13 @@ def unseal_with_key(src: Reader, dst: Writer, header: FileHeader, key: bytes) ->
         if last:
             return total
         index += 1
+
+
+def _check_segment_size(segment_size: int) -> None:
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise SealingError(
+            f"segment size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE}"
+        )
 
 
 def _fill(src: Reader, view: memoryview) -> int:

@@ -166,6 +166,7 @@ def test_segment_size_out_of_bounds_cannot_seal(
 ) -> None:
     with pytest.raises(SealingError):
         seal(provider, b"x", segment_size=size)
+    assert provider.generate_calls == 0
 
 
 def test_context_that_is_not_str_to_str_is_refused_before_kms(
