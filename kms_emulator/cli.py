@@ -167,6 +167,7 @@ def _banner(
             f"  ALIBABA_CLOUD_ACCESS_KEY_ID={access_key_id} "
             f"(secret: the value of {ACCESS_KEY_SECRET_ENV})"
         )
+    lines.append("  ready; stop with Ctrl-C or SIGTERM")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -98,6 +98,11 @@ class Target:
             )
         return self._clients[cache_key]
 
+    def close(self) -> None:
+        """Close every cached client."""
+        for cached in self._clients.values():
+            cached.close()
+
     def raw(self) -> RawHttp:
         """A raw HTTP connection to the endpoint."""
         return RawHttp(self.endpoint, tls=self.protocol == "https")
@@ -147,12 +152,14 @@ def target() -> Iterator[Target]:
     """The KMS endpoint under contract test (see the module docstring)."""
     kind = os.environ.get("KMS_TARGET", "emulator")
     if kind == "real":
-        yield _real_target()
+        real = _real_target()
+        yield real
+        real.close()
         return
     if kind != "emulator":
         pytest.fail(f"KMS_TARGET must be 'emulator' or 'real', not {kind!r}")
     with Emulator(seed=contract_seed(), auth="strict", admin=False) as emulator:
-        yield Target(
+        local = Target(
             kind="emulator",
             endpoint=emulator.endpoint,
             protocol="http",
@@ -163,6 +170,31 @@ def target() -> Iterator[Target]:
             consumer=CONSUMER,
             emulator=emulator,
         )
+        yield local
+        local.close()
+
+
+OpenClient = Callable[..., KmsClient]
+
+
+@pytest.fixture
+def open_client() -> Iterator[OpenClient]:
+    """make_client(flavour, endpoint, creds, region, protocol), closed afterwards."""
+    made: list[KmsClient] = []
+
+    def open_(
+        flavour: str,
+        endpoint: str,
+        creds: Credentials,
+        region: str = "cn-hangzhou",
+        protocol: str = "http",
+    ) -> KmsClient:
+        made.append(make_client(flavour, endpoint, creds, region, protocol))
+        return made[-1]
+
+    yield open_
+    for client in made:
+        client.close()
 
 
 @pytest.fixture(params=FLAVOURS)

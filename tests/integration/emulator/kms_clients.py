@@ -51,6 +51,8 @@ class KmsClient(Protocol):
 
     def call(self, action: str, **params: Any) -> dict[str, Any]: ...
 
+    def close(self) -> None: ...
+
 
 def _as_text(value: Any) -> str:
     if isinstance(value, dict | list):
@@ -101,6 +103,10 @@ class OldSdkClient:
             raise KmsTransportError(str(exc)) from exc
         result: dict[str, Any] = json.loads(body)
         return result
+
+    def close(self) -> None:
+        """Close the AcsClient's pooled keep-alive connections."""
+        self._client.session.close()
 
 
 def _snake(name: str) -> str:
@@ -166,6 +172,9 @@ class NewSdkClient:
             raise KmsTransportError(str(exc)) from exc
         result: dict[str, Any] = response.body.to_map()
         return result
+
+    def close(self) -> None:
+        """Nothing to do: tea pools connections per endpoint, process-wide."""
 
 
 def make_client(

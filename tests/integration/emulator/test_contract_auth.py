@@ -11,14 +11,13 @@ from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest
-from conftest import Target
+from conftest import OpenClient, Target
 from kms_clients import (
     Credentials,
     KmsCallError,
     KmsClient,
     RawHttp,
     acs3_headers,
-    make_client,
     utc_timestamp,
     v1_signed_params,
 )
@@ -33,9 +32,11 @@ def raw(target: Target) -> Iterator[RawHttp]:
     connection.close()
 
 
-def test_a_wrong_secret_is_a_signature_mismatch(target: Target, flavour: str) -> None:
+def test_a_wrong_secret_is_a_signature_mismatch(
+    target: Target, flavour: str, open_client: OpenClient
+) -> None:
     impostor = Credentials(target.admin.access_key_id, "not-the-secret")
-    client = make_client(
+    client = open_client(
         flavour, target.endpoint, impostor, target.region, target.protocol
     )
     with pytest.raises(KmsCallError) as caught:
@@ -50,9 +51,11 @@ def test_a_wrong_secret_is_a_signature_mismatch(target: Target, flavour: str) ->
         assert ":" in caught.value.message
 
 
-def test_an_unknown_access_key_is_not_found(target: Target, flavour: str) -> None:
+def test_an_unknown_access_key_is_not_found(
+    target: Target, flavour: str, open_client: OpenClient
+) -> None:
     stranger = Credentials("no-such-access-key-id", "whatever")
-    client = make_client(
+    client = open_client(
         flavour, target.endpoint, stranger, target.region, target.protocol
     )
     with pytest.raises(KmsCallError) as caught:

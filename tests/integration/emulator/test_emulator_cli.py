@@ -1,0 +1,141 @@
+"""Emulator only: ``python -m kms_emulator`` and ``envelope-mq kms-emulator``."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import OpenClient
+from kms_clients import Credentials
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[3]
+DEV = Credentials("cli-test-ak", "cli-test-secret")
+
+
+@contextmanager
+def _emulator_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start the emulator on a free port; yield it and its banner once it serves."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KMS_EMULATOR_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kms_emulator", "--port=0", *args],
+        env={**environ, **(env or {})},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stderr is not None
+    # A thread reads stderr: select() on a buffered text pipe misses lines
+    # already pulled into the buffer.
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stderr or ()],
+        daemon=True,
+    )
+    reader.start()
+    banner = ""
+    try:
+        while "ready; stop with" not in banner:
+            try:
+                banner += lines.get(timeout=30)
+            except queue.Empty:
+                pytest.fail(f"no banner from the emulator: {banner}")
+        yield process, banner
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        finally:
+            process.kill()
+            reader.join(timeout=5)
+            process.stderr.close()
+
+
+def _endpoint(banner: str) -> str:
+    match = re.search(r"KMS_ENDPOINT=(\S+)", banner)
+    assert match is not None
+    return match.group(1)
+
+
+def test_first_run_creates_a_key_and_serves_the_given_principal(
+    open_client: OpenClient,
+) -> None:
+    env = {
+        "KMS_EMULATOR_ACCESS_KEY_ID": DEV.access_key_id,
+        "KMS_EMULATOR_ACCESS_KEY_SECRET": DEV.access_key_secret,
+    }
+    with _emulator_process("--key-alias=alias/cli-test", env=env) as (process, banner):
+        assert DEV.access_key_secret not in banner
+        key_id = re.search(r"KMS_KEY_ID=alias/cli-test \(KeyId (\S+), created", banner)
+        assert key_id is not None
+        client = open_client(
+            "new-sdk-acs3", _endpoint(banner), DEV, "cn-hangzhou", "http"
+        )
+        data_key = client.call("GenerateDataKey", KeyId="alias/cli-test")
+        assert data_key["KeyId"] == key_id.group(1)
+    assert process.returncode == 0
+
+
+def test_the_compose_seed_serves_the_producer_and_consumer(
+    open_client: OpenClient,
+) -> None:
+    seed = ROOT / "deploy" / "kms-seed.yaml"
+    if not seed.exists():
+        pytest.skip("deploy/kms-seed.yaml is not in this checkout")
+    producer = Credentials(
+        "emq-producer-dev", "emq-producer-dev-secret-not-for-production"
+    )
+    consumer = Credentials(
+        "emq-consumer-dev", "emq-consumer-dev-secret-not-for-production"
+    )
+    with _emulator_process(f"--seed={seed}") as (_, banner):
+        endpoint = _endpoint(banner)
+        made = open_client(
+            "old-sdk-v1", endpoint, producer, "cn-hangzhou", "http"
+        ).call("GenerateDataKey", KeyId="alias/envelope-mq-demo")
+        opened = open_client(
+            "new-sdk-v1", endpoint, consumer, "cn-hangzhou", "http"
+        ).call("Decrypt", CiphertextBlob=made["CiphertextBlob"])
+        assert opened["Plaintext"] == made["Plaintext"]
+
+
+def test_strict_auth_without_credentials_explains_what_to_do() -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KMS_EMULATOR_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "kms_emulator", "--port=0"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "KMS_EMULATOR_ACCESS_KEY_ID" in result.stderr
+    assert "--auth off" in result.stderr
+
+
+def test_the_subcommand_is_registered_with_envelope_mq() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "kms-emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in ("--host", "--port", "--data", "--seed", "--auth", "--admin"):
+        assert flag in result.stdout
