@@ -243,3 +243,15 @@ def test_app_services_build_from_the_one_dockerfile(services: dict[str, Any]) ->
     assert len(images) == 1
     for name in ("kms-emulator", *APP_SERVICES):
         assert services[name].get("build") in (".", {"context": "."})
+
+
+@pytest.mark.parametrize("name", ["kms-emulator", *APP_SERVICES])
+def test_service_commands_parse_with_the_real_cli(
+    services: dict[str, Any], name: str
+) -> None:
+    from shared.cli import build_parser
+
+    command = _command(services[name])
+    assert command[0] == "envelope-mq"
+    args = build_parser().parse_args(command[1:])
+    assert callable(getattr(args, "run", None)), f"{name}: {command} runs nothing"
