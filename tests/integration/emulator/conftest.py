@@ -22,8 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +31,9 @@ from kms_clients import (
     Credentials,
     KmsCallError,
     KmsClient,
-    RawHttp,
+    NewKey,
+    OpenClient,
+    Target,
     make_client,
 )
 
@@ -70,42 +71,6 @@ def contract_seed() -> dict[str, Any]:
             }
         ],
     }
-
-
-@dataclass
-class Target:
-    """A KMS endpoint and what the contract tests need to use it."""
-
-    kind: str  # "emulator" or "real"
-    endpoint: str
-    protocol: str
-    region: str
-    admin: Credentials
-    key_id: str
-    producer: Credentials | None = None
-    consumer: Credentials | None = None
-    can_create_keys: bool = True
-    emulator: Emulator | None = None
-    _clients: dict[tuple[str, str], KmsClient] = field(default_factory=dict)
-
-    def client(self, flavour: str, creds: Credentials | None = None) -> KmsClient:
-        """A (cached) client of ``flavour`` signing with ``creds`` (admin default)."""
-        creds = creds or self.admin
-        cache_key = (flavour, creds.access_key_id + "\0" + creds.access_key_secret)
-        if cache_key not in self._clients:
-            self._clients[cache_key] = make_client(
-                flavour, self.endpoint, creds, self.region, self.protocol
-            )
-        return self._clients[cache_key]
-
-    def close(self) -> None:
-        """Close every cached client."""
-        for cached in self._clients.values():
-            cached.close()
-
-    def raw(self) -> RawHttp:
-        """A raw HTTP connection to the endpoint."""
-        return RawHttp(self.endpoint, tls=self.protocol == "https")
 
 
 def _real_target() -> Target:
@@ -174,9 +139,6 @@ def target() -> Iterator[Target]:
         local.close()
 
 
-OpenClient = Callable[..., KmsClient]
-
-
 @pytest.fixture
 def open_client() -> Iterator[OpenClient]:
     """make_client(flavour, endpoint, creds, region, protocol), closed afterwards."""
@@ -223,9 +185,6 @@ def consumer_client(target: Target, flavour: str) -> KmsClient:
     if target.consumer is None:
         pytest.skip("no consumer credentials (KMS_TEST_CONSUMER_ACCESS_KEY_ID/_SECRET)")
     return target.client(flavour, target.consumer)
-
-
-NewKey = Callable[..., str]
 
 
 @pytest.fixture

@@ -17,10 +17,13 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
+
+if TYPE_CHECKING:
+    from kms_emulator import Emulator
 
 FLAVOURS = ("old-sdk-v1", "new-sdk-acs3", "new-sdk-v1")
 
@@ -323,3 +326,45 @@ class RawHttp:
 
     def close(self) -> None:
         self._conn.close()
+
+
+# --- what the contract fixtures hand to tests ----------------------------------
+
+NewKey = Callable[..., str]
+OpenClient = Callable[..., KmsClient]
+
+
+@dataclass
+class Target:
+    """A KMS endpoint and what the contract tests need to use it."""
+
+    kind: str  # "emulator" or "real"
+    endpoint: str
+    protocol: str
+    region: str
+    admin: Credentials
+    key_id: str
+    producer: Credentials | None = None
+    consumer: Credentials | None = None
+    can_create_keys: bool = True
+    emulator: Emulator | None = None
+    _clients: dict[tuple[str, str], KmsClient] = field(default_factory=dict)
+
+    def client(self, flavour: str, creds: Credentials | None = None) -> KmsClient:
+        """A (cached) client of ``flavour`` signing with ``creds`` (admin default)."""
+        creds = creds or self.admin
+        cache_key = (flavour, creds.access_key_id + "\0" + creds.access_key_secret)
+        if cache_key not in self._clients:
+            self._clients[cache_key] = make_client(
+                flavour, self.endpoint, creds, self.region, self.protocol
+            )
+        return self._clients[cache_key]
+
+    def close(self) -> None:
+        """Close every cached client."""
+        for cached in self._clients.values():
+            cached.close()
+
+    def raw(self) -> RawHttp:
+        """A raw HTTP connection to the endpoint."""
+        return RawHttp(self.endpoint, tls=self.protocol == "https")

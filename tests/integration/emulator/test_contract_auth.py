@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest
-from conftest import OpenClient, Target
 from kms_clients import (
     Credentials,
     KmsCallError,
     KmsClient,
+    OpenClient,
     RawHttp,
+    Target,
     acs3_headers,
     utc_timestamp,
     v1_signed_params,

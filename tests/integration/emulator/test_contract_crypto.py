@@ -6,8 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from conftest import NewKey, Target
-from kms_clients import FLAVOURS, KmsCallError, KmsClient
+from kms_clients import FLAVOURS, KmsCallError, KmsClient, NewKey, Target
 
 pytestmark = pytest.mark.integration
 

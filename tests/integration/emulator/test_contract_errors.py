@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import Target
-from kms_clients import KmsCallError, KmsClient, unique_alias
+from kms_clients import KmsCallError, KmsClient, Target, unique_alias
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import NewKey, Target
-from kms_clients import KmsClient, unique_alias
+from kms_clients import KmsClient, NewKey, Target, unique_alias
 
 pytestmark = pytest.mark.integration
 

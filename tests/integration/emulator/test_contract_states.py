@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import NewKey, Target
-from kms_clients import KmsCallError, KmsClient, unique_alias
+from kms_clients import KmsCallError, KmsClient, NewKey, Target, unique_alias
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import OpenClient
 from kms_clients import (
     FLAVOURS,
     Credentials,
     KmsCallError,
     KmsTransportError,
+    OpenClient,
     RawHttp,
     RawResponse,
 )

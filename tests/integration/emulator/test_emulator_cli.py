@@ -14,8 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import OpenClient
-from kms_clients import Credentials
+from kms_clients import Credentials, OpenClient
 
 pytestmark = pytest.mark.integration
 

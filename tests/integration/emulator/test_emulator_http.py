@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest
-from conftest import OpenClient
 from kms_clients import (
     FLAVOURS,
     Credentials,
     KmsCallError,
+    OpenClient,
     RawHttp,
     acs3_headers,
     v1_signed_params,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import OpenClient
-from kms_clients import Credentials, KmsClient
+from kms_clients import Credentials, KmsClient, OpenClient
 
 from kms_emulator import Emulator
 from kms_emulator.errors import DataDirLockedError
