@@ -111,7 +111,8 @@ class EncryptedConsumer:
             self._urls,
             topology,
             prefetch=prefetch,
-            ack_batch=min(ack_batch, prefetch),
+            # a batch never holds back more than a quarter of the window
+            ack_batch=max(1, min(ack_batch, prefetch // 4)),
             options=connection_options,
         )
         self._counter = DeliveryCounter()
