@@ -88,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply) -> None:
         payload = encode_json(reply.body)
+        if getattr(self, "command", "") == "HEAD":
+            payload = b""  # a HEAD answer has headers only
         try:
             phrase = HTTPStatus(reply.status).phrase
         except ValueError:
@@ -121,8 +123,6 @@ class _Handler(BaseHTTPRequestHandler):
             message or HTTPStatus(status).phrase,
             host_id=self.server.gateway.host_id,
         )
-        if getattr(self, "command", "") == "HEAD":
-            reply.body = {}
         self._send(reply)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
