@@ -32,6 +32,12 @@ from shared.kms.datakey import DATA_KEY_SIZE, DataKey, canonical_context
 __all__ = ["AliyunKms"]
 
 logger = logging.getLogger(__name__)
+# The SDK logs every response body at DEBUG (GenerateDataKey's and Decrypt's
+# carry the plaintext data key), every request parameter (Encrypt's Plaintext)
+# at DEBUG, and server messages that may quote them at ERROR. _translate says
+# what failed without them, so nothing under this logger may reach a handler.
+_SDK_LOGGER = "aliyunsdkcore"
+_NOTHING = logging.CRITICAL + 1
 
 _API_VERSION = "2016-01-20"
 # Local codes for failures that never got an answer from KMS.
@@ -85,6 +91,7 @@ class AliyunKms:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._sleep = sleep
+        logging.getLogger(_SDK_LOGGER).setLevel(_NOTHING)
         # auto_retry=False: retries are ours, and only on transient errors.
         self._client = AcsClient(
             access_key_id, access_key_secret, region_id, auto_retry=False, pool_size=32

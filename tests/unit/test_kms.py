@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -100,6 +101,28 @@ def test_decrypt_data_key_sends_blob_and_context(
     assert seen.action == "Decrypt"
     assert seen.params["CiphertextBlob"] == BLOB
     assert seen.params["EncryptionContext"] == '{"tenant":"ä"}'
+
+
+def test_no_data_key_or_request_parameter_reaches_a_log_even_at_debug(
+    stub: StubKms,
+    make_kms: Callable[..., AliyunKms],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret_text = "plaintext-of-an-encrypt-call"
+    stub.reply(
+        _ok(),
+        _ok(),
+        error_reply(400, "SignatureDoesNotMatch", f"{SIG_MISMATCH}%26{secret_text}"),
+    )
+    kms = make_kms()
+    kms.generate_data_key("alias/orders", {})
+    kms.decrypt_data_key(BLOB, {})
+    with pytest.raises(KmsRequestError):
+        kms.call("Encrypt", {"KeyId": "k", "Plaintext": secret_text})
+    logged = caplog.text
+    assert base64.b64encode(KEY).decode() not in logged
+    assert secret_text not in logged
 
 
 @pytest.mark.parametrize(
