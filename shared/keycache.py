@@ -237,9 +237,7 @@ class UnwrapCache:
         self._lock = threading.Lock()
         # value: (plaintext key, expiry) / (the refusal, expiry); oldest first
         self._keys: OrderedDict[_CacheKey, tuple[bytes, float]] = OrderedDict()
-        self._refusals: OrderedDict[_CacheKey, tuple[KmsRequestError, float]] = (
-            OrderedDict()
-        )
+        self._refusals: OrderedDict[_CacheKey, tuple[KmsError, float]] = OrderedDict()
         self._flights: dict[_CacheKey, Future[bytes]] = {}
         self._hits = self._misses = self._decrypt_calls = 0
         self._evictions = self._negative_hits = 0
@@ -306,18 +304,17 @@ class UnwrapCache:
     ) -> bytes:
         try:
             plaintext = self._provider.decrypt_data_key(wrapped, context)
-        except KmsRequestError as exc:
-            with self._lock:
-                del self._flights[key]
-                if self._negative_ttl > 0:
-                    self._refusals[key] = (exc, self._clock() + self._negative_ttl)
-                    if len(self._refusals) > self._max_entries:
-                        self._refusals.popitem(last=False)
-            flight.set_exception(exc)
-            raise
         except BaseException as exc:
             with self._lock:
                 del self._flights[key]
+                if isinstance(exc, KmsRequestError) and self._negative_ttl > 0:
+                    # A copy: the raised error's traceback will hold every frame
+                    # it unwinds through, and the messages in them, alive.
+                    refusal = replay_error(exc)
+                    expiry = self._clock() + self._negative_ttl
+                    self._refusals[key] = (refusal, expiry)
+                    if len(self._refusals) > self._max_entries:
+                        self._refusals.popitem(last=False)
             flight.set_exception(exc)
             raise
         with self._lock:

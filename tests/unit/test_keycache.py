@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -308,6 +311,29 @@ def test_a_transient_failure_is_not_remembered(
         cache.unwrap(data_key.wrapped, {})
     assert cache.unwrap(data_key.wrapped, {}) == data_key.plaintext
     assert (provider.decrypt_calls, cache.stats().negative_hits) == (2, 0)
+
+
+class _Delivery:
+    """Stands for a message body held by the consumer while it opens it."""
+
+
+def test_a_remembered_refusal_does_not_keep_the_callers_messages_alive(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = UnwrapCache(provider, clock=clock)
+
+    def handle() -> weakref.ref[_Delivery]:
+        delivery = _Delivery()
+        with contextlib.suppress(KmsRequestError):
+            cache.unwrap("bm90IGEga2V5", {})
+        return weakref.ref(delivery)
+
+    delivery = handle()
+    gc.collect()
+    assert delivery() is None
+    with pytest.raises(KmsRequestError):
+        cache.unwrap("bm90IGEga2V5", {})
+    assert cache.stats().negative_hits == 1
 
 
 def test_refusals_are_bounded_like_keys(
