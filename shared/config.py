@@ -31,7 +31,8 @@ MAX_DATA_KEY_MESSAGES = 2**32
 class Settings:
     """Everything the services need to know, with local development defaults."""
 
-    rabbitmq_urls: tuple[str, ...] = (DEFAULT_RABBITMQ_URL,)
+    # The URLs carry the broker passwords.
+    rabbitmq_urls: tuple[str, ...] = field(default=(DEFAULT_RABBITMQ_URL,), repr=False)
     kms_endpoint: str | None = None
     kms_key_id: str | None = None
     region_id: str = DEFAULT_REGION_ID

@@ -69,6 +69,11 @@ def test_the_secret_is_not_in_the_repr() -> None:
     assert "LTAI-test" in text
 
 
+def test_broker_passwords_are_not_in_the_repr() -> None:
+    env = {"RABBITMQ_URL": "amqp://app:broker-pass-9@mq1:5672/%2F"}
+    assert "broker-pass-9" not in repr(Settings.from_env(env))
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
