@@ -113,13 +113,18 @@ def _encode_header(
             MAGIC, FORMAT_VERSION, ALGORITHM_ID, segment_size, salt, nonce_prefix
         )
     ]
-    for value, limit in (
-        (key_id.encode("utf-8"), MAX_KEY_ID_BYTES),
-        (wrapped_key.encode("ascii"), MAX_WRAPPED_KEY_BYTES),
-        (context_json.encode("utf-8"), MAX_CONTEXT_BYTES),
+    for text, encoding, limit in (
+        (key_id, "utf-8", MAX_KEY_ID_BYTES),
+        (wrapped_key, "ascii", MAX_WRAPPED_KEY_BYTES),
+        (context_json, "utf-8", MAX_CONTEXT_BYTES),
     ):
-        if len(value) > limit:
-            raise SealingError("key id, wrapped key or context too long for the header")
+        # Never write what read_header refuses: a file nobody could open.
+        try:
+            value = text.encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise SealingError("key id or wrapped key not encodable") from exc
+        if not 0 < len(value) <= limit:
+            raise SealingError("key id, wrapped key or context empty or too long")
         parts += [_LENGTH.pack(len(value)), value]
     return b"".join(parts)
 

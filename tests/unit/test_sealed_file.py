@@ -177,10 +177,19 @@ def test_context_that_is_not_str_to_str_is_refused_before_kms(
     assert provider.generate_calls == 0
 
 
-def test_oversized_key_id_is_refused() -> None:
-    key = DataKey(plaintext=bytes(32), wrapped="blob", key_id="k" * 2000)
+@pytest.mark.parametrize(
+    ("key_id", "wrapped"),
+    [("k" * 2000, "blob"), ("", "blob"), ("k", ""), ("k", "blöb")],
+    ids=["key id too long", "empty key id", "empty wrapped key", "non-ASCII blob"],
+)
+def test_a_header_no_reader_would_accept_is_never_written(
+    key_id: str, wrapped: str
+) -> None:
+    key = DataKey(plaintext=bytes(32), wrapped=wrapped, key_id=key_id)
+    out = io.BytesIO()
     with pytest.raises(SealingError):
-        seal_with_key(io.BytesIO(b""), io.BytesIO(), key)
+        seal_with_key(io.BytesIO(b"x"), out, key)
+    assert out.getvalue() == b""
 
 
 def test_header_repr_shows_no_salt_or_raw_bytes(provider: InMemoryKeyProvider) -> None:
