@@ -16,6 +16,7 @@ from shared.errors import (
     KmsUnavailableError,
     SealingError,
 )
+from shared.keycache import DataKeyCache, UnwrapCache
 from shared.kms import DataKey, InMemoryKeyProvider
 
 KEY_ID = "0b30658a-ed1a-4922-b8f7-a673ca9c2ab4"
@@ -208,6 +209,32 @@ def test_body_moved_under_another_messages_headers_fails() -> None:
     opener = Opener(KnownKeys())
     with pytest.raises(DecryptionError):
         _open(opener, second.headers, first.body, second.meta)
+
+
+def test_a_cached_data_key_opens_only_under_exactly_what_it_was_sealed_with() -> None:
+    provider = InMemoryKeyProvider()
+    sealer = Sealer(DataKeyCache(provider), KEY_ID, CONTEXT)
+    opener = Opener(UnwrapCache(provider))
+    first = sealer.seal(b"first", META)
+    second = sealer.seal(b"second", dataclasses.replace(META, message_id="m-2"))
+    other_key = provider.generate_data_key(KEY_ID, CONTEXT).wrapped
+    assert first.headers == second.headers  # one cached data key
+    assert _open(opener, first.headers, first.body, META) == b"first"
+    decrypts = provider.decrypt_calls
+    for change in META_CHANGES:
+        meta = dataclasses.replace(META, **change.values[0])
+        with pytest.raises(DecryptionError):
+            _open(opener, first.headers, first.body, meta)
+    for name, value in [("x-emq-key-id", "alias/other"), ("x-emq-data-key", other_key)]:
+        with pytest.raises(DecryptionError):
+            _open(opener, {**first.headers, name: value}, first.body, META)
+    with pytest.raises(DecryptionError):
+        _open(opener, second.headers, first.body, second.meta)
+    # The cache never hands the key out under another context: KMS is asked.
+    evil = {**first.headers, "x-emq-context": '{"app":"orders","tenant":"evil"}'}
+    with pytest.raises(KmsRequestError):
+        _open(opener, evil, first.body, META)
+    assert provider.decrypt_calls == decrypts + 2  # the other key, the evil context
 
 
 @pytest.mark.parametrize(
