@@ -20,8 +20,6 @@ __all__ = [
     "OVERHEAD",
     "TAG_SIZE",
     "Aes256Gcm",
-    "open_",
-    "seal",
 ]
 
 KEY_SIZE = 32
@@ -72,13 +70,3 @@ class Aes256Gcm:
             return self._aead.decrypt(nonce, sealed, aad)
         except (InvalidTag, OverflowError) as exc:
             raise DecryptionError() from exc
-
-
-def seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """One-shot :meth:`Aes256Gcm.seal`; returns ciphertext ‖ tag."""
-    return Aes256Gcm(key).seal(nonce, plaintext, aad)
-
-
-def open_(key: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
-    """One-shot :meth:`Aes256Gcm.open`; raises DecryptionError on any mismatch."""
-    return Aes256Gcm(key).open(nonce, sealed, aad)

@@ -34,7 +34,6 @@ __all__ = [
     "key_aad",
     "message_aad",
     "parse_context",
-    "parse_headers",
     "read_headers",
     "split_body",
 ]
@@ -205,24 +204,12 @@ def envelope_header_size(key_id: str, wrapped_key: str, context_json: str) -> in
     )
 
 
-def parse_headers(headers: object) -> tuple[ReceivedEnvelope, dict[str, str]]:
-    """Check received AMQP headers completely; return their values and context.
-
-    Only the x-emq-* headers are examined; other headers are ignored.
-
-    Raises:
-        DecryptionError: a header missing, of the wrong type or value, too
-            large, or a context that is not canonical JSON.
-    """
-    received = read_headers(headers)
-    return received, check_envelope(received)
-
-
 def read_headers(headers: object) -> ReceivedEnvelope:
     """Check names, types, version and algorithm: the cheap half of parsing.
 
     The caller must still :func:`check_envelope` the result, unless the very
-    same values already passed it (a reader may remember those).
+    same values already passed it (a reader may remember those): the split
+    lets :class:`shared.envelope.Opener` skip the costly half on a repeat.
 
     Raises:
         DecryptionError: a header missing, of the wrong type, or unsupported.
