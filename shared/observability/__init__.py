@@ -1,0 +1,63 @@
+"""Operability: Prometheus metrics, structured logs, liveness and readiness.
+
+Off by default in the library (producer and consumer get :data:`NULL_METRICS`
+unless given a :class:`Metrics`); on in the services with ``--metrics-port``.
+docs/observability.md lists the metrics, the log keys and the endpoints.
+"""
+
+from __future__ import annotations
+
+from shared.observability.caches import DATA_KEY_CACHE, UNWRAP_CACHE, CacheCollector
+from shared.observability.health import HealthReport, HealthState
+from shared.observability.kms import InstrumentedKeyProvider
+from shared.observability.logs import (
+    LOG_FIELDS,
+    JsonFormatter,
+    RedactBytesFilter,
+    configure_logging,
+)
+from shared.observability.metrics import (
+    NULL_METRICS,
+    Metrics,
+    MetricsHooks,
+    NullMetrics,
+)
+from shared.observability.server import ObservabilityServer
+from shared.observability.service import (
+    Observability,
+    add_observability_arguments,
+    observability,
+)
+from shared.observability.tally import Tally
+from shared.observability.timing import (
+    MessageOpener,
+    MessageSealer,
+    TimedOpener,
+    TimedSealer,
+)
+
+__all__ = [
+    "DATA_KEY_CACHE",
+    "LOG_FIELDS",
+    "NULL_METRICS",
+    "UNWRAP_CACHE",
+    "CacheCollector",
+    "HealthReport",
+    "HealthState",
+    "InstrumentedKeyProvider",
+    "JsonFormatter",
+    "MessageOpener",
+    "MessageSealer",
+    "Metrics",
+    "MetricsHooks",
+    "NullMetrics",
+    "Observability",
+    "ObservabilityServer",
+    "RedactBytesFilter",
+    "Tally",
+    "TimedOpener",
+    "TimedSealer",
+    "add_observability_arguments",
+    "configure_logging",
+    "observability",
+]

@@ -1,0 +1,106 @@
+"""The observability options every service command shares, and their wiring.
+
+A command calls :func:`add_observability_arguments` on its parser, then runs
+inside :func:`observability`, which configures logging and, when
+``--metrics-port`` was given, starts the metrics/health server and yields the
+:class:`Metrics` to hand to the library. Without the flag the library gets the
+no-op :data:`NULL_METRICS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from shared.observability.health import HealthState
+from shared.observability.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from shared.observability.metrics import NULL_METRICS, Metrics, MetricsHooks
+from shared.observability.server import DEFAULT_HOST, ObservabilityServer
+
+__all__ = ["Observability", "add_observability_arguments", "observability"]
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def add_observability_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --log-format, --log-level, --metrics-port and --metrics-host."""
+    group = parser.add_argument_group("observability")
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines as text or one JSON object each (default: %(default)s)",
+    )
+    group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="warning",
+        type=str.lower,
+        help="least severe level logged (default: %(default)s)",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help=(
+            "serve Prometheus /metrics, /healthz and /readyz on PORT "
+            "(0: any free port; default: off)"
+        ),
+    )
+    group.add_argument(
+        "--metrics-host",
+        default=DEFAULT_HOST,
+        metavar="ADDRESS",
+        help="address the metrics port binds (default: %(default)s)",
+    )
+
+
+@dataclass(frozen=True)
+class Observability:
+    """What a command hands to the library: metrics hooks and health state."""
+
+    metrics: MetricsHooks
+    health: HealthState | None = None
+    server: ObservabilityServer | None = None
+
+
+@contextlib.contextmanager
+def observability(
+    args: argparse.Namespace, prog: str, *, stderr: IO[str] | None = None
+) -> Iterator[Observability]:
+    """Configure logging and, with --metrics-port, serve metrics until exit.
+
+    Prints where the metrics can be scraped to ``stderr``.
+
+    Raises:
+        ConfigError: the metrics port cannot be bound.
+    """
+    err = sys.stderr if stderr is None else stderr
+    configure_logging(
+        getattr(args, "log_format", "text"),
+        getattr(args, "log_level", "warning"),
+        stream=err,
+    )
+    port: int | None = getattr(args, "metrics_port", None)
+    if port is None:
+        yield Observability(NULL_METRICS)
+        return
+    health = HealthState()
+    metrics = Metrics(health=health)
+    host = getattr(args, "metrics_host", DEFAULT_HOST)
+    with ObservabilityServer(health, metrics.registry, port=port, host=host) as server:
+        print(
+            f"{prog}: metrics at {server.url} (health: /healthz, readiness: /readyz)",
+            file=err,
+            flush=True,
+        )
+        yield Observability(metrics, health, server)

@@ -1,0 +1,232 @@
+"""Structured logging: stable JSON keys, whitelisted fields, nothing secret."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from shared.observability import (
+    LOG_FIELDS,
+    JsonFormatter,
+    RedactBytesFilter,
+    add_observability_arguments,
+    configure_logging,
+)
+
+FIXED_KEYS = ["ts", "level", "logger", "event", "message"]
+SECRET = b"\x13\x37" * 16  # stands in for a data key or a plaintext
+
+
+class Reason(enum.StrEnum):
+    UNDECRYPTABLE = "undecryptable"
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """Root logging to a buffer through configure_logging, restored afterwards."""
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    saved_factory = logging.getLogRecordFactory()
+    pika_level = logging.getLogger("pika").level
+    buffer = io.StringIO()
+    yield buffer
+    for handler in list(root.handlers):
+        if handler not in saved_handlers:
+            root.removeHandler(handler)
+    root.setLevel(saved_level)
+    logging.getLogger("pika").setLevel(pika_level)
+    logging.setLogRecordFactory(saved_factory)
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def test_json_line_carries_the_stable_keys_in_order(stream: io.StringIO) -> None:
+    configure_logging("json", "info", stream=stream)
+    logging.getLogger("consumer.worker").warning(
+        "quarantining message %s from %r: %s",
+        "m-1",
+        "orders",
+        Reason.UNDECRYPTABLE,
+        extra={
+            "event": "message_quarantined",
+            "queue": "orders",
+            "message_id": "m-1",
+            "reason": Reason.UNDECRYPTABLE,
+        },
+    )
+    [line] = lines(stream)
+    assert list(line)[:5] == FIXED_KEYS
+    assert line["level"] == "warning"
+    assert line["logger"] == "consumer.worker"
+    assert line["event"] == "message_quarantined"
+    assert line["message"] == "quarantining message m-1 from 'orders': undecryptable"
+    assert line["queue"] == "orders"
+    assert line["message_id"] == "m-1"
+    assert line["reason"] == "undecryptable"
+    assert isinstance(line["ts"], str)
+    assert line["ts"].endswith("Z")
+
+
+def test_event_defaults_to_the_message_template(stream: io.StringIO) -> None:
+    configure_logging("json", "info", stream=stream)
+    log = logging.getLogger("producer.transport")
+    log.info("reconnected; re-publishing %d message(s)", 3)
+    log.info("reconnected; re-publishing %d message(s)", 7)
+    first, second = lines(stream)
+    assert (
+        first["event"]
+        == second["event"]
+        == ("reconnected; re-publishing %d message(s)")
+    )
+    assert first["message"] != second["message"]
+
+
+def test_fields_outside_the_whitelist_are_dropped(stream: io.StringIO) -> None:
+    configure_logging("json", "info", stream=stream)
+    logging.getLogger("app").info(
+        "sealed", extra={"plaintext": "attack at dawn", "data_key": "k", "count": 2}
+    )
+    [line] = lines(stream)
+    assert "plaintext" not in line
+    assert "data_key" not in line
+    assert "attack at dawn" not in json.dumps(line)
+    assert line["count"] == 2
+
+
+def test_non_scalar_field_values_are_written_as_their_type(
+    stream: io.StringIO,
+) -> None:
+    configure_logging("json", "info", stream=stream)
+    logging.getLogger("app").info("x", extra={"queue": SECRET, "reason": ["a"]})
+    [line] = lines(stream)
+    assert line["queue"] == "<bytes>"
+    assert line["reason"] == "<list>"
+
+
+def test_bytes_arguments_are_redacted_in_json_and_text(stream: io.StringIO) -> None:
+    for log_format in ("json", "text"):
+        configure_logging(log_format, "info", stream=stream)
+        logging.getLogger("app").info("key %s body %r", SECRET, bytearray(SECRET))
+        logging.getLogger("app").info(SECRET)
+    text = stream.getvalue()
+    assert SECRET.hex() not in text
+    assert repr(SECRET) not in text
+    assert "\\x13" not in text
+    # json: event and message of the second record, two in the first's message;
+    # text: two, then one
+    assert text.count("<32 bytes>") == 7
+
+
+def test_other_handlers_see_redacted_records_too(
+    stream: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_logging("text", "info", stream=stream)
+    logging.getLogger("app").info("key %s", SECRET)
+    assert caplog.messages == ["key <32 bytes>"]
+
+
+def test_redaction_covers_mapping_arguments() -> None:
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "%(k)s", None, None)
+    record.args = {"k": SECRET}
+    assert RedactBytesFilter().filter(record)
+    assert record.getMessage() == "<32 bytes>"
+
+
+def test_formatter_redacts_even_without_the_handler_filter() -> None:
+    record = logging.LogRecord(
+        "app", logging.INFO, __file__, 1, "key %s", (SECRET,), None
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "key <32 bytes>"
+
+
+def test_exception_text_is_never_written_only_type_and_frames(
+    stream: io.StringIO,
+) -> None:
+    configure_logging("json", "info", stream=stream)
+    try:
+        raise ValueError("the plaintext was: attack at dawn")
+    except ValueError:
+        logging.getLogger("app").exception("handler failed")
+    [line] = lines(stream)
+    assert "attack at dawn" not in json.dumps(line)
+    assert line["error_type"] == "ValueError"
+    stack = line["stack"]
+    assert isinstance(stack, list)
+    assert any("test_logging.py" in frame for frame in stack)
+
+
+def test_every_documented_field_is_written(stream: io.StringIO) -> None:
+    configure_logging("json", "debug", stream=stream)
+    extra = {field: f"v-{field}" for field in LOG_FIELDS}
+    logging.getLogger("app").debug("all", extra=extra)
+    [line] = lines(stream)
+    for field in LOG_FIELDS:
+        assert line[field] == f"v-{field}"
+
+
+def test_level_filters_and_reconfiguring_replaces_the_handler(
+    stream: io.StringIO,
+) -> None:
+    configure_logging("json", "warning", stream=stream)
+    configure_logging("json", "warning", stream=stream)
+    log = logging.getLogger("app")
+    log.info("hidden")
+    log.warning("shown")
+    assert [line["message"] for line in lines(stream)] == ["shown"]
+
+
+def test_pika_stays_at_warning_unless_debugging(stream: io.StringIO) -> None:
+    configure_logging("text", "info", stream=stream)
+    assert logging.getLogger("pika").getEffectiveLevel() == logging.WARNING
+    configure_logging("text", "debug", stream=stream)
+    assert logging.getLogger("pika").getEffectiveLevel() == logging.DEBUG
+
+
+def test_text_format_has_time_level_and_logger(stream: io.StringIO) -> None:
+    configure_logging("text", "info", stream=stream)
+    logging.getLogger("consumer.worker").info("hello %s", "world")
+    [line] = stream.getvalue().splitlines()
+    assert line.endswith(" INFO consumer.worker: hello world")
+
+
+@pytest.mark.parametrize(
+    ("log_format", "level"), [("xml", "info"), ("json", "loud"), ("text", "")]
+)
+def test_bad_format_or_level_is_refused(
+    stream: io.StringIO, log_format: str, level: str
+) -> None:
+    with pytest.raises(ValueError, match="log"):
+        configure_logging(log_format, level, stream=stream)
+
+
+def test_service_arguments_parse_format_level_and_port() -> None:
+    parser = argparse.ArgumentParser()
+    add_observability_arguments(parser)
+    args = parser.parse_args(
+        ["--log-format", "json", "--log-level", "INFO", "--metrics-port", "0"]
+    )
+    assert (args.log_format, args.log_level, args.metrics_port) == ("json", "info", 0)
+    assert args.metrics_host == "127.0.0.1"
+    defaults = parser.parse_args([])
+    assert (defaults.log_format, defaults.log_level) == ("text", "warning")
+    assert defaults.metrics_port is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--log-format", "xml"], ["--log-level", "loud"], ["--metrics-port", "70000"]],
+)
+def test_service_arguments_refuse_bad_values(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_observability_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
