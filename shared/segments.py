@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared.crypto import KEY_SIZE, TAG_SIZE
 from shared.errors import DecryptionError, SealingError
 
 __all__ = [
-    "DATA_KEY_SIZE",
     "HKDF_INFO",
     "MAX_SEGMENTS",
     "NONCE_PREFIX_SIZE",
@@ -42,10 +42,8 @@ __all__ = [
     "segment_nonce",
 ]
 
-DATA_KEY_SIZE = 32
 SALT_SIZE = 32
 NONCE_PREFIX_SIZE = 7
-TAG_SIZE = 16
 # The counter is 32 bits wide; one more segment would repeat a nonce.
 MAX_SEGMENTS = 2**32
 HKDF_INFO = b"envelope-mq sealed file v1 AES-256-GCM segment key"
@@ -58,11 +56,11 @@ BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 def derive_file_key(data_key: bytes, salt: bytes) -> bytes:
     """HKDF-SHA256(IKM=data key, salt, info=HKDF_INFO) -> the 32-byte file key."""
-    if len(data_key) != DATA_KEY_SIZE:
-        raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
+    if len(data_key) != KEY_SIZE:
+        raise ValueError(f"a data key is {KEY_SIZE} bytes")
     if len(salt) != SALT_SIZE:
         raise ValueError(f"a file salt is {SALT_SIZE} bytes")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=HKDF_INFO)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=HKDF_INFO)
     return hkdf.derive(data_key)
 
 
@@ -110,7 +108,7 @@ class SegmentCipher:
         """
         if not 0 <= index < MAX_SEGMENTS:
             raise SealingError("file too large: the segment counter is exhausted")
-        nonce = _NONCE.pack(self._prefix, index, last)
+        nonce = segment_nonce(self._prefix, index, last)
         return self._aead.encrypt(nonce, plaintext, self._aad)
 
     def open(self, index: int, sealed: BytesLike, *, last: bool) -> bytes:
@@ -122,7 +120,7 @@ class SegmentCipher:
         """
         if not 0 <= index < MAX_SEGMENTS:
             raise DecryptionError() from ValueError("segment counter exhausted")
-        nonce = _NONCE.pack(self._prefix, index, last)
+        nonce = segment_nonce(self._prefix, index, last)
         try:
             return self._aead.decrypt(nonce, sealed, self._aad)
         except InvalidTag as exc:
