@@ -1,9 +1,8 @@
 """AES-256-GCM, the sharp layer: the caller supplies key, nonce and associated data.
 
 Nothing here chooses a nonce or a key; :mod:`shared.envelope` is the recipe that
-does. This module is the only one that touches ``cryptography``'s AEAD, so
-``InvalidTag`` never leaves it: a failed open is a :class:`DecryptionError`
-(chained). Wrong-sized keys or nonces are caller bugs and raise ``ValueError``,
+does. ``InvalidTag`` never leaves this module: a failed open is a
+:class:`DecryptionError` (chained). Wrong-sized keys or nonces are caller bugs and raise ``ValueError``,
 as ``cryptography`` itself does; the recipe checks sizes before it gets here.
 """
 
