@@ -15,6 +15,7 @@ from shared.observability.logs import (
     JsonFormatter,
     RedactBytesFilter,
     configure_logging,
+    logging_configured,
 )
 from shared.observability.metrics import (
     NULL_METRICS,
@@ -59,5 +60,6 @@ __all__ = [
     "TimedSealer",
     "add_observability_arguments",
     "configure_logging",
+    "logging_configured",
     "observability",
 ]

@@ -26,12 +26,13 @@ message), only its type and frames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any, Final
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "JsonFormatter",
     "RedactBytesFilter",
     "configure_logging",
+    "logging_configured",
 ]
 
 #: The ``extra=`` keys a JSON line may carry, besides the fixed ones.
@@ -201,3 +203,32 @@ def _redact_at_creation() -> None:
 
     setattr(factory, _OURS, True)
     logging.setLogRecordFactory(factory)
+
+
+@contextlib.contextmanager
+def logging_configured(
+    log_format: str = "text",
+    level: str | int = "warning",
+    *,
+    stream: IO[str] | None = None,
+) -> Iterator[logging.Handler]:
+    """:func:`configure_logging` for the length of a ``with`` block, then undone.
+
+    A command run in-process (by a test, say) leaves the logging set-up as it
+    found it: handler, levels and record factory.
+    """
+    root, pika = logging.getLogger(), logging.getLogger("pika")
+    saved_levels = (root.level, pika.level)
+    saved_handlers = [h for h in root.handlers if getattr(h, _OURS, False)]
+    saved_factory = logging.getLogRecordFactory()
+    handler = configure_logging(log_format, level, stream=stream)
+    try:
+        yield handler
+    finally:
+        handler.flush()
+        root.removeHandler(handler)
+        for old in saved_handlers:
+            root.addHandler(old)
+        root.setLevel(saved_levels[0])
+        pika.setLevel(saved_levels[1])
+        logging.setLogRecordFactory(saved_factory)

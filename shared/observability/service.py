@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from shared.observability.health import HealthState
-from shared.observability.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from shared.observability.logs import LOG_FORMATS, LOG_LEVELS, logging_configured
 from shared.observability.metrics import NULL_METRICS, Metrics, MetricsHooks
 from shared.observability.server import DEFAULT_HOST, ObservabilityServer
 
@@ -77,7 +77,7 @@ class Observability:
 def observability(
     args: argparse.Namespace, prog: str, *, stderr: IO[str] | None = None
 ) -> Iterator[Observability]:
-    """Configure logging and, with --metrics-port, serve metrics until exit.
+    """Configure logging and, with --metrics-port, serve metrics; undo both on exit.
 
     Prints where the metrics can be scraped to ``stderr``.
 
@@ -85,15 +85,23 @@ def observability(
         ConfigError: the metrics port cannot be bound.
     """
     err = sys.stderr if stderr is None else stderr
-    configure_logging(
+    with logging_configured(
         getattr(args, "log_format", "text"),
         getattr(args, "log_level", "warning"),
         stream=err,
-    )
-    port: int | None = getattr(args, "metrics_port", None)
-    if port is None:
-        yield Observability(NULL_METRICS)
-        return
+    ):
+        port: int | None = getattr(args, "metrics_port", None)
+        if port is None:
+            yield Observability(NULL_METRICS)
+        else:
+            with _serving(args, prog, port, err) as served:
+                yield served
+
+
+@contextlib.contextmanager
+def _serving(
+    args: argparse.Namespace, prog: str, port: int, err: IO[str]
+) -> Iterator[Observability]:
     health = HealthState()
     metrics = Metrics(health=health)
     host = getattr(args, "metrics_host", DEFAULT_HOST)

@@ -17,6 +17,7 @@ from shared.observability import (
     RedactBytesFilter,
     add_observability_arguments,
     configure_logging,
+    logging_configured,
 )
 
 FIXED_KEYS = ["ts", "level", "logger", "event", "message"]
@@ -230,3 +231,16 @@ def test_service_arguments_refuse_bad_values(argv: list[str]) -> None:
     add_observability_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(argv)
+
+
+def test_a_scoped_configuration_is_undone_on_exit(stream: io.StringIO) -> None:
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogRecordFactory())
+    with logging_configured("json", "debug", stream=stream):
+        logging.getLogger("app").debug("inside %s", SECRET)
+        assert root.level == logging.DEBUG
+    logging.getLogger("app").warning("outside")
+    after = (list(root.handlers), root.level, logging.getLogRecordFactory())
+    assert after == before
+    [line] = lines(stream)
+    assert line["message"] == "inside <32 bytes>"
