@@ -117,13 +117,7 @@ class DataKeyCache:
         key = _cache_key(key_id, context)
         with self._lock:
             lease = self._leases.get(key)
-            # the hot path: inlined _take
-            if (
-                lease is not None
-                and lease.uses < self._max_messages
-                and self._clock() - lease.born < self._max_age
-            ):
-                lease.uses += 1
+            if lease is not None and self._take(lease):
                 self._hits += 1
                 return lease.data_key
             self._misses += 1
