@@ -51,11 +51,12 @@ class Settings:
                 "EMQ_DATA_KEY_MAX_MESSAGES must be between 1 and 2**32 "
                 "(NIST SP 800-38D bound for random 96-bit nonces)"
             )
-        if self.data_key_max_age <= 0:
+        # "not > 0" also refuses nan, which passes every comparison.
+        if not self.data_key_max_age > 0:
             raise ConfigError("EMQ_DATA_KEY_MAX_AGE must be positive")
         if self.key_cache_size < 1:
             raise ConfigError("EMQ_KEY_CACHE_SIZE must be at least 1")
-        if self.key_cache_ttl <= 0:
+        if not self.key_cache_ttl > 0:
             raise ConfigError("EMQ_KEY_CACHE_TTL must be positive")
 
     @classmethod

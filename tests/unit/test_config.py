@@ -111,3 +111,9 @@ def test_max_messages_may_reach_but_not_pass_the_gcm_nonce_bound() -> None:
 def test_a_url_list_with_no_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="RABBITMQ_URL"):
         Settings.from_env({"RABBITMQ_URL": " , "})
+
+
+@pytest.mark.parametrize("field", ["data_key_max_age", "key_cache_ttl"])
+def test_a_nan_duration_built_in_code_is_a_config_error(field: str) -> None:
+    with pytest.raises(ConfigError):
+        Settings(**{field: float("nan")})  # type: ignore[arg-type]
