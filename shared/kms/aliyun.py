@@ -223,19 +223,23 @@ def _translate(action: str) -> Iterator[None]:
         )
         transient = (status or 0) >= 500 or status == 429 or _is_throttling(code)
         kind = KmsUnavailableError if transient else KmsRequestError
+        request_id = exc.get_request_id() or ""
+        # Chained as a copy with only the text we kept: a printed traceback
+        # shows the cause, and the original quotes every request parameter.
+        cause = ServerException(code, head, http_status=status, request_id=request_id)
         raise kind(
-            text, code=code, request_id=exc.get_request_id() or "", http_status=status
-        ) from exc
+            text, code=code, request_id=request_id, http_status=status
+        ) from cause
     except ClientException as exc:
-        code = exc.get_error_code() or "SDK.ClientError"
-        if code == _HTTP_ERROR:
-            # The SDK flattens the requests exception into text (the URL with
-            # every parameter, so never copied); its wording is all there is.
-            code = _network_code(str(exc.get_error_msg()))
-            raise KmsUnavailableError(
-                f"KMS {action} failed: {code}", code=code
-            ) from exc
-        raise KmsRequestError(f"KMS {action} failed: {code}", code=code) from exc
+        sdk_code = exc.get_error_code() or "SDK.ClientError"
+        network = sdk_code == _HTTP_ERROR
+        # The SDK flattens the requests exception into text (the URL with every
+        # parameter), so only a code read from its wording is kept.
+        code = _network_code(str(exc.get_error_msg())) if network else sdk_code
+        kind = KmsUnavailableError if network else KmsRequestError
+        # Chained as a copy without that text, for the same reason as above.
+        cause = ClientException(sdk_code, code)
+        raise kind(f"KMS {action} failed: {code}", code=code) from cause
     except OSError as exc:
         raise KmsUnavailableError(
             f"KMS {action} failed: {_HTTP_ERROR}", code=_HTTP_ERROR

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -123,6 +124,24 @@ def test_no_data_key_or_request_parameter_reaches_a_log_even_at_debug(
     logged = caplog.text
     assert base64.b64encode(KEY).decode() not in logged
     assert secret_text not in logged
+
+
+@pytest.mark.parametrize("where", ["signature mismatch", "connection refused"])
+def test_no_request_parameter_reaches_a_printed_traceback(
+    stub: StubKms, make_kms: Callable[..., AliyunKms], where: str
+) -> None:
+    # The SDK's own exceptions quote the string-to-sign or the request URL,
+    # every parameter included: the causes we chain must not.
+    secret_text = "plaintext-of-an-encrypt-call"
+    stub.reply(
+        error_reply(400, "SignatureDoesNotMatch", f"{SIG_MISMATCH}%26{secret_text}")
+    )
+    endpoint = stub.endpoint if where == "signature mismatch" else None
+    kms = make_kms(endpoint=endpoint or f"127.0.0.1:{_refused_port()}", max_attempts=1)
+    with pytest.raises(KmsError) as caught:
+        kms.call("Encrypt", {"KeyId": "k", "Plaintext": secret_text})
+    assert type(caught.value.__cause__).__module__.startswith("aliyunsdkcore")
+    assert secret_text not in "".join(traceback.format_exception(caught.value))
 
 
 @pytest.mark.parametrize(
