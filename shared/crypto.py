@@ -2,8 +2,9 @@
 
 Nothing here chooses a nonce or a key; :mod:`shared.envelope` is the recipe that
 does. ``InvalidTag`` never leaves this module: a failed open is a
-:class:`DecryptionError` (chained). Wrong-sized keys or nonces are caller bugs and raise ``ValueError``,
-as ``cryptography`` itself does; the recipe checks sizes before it gets here.
+:class:`DecryptionError` (chained). Wrong-sized keys or nonces are caller bugs
+and raise ``ValueError``, as ``cryptography`` itself does; the recipe checks
+sizes before it gets here.
 """
 
 from __future__ import annotations
