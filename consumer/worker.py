@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 # How long an idle consumer waits for deliveries before it looks at stop().
 _POLL_SECONDS = 0.25
+# A connection that lived less than this before it was lost "died young".
+_STABLE_SECONDS = 10.0
 
 
 @dataclass
@@ -117,6 +119,8 @@ class EncryptedConsumer:
         )
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
+        self._connected_at = 0.0
+        self._short_lived = 0
         self._stopping = False
         self._limit: int | None = None
         self.stats = ConsumerStats()
@@ -173,6 +177,7 @@ class EncryptedConsumer:
         except BaseException:
             self._stopping = False
             raise
+        self._connected_at = time.monotonic()
         if self._keep_alive is not None:
             self._keep_alive.attach(transport.pump)
         try:
@@ -294,8 +299,28 @@ class EncryptedConsumer:
         return self._stopping
 
     def _reconnect(self, transport: BlockingTransport) -> None:
+        """Open a new connection, backing off between failed attempts.
+
+        A connection that died young (say, the broker drops it at once) counts
+        as a failure too, so that a connection lost again and again right
+        after connecting cannot become a hot loop.
+        """
         where = ", ".join(redact_url(u) for u in self._urls)
-        for delay in self._reconnect_backoff.delays():
+        if time.monotonic() - self._connected_at < _STABLE_SECONDS:
+            self._short_lived += 1
+        else:
+            self._short_lived = 0
+        delays = self._reconnect_backoff.delays()
+        if self._short_lived:
+            # the n-th early loss in a row waits the n-th delay of the backoff
+            pause = 0.0
+            for _ in range(min(self._short_lived, 32)):
+                pause = next(delays)
+            logger.warning(
+                "connection lost soon after connecting; waiting %.1fs", pause
+            )
+            self._wait(pause)
+        for delay in delays:
             if self._stopping:
                 return
             try:
@@ -304,6 +329,7 @@ class EncryptedConsumer:
                 logger.warning("reconnect failed (%s); retrying in %.1fs", exc, delay)
                 self._wait(delay)
                 continue
+            self._connected_at = time.monotonic()
             self.stats.reconnects += 1
             logger.info("reconnected to %s", where)
             return
