@@ -18,7 +18,7 @@ from consumer.policy import ContextPolicy
 from consumer.replay import replay_quarantine
 from consumer.signals import stop_on_signals
 from consumer.worker import EncryptedConsumer
-from shared.amqp import DEFAULT_EXCHANGE, Topology
+from shared.amqp import DEFAULT_EXCHANGE, Topology, redact_url
 from shared.config import Settings
 from shared.errors import MessagingError
 
@@ -133,6 +133,14 @@ def run_consume(args: argparse.Namespace) -> int:
                 policy=policy,
             )
             writer.on_error = consumer.stop
+            print(
+                f"envelope-mq consume: consuming {args.queue!r} "
+                f"({args.queue_type}) from "
+                f"{', '.join(redact_url(u) for u in settings.rabbitmq_urls)}; "
+                "SIGTERM or Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
             with stop_on_signals(consumer.stop):
                 stats = consumer.run(count=args.count)
     except MessagingError as exc:
