@@ -2,8 +2,10 @@
 
 Put it between a client and RabbitMQ (or the KMS emulator) to simulate a lost
 connection: :meth:`TcpProxy.cut` resets every open connection at once, the way
-a crashed load balancer or a network partition would, and :attr:`refusing`
-turns new connections away until the test lets them through again.
+a crashed load balancer or a network partition would; :meth:`hold_replies`
+stops forwarding what the server says (confirms, heartbeats) while the client's
+data still flows; and :attr:`refusing` turns new connections away until the
+test lets them through again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
+        self._replies = threading.Event()
+        self._replies.set()
         self._thread = threading.Thread(
             target=self._accept_loop, name=f"tcp-proxy-{self.port}", daemon=True
         )
@@ -55,13 +59,28 @@ class TcpProxy:
         with self._lock:
             return len(self._pairs)
 
+    def hold_replies(self) -> None:
+        """Hold back server-to-client data (not lost) until :meth:`release_replies`."""
+        self._replies.clear()
+
+    def release_replies(self) -> None:
+        """Forward server-to-client data again."""
+        self._replies.set()
+
     def cut(self) -> int:
-        """Reset every open connection (TCP RST both ways); return how many."""
+        """Reset every open connection (TCP RST both ways); return how many.
+
+        Replies held back on those connections are dropped with them.
+        """
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
             for sock in pair:
                 _reset(sock)
+        held = not self._replies.is_set()
+        self._replies.set()  # wake held pumps: their sockets are gone, they exit
+        if held:
+            self._replies.clear()  # new connections stay held until released
         return len(pairs)
 
     def close(self) -> None:
@@ -95,14 +114,16 @@ class TcpProxy:
             with self._lock:
                 self._pairs.append((client, upstream))
                 self.accepted += 1
-            for src, dst in ((client, upstream), (upstream, client)):
+            for src, dst, held in ((client, upstream, False), (upstream, client, True)):
                 threading.Thread(
-                    target=self._pump, args=(src, dst), daemon=True
+                    target=self._pump, args=(src, dst, held), daemon=True
                 ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, holdable: bool) -> None:
         try:
             while data := src.recv(_CHUNK):
+                if holdable:
+                    self._replies.wait()
                 dst.sendall(data)
         except OSError:
             pass  # the other side, or cut(), closed the socket

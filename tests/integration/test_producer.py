@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from envelope_mq.testing.kms import KmsFixture
+from envelope_mq.testing.proxy import TcpProxy
+from producer import EncryptedPublisher, TransportOptions
+from shared.amqp import Topology, connect_blocking
+from shared.config import Settings
+from shared.envelope import MessageMeta, Opener
+from shared.errors import (
+    KmsError,
+    KmsRequestError,
+    MessageUnroutableError,
+)
+from shared.keycache import UnwrapCache
+from shared.kms import AliyunKms
+from shared.wire import HEADER_NAMES
+
+pytestmark = pytest.mark.integration
+
+Received = tuple[Any, bytes]  # (pika BasicProperties, body)
+
+
+def publisher(
+    settings: Settings, topology: Topology | None, **options: Any
+) -> EncryptedPublisher:
+    # One KMS attempt: the outage tests should not sit through retries.
+    provider = AliyunKms.from_settings(settings, max_attempts=1, read_timeout=2.0)
+    return EncryptedPublisher.from_settings(
+        settings,
+        topology=topology,
+        provider=provider,
+        options=TransportOptions(**options) if options else None,
+    )
+
+
+def queue_depth(urls: tuple[str, ...], queue: str) -> int:
+    connection = connect_blocking(urls)
+    try:
+        frame = connection.channel().queue_declare(queue, passive=True)
+        return int(frame.method.message_count)
+    finally:
+        connection.close()
+
+
+def wait_for_depth(urls: tuple[str, ...], queue: str, depth: int) -> None:
+    deadline = time.monotonic() + 60
+    while queue_depth(urls, queue) < depth:
+        assert time.monotonic() < deadline, f"{queue} never reached {depth} messages"
+        time.sleep(0.05)
+
+
+def drain(urls: tuple[str, ...], queue: str) -> list[Received]:
+    """Every message now in ``queue``, taken off it."""
+    expected = queue_depth(urls, queue)
+    connection = connect_blocking(urls)
+    received: list[Received] = []
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1000)
+        for method, properties, body in channel.consume(
+            queue, auto_ack=True, inactivity_timeout=10
+        ):
+            if method is None:
+                break
+            received.append((properties, body))
+            if len(received) == expected:
+                break
+        channel.cancel()
+    finally:
+        connection.close()
+    return received
+
+
+def opener(consumer_settings: Settings) -> Opener:
+    return Opener(UnwrapCache(AliyunKms.from_settings(consumer_settings)))
+
+
+def open_message(consumer_settings: Settings, properties: Any, body: bytes) -> bytes:
+    meta = MessageMeta(
+        message_id=properties.message_id,
+        timestamp=properties.timestamp,
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        type=properties.type,
+    )
+    reader = opener(consumer_settings)
+    return reader.open(body, reader.parse(properties.headers), meta).plaintext
+
+
+def test_a_confirmed_message_lands_sealed_with_the_envelope_headers(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+    kms: KmsFixture,
+) -> None:
+    plaintext = b"the quarterly numbers"
+    with publisher(producer_settings, amqp_topology) as pub:
+        message_id = pub.send(
+            plaintext,
+            context={"tenant": "a"},
+            content_type="text/plain",
+            content_encoding="utf-8",
+            type="report",
+        )
+    [(properties, body)] = drain(consumer_settings.rabbitmq_urls, amqp_topology.queue)
+    assert set(properties.headers) == set(HEADER_NAMES)
+    assert properties.headers["x-emq-key-id"] == kms.key_id
+    assert properties.headers["x-emq-context"] == '{"tenant":"a"}'
+    assert plaintext not in body
+    assert properties.message_id == message_id
+    assert properties.delivery_mode == 2
+    assert abs(properties.timestamp - time.time()) < 3600
+    assert (properties.content_type, properties.content_encoding, properties.type) == (
+        "text/plain",
+        "utf-8",
+        "report",
+    )
+    assert open_message(consumer_settings, properties, body) == plaintext
+
+
+def test_the_producer_principal_cannot_decrypt_what_it_published(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    with publisher(producer_settings, amqp_topology) as pub:
+        pub.send(b"secret")
+    [(properties, _body)] = drain(producer_settings.rabbitmq_urls, amqp_topology.queue)
+    with pytest.raises(KmsRequestError):
+        AliyunKms.from_settings(producer_settings).decrypt_data_key(
+            properties.headers["x-emq-data-key"], {}
+        )
+
+
+def test_an_unroutable_publish_fails_its_future(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    with publisher(producer_settings, amqp_topology) as pub:
+        routed = pub.publish(b"kept")
+        lost = pub.publish(b"nowhere to go", routing_key="no.such.binding")
+        with pytest.raises(MessageUnroutableError) as caught:
+            lost.result(timeout=30)
+        assert caught.value.message_id
+        assert routed.result(timeout=30)
+    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 1
+
+
+def test_flush_waits_for_every_confirm(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    with publisher(producer_settings, amqp_topology) as pub:
+        futures = [pub.publish(b"m%d" % n) for n in range(500)]
+        assert pub.flush(timeout=60)
+        assert all(f.done() for f in futures)
+        assert pub.stats().confirmed == 500
+
+
+def test_ten_thousand_messages_are_all_confirmed_and_queued(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    with publisher(producer_settings, amqp_topology) as pub:
+        futures = [pub.publish(b"x" * 1024) for _ in range(10_000)]
+        pub.flush()
+    ids = {f.result(timeout=0) for f in futures}
+    assert len(ids) == 10_000
+    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 10_000
+
+
+def test_a_quorum_queue_takes_sealed_messages(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+) -> None:
+    topology = replace(amqp_topology, queue_type="quorum")
+    with publisher(producer_settings, topology) as pub:
+        pub.send(b"replicated")
+    [(properties, body)] = drain(producer_settings.rabbitmq_urls, topology.queue)
+    assert open_message(consumer_settings, properties, body) == b"replicated"
+
+
+def test_kms_down_without_a_cached_key_fails_the_publish_and_sends_nothing(
+    producer_settings: Settings, amqp_topology: Topology, kms: KmsFixture
+) -> None:
+    kms.emulator.faults.set(outage_seconds=3600)
+    with publisher(producer_settings, amqp_topology) as pub:
+        with pytest.raises(KmsError):
+            pub.publish(b"must never leave unsealed")
+        assert pub.stats().published == 0
+    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 0
+
+
+def test_kms_down_with_a_cached_key_keeps_publishing(
+    producer_settings: Settings, amqp_topology: Topology, kms: KmsFixture
+) -> None:
+    with publisher(producer_settings, amqp_topology) as pub:
+        pub.send(b"fetches the data key")
+        kms.emulator.faults.set(outage_seconds=3600)
+        futures = [pub.publish(b"during the outage %d" % n) for n in range(100)]
+        assert pub.flush(timeout=60)
+    assert all(f.exception() is None for f in futures)
+    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 101
+
+
+def through(proxy: TcpProxy, settings: Settings) -> Settings:
+    return replace(
+        settings, rabbitmq_urls=(proxy.proxied_url(settings.rabbitmq_urls[0]),)
+    )
+
+
+def test_unconfirmed_messages_are_republished_unchanged_after_a_connection_loss(
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    # The broker takes every message but its confirms are held back, so all of
+    # them are unconfirmed when the connection drops: each must be published
+    # again, byte for byte, and arrive twice (at-least-once).
+    urls = producer_settings.rabbitmq_urls
+    settings = through(rabbitmq_proxy, producer_settings)
+    with publisher(settings, amqp_topology, initial_backoff=0.05) as pub:
+        pub.send(b"warm-up: connection, topology and data key")
+        drain(urls, amqp_topology.queue)
+        rabbitmq_proxy.hold_replies()
+        futures = [pub.publish(b"payload %d" % n) for n in range(300)]
+        wait_for_depth(urls, amqp_topology.queue, 300)
+        assert not any(f.done() for f in futures)
+        rabbitmq_proxy.cut()
+        rabbitmq_proxy.release_replies()
+        assert pub.flush(timeout=60)
+        stats = pub.stats()
+    assert all(f.exception() is None for f in futures)
+    assert stats.republished == 300
+    assert stats.reconnects == 1
+    copies: dict[str, list[Received]] = {}
+    for properties, body in drain(urls, amqp_topology.queue):
+        copies.setdefault(properties.message_id, []).append((properties, body))
+    assert set(copies) == {f.result() for f in futures}
+    for (first, first_body), (second, second_body) in copies.values():
+        assert first_body == second_body
+        assert first.headers == second.headers
+        assert first.timestamp == second.timestamp
+
+
+def test_every_message_is_confirmed_across_a_connection_cut_mid_stream(
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    urls = producer_settings.rabbitmq_urls
+    futures: list[Future[str]] = []
+    settings = through(rabbitmq_proxy, producer_settings)
+    with publisher(settings, amqp_topology, initial_backoff=0.05) as pub:
+        for n in range(3000):
+            futures.append(pub.publish(b"stream %d" % n))
+            if n == 1000:
+                rabbitmq_proxy.cut()
+        assert pub.flush(timeout=60)
+        reconnects = pub.stats().reconnects
+    assert reconnects >= 1
+    assert all(f.exception() is None for f in futures)
+    stored = {
+        properties.message_id for properties, _ in drain(urls, amqp_topology.queue)
+    }
+    assert stored == {f.result() for f in futures}
+
+
+def test_the_next_url_is_used_when_the_first_broker_is_down(
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    rabbitmq_proxy.refusing = True
+    dead = rabbitmq_proxy.proxied_url(producer_settings.rabbitmq_urls[0])
+    settings = replace(
+        producer_settings, rabbitmq_urls=(dead, *producer_settings.rabbitmq_urls)
+    )
+    with publisher(settings, amqp_topology) as pub:
+        assert pub.send(b"failover")

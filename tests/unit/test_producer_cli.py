@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import argparse
+import io
+import uuid
+from typing import Any
+
+import pytest
+
+from producer.cli import _produce, generated, parse_context, register
+from producer.publisher import new_message_id
+from shared.config import Settings
+from shared.errors import ConfigError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    subparsers: argparse._SubParsersAction[Any] = parser.add_subparsers()
+    register(subparsers)
+    return parser.parse_args(["produce", *argv])
+
+
+def test_context_pairs_become_a_mapping_and_values_may_hold_equals_signs() -> None:
+    assert parse_context(["tenant=a", "expr=x=1", "empty="]) == {
+        "tenant": "a",
+        "expr": "x=1",
+        "empty": "",
+    }
+
+
+@pytest.mark.parametrize("item", ["tenant", "=a"])
+def test_a_context_item_without_a_key_and_equals_sign_is_refused(item: str) -> None:
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_context([item])
+
+
+def test_generated_messages_are_distinct_and_exactly_sized() -> None:
+    messages = list(generated(50, 20))
+    assert len(messages) == 50
+    assert len(set(messages)) == 50
+    assert {len(m) for m in messages} == {20}
+
+
+def test_generated_messages_may_be_empty() -> None:
+    assert list(generated(2, 0)) == [b"", b""]
+
+
+def test_without_a_queue_or_a_routing_key_nothing_is_attempted() -> None:
+    args = parse("hello")
+    with pytest.raises(ConfigError, match="--queue"):
+        _produce(args, Settings(kms_key_id="k"), io.BytesIO())
+
+
+def test_the_cli_registers_its_options() -> None:
+    args = parse("--queue", "q", "--queue-type", "quorum", "--context", "a=b", "m1")
+    assert (args.queue, args.queue_type, args.context, args.messages) == (
+        "q",
+        "quorum",
+        ["a=b"],
+        ["m1"],
+    )
+
+
+def test_message_ids_are_random_version_4_uuids() -> None:
+    ids = {new_message_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in list(ids)[:50]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == value
