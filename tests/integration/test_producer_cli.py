@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from envelope_mq.testing.plugin import AmqpNames
+from shared.amqp import connect_blocking
+from shared.config import Settings
+
+pytestmark = pytest.mark.integration
+
+ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
+
+
+def environment(settings: Settings, **overrides: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RABBITMQ_", "KMS_", "ALIBABA_CLOUD_", "EMQ_"))
+    }
+    env.update(
+        RABBITMQ_URL=",".join(settings.rabbitmq_urls),
+        KMS_ENDPOINT=settings.kms_endpoint or "",
+        KMS_KEY_ID=settings.kms_key_id or "",
+        ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id or "",
+        ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
+    )
+    env.update(overrides)
+    return env
+
+
+def produce(
+    settings: Settings, *args: str, stdin: bytes = b"", **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENVELOPE_MQ, "produce", *args],
+        input=stdin.decode(),
+        env=environment(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def depth(settings: Settings, queue: str) -> int:
+    connection = connect_blocking(settings.rabbitmq_urls)
+    try:
+        frame = connection.channel().queue_declare(queue, passive=True)
+        return int(frame.method.message_count)
+    finally:
+        connection.close()
+
+
+def test_generated_messages_are_published_to_a_declared_queue(
+    producer_settings: Settings, amqp_names: AmqpNames
+) -> None:
+    done = produce(
+        producer_settings,
+        "--queue", amqp_names.queue,
+        "--exchange", amqp_names.exchange,
+        "--count", "200",
+        "--size", "64",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "200 of 200 message(s), 12800 bytes" in done.stderr
+    assert depth(producer_settings, amqp_names.queue) == 200
+    assert depth(producer_settings, amqp_names.quarantine_queue) == 0
+
+
+def test_stdin_lines_are_messages_and_blank_lines_are_skipped(
+    producer_settings: Settings, amqp_names: AmqpNames
+) -> None:
+    done = produce(
+        producer_settings,
+        "--queue", amqp_names.queue,
+        "--exchange", amqp_names.exchange,
+        "--context", "tenant=a",
+        stdin=b"first\n\nsecond\r\nthird",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 of 3 message(s)" in done.stderr
+    assert depth(producer_settings, amqp_names.queue) == 3
+
+
+def test_an_unroutable_message_exits_1_and_says_so(
+    producer_settings: Settings, amqp_names: AmqpNames
+) -> None:
+    produce(
+        producer_settings,
+        "--queue", amqp_names.queue,
+        "--exchange", amqp_names.exchange,
+        "declares the exchange",
+    )  # fmt: skip
+    done = produce(
+        producer_settings,
+        "--exchange", amqp_names.exchange,
+        "--routing-key", "nobody.listens",
+        "lost",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "matched no queue" in done.stderr
+
+
+def test_no_broker_exits_1_with_a_clear_message_and_no_secret(
+    producer_settings: Settings, amqp_names: AmqpNames
+) -> None:
+    done = produce(
+        producer_settings,
+        "--queue", amqp_names.queue,
+        "hello",
+        RABBITMQ_URL="amqp://guest:hunter2@127.0.0.1:9/%2F",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "error: cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:9" in (
+        done.stderr
+    )
+    assert "hunter2" not in done.stderr
+    assert "Traceback" not in done.stderr
