@@ -5,7 +5,11 @@ Three sides, each with its own queue on the same broker:
 - plain pika: the baselines of :mod:`envelope_mq.bench.plain`;
 - envelope-mq: :class:`EncryptedPublisher` (sealing, confirms on, mandatory)
   and :class:`EncryptedConsumer` (opening, acking after the handler);
-- envelope-mq with sealing switched off, to tell crypto cost from client cost.
+- envelope-mq with sealing switched off, to tell crypto cost from client cost;
+- publish only, two references (:mod:`envelope_mq.bench.ceiling`):
+  hand-written pika with pipelined confirms, sending the plain side's
+  messages, then envelope-mq's very messages: what the broker allows with
+  confirms on, for each.
 
 Each round publishes ``messages`` on every side (in a rotating order), waits
 until every queue holds exactly that many, then consumes them all again on
@@ -17,12 +21,18 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 from consumer.message import ReceivedMessage
 from consumer.worker import EncryptedConsumer
+from envelope_mq.bench.ceiling import (
+    pika_confirmed_publish,
+    plain_message,
+    sealed_message,
+)
 from envelope_mq.bench.lab import CONTEXT, Lab
 from envelope_mq.bench.passthrough import PassThroughOpener, PassThroughSealer
 from envelope_mq.bench.plain import PREFETCH, plain_consume, plain_publish
@@ -31,14 +41,17 @@ from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
 from producer import EncryptedPublisher
 from shared.amqp import Topology
-from shared.envelope import Opener
+from shared.envelope import MessageMeta, Opener, Sealer
 from shared.errors import BrokerError
 from shared.wire import DATA_KEY_HEADER
 
-__all__ = ["PLAIN", "SEALED", "UNSEALED", "run_throughput"]
+__all__ = ["PLAIN", "SEALED", "SIDES", "UNSEALED", "run_throughput"]
 
 PLAIN, SEALED, UNSEALED = "plain pika", "envelope-mq", "envelope-mq, sealing off"
+PLAIN_CONFIRMED = "pika, plain messages, pipelined confirms (reference)"
+REFERENCE = "pika, envelope-mq's messages, pipelined confirms (reference)"
 SIDES = (PLAIN, SEALED, UNSEALED)
+PUBLISH_SIDES = (*SIDES, PLAIN_CONFIRMED, REFERENCE)
 
 
 class _UnsealedPublisher(EncryptedPublisher):
@@ -101,11 +114,24 @@ def run_throughput(
     broker = lab.broker
     body = os.urandom(size)
     plain_queue = broker.plain_queue("plain")
+    confirmed_queue = broker.plain_queue("plain-confirmed")
     topologies: dict[str, Topology] = {
         SEALED: broker.topology("sealed"),
         UNSEALED: broker.topology("unsealed"),
+        REFERENCE: broker.topology("reference"),
     }
-    queues = {PLAIN: plain_queue, **{k: t.queue for k, t in topologies.items()}}
+    queues = {
+        PLAIN: plain_queue,
+        PLAIN_CONFIRMED: confirmed_queue,
+        **{k: t.queue for k, t in topologies.items()},
+    }
+    sealed = Sealer(lab.data_keys, lab.key_id, CONTEXT).seal(
+        body, MessageMeta(str(uuid.uuid4()), int(time.time()))
+    )
+    references = {
+        PLAIN_CONFIRMED: plain_message(confirmed_queue, body),
+        REFERENCE: sealed_message(topologies[REFERENCE], sealed),
+    }
     keys_seen = _KeysSeen()
     consumed: dict[str, _Consumed] = {SEALED: keys_seen, UNSEALED: _Consumed()}
     plain_count = 0
@@ -150,6 +176,12 @@ def run_throughput(
         PLAIN: lambda: plain_publish(broker.url, plain_queue, body, messages),
         SEALED: lambda: _publish_ours(publishers[SEALED], body, messages),
         UNSEALED: lambda: _publish_ours(publishers[UNSEALED], body, messages),
+        PLAIN_CONFIRMED: lambda: pika_confirmed_publish(
+            broker.url, references[PLAIN_CONFIRMED], messages
+        ),
+        REFERENCE: lambda: pika_confirmed_publish(
+            broker.url, references[REFERENCE], messages
+        ),
     }
     consume: dict[str, Callable[[], float]] = {
         PLAIN: lambda: plain_consume(broker.url, plain_queue, messages, plain_handler),
@@ -158,20 +190,23 @@ def run_throughput(
             consumers[UNSEALED], consumed[UNSEALED], messages
         ),
     }
-    published: dict[str, list[float]] = {side: [] for side in SIDES}
+    published: dict[str, list[float]] = {side: [] for side in PUBLISH_SIDES}
     received: dict[str, list[float]] = {side: [] for side in SIDES}
+    steps = len(PUBLISH_SIDES) + len(SIDES)
     try:
-        with Progress("throughput", rounds * 2 * len(SIDES)) as bar:
+        with Progress("throughput", rounds * steps) as bar:
             for r in range(rounds):
-                shift = r % len(SIDES)  # rotate who goes first
-                order = SIDES[shift:] + SIDES[:shift]
-                for side in order:
+                shift = r % len(PUBLISH_SIDES)  # rotate who goes first
+                for side in PUBLISH_SIDES[shift:] + PUBLISH_SIDES[:shift]:
                     seconds = publish[side]()
                     # A round ends when the broker holds every message.
                     broker.wait_for_count(queues[side], messages)
                     published[side].append(rate(messages, seconds))
                     bar.advance()
-                for side in order:
+                for side in references:  # nobody consumes these
+                    broker.purge(queues[side])
+                shift = r % len(SIDES)
+                for side in SIDES[shift:] + SIDES[:shift]:
                     received[side].append(rate(messages, consume[side]()))
                     # Acks are asynchronous: let the queue show empty, then
                     # make sure it is before the next round.
@@ -183,6 +218,24 @@ def run_throughput(
             publisher.close()
     lab.keys_seen["throughput consumer"] = len(keys_seen.keys)
     _add(report, "publish, msg/s", published, "publish")
+    premise = round_ratios(published[PLAIN_CONFIRMED], published[PLAIN])
+    report.add(
+        "throughput: publish, msg/s",
+        "pika plain, pipelined confirms ÷ plain pika",
+        median(premise),
+        "x",
+        rounds=premise,
+        note="issue 4's premise: above 1 if confirms alone cost nothing here",
+    )
+    ceiling = round_ratios(published[SEALED], published[REFERENCE])
+    report.add(
+        "throughput: publish, msg/s",
+        "envelope-mq ÷ pika with envelope-mq's messages",
+        median(ceiling),
+        "x",
+        rounds=ceiling,
+        note="how close to what the broker allows these messages with confirms",
+    )
     _add(report, "consume, msg/s", received, "consume")
     report.check(
         "publish ratio (envelope-mq ÷ plain unconfirmed)",
@@ -202,7 +255,7 @@ def run_throughput(
 
 def _add(report: Report, what: str, rates: dict[str, list[float]], verb: str) -> None:
     section = f"throughput: {what}"
-    for side in SIDES:
+    for side in rates:
         report.add(section, side, median(rates[side]), "msg/s", rounds=rates[side])
     for side in (SEALED, UNSEALED):
         ratios = round_ratios(rates[side], rates[PLAIN])
