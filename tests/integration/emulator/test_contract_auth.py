@@ -219,3 +219,34 @@ def test_a_principal_may_call_only_its_actions(
             403,
             "Forbidden.NoPermission",
         )
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "ACS3-HMAC-SHA256 garbage",
+        "ACS3-HMAC-SHA256 Credential=x,SignedHeaders=host,Signature=00",
+        "AWS4-HMAC-SHA256 Credential=x/y, SignedHeaders=host, Signature=00",
+    ],
+    ids=["unparsable", "date-and-nonce-unsigned", "other-scheme"],
+)
+def test_a_malformed_authorization_header_is_an_incomplete_signature(
+    target: Target, raw: RawHttp, authorization: str
+) -> None:
+    headers = acs3_headers("DescribeKey", {"KeyId": target.key_id}, b"", target.admin)
+    headers["Authorization"] = authorization
+    response = raw.send(
+        "POST", "/?" + urlencode({"KeyId": target.key_id}), headers=headers
+    )
+    assert response.status == 400
+    assert response.json()["Code"] == "IncompleteSignature"
+
+
+def test_an_unsupported_v1_signature_method_is_an_incomplete_signature(
+    target: Target, raw: RawHttp
+) -> None:
+    signed = v1_signed_params("DescribeKey", {"KeyId": target.key_id}, target.admin)
+    signed["SignatureMethod"] = "HMAC-MD5"
+    response = raw.send("POST", "/?" + urlencode(signed, quote_via=quote))
+    assert response.status == 400
+    assert response.json()["Code"] == "IncompleteSignature"
