@@ -524,15 +524,15 @@ class ConfirmingTransport:
     def _shutdown(self) -> None:
         self._closing = True
         connection = self._connection
-        if connection is not None and not (
-            connection.is_closing or connection.is_closed
-        ):
+        if connection is None or connection.is_closed:
+            self._ioloop.stop()
+            return
+        if not connection.is_closing:
             try:
                 connection.close()
             except pika.exceptions.AMQPError:
                 self._ioloop.stop()
-            else:
-                # Should the broker never answer Connection.Close, stop anyway.
-                self._ioloop.call_later(5.0, self._ioloop.stop)
-            return
-        self._ioloop.stop()
+                return
+        # _on_connection_closed stops the loop once the socket is closed; should
+        # the broker never answer Connection.Close, stop anyway.
+        self._ioloop.call_later(5.0, self._ioloop.stop)

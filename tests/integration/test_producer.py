@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import replace
@@ -14,6 +15,8 @@ from shared.amqp import Topology, connect_blocking
 from shared.config import Settings
 from shared.envelope import MessageMeta, Opener
 from shared.errors import (
+    BrokerError,
+    BrokerUnavailableError,
     KmsError,
     KmsRequestError,
     MessageUnroutableError,
@@ -275,3 +278,79 @@ def test_the_next_url_is_used_when_the_first_broker_is_down(
     )
     with publisher(settings, amqp_topology) as pub:
         assert pub.send(b"failover")
+
+
+def test_a_message_larger_than_a_frame_is_split_and_opens_intact(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+) -> None:
+    plaintext = bytes(range(256)) * 4096  # 1 MiB: eight body frames
+    with publisher(producer_settings, amqp_topology) as pub:
+        pub.send(plaintext)
+    [(properties, body)] = drain(producer_settings.rabbitmq_urls, amqp_topology.queue)
+    assert len(body) == len(plaintext) + 28
+    assert open_message(consumer_settings, properties, body) == plaintext
+
+
+def test_threads_may_share_one_publisher(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    futures: list[Future[str]] = []
+
+    def publish_some(pub: EncryptedPublisher, n: int) -> None:
+        futures.extend(pub.publish(b"thread %d" % n) for _ in range(500))
+
+    with publisher(producer_settings, amqp_topology) as pub:
+        threads = [
+            threading.Thread(target=publish_some, args=(pub, n)) for n in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert pub.flush(timeout=60)
+    assert len({f.result(timeout=0) for f in futures}) == 2000
+    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 2000
+
+
+def test_a_topology_that_contradicts_the_broker_fails_at_start(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    contradicting = replace(amqp_topology, queue_arguments={})
+    connection = connect_blocking(producer_settings.rabbitmq_urls)
+    amqp_topology.declare(connection.channel())
+    connection.close()
+    with pytest.raises(BrokerError, match="PRECONDITION_FAILED"):
+        publisher(producer_settings, contradicting)
+
+
+def test_a_refused_publish_fails_and_the_channel_comes_back_with_the_topology(
+    producer_settings: Settings, amqp_topology: Topology
+) -> None:
+    with publisher(producer_settings, amqp_topology, initial_backoff=0.05) as pub:
+        pub.send(b"before")
+        connection = connect_blocking(producer_settings.rabbitmq_urls)
+        connection.channel().exchange_delete(amqp_topology.exchange)
+        connection.close()
+        with pytest.raises(BrokerError, match="404"):
+            pub.send(b"to an exchange that is gone")
+        assert pub.send(b"after the channel and topology are back")
+    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 2
+
+
+def test_pending_messages_fail_when_the_broker_stays_away_too_long(
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    settings = through(rabbitmq_proxy, producer_settings)
+    pub = publisher(settings, amqp_topology, reconnect_timeout=0.5, max_backoff=0.2)
+    pub.send(b"connected")
+    rabbitmq_proxy.hold_replies()
+    pending = pub.publish(b"never confirmed")
+    rabbitmq_proxy.refusing = True
+    rabbitmq_proxy.cut()
+    with pytest.raises(BrokerUnavailableError):
+        pending.result(timeout=60)
+    with pytest.raises(BrokerUnavailableError):
+        pub.publish(b"after giving up")
+    pub.close()
