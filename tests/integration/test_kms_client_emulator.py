@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +161,29 @@ def test_caches_make_one_kms_call_per_key_under_eight_threads(kms: KmsFixture) -
     assert len(set(unwrapped)) == 1
     assert len(unwrapped) == 400
     assert kms.emulator.request_count == {"GenerateDataKey": 1, "Decrypt": 1}
+
+
+def _open_sockets() -> int:
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        # An fd may be closed by another thread between listing and reading.
+        with contextlib.suppress(FileNotFoundError):
+            count += "socket:" in str(fd.readlink())
+    return count
+
+
+def test_close_releases_the_sdk_connection_pool(kms: KmsFixture) -> None:
+    before = _open_sockets()
+    with _client(kms, "producer") as client:
+        client.generate_data_key(kms.key_id, CONTEXT)
+        assert _open_sockets() > before  # the SDK keeps the connection pooled
+
+    # The emulator closes its side when it reads EOF, a moment later.
+    deadline = time.monotonic() + 5.0
+    while _open_sockets() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _open_sockets() == before
+    client.close()  # idempotent
+    # A request after close opens a new connection rather than failing.
+    assert client.generate_data_key(kms.key_id, CONTEXT).key_id == kms.key_id
+    client.close()
