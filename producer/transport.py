@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import pika.spec
 from pika.adapters.select_connection import IOLoop
 
 from producer import frames
+from producer.confirms import ConfirmTracker, Outgoing
 from producer.window import InFlightWindow
 from shared.amqp import ConnectionOptions, connection_parameters, redact_url, split_urls
 from shared.amqp import translate_error as _translate
@@ -40,8 +41,6 @@ from shared.envelope import SealedMessage
 from shared.errors import (
     BrokerError,
     BrokerUnavailableError,
-    MessageNackedError,
-    MessageUnroutableError,
     PublishNotConfirmedError,
 )
 
@@ -86,33 +85,6 @@ def _discard(data: bytes) -> None:
     """Stands in for the output of a connection not yet open."""
 
 
-class _Outgoing:
-    __slots__ = (
-        "body",
-        "exchange",
-        "future",
-        "header",
-        "message_id",
-        "method",
-        "routing_key",
-        "sent",
-    )
-
-    def __init__(
-        self,
-        destination: tuple[str, str, bytes],
-        header: bytes,
-        body: bytes,
-        message_id: str,
-    ) -> None:
-        self.exchange, self.routing_key, self.method = destination
-        self.header = header  # content header payload (properties)
-        self.body = body
-        self.message_id = message_id
-        self.future: Future[str] = Future()
-        self.sent = 0
-
-
 class ConfirmingTransport:
     """Publishes sealed messages with pipelined publisher confirms."""
 
@@ -129,7 +101,7 @@ class ConfirmingTransport:
         self._where = ", ".join(redact_url(u) for u in split_urls(urls))
         self._declare = declare
         self._window = InFlightWindow(self._options.max_in_flight)
-        self._outbox: deque[_Outgoing] = deque()
+        self._outbox: deque[Outgoing] = deque()
         self._destinations: dict[tuple[str, str], tuple[str, str, bytes]] = {}
         self._submit_lock = threading.Lock()
         self._wake_scheduled = False
@@ -146,18 +118,15 @@ class ConfirmingTransport:
         self._ready = False
         self._ever_ready = False
         self._closing = False
-        self._next_tag = 1
         self._emit: Callable[[bytes], None] = _discard
         self._body_max = 131_072 - 8
-        self._unconfirmed: OrderedDict[int, _Outgoing] = OrderedDict()
-        self._returned: set[bytes] = set()
+        self._confirms = ConfirmTracker(self._window)
         self._url_index = 0
         self._round_failures = 0
         self._attempt = 0
         self._down_since: float | None = None
         self._last_error: BaseException | None = None
-        self._published = self._confirmed = self._failed_count = 0
-        self._republished = self._reconnects = 0
+        self._reconnects = 0
 
     # ---- caller side -------------------------------------------------------
 
@@ -191,7 +160,7 @@ class ConfirmingTransport:
             content_encoding=meta.content_encoding,
             type=meta.type,
         )
-        out = _Outgoing(destination, header, sealed.body, meta.message_id)
+        out = Outgoing(destination, header, sealed.body, meta.message_id)
         # Handed over means in flight: the caller can no longer cancel it.
         out.future.set_running_or_notify_cancel()
         self._window.acquire()
@@ -246,11 +215,12 @@ class ConfirmingTransport:
 
     def stats(self) -> TransportStats:
         """A snapshot of the counters."""
+        confirms = self._confirms
         return TransportStats(
-            self._published,
-            self._confirmed,
-            self._failed_count,
-            self._republished,
+            confirms.published,
+            confirms.confirmed,
+            confirms.failed,
+            confirms.republished,
             self._reconnects,
         )
 
@@ -307,7 +277,7 @@ class ConfirmingTransport:
 
     def _on_ready(self) -> None:
         self._ready = True
-        self._next_tag = 1
+        self._confirms.new_channel()
         self._attempt = 0
         self._down_since = None
         if self._ever_ready:
@@ -330,7 +300,7 @@ class ConfirmingTransport:
             self._wake_scheduled = False
             return  # _on_ready drains once the channel is back
         number, body_max = channel.channel_number, self._body_max
-        outbox, unconfirmed = self._outbox, self._unconfirmed
+        outbox, record = self._outbox, self._confirms.record
         wire: list[bytes] = []
         for _ in range(_BATCH):
             try:
@@ -340,12 +310,7 @@ class ConfirmingTransport:
             wire += frames.frame_message(
                 number, out.method, out.header, out.body, body_max
             )
-            unconfirmed[self._next_tag] = out
-            self._next_tag += 1
-            self._published += 1
-            if out.sent:
-                self._republished += 1
-            out.sent += 1
+            record(out)
         if wire:
             # One write per batch instead of three per message (see frames.py).
             self._emit(b"".join(wire))
@@ -358,43 +323,17 @@ class ConfirmingTransport:
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        tag, unconfirmed = method.delivery_tag, self._unconfirmed
-        settled: list[_Outgoing] = []
-        if method.multiple:
-            while unconfirmed and next(iter(unconfirmed)) <= tag:
-                settled.append(unconfirmed.popitem(last=False)[1])
-        elif (one := unconfirmed.pop(tag, None)) is not None:
-            settled.append(one)
-        for out in settled:
-            self._settle(out, acked)
-        self._window.release(len(settled))
-
-    def _settle(self, out: _Outgoing, acked: bool) -> None:
-        if acked and not (self._returned and out.body in self._returned):
-            self._confirmed += 1
-            out.future.set_result(out.message_id)
-            return
-        error: PublishNotConfirmedError
-        if acked:
-            self._returned.discard(out.body)
-            error = MessageUnroutableError(
-                f"message {out.message_id} matched no queue (exchange "
-                f"{out.exchange!r}, routing key {out.routing_key!r})",
-                message_id=out.message_id,
-            )
-        else:
-            error = MessageNackedError(
-                f"the broker nacked message {out.message_id}", message_id=out.message_id
-            )
-        self._failed_count += 1
-        out.future.set_exception(error)
+        self._confirms.settle(
+            method.delivery_tag,
+            method.multiple,
+            isinstance(method, pika.spec.Basic.Ack),
+        )
 
     def _on_return(
         self, channel: Any, method: Any, properties: Any, body: bytes
     ) -> None:
         # basic.return always precedes the basic.ack of the same message.
-        self._returned.add(body)
+        self._confirms.returned(body)
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
         if channel is not self._channel:
@@ -411,7 +350,7 @@ class ConfirmingTransport:
             return
         # These messages are in doubt and republishing would hit the same refusal.
         _log.warning("%s", error)
-        self._fail_unconfirmed(error)
+        self._confirms.fail_unconfirmed(error)
         self._ioloop.call_later(self._backoff(), self._open_channel)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
@@ -446,12 +385,10 @@ class ConfirmingTransport:
         _log.warning(
             "lost the RabbitMQ connection (%s); %d message(s) unconfirmed",
             type(reason).__name__,
-            len(self._unconfirmed),
+            len(self._confirms),
         )
         # Unchanged and in their original order, ahead of anything newer.
-        self._outbox.extendleft(reversed(self._unconfirmed.values()))
-        self._unconfirmed.clear()
-        self._returned.clear()
+        self._outbox.extendleft(reversed(self._confirms.take_unconfirmed()))
         self._url_index += 1  # a cluster's next node may be the one still up
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -477,9 +414,8 @@ class ConfirmingTransport:
             self._options.max_backoff, self._options.initial_backoff * 2**self._attempt
         )
         self._attempt += 1
-        return random.uniform(
-            ceiling / 2, ceiling
-        )  # jitter: clients do not retry in step
+        # Jitter, so that many clients do not retry in step.
+        return random.uniform(ceiling / 2, ceiling)
 
     def _fail_start(self, error: BrokerError) -> None:
         self._failed = error
@@ -491,35 +427,13 @@ class ConfirmingTransport:
             self._ioloop.stop()
         self._started.set()
 
-    def _fail_unconfirmed(self, error: BrokerError) -> None:
-        pending = list(self._unconfirmed.values())
-        self._unconfirmed.clear()
-        self._returned.clear()
-        for out in pending:
-            self._fail(out, error)
-        self._window.release(len(pending))
-
     def _fail_everything(self, error: BrokerError) -> int:
         """Fail unconfirmed and queued messages (I/O thread, or after it ended)."""
-        pending = len(self._unconfirmed)
-        self._fail_unconfirmed(error)
-        queued = 0
-        while True:
-            try:
-                out = self._outbox.popleft()
-            except IndexError:
-                break
-            self._fail(out, error)
-            queued += 1
-        self._window.release(queued)
-        return pending + queued
-
-    def _fail(self, out: _Outgoing, error: BrokerError) -> None:
-        self._failed_count += 1
-        failure = type(error)(str(error))
-        if isinstance(failure, PublishNotConfirmedError):
-            failure.message_id = out.message_id
-        out.future.set_exception(failure)
+        failed = self._confirms.fail_unconfirmed(error)
+        queued: list[Outgoing] = []
+        while self._outbox:
+            queued.append(self._outbox.popleft())
+        return failed + self._confirms.fail(queued, error)
 
     def _shutdown(self) -> None:
         self._closing = True
