@@ -169,7 +169,7 @@ class MessageLedger:
     def check(self) -> dict[str, Any]:
         """Print the report and assert it balances; return the report."""
         report = self.report()
-        print(f"{PREFIX} {json.dumps(report, sort_keys=False)}", flush=True)
+        print(f"{PREFIX} {json.dumps(report, ensure_ascii=False)}", flush=True)
         problems = [
             f"{name}={report[name]}"
             for name in ("lost", "corrupted", "misplaced")

@@ -1,0 +1,299 @@
+"""What the reliability and security scenarios share (tests/ is on sys.path).
+
+A scenario publishes through the real :class:`EncryptedPublisher`, consumes
+with the real :class:`EncryptedConsumer` (in a thread, or ``envelope-mq
+consume`` in a subprocess), watches the quarantine queue, and books every
+message in a :class:`MessageLedger`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+from urllib.parse import urlsplit
+
+import pika
+import pika.exceptions
+
+from consumer.backoff import Backoff
+from consumer.message import ReceivedMessage
+from consumer.transport import QUARANTINE_REASON_HEADER
+from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.ledger import MessageLedger
+from producer import EncryptedPublisher, TransportOptions
+from shared.amqp import Topology
+from shared.errors import MessageNackedError
+
+__all__ = [
+    "FAST_RECONNECT",
+    "TRACE_HEADER",
+    "ConsumerThread",
+    "QuarantineWatcher",
+    "Sent",
+    "address_of",
+    "confirm_all",
+    "every",
+    "payload",
+    "publish_stream",
+    "quick_publisher_options",
+    "scenario_topology",
+    "settle",
+]
+
+# A test waits at most this long for anything; reaching it fails the test.
+PATIENCE = 240.0
+# Scenarios reconnect quickly: the defaults (seconds of backoff) suit production.
+FAST_RECONNECT = Backoff(initial=0.1, cap=1.0)
+# A header the tests add to find a message whose properties are garbage.
+TRACE_HEADER = "x-test-trace"
+
+
+def quick_publisher_options(**overrides: Any) -> TransportOptions:
+    """Publisher options with a short reconnect backoff."""
+    fields: dict[str, Any] = {"initial_backoff": 0.1, "max_backoff": 1.0, **overrides}
+    return TransportOptions(**fields)
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """(host, port) of an AMQP or HTTP URL."""
+    parts = urlsplit(url)
+    default = 5672 if parts.scheme.startswith("amqp") else 80
+    return parts.hostname or "127.0.0.1", parts.port or default
+
+
+def scenario_topology(
+    queue: str,
+    exchange: str,
+    *,
+    queue_type: str = "classic",
+    expires: bool = True,
+) -> Topology:
+    """The topology of one scenario; on the shared broker its queues expire."""
+    arguments = {"x-expires": 600_000} if expires else {}
+    return Topology(
+        queue=queue,
+        exchange=exchange,
+        queue_type=queue_type,  # type: ignore[arg-type]
+        queue_arguments=arguments,
+        exchange_auto_delete=expires,
+    )
+
+
+def payload(tag: str, index: int, size: int) -> bytes:
+    """A unique, printable payload of ``size`` bytes (hex text after a label)."""
+    label = f"{tag}:{index}:".encode()
+    fill = max(0, size - len(label))
+    return label + os.urandom((fill + 1) // 2).hex().encode()[:fill]
+
+
+class Sent:
+    """One published message: what it was, and the handle of its latest attempt."""
+
+    __slots__ = ("body", "future", "message_id")
+
+    def __init__(self, message_id: str, body: bytes, future: Future[str]) -> None:
+        self.message_id = message_id
+        self.body = body
+        self.future = future
+
+
+def publish_stream(
+    publisher: EncryptedPublisher,
+    ledger: MessageLedger,
+    *,
+    count: int,
+    size: int,
+    tag: str,
+    start: int = 0,
+    pause_every: int = 0,
+    pause: float = 0.0,
+) -> list[Sent]:
+    """Publish ``count`` ledgered messages, pipelined; returns what was sent."""
+    sent = []
+    for index in range(start, start + count):
+        body = payload(tag, index, size)
+        message_id = f"{tag}-{index:06d}"
+        ledger.published(message_id, body)
+        sent.append(
+            Sent(message_id, body, publisher.publish(body, message_id=message_id))
+        )
+        if pause_every and index % pause_every == pause_every - 1:
+            time.sleep(pause)
+    return sent
+
+
+def confirm_all(
+    publisher: EncryptedPublisher,
+    ledger: MessageLedger,
+    sent: Sequence[Sent],
+    *,
+    attempts: int = 5,
+    timeout: float = PATIENCE,
+) -> list[str]:
+    """Wait for every confirm; re-publish what the broker nacked, as an application
+    must (a nack says the broker did not take the message: same id, same body).
+
+    Returns the errors of the messages still unconfirmed after ``attempts``.
+    """
+    pending = list(sent)
+    for attempt in range(1, attempts + 1):
+        errors, nacked = [], []
+        deadline = time.monotonic() + timeout
+        for item in pending:
+            try:
+                item.future.result(max(0.0, deadline - time.monotonic()))
+            except MessageNackedError:
+                nacked.append(item)
+            except Exception as exc:  # every other failure is reported as is
+                errors.append(f"{item.message_id}: {type(exc).__name__}: {exc}")
+        if not nacked or attempt == attempts:
+            return errors + [f"{i.message_id}: still nacked" for i in nacked]
+        ledger.fault("nacked publishes re-published", len(nacked))
+        time.sleep(0.5 * attempt)
+        for item in nacked:
+            item.future = publisher.publish(item.body, message_id=item.message_id)
+        pending = nacked
+    return []
+
+
+def ledger_handler(ledger: MessageLedger) -> Callable[[ReceivedMessage], None]:
+    """A consumer handler that books each message in ``ledger``."""
+
+    def handle(message: ReceivedMessage) -> None:
+        ledger.handled(message.message_id, message.body)
+
+    return handle
+
+
+class ConsumerThread:
+    """Runs an EncryptedConsumer in a thread; any exception it raises is kept."""
+
+    def __init__(self, consumer: EncryptedConsumer, name: str = "consumer") -> None:
+        self.consumer = consumer
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run()
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+
+    def __enter__(self) -> ConsumerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.consumer.stop()
+        self._thread.join(PATIENCE)
+        if self._thread.is_alive():
+            raise AssertionError("the consumer did not stop")
+        if self.error is not None:
+            raise AssertionError(f"the consumer died: {self.error!r}") from self.error
+
+
+class QuarantineWatcher:
+    """Consumes ``<queue>.quarantine`` in a thread and books each message.
+
+    A message is identified by its message_id property, or by the
+    ``x-test-trace`` header when a test damaged the properties themselves.
+    Reconnects through the URL list when a broker goes away.
+    """
+
+    def __init__(
+        self, urls: Sequence[str], topology: Topology, ledger: MessageLedger
+    ) -> None:
+        self._urls = list(urls)
+        self._queue = topology.quarantine_queue
+        self._topology = topology
+        self._ledger = ledger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="quarantine-watcher", daemon=True
+        )
+        self.reasons: dict[str, str] = {}
+        self.headers: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> QuarantineWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(PATIENCE)
+
+    def _run(self) -> None:
+        params = [pika.URLParameters(u) for u in self._urls]
+        while not self._stop.is_set():
+            try:
+                connection = pika.BlockingConnection(params)
+            except pika.exceptions.AMQPError:
+                self._stop.wait(0.5)
+                continue
+            try:
+                self._consume(connection)
+            except pika.exceptions.AMQPError:
+                self._stop.wait(0.2)
+            finally:
+                with contextlib.suppress(Exception):
+                    connection.close()
+
+    def _consume(self, connection: pika.BlockingConnection) -> None:
+        channel = connection.channel()
+        self._topology.declare(channel)
+        channel.basic_qos(prefetch_count=500)
+
+        def on_message(ch: Any, method: Any, props: Any, _body: bytes) -> None:
+            headers = dict(props.headers or {})
+            trace = headers.get(TRACE_HEADER)
+            key = trace.decode() if isinstance(trace, bytes) else trace
+            if not isinstance(key, str):
+                mid = props.message_id
+                key = mid if isinstance(mid, str) else None
+            reason = headers.get(QUARANTINE_REASON_HEADER)
+            reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+            self._ledger.quarantined(key, reason)
+            if key is not None:
+                self.reasons[key] = reason
+                self.headers[key] = headers
+            ch.basic_ack(method.delivery_tag)
+
+        channel.basic_consume(self._queue, on_message)
+        while not self._stop.is_set():
+            connection.process_data_events(time_limit=0.2)
+
+
+@contextlib.contextmanager
+def every(
+    seconds: float, action: Callable[[], object], name: str = "fault"
+) -> Iterator[list[object]]:
+    """Run ``action`` every ``seconds`` in a thread for the block; yields results."""
+    results: list[object] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            results.append(action())
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        thread.join(PATIENCE)
+
+
+def settle(ledger: MessageLedger, timeout: float = PATIENCE) -> None:
+    """Wait for every published message to be handled or quarantined."""
+    if not ledger.wait_settled(timeout):
+        raise AssertionError(
+            f"{len(ledger) - ledger.settled} of {len(ledger)} messages not settled "
+            f"after {timeout:.0f} s; first: {ledger.outstanding()} "
+            f"(report: {ledger.report()})"
+        )
