@@ -37,6 +37,20 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
+    return value
+
+
 def _add_topology_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue", required=True, help="queue to consume (declared)")
     parser.add_argument(
@@ -105,6 +119,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=5,
         help="deliveries before a failing message is quarantined (default: 5)",
     )
+    # Replay protection (consumer/freshness.py).
+    parser.add_argument(
+        "--max-age",
+        type=_seconds,
+        metavar="SECONDS",
+        help="quarantine (reason expired) messages whose authenticated timestamp "
+        "is older than this",
+    )
+    parser.add_argument(
+        "--dedup-window",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="remember the last N message ids handled and drop repeats (default: off)",
+    )
     parser.set_defaults(run=run_consume)
 
 
@@ -131,6 +160,8 @@ def run_consume(args: argparse.Namespace) -> int:
                 prefetch=args.prefetch,
                 max_deliveries=args.max_deliveries,
                 policy=policy,
+                max_age=args.max_age,
+                dedup_window=args.dedup_window,
             )
             writer.on_error = consumer.stop
             print(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from consumer.freshness import Admission, ReplayGuard
 from consumer.message import Delivery, ReceivedMessage
 from consumer.policy import ContextPolicy
 from shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
@@ -25,6 +26,7 @@ from shared.errors import (
 
 __all__ = [
     "ACK",
+    "DUPLICATE",
     "REQUEUE",
     "RETRY_LATER",
     "EnvelopeOpener",
@@ -71,6 +73,7 @@ class Reason(enum.StrEnum):
     CONTEXT_DENIED = "context-denied"  # outside the allowed-context policy
     KMS_REJECTED = "kms-rejected"  # KMS refused to unwrap the data key
     HANDLER_ERROR = "handler-error"  # the handler failed max_deliveries times
+    EXPIRED = "expired"  # older than max_age (replay protection, freshness.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,11 @@ class Outcome:
 ACK = Outcome(Verdict.ACK)
 REQUEUE = Outcome(Verdict.REQUEUE)
 RETRY_LATER = Outcome(Verdict.RETRY_LATER)
+# Replay protection (freshness.py): handled already within the de-duplication
+# window, so acknowledged without calling the handler. The worker tells it from
+# ACK by identity, to count it apart.
+DUPLICATE = Outcome(Verdict.ACK)
+_EXPIRED = Outcome(Verdict.QUARANTINE, Reason.EXPIRED)
 _MALFORMED = Outcome(Verdict.QUARANTINE, Reason.MALFORMED)
 _UNDECRYPTABLE = Outcome(Verdict.QUARANTINE, Reason.UNDECRYPTABLE)
 _CONTEXT_DENIED = Outcome(Verdict.QUARANTINE, Reason.CONTEXT_DENIED)
@@ -100,11 +108,14 @@ def handle(
     policy: ContextPolicy,
     deliveries: int = 1,
     max_deliveries: int = 5,
+    guard: ReplayGuard | None = None,
 ) -> Outcome:
     """Open ``delivery``, run ``handler`` on it, and decide how it ends.
 
     ``deliveries`` is this delivery's number (1 for the first); a handler that
     fails on delivery ``max_deliveries`` gets its message quarantined.
+    ``guard`` (replay protection) may refuse an opened message as expired or
+    drop it as a duplicate before the handler sees it.
     """
     try:
         header = opener.parse(delivery.headers)
@@ -132,6 +143,13 @@ def handle(
         return RETRY_LATER
     except KmsRequestError as exc:
         return Outcome(Verdict.QUARANTINE, Reason.KMS_REJECTED, exc.code)
+    # Replay protection, on the now authenticated message_id and timestamp.
+    if guard is not None:
+        admission = guard.admit(message_id, timestamp)
+        if admission is Admission.EXPIRED:
+            return _EXPIRED
+        if admission is Admission.DUPLICATE:
+            return DUPLICATE
     message = ReceivedMessage(
         opened.plaintext,
         meta,
@@ -154,6 +172,8 @@ def handle(
             _where(exc),
         )
         return _HANDLER_ERROR if deliveries >= max_deliveries else REQUEUE
+    if guard is not None:
+        guard.handled(message_id)
     return ACK
 
 

@@ -25,10 +25,12 @@ from typing import Any
 
 from consumer.backoff import Backoff
 from consumer.deliveries import DeliveryCounter
+from consumer.freshness import ReplayGuard
 from consumer.keepalive import KeepAliveProvider
 from consumer.message import Delivery
 from consumer.outcome import (
     ACK,
+    DUPLICATE,
     REQUEUE,
     RETRY_LATER,
     EnvelopeOpener,
@@ -65,6 +67,7 @@ class ConsumerStats:
     quarantined: Counter[str] = field(default_factory=Counter)
     kms_retries: int = 0
     reconnects: int = 0
+    duplicates_dropped: int = 0  # replay protection: seen within the window
 
 
 class EncryptedConsumer:
@@ -98,6 +101,8 @@ class EncryptedConsumer:
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
         keep_alive: KeepAliveProvider | None = None,
+        max_age: float | None = None,
+        dedup_window: int = 0,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
@@ -124,6 +129,9 @@ class EncryptedConsumer:
         self._stopping = False
         self._limit: int | None = None
         self.stats = ConsumerStats()
+        # Replay protection (consumer/freshness.py); off unless asked for.
+        guard = ReplayGuard(max_age=max_age, dedup_window=dedup_window)
+        self._guard = guard if guard.enabled else None
 
     @classmethod
     def from_settings(
@@ -240,6 +248,7 @@ class EncryptedConsumer:
             policy=self._policy,
             deliveries=deliveries,
             max_deliveries=self._max_deliveries,
+            guard=self._guard,
         )
 
     def _apply_settled(
@@ -252,6 +261,10 @@ class EncryptedConsumer:
         if outcome is ACK:
             transport.ack(delivery)
             self.stats.handled += 1
+            self._counter.settled(delivery)
+        elif outcome is DUPLICATE:  # replay protection: done before, drop it
+            transport.ack(delivery)
+            self.stats.duplicates_dropped += 1
             self._counter.settled(delivery)
         elif outcome is REQUEUE:
             self._counter.failed(delivery, deliveries)

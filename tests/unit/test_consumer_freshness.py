@@ -1,0 +1,169 @@
+"""Replay protection: max_age refuses stale messages, the window drops repeats."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import pytest
+
+from consumer.freshness import Admission, ReplayGuard
+from consumer.message import Delivery, ReceivedMessage
+from consumer.outcome import (
+    ACK,
+    DUPLICATE,
+    REQUEUE,
+    Outcome,
+    Reason,
+    Verdict,
+    handle,
+)
+from consumer.policy import ContextPolicy
+from shared.envelope import MessageMeta, Opener, Sealer
+from shared.kms import DataKey, InMemoryKeyProvider
+
+KEY_ID = "key-1"
+SENT_AT = 1_700_000_000
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    def __init__(self, provider: InMemoryKeyProvider) -> None:
+        self.provider = provider
+
+    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        return self.provider.generate_data_key(key_id, context)
+
+
+class Unwrapper:
+    def __init__(self, provider: InMemoryKeyProvider) -> None:
+        self.provider = provider
+
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+        return self.provider.decrypt_data_key(wrapped, context)
+
+
+def sealed(provider: InMemoryKeyProvider, message_id: str = "m-1") -> Delivery:
+    meta = MessageMeta(message_id, SENT_AT, "text/plain")
+    message = Sealer(Source(provider), KEY_ID).seal(b"payload", meta)
+    return Delivery(
+        body=message.body,
+        headers=dict(message.headers),
+        message_id=message_id,
+        timestamp=SENT_AT,
+        content_type="text/plain",
+        content_encoding=None,
+        type=None,
+        redelivered=False,
+        delivery_tag=1,
+    )
+
+
+@pytest.fixture
+def provider() -> InMemoryKeyProvider:
+    return InMemoryKeyProvider([KEY_ID])
+
+
+def run(
+    delivery: Delivery, provider: InMemoryKeyProvider, guard: ReplayGuard
+) -> tuple[Outcome, list[ReceivedMessage]]:
+    received: list[ReceivedMessage] = []
+    outcome = handle(
+        delivery,
+        Opener(Unwrapper(provider)),
+        received.append,
+        policy=ContextPolicy(),
+        guard=guard,
+    )
+    return outcome, received
+
+
+def test_a_message_older_than_max_age_is_quarantined_as_expired(
+    provider: InMemoryKeyProvider,
+) -> None:
+    guard = ReplayGuard(max_age=60, clock=Clock(SENT_AT + 61))
+    outcome, received = run(sealed(provider), provider, guard)
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.EXPIRED
+    assert received == []
+
+
+def test_a_message_within_max_age_is_handled(provider: InMemoryKeyProvider) -> None:
+    guard = ReplayGuard(max_age=60, clock=Clock(SENT_AT + 60))
+    outcome, received = run(sealed(provider), provider, guard)
+    assert outcome is ACK
+    assert [m.message_id for m in received] == ["m-1"]
+
+
+def test_a_forged_fresh_timestamp_fails_authentication_before_the_age_check(
+    provider: InMemoryKeyProvider,
+) -> None:
+    guard = ReplayGuard(max_age=60, clock=Clock(SENT_AT + 3600))
+    replayed = dataclasses.replace(sealed(provider), timestamp=SENT_AT + 3600)
+    outcome, received = run(replayed, provider, guard)
+    assert outcome.reason is Reason.UNDECRYPTABLE
+    assert received == []
+
+
+def test_a_repeat_within_the_window_is_dropped_without_the_handler(
+    provider: InMemoryKeyProvider,
+) -> None:
+    guard = ReplayGuard(dedup_window=10)
+    delivery = sealed(provider)
+    first, _ = run(delivery, provider, guard)
+    again, received = run(
+        dataclasses.replace(delivery, redelivered=True), provider, guard
+    )
+    assert first is ACK
+    assert again is DUPLICATE
+    assert again.verdict is Verdict.ACK
+    assert received == []
+
+
+def test_a_failed_handling_is_not_remembered(provider: InMemoryKeyProvider) -> None:
+    guard = ReplayGuard(dedup_window=10)
+    delivery = sealed(provider)
+
+    def failing(_: ReceivedMessage) -> None:
+        raise RuntimeError("not now")
+
+    outcome = handle(
+        delivery,
+        Opener(Unwrapper(provider)),
+        failing,
+        policy=ContextPolicy(),
+        guard=guard,
+    )
+    assert outcome is REQUEUE
+    assert guard.admit("m-1", SENT_AT) is Admission.FRESH
+
+
+def test_the_window_is_bounded_and_forgets_the_oldest() -> None:
+    guard = ReplayGuard(dedup_window=2)
+    for message_id in ("a", "b", "c"):
+        guard.handled(message_id)
+    assert guard.admit("a", SENT_AT) is Admission.FRESH
+    assert guard.admit("b", SENT_AT) is Admission.DUPLICATE
+    assert guard.admit("c", SENT_AT) is Admission.DUPLICATE
+
+
+def test_the_guard_is_off_by_default() -> None:
+    guard = ReplayGuard()
+    guard.handled("a")
+    assert not guard.enabled
+    assert guard.admit("a", 0) is Admission.FRESH
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_age": 0}, {"max_age": -1}, {"dedup_window": -1}]
+)
+def test_invalid_settings_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"max_age|dedup_window"):
+        ReplayGuard(**kwargs)  # type: ignore[arg-type]
