@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         for target in report.missed:
             print(
                 f"envelope-mq bench: target missed: {target.name}: "
-                f"{target.measured:g} {target.unit}, needs {target.op} "
+                f"{target.measured:.3g} {target.unit}, needs {target.op} "
                 f"{target.limit:g} {target.unit}",
                 file=sys.stderr,
             )
