@@ -36,8 +36,6 @@ class Lab:
     started: float = field(default_factory=time.monotonic)
     # Distinct wrapped data keys each consumer process saw, by consumer name.
     keys_seen: dict[str, int] = field(default_factory=dict)
-    # Decrypt calls consumers in other processes made, by consumer name.
-    remote_decrypts: dict[str, int] = field(default_factory=dict)
 
     @property
     def key_id(self) -> str:

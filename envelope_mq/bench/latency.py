@@ -47,9 +47,6 @@ class ConsumerReport:
 
     latencies: list[float]
     keys_seen: int
-    decrypt_calls: int
-    hits: int
-    misses: int
 
 
 def _stamped(kind: int, due: float, size: int) -> bytes:
@@ -79,12 +76,7 @@ def consume_latencies(
             settings.rabbitmq_urls, topology, Opener(unwrap), handler, prefetch=PREFETCH
         )
         consumer.run(count=total)
-        stats = unwrap.stats()
-        pipe.send(
-            ConsumerReport(
-                latencies, len(keys), stats.decrypt_calls, stats.hits, stats.misses
-            )
-        )
+        pipe.send(ConsumerReport(latencies, len(keys)))
     except Exception as exc:  # the process boundary: the parent reports it
         pipe.send(f"consumer failed: {type(exc).__name__}: {exc}")
 
@@ -112,26 +104,32 @@ def run_latency(
         target=consume_latencies,
         args=(lab.settings("consumer"), topology, total, theirs),
         name="envelope-mq-bench-latency-consumer",
+        daemon=True,  # never outlives the benchmark, whatever happens here
     )
     child.start()
-    publisher = EncryptedPublisher(
-        lab.broker.urls, lab.data_keys, lab.key_id, topology=topology, context=CONTEXT
-    )
     try:
-        publisher.send(_stamped(_PROBE, time.time(), size))
-        if _receive(ours, "that it is consuming") != "ready":
-            raise MessagingError("the latency consumer said something unexpected")
-        late = _publish_paced(publisher, rate, warm_up, timed, size)
-        publisher.flush()
-        result: ConsumerReport = _receive(ours, "its latencies")
+        with EncryptedPublisher(
+            lab.broker.urls,
+            lab.data_keys,
+            lab.key_id,
+            topology=topology,
+            context=CONTEXT,
+        ) as publisher:
+            publisher.send(_stamped(_PROBE, time.time(), size))
+            if _receive(ours, "that it is consuming") != "ready":
+                raise MessagingError("the latency consumer said something unexpected")
+            late = _publish_paced(publisher, rate, warm_up, timed, size)
+            publisher.flush()
+            result: ConsumerReport = _receive(ours, "its latencies")
+    except BaseException:
+        child.terminate()  # it would wait for messages that never come
+        raise
     finally:
-        publisher.close()
         child.join(_CHILD_TIMEOUT)
         if child.is_alive():
             child.terminate()
             child.join()
     lab.keys_seen["latency consumer"] = result.keys_seen
-    lab.remote_decrypts["latency consumer"] = result.decrypt_calls
     millis = [x * 1000 for x in result.latencies]
     section = f"latency, publish → handler at {rate:,} msg/s for {seconds:g} s"
     report.add(section, "messages timed", len(millis), "")

@@ -106,6 +106,7 @@ def run_memory(report: Report, lab: Lab, keys: int, per_key: int, size: int) -> 
         target=consume_for_memory,
         args=(lab.settings("consumer"), topology, total, keys, theirs),
         name="envelope-mq-bench-memory-consumer",
+        daemon=True,  # never outlives the benchmark, whatever happens here
     )
     with Progress("memory: consume", 1) as bar:
         child.start()
@@ -113,6 +114,9 @@ def run_memory(report: Report, lab: Lab, keys: int, per_key: int, size: int) -> 
             if not ours.poll(_CHILD_TIMEOUT):
                 raise BrokerError("the memory consumer did not finish in time")
             answer = ours.recv()
+        except BaseException:
+            child.terminate()
+            raise
         finally:
             child.join(_CHILD_TIMEOUT)
             if child.is_alive():
