@@ -12,8 +12,9 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,13 +28,19 @@ from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.ledger import MessageLedger
 from producer import EncryptedPublisher, TransportOptions
 from shared.amqp import Topology
+from shared.config import Settings
+from shared.envelope import MessageMeta, Sealer
 from shared.errors import MessageNackedError
+from shared.keycache import DataKeyCache
+from shared.kms import AliyunKms
 
 __all__ = [
     "FAST_RECONNECT",
     "TRACE_HEADER",
     "ConsumerThread",
     "QuarantineWatcher",
+    "RawMessage",
+    "RawPublisher",
     "Sent",
     "address_of",
     "confirm_all",
@@ -297,3 +304,106 @@ def settle(ledger: MessageLedger, timeout: float = PATIENCE) -> None:
             f"after {timeout:.0f} s; first: {ledger.outstanding()} "
             f"(report: {ledger.report()})"
         )
+
+
+@dataclass
+class RawMessage:
+    """A sealed message as it goes on the wire, free to be damaged by a test."""
+
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]  # message_id, timestamp, content_type, ...
+
+    def __repr__(self) -> str:
+        # Short: Hypothesis prints examples, and bodies are no one's business.
+        names = ", ".join(sorted(self.headers))
+        return f"RawMessage(<{len(self.body)} bytes>, headers=[{names}])"
+
+    def copy(self) -> RawMessage:
+        """A copy whose headers and properties can be changed independently."""
+        return RawMessage(self.body, dict(self.headers), dict(self.properties))
+
+
+class RawPublisher:
+    """Seals with the producer's credentials, publishes with raw pika and confirms.
+
+    Not EncryptedPublisher: a test needs to damage a message after sealing it.
+    Every message carries the unauthenticated ``x-test-trace`` header, so the
+    ledger can find it whatever was done to its properties.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        *,
+        key_id: str | None = None,
+        max_messages: int = 2**24,
+    ) -> None:
+        self.cache = DataKeyCache(
+            AliyunKms.from_settings(settings), max_messages=max_messages
+        )
+        self.key_id = key_id or settings.kms_key_id or ""
+        self.topology = topology
+        self.connection = pika.BlockingConnection(
+            pika.URLParameters(settings.rabbitmq_urls[0])
+        )
+        self.channel = self.connection.channel()
+        topology.declare(self.channel)
+        self.channel.confirm_delivery()
+        self._sealers: dict[str, Sealer] = {}
+
+    def seal(
+        self,
+        body: bytes,
+        message_id: str,
+        *,
+        context: Mapping[str, str] | None = None,
+        timestamp: int | None = None,
+    ) -> RawMessage:
+        """Seal ``body`` as the producer would."""
+        slot = repr(sorted((context or {}).items()))
+        sealer = self._sealers.get(slot)
+        if sealer is None:
+            sealer = self._sealers[slot] = Sealer(self.cache, self.key_id, context)
+        meta = MessageMeta(
+            message_id,
+            int(time.time()) if timestamp is None else timestamp,
+            "text/plain",
+        )
+        sealed = sealer.seal(body, meta)
+        return RawMessage(
+            sealed.body,
+            dict(sealed.headers),
+            {
+                "message_id": meta.message_id,
+                "timestamp": meta.timestamp,
+                "content_type": meta.content_type,
+                "content_encoding": meta.content_encoding,
+                "type": meta.type,
+            },
+        )
+
+    def send(self, message: RawMessage, trace: str) -> None:
+        """Publish ``message`` as it is, persistent and mandatory; wait for the ack."""
+        headers = {**message.headers, TRACE_HEADER: trace}
+        self.channel.basic_publish(
+            self.topology.exchange,
+            self.topology.binding_key,
+            message.body,
+            pika.BasicProperties(
+                delivery_mode=2, headers=headers, **message.properties
+            ),
+            mandatory=True,
+        )
+
+    def close(self) -> None:
+        """Close the connection."""
+        with contextlib.suppress(Exception):
+            self.connection.close()
+
+    def __enter__(self) -> RawPublisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
