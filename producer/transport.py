@@ -17,6 +17,7 @@ exponential backoff: at-least-once delivery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -42,6 +43,7 @@ from shared.errors import (
     BrokerError,
     BrokerUnavailableError,
     PublishNotConfirmedError,
+    SealingError,
 )
 
 __all__ = ["ConfirmingTransport", "TransportOptions", "TransportStats"]
@@ -148,6 +150,10 @@ class ConfirmingTransport:
     ) -> Future[str]:
         """Queue one sealed message; its Future resolves to the message_id on ack."""
         meta = sealed.meta
+        if type(sealed.body) is not bytes:
+            # Checked here: a bad body found in the I/O thread would fail every
+            # reconnect and re-publication after it.
+            raise SealingError("a sealed body must be bytes")
         destination = self._destinations.get((exchange, routing_key))
         if destination is None:
             destination = self._destination(exchange, routing_key)
@@ -234,7 +240,34 @@ class ConfirmingTransport:
 
     def _run(self) -> None:
         self._connect()
-        self._ioloop.start()
+        while True:
+            try:
+                self._ioloop.start()
+            except Exception as exc:  # the one place that must not die
+                # An exception escaping a pika callback (pika itself raises
+                # ValueError when a connection is reset while being set up)
+                # must not kill the only thread that can publish.
+                if self._closing:
+                    return
+                self._recover(exc)
+            else:
+                return
+
+    def _recover(self, error: Exception) -> None:
+        _log.error(
+            "unexpected %s in the publisher's I/O loop; reconnecting",
+            type(error).__name__,
+            exc_info=error,
+        )
+        connection, self._connection = self._connection, None  # now stale
+        lost = self._ready or (connection is not None and connection.is_open)
+        with contextlib.suppress(Exception):  # best effort on a broken connection
+            if connection is not None and connection.is_open:
+                connection.close()
+        if lost and self._ever_ready:
+            self._connection_lost(error)
+        else:
+            self._open_failed(error)
 
     def _connect(self) -> None:
         if self._closing:
@@ -249,6 +282,8 @@ class ConfirmingTransport:
         )
 
     def _on_connection_open(self, connection: Any) -> None:
+        if connection is not self._connection:
+            return  # a connection _recover() gave up on
         self._round_failures = 0
         # Frames built in frames.py go straight to pika's output buffer: the
         # same path pika's own _send_message ends in, minus its marshalling.
@@ -354,6 +389,10 @@ class ConfirmingTransport:
         self._ioloop.call_later(self._backoff(), self._open_channel)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
+        if connection is self._connection:
+            self._open_failed(error)
+
+    def _open_failed(self, error: BaseException) -> None:
         self._connection = None
         self._last_error = error
         self._url_index += 1
@@ -370,12 +409,16 @@ class ConfirmingTransport:
         self._schedule_reconnect()
 
     def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
-        self._connection = None
-        self._channel = None
-        self._ready = False
         if self._closing:
             self._ioloop.stop()
             return
+        if connection is self._connection:
+            self._connection_lost(reason)
+
+    def _connection_lost(self, reason: BaseException) -> None:
+        self._connection = None
+        self._channel = None
+        self._ready = False
         if not self._ever_ready:
             self._fail_start(
                 _translate(reason, f"RabbitMQ at {self._where} closed the connection")

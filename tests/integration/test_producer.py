@@ -11,9 +11,10 @@ import pytest
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.proxy import TcpProxy
 from producer import EncryptedPublisher, TransportOptions
+from producer.transport import ConfirmingTransport
 from shared.amqp import Topology, connect_blocking
 from shared.config import Settings
-from shared.envelope import MessageMeta, Opener
+from shared.envelope import MessageMeta, Opener, SealedMessage, Sealer
 from shared.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -21,8 +22,8 @@ from shared.errors import (
     KmsRequestError,
     MessageUnroutableError,
 )
-from shared.keycache import UnwrapCache
-from shared.kms import AliyunKms
+from shared.keycache import DataKeyCache, UnwrapCache
+from shared.kms import AliyunKms, InMemoryKeyProvider
 from shared.wire import HEADER_NAMES
 
 pytestmark = pytest.mark.integration
@@ -354,3 +355,75 @@ def test_pending_messages_fail_when_the_broker_stays_away_too_long(
     with pytest.raises(BrokerUnavailableError):
         pub.publish(b"after giving up")
     pub.close()
+
+
+def sealed_message(n: int) -> SealedMessage:
+    sealer = Sealer(DataKeyCache(InMemoryKeyProvider()), "key")
+    return sealer.seal(b"m", MessageMeta(f"id-{n}", int(time.time())))
+
+
+def test_a_declaration_failing_after_a_reconnect_is_retried(
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    declarations: list[int] = []
+
+    def declare_failing_once_after_reconnect(channel: Any, on_done: Any) -> None:
+        declarations.append(1)
+        if len(declarations) == 2:
+            raise ValueError("raised inside a pika callback")
+        amqp_topology.declare_async(channel, on_done)
+
+    transport = ConfirmingTransport(
+        through(rabbitmq_proxy, producer_settings).rabbitmq_urls,
+        declare=declare_failing_once_after_reconnect,
+        options=TransportOptions(initial_backoff=0.05),
+    )
+    transport.start()
+    try:
+        for n in range(2):
+            future = transport.submit(
+                amqp_topology.exchange, amqp_topology.binding_key, sealed_message(n)
+            )
+            assert future.result(timeout=60) == f"id-{n}"
+            rabbitmq_proxy.cut()
+    finally:
+        transport.close(timeout=60)
+    assert len(declarations) == 3
+
+
+class ReconnectRaisingOnce(ConfirmingTransport):
+    """Fault injection: the first reconnect attempt raises inside the I/O loop,
+    as pika does (ValueError from getpeername) when a connection is reset
+    while being set up."""
+
+    connects = 0
+
+    def _connect(self) -> None:
+        self.connects += 1
+        if self.connects == 2:
+            raise ValueError("Expected connected socket, but getpeername() failed")
+        super()._connect()
+
+
+def test_an_error_escaping_the_io_loop_does_not_stop_the_publisher(
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    transport = ReconnectRaisingOnce(
+        through(rabbitmq_proxy, producer_settings).rabbitmq_urls,
+        declare=amqp_topology.declare_async,
+        options=TransportOptions(initial_backoff=0.05, max_backoff=0.2),
+    )
+    transport.start()
+    try:
+        first = transport.submit(
+            amqp_topology.exchange, amqp_topology.binding_key, sealed_message(0)
+        )
+        assert first.result(timeout=60) == "id-0"
+        rabbitmq_proxy.cut()
+        second = transport.submit(
+            amqp_topology.exchange, amqp_topology.binding_key, sealed_message(1)
+        )
+        assert second.result(timeout=60) == "id-1"
+    finally:
+        transport.close(timeout=60)
+    assert transport.connects == 3
