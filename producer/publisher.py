@@ -74,6 +74,7 @@ class EncryptedPublisher:
         self._default_sealer = self._sealer_class(data_keys, key_id, context)
         self._sealers: dict[_ContextKey, Sealer] = {}
         self._sealers_lock = threading.Lock()
+        self._owned_kms: AliyunKms | None = None
         self._transport = ConfirmingTransport(
             urls,
             declare=topology.declare_async if topology else None,
@@ -100,20 +101,30 @@ class EncryptedPublisher:
             raise ConfigError(
                 "a KMS master key id is required (KMS_KEY_ID or --key-id)"
             )
+        owned: AliyunKms | None = None
+        if provider is None:
+            provider = owned = AliyunKms.from_settings(settings)
         cache = DataKeyCache(
-            provider or AliyunKms.from_settings(settings),
+            provider,
             max_age=settings.data_key_max_age,
             max_messages=settings.data_key_max_messages,
         )
-        return cls(
-            settings.rabbitmq_urls,
-            cache,
-            master,
-            topology=topology,
-            exchange=exchange,
-            context=context,
-            options=options,
-        )
+        try:
+            publisher = cls(
+                settings.rabbitmq_urls,
+                cache,
+                master,
+                topology=topology,
+                exchange=exchange,
+                context=context,
+                options=options,
+            )
+        except BaseException:
+            if owned is not None:
+                owned.close()
+            raise
+        publisher._owned_kms = owned  # closed with the publisher
+        return publisher
 
     @property
     def exchange(self) -> str:
@@ -200,7 +211,11 @@ class EncryptedPublisher:
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, then disconnect. Raises PublishNotConfirmedError on timeout."""
-        self._transport.close(timeout)
+        try:
+            self._transport.close(timeout)
+        finally:
+            if self._owned_kms is not None:
+                self._owned_kms.close()
 
     def stats(self) -> TransportStats:
         """Publishing counters (published, confirmed, failed, republished...)."""

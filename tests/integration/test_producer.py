@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -31,17 +33,21 @@ pytestmark = pytest.mark.integration
 Received = tuple[Any, bytes]  # (pika BasicProperties, body)
 
 
+@contextmanager
 def publisher(
     settings: Settings, topology: Topology | None, **options: Any
-) -> EncryptedPublisher:
+) -> Iterator[EncryptedPublisher]:
     # One KMS attempt: the outage tests should not sit through retries.
-    provider = AliyunKms.from_settings(settings, max_attempts=1, read_timeout=2.0)
-    return EncryptedPublisher.from_settings(
-        settings,
-        topology=topology,
-        provider=provider,
-        options=TransportOptions(**options) if options else None,
-    )
+    with (
+        AliyunKms.from_settings(settings, max_attempts=1, read_timeout=2.0) as kms,
+        EncryptedPublisher.from_settings(
+            settings,
+            topology=topology,
+            provider=kms,
+            options=TransportOptions(**options) if options else None,
+        ) as pub,
+    ):
+        yield pub
 
 
 def queue_depth(urls: tuple[str, ...], queue: str) -> int:
@@ -82,10 +88,6 @@ def drain(urls: tuple[str, ...], queue: str) -> list[Received]:
     return received
 
 
-def opener(consumer_settings: Settings) -> Opener:
-    return Opener(UnwrapCache(AliyunKms.from_settings(consumer_settings)))
-
-
 def open_message(consumer_settings: Settings, properties: Any, body: bytes) -> bytes:
     meta = MessageMeta(
         message_id=properties.message_id,
@@ -94,8 +96,9 @@ def open_message(consumer_settings: Settings, properties: Any, body: bytes) -> b
         content_encoding=properties.content_encoding,
         type=properties.type,
     )
-    reader = opener(consumer_settings)
-    return reader.open(body, reader.parse(properties.headers), meta).plaintext
+    with AliyunKms.from_settings(consumer_settings) as kms:
+        reader = Opener(UnwrapCache(kms))
+        return reader.open(body, reader.parse(properties.headers), meta).plaintext
 
 
 def test_a_confirmed_message_lands_sealed_with_the_envelope_headers(
@@ -135,10 +138,11 @@ def test_the_producer_principal_cannot_decrypt_what_it_published(
     with publisher(producer_settings, amqp_topology) as pub:
         pub.send(b"secret")
     [(properties, _body)] = drain(producer_settings.rabbitmq_urls, amqp_topology.queue)
-    with pytest.raises(KmsRequestError):
-        AliyunKms.from_settings(producer_settings).decrypt_data_key(
-            properties.headers["x-emq-data-key"], {}
-        )
+    with (
+        AliyunKms.from_settings(producer_settings) as kms,
+        pytest.raises(KmsRequestError),
+    ):
+        kms.decrypt_data_key(properties.headers["x-emq-data-key"], {})
 
 
 def test_an_unroutable_publish_fails_its_future(
@@ -322,8 +326,11 @@ def test_a_topology_that_contradicts_the_broker_fails_at_start(
     connection = connect_blocking(producer_settings.rabbitmq_urls)
     amqp_topology.declare(connection.channel())
     connection.close()
-    with pytest.raises(BrokerError, match="PRECONDITION_FAILED"):
-        publisher(producer_settings, contradicting)
+    with (
+        pytest.raises(BrokerError, match="PRECONDITION_FAILED"),
+        publisher(producer_settings, contradicting),
+    ):
+        pass
 
 
 def test_a_refused_publish_fails_and_the_channel_comes_back_with_the_topology(
@@ -344,17 +351,18 @@ def test_pending_messages_fail_when_the_broker_stays_away_too_long(
     producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
 ) -> None:
     settings = through(rabbitmq_proxy, producer_settings)
-    pub = publisher(settings, amqp_topology, reconnect_timeout=0.5, max_backoff=0.2)
-    pub.send(b"connected")
-    rabbitmq_proxy.hold_replies()
-    pending = pub.publish(b"never confirmed")
-    rabbitmq_proxy.refusing = True
-    rabbitmq_proxy.cut()
-    with pytest.raises(BrokerUnavailableError):
-        pending.result(timeout=60)
-    with pytest.raises(BrokerUnavailableError):
-        pub.publish(b"after giving up")
-    pub.close()
+    with publisher(
+        settings, amqp_topology, reconnect_timeout=0.5, max_backoff=0.2
+    ) as pub:
+        pub.send(b"connected")
+        rabbitmq_proxy.hold_replies()
+        pending = pub.publish(b"never confirmed")
+        rabbitmq_proxy.refusing = True
+        rabbitmq_proxy.cut()
+        with pytest.raises(BrokerUnavailableError):
+            pending.result(timeout=60)
+        with pytest.raises(BrokerUnavailableError):
+            pub.publish(b"after giving up")
 
 
 def sealed_message(n: int) -> SealedMessage:

@@ -58,8 +58,14 @@ def test_a_refusing_proxy_looks_like_a_broker_that_is_down(
 def test_each_principal_may_do_only_its_own_job(
     kms: KmsFixture, producer_settings: Settings, consumer_settings: Settings
 ) -> None:
-    producer = AliyunKms.from_settings(producer_settings, max_attempts=1)
-    consumer = AliyunKms.from_settings(consumer_settings, max_attempts=1)
+    with (
+        AliyunKms.from_settings(producer_settings, max_attempts=1) as producer,
+        AliyunKms.from_settings(consumer_settings, max_attempts=1) as consumer,
+    ):
+        check_roles(kms, producer, consumer)
+
+
+def check_roles(kms: KmsFixture, producer: AliyunKms, consumer: AliyunKms) -> None:
     data_key = producer.generate_data_key(kms.alias, {"tenant": "a"})
     assert data_key.key_id == kms.key_id
     assert consumer.decrypt_data_key(data_key.wrapped, {"tenant": "a"}) == (
@@ -72,13 +78,15 @@ def test_each_principal_may_do_only_its_own_job(
 
 
 def test_signatures_are_checked(kms: KmsFixture) -> None:
-    impostor = AliyunKms(
-        kms.producer.access_key_id,
-        "not-the-secret",
-        endpoint=kms.endpoint,
-        max_attempts=1,
-    )
-    with pytest.raises(KmsRequestError):
+    with (
+        AliyunKms(
+            kms.producer.access_key_id,
+            "not-the-secret",
+            endpoint=kms.endpoint,
+            max_attempts=1,
+        ) as impostor,
+        pytest.raises(KmsRequestError),
+    ):
         impostor.generate_data_key(kms.key_id, {})
 
 
