@@ -45,7 +45,12 @@ class EncryptedPublisher:
     message_id once the broker confirms the message, or fails with
     MessageNackedError / MessageUnroutableError. Nothing is ever published
     unsealed: if no data key can be had, :meth:`publish` raises the KmsError.
-    Thread-safe; use it as a context manager, or call :meth:`close`.
+
+    The constructor connects (trying ``urls`` in order), opens a confirm-mode
+    channel and declares ``topology``; it raises BrokerError when it cannot.
+    After a connection loss it reconnects by itself and publishes every
+    unconfirmed message again, unchanged. Thread-safe; use it as a context
+    manager, or call :meth:`close`.
     """
 
     # A private seam for the benchmark's sealing-off baseline; nothing public
