@@ -95,6 +95,10 @@ class MetricsHooks(Protocol):
         """One message moved to the quarantine queue for ``reason``."""
         ...
 
+    def duplicate_dropped(self) -> None:
+        """One delivery acknowledged unhandled: replay protection saw it before."""
+        ...
+
     def kms_retry(self) -> None:
         """One retry of a message held while KMS was unavailable."""
         ...
@@ -167,6 +171,9 @@ class NullMetrics:
         """Nothing."""
 
     def quarantined(self, reason: str) -> None:
+        """Nothing."""
+
+    def duplicate_dropped(self) -> None:
         """Nothing."""
 
     def kms_retry(self) -> None:
@@ -269,6 +276,11 @@ class Metrics:
             "Messages moved to the quarantine queue, by reason.",
             ("reason",),
         )
+        self._duplicates = counter(
+            "envelope_mq_messages_duplicates_dropped_total",
+            "Deliveries acknowledged without handling: replay protection had "
+            "seen their message_id within its window.",
+        )
         self._kms_retries = counter(
             "envelope_mq_kms_retries_total",
             "Retries of a message held unacknowledged while KMS was unavailable.",
@@ -319,6 +331,18 @@ class Metrics:
     def __repr__(self) -> str:
         return f"Metrics(timing_sample_every={self._sample_every})"
 
+    def totals(self) -> dict[str, int]:
+        """The message counters now, summed over their labels (for summaries)."""
+        totals: dict[str, int] = {}
+        for family in self.registry.collect():
+            name = family.name.removeprefix("envelope_mq_messages_")
+            if family.type != "counter" or name == family.name:
+                continue
+            totals[name] = int(
+                sum(s.value for s in family.samples if s.name.endswith("_total"))
+            )
+        return totals
+
     # ---- producer -----------------------------------------------------------
 
     def published(self) -> None:
@@ -366,6 +390,10 @@ class Metrics:
     def quarantined(self, reason: str) -> None:
         """One message quarantined for ``reason``."""
         self._quarantined.labels(reason).inc()
+
+    def duplicate_dropped(self) -> None:
+        """One duplicate dropped by replay protection."""
+        self._duplicates.inc()
 
     def kms_retry(self) -> None:
         """One retry while KMS was unavailable."""

@@ -83,6 +83,7 @@ def test_message_counters_are_exposed_with_total_suffix() -> None:
     metrics.quarantined("undecryptable")
     metrics.quarantined("malformed")
     metrics.kms_retry()
+    metrics.duplicate_dropped()
     assert value(metrics, "envelope_mq_messages_published_total") == 3
     assert value(metrics, "envelope_mq_messages_confirmed_total") == 2
     assert value(metrics, "envelope_mq_messages_nacked_total") == 1
@@ -93,6 +94,7 @@ def test_message_counters_are_exposed_with_total_suffix() -> None:
     assert value(metrics, "envelope_mq_messages_handled_total") == 2
     assert value(metrics, "envelope_mq_messages_requeued_total") == 1
     assert value(metrics, "envelope_mq_kms_retries_total") == 1
+    assert value(metrics, "envelope_mq_messages_duplicates_dropped_total") == 1
     quarantined = "envelope_mq_messages_quarantined_total"
     assert value(metrics, quarantined, reason="undecryptable") == 2
     assert value(metrics, quarantined, reason="malformed") == 1
@@ -338,3 +340,17 @@ def test_exposition_is_valid_text_format() -> None:
     assert "envelope_mq_messages_published" in names
     assert "envelope_mq_messages_quarantined" in names
     assert "process_cpu_seconds" in names
+
+
+def test_totals_sum_the_message_counters_over_their_labels() -> None:
+    metrics = Metrics(process_metrics=False)
+    metrics.published()
+    metrics.confirmed(1)
+    metrics.quarantined("malformed")
+    metrics.quarantined("expired")
+    totals = metrics.totals()
+    assert totals["published"] == 1
+    assert totals["confirmed"] == 1
+    assert totals["quarantined"] == 2
+    assert totals["handled"] == 0
+    assert "kms_requests" not in totals
