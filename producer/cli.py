@@ -13,6 +13,11 @@ from producer.publisher import EncryptedPublisher
 from shared.amqp import DEFAULT_EXCHANGE, Topology, redact_url
 from shared.config import Settings
 from shared.errors import ConfigError, MessagingError
+from shared.observability import (
+    MetricsHooks,
+    add_observability_arguments,
+    observability,
+)
 
 __all__ = ["register", "run"]
 
@@ -53,19 +58,28 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--size", type=int, default=100, help="bytes per generated message (100)"
     )
+    add_observability_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Publish every message, wait for every confirm, print a summary to stderr."""
     try:
-        return _produce(args, Settings.from_env(), sys.stdin.buffer)
+        with observability(args, _PROG) as observed:
+            return _produce(
+                args, Settings.from_env(), sys.stdin.buffer, observed.metrics
+            )
     except MessagingError as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _produce(args: argparse.Namespace, settings: Settings, stdin: BinaryIO) -> int:
+def _produce(
+    args: argparse.Namespace,
+    settings: Settings,
+    stdin: BinaryIO,
+    metrics: MetricsHooks | None = None,
+) -> int:
     context = parse_context(args.context)
     topology = (
         Topology(
@@ -89,6 +103,7 @@ def _produce(args: argparse.Namespace, settings: Settings, stdin: BinaryIO) -> i
         exchange=None if topology else args.exchange,
         key_id=args.key_id,
         context=context,
+        metrics=metrics,
     ) as publisher:
         for body in messages:
             future = publisher.publish(

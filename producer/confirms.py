@@ -19,6 +19,7 @@ from shared.errors import (
     MessageUnroutableError,
     PublishNotConfirmedError,
 )
+from shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConfirmTracker", "Outgoing"]
 
@@ -56,8 +57,11 @@ class Outgoing:
 class ConfirmTracker:
     """Delivery tags of one confirm-mode channel at a time (I/O thread only)."""
 
-    def __init__(self, window: InFlightWindow) -> None:
+    def __init__(
+        self, window: InFlightWindow, metrics: MetricsHooks = NULL_METRICS
+    ) -> None:
         self._window = window
+        self._metrics = metrics
         self._pending: OrderedDict[int, Outgoing] = OrderedDict()
         self._returned: set[bytes] = set()
         self._next_tag = 1
@@ -77,6 +81,7 @@ class ConfirmTracker:
         self.published += 1
         if out.sent:
             self.republished += 1
+            self._metrics.republished(1)
         out.sent += 1
 
     def returned(self, body: bytes) -> None:
@@ -93,9 +98,16 @@ class ConfirmTracker:
                 settled.append(pending.popitem(last=False)[1])
         elif (one := pending.pop(tag, None)) is not None:
             settled.append(one)
+        confirmed = self.confirmed
         for out in settled:
             self._settle(out, acked)
         self._window.release(len(settled))
+        # Once per ack frame (which usually covers many messages), not per message.
+        if acked:
+            if self.confirmed > confirmed:
+                self._metrics.confirmed(self.confirmed - confirmed)
+        elif settled:
+            self._metrics.nacked(len(settled))
 
     def _settle(self, out: Outgoing, acked: bool) -> None:
         if acked and not (self._returned and out.body in self._returned):
@@ -105,6 +117,7 @@ class ConfirmTracker:
         error: PublishNotConfirmedError
         if acked:
             self._returned.discard(out.body)
+            self._metrics.returned()
             error = MessageUnroutableError(
                 f"message {out.message_id} matched no queue (exchange "
                 f"{out.exchange!r}, routing key {out.routing_key!r})",
@@ -141,4 +154,6 @@ class ConfirmTracker:
             count += 1
         self.failed += count
         self._window.release(count)
+        if count:
+            self._metrics.publish_failed(count)
         return count

@@ -45,6 +45,7 @@ from shared.errors import (
     PublishNotConfirmedError,
     SealingError,
 )
+from shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConfirmingTransport", "TransportOptions", "TransportStats"]
 
@@ -57,6 +58,10 @@ _BATCH = 1000
 # How long the I/O thread lets callers fill the deque between two drains while
 # messages flow; it costs latency only under load (an idle loop is woken at once).
 _POLL_INTERVAL = 0.001
+# How often the I/O loop reports that it still turns (liveness); the health
+# state's stall threshold is far longer.
+_BEAT_INTERVAL = 5.0
+_COMPONENT = "publisher"
 
 Declare = Callable[[Any, Callable[[], None]], None]
 
@@ -97,8 +102,10 @@ class ConfirmingTransport:
         declare: Declare | None = None,
         options: TransportOptions | None = None,
         connection_options: ConnectionOptions | None = None,
+        metrics: MetricsHooks | None = None,
     ) -> None:
         self._options = options or TransportOptions()
+        self._metrics = NULL_METRICS if metrics is None else metrics
         self._params = connection_parameters(urls, connection_options)
         self._where = ", ".join(redact_url(u) for u in split_urls(urls))
         self._declare = declare
@@ -122,7 +129,7 @@ class ConfirmingTransport:
         self._closing = False
         self._emit: Callable[[bytes], None] = _discard
         self._body_max = 131_072 - 8
-        self._confirms = ConfirmTracker(self._window)
+        self._confirms = ConfirmTracker(self._window, self._metrics)
         self._url_index = 0
         self._round_failures = 0
         self._attempt = 0
@@ -214,6 +221,7 @@ class ConfirmingTransport:
         left = self._fail_everything(
             BrokerUnavailableError("the publisher closed first")
         )
+        self._metrics.stopped(_COMPONENT)
         if not flushed and left:
             raise PublishNotConfirmedError(
                 f"{left} message(s) were not confirmed before close"
@@ -239,6 +247,7 @@ class ConfirmingTransport:
     # ---- I/O thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        self._beat()
         self._connect()
         while True:
             try:
@@ -252,6 +261,10 @@ class ConfirmingTransport:
                 self._recover(exc)
             else:
                 return
+
+    def _beat(self) -> None:
+        self._metrics.alive(_COMPONENT)
+        self._ioloop.call_later(_BEAT_INTERVAL, self._beat)
 
     def _recover(self, error: Exception) -> None:
         _log.error(
@@ -315,11 +328,17 @@ class ConfirmingTransport:
         self._confirms.new_channel()
         self._attempt = 0
         self._down_since = None
+        self._metrics.broker_connected(_COMPONENT, reconnect=self._ever_ready)
         if self._ever_ready:
             self._reconnects += 1
             _log.info(
                 "reconnected to RabbitMQ; re-publishing %d message(s)",
                 len(self._outbox),
+                extra={
+                    "event": "broker_reconnected",
+                    "component": _COMPONENT,
+                    "count": len(self._outbox),
+                },
             )
         self._ever_ready = True
         self._started.set()
@@ -384,7 +403,10 @@ class ConfirmingTransport:
             self._fail_start(error)
             return
         # These messages are in doubt and republishing would hit the same refusal.
-        _log.warning("%s", error)
+        _log.warning(
+            "%s", error, extra={"event": "channel_closed", "component": _COMPONENT}
+        )
+        self._metrics.broker_lost(_COMPONENT, "channel closed by the broker")
         self._confirms.fail_unconfirmed(error)
         self._ioloop.call_later(self._backoff(), self._open_channel)
 
@@ -425,10 +447,18 @@ class ConfirmingTransport:
             )
             return
         self._last_error = reason
+        self._metrics.broker_lost(
+            _COMPONENT, f"connection lost ({type(reason).__name__})"
+        )
         _log.warning(
             "lost the RabbitMQ connection (%s); %d message(s) unconfirmed",
             type(reason).__name__,
             len(self._confirms),
+            extra={
+                "event": "broker_lost",
+                "component": _COMPONENT,
+                "count": len(self._confirms),
+            },
         )
         # Unchanged and in their original order, ahead of anything newer.
         self._outbox.extendleft(reversed(self._confirms.take_unconfirmed()))
