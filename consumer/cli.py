@@ -21,6 +21,7 @@ from consumer.worker import EncryptedConsumer
 from shared.amqp import DEFAULT_EXCHANGE, Topology, redact_url
 from shared.config import Settings
 from shared.errors import MessagingError
+from shared.observability import add_observability_arguments, observability
 
 __all__ = ["register", "register_replay"]
 
@@ -134,6 +135,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="remember the last N message ids handled and drop repeats (default: off)",
     )
+    add_observability_arguments(parser)
     parser.set_defaults(run=run_consume)
 
 
@@ -151,7 +153,10 @@ def run_consume(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         policy = ContextPolicy.parse(args.allow_context)
-        with _output(args.output) as stream:
+        with (
+            observability(args, "envelope-mq consume") as observed,
+            _output(args.output) as stream,
+        ):
             writer = JsonLinesWriter(stream)
             consumer = EncryptedConsumer.from_settings(
                 settings,
@@ -162,6 +167,7 @@ def run_consume(args: argparse.Namespace) -> int:
                 policy=policy,
                 max_age=args.max_age,
                 dedup_window=args.dedup_window,
+                metrics=observed.metrics,
             )
             writer.on_error = consumer.stop
             print(

@@ -170,6 +170,12 @@ def handle(
             max_deliveries,
             type(exc).__name__,
             _where(exc),
+            extra={
+                "event": "handler_failed",
+                "message_id": message_id,
+                "delivery": deliveries,
+                "max_deliveries": max_deliveries,
+            },
         )
         return _HANDLER_ERROR if deliveries >= max_deliveries else REQUEUE
     if guard is not None:

@@ -47,6 +47,7 @@ from shared.envelope import Opener
 from shared.errors import BrokerError, BrokerUnavailableError
 from shared.keycache import UnwrapCache
 from shared.kms import AliyunKms
+from shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConsumerStats", "EncryptedConsumer"]
 
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 _POLL_SECONDS = 0.25
 # A connection that lived less than this before it was lost "died young".
 _STABLE_SECONDS = 10.0
+_COMPONENT = "consumer"  # in metrics labels, health checks and log lines
 
 
 @dataclass
@@ -84,6 +86,10 @@ class EncryptedConsumer:
     ``ConnectionOptions``). KMS calls do not have this limit when the provider
     is wrapped in a :class:`KeepAliveProvider` passed as ``keep_alive`` (as
     :meth:`from_settings` does): the connection is serviced while they run.
+
+    ``metrics`` (a ``shared.observability.Metrics``) records every outcome,
+    the connection's state and the loop's liveness; without it nothing is
+    recorded and nothing is spent on it.
     """
 
     def __init__(
@@ -103,12 +109,15 @@ class EncryptedConsumer:
         keep_alive: KeepAliveProvider | None = None,
         max_age: float | None = None,
         dedup_window: int = 0,
+        metrics: MetricsHooks | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
         self._urls = split_urls(urls)
         self._topology = topology
-        self._opener = opener
+        self._metrics = NULL_METRICS if metrics is None else metrics
+        # Timed one open in N when metrics are on; the opener itself otherwise.
+        self._opener: EnvelopeOpener = self._metrics.time_opener(opener)
         self._handler = handler
         self._max_deliveries = max_deliveries
         self._policy = policy or ContextPolicy()
@@ -141,13 +150,21 @@ class EncryptedConsumer:
         handler: Handler,
         **options: Any,
     ) -> EncryptedConsumer:
-        """Wire the KMS client, the unwrap cache and the opener from ``settings``."""
-        kms = KeepAliveProvider(AliyunKms.from_settings(settings))
+        """Wire the KMS client, the unwrap cache and the opener from ``settings``.
+
+        With ``metrics=`` among ``options``, KMS calls and the cache are
+        recorded too.
+        """
+        metrics: MetricsHooks = options.get("metrics") or NULL_METRICS
+        kms = KeepAliveProvider(
+            metrics.instrument_provider(AliyunKms.from_settings(settings))
+        )
         cache = UnwrapCache(
             kms,
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
+        metrics.watch_cache(cache)
         return cls(
             settings.rabbitmq_urls,
             topology,
@@ -186,6 +203,7 @@ class EncryptedConsumer:
             self._stopping = False
             raise
         self._connected_at = time.monotonic()
+        self._metrics.broker_connected(_COMPONENT, reconnect=False)
         if self._keep_alive is not None:
             self._keep_alive.attach(transport.pump)
         try:
@@ -195,13 +213,25 @@ class EncryptedConsumer:
                 except BrokerError as exc:
                     if self._stopping:
                         break
-                    logger.warning("lost the broker (%s); reconnecting", exc)
+                    self._metrics.broker_lost(
+                        _COMPONENT, f"connection lost ({type(exc).__name__})"
+                    )
+                    logger.warning(
+                        "lost the broker (%s); reconnecting",
+                        exc,
+                        extra={
+                            "event": "broker_lost",
+                            "component": _COMPONENT,
+                            "queue": self._topology.queue,
+                        },
+                    )
                     transport.abandon()
                     self._reconnect(transport)
         finally:
             if self._keep_alive is not None:
                 self._keep_alive.attach(None)
             transport.close()
+            self._metrics.stopped(_COMPONENT)
             self._stopping = False  # a stop() before run() still counts; now reset
         return self.stats
 
@@ -213,6 +243,8 @@ class EncryptedConsumer:
         with transport.errors():
             while not self._stopping:
                 if not pending:
+                    # Reached at least once per prefetch window, busy or idle.
+                    self._metrics.alive(_COMPONENT)
                     transport.flush_acks()
                     transport.pump(_POLL_SECONDS)
                     if not transport.consuming:
@@ -226,11 +258,13 @@ class EncryptedConsumer:
             transport.flush_acks()
 
     def _settle(self, transport: BlockingTransport, delivery: Delivery) -> None:
+        self._metrics.consumed()
         deliveries = self._counter.deliveries(delivery) if delivery.redelivered else 1
         outcome = self._outcome(delivery, deliveries)
         if outcome is ACK:
             transport.ack(delivery)
             self.stats.handled += 1
+            self._metrics.handled()
             if delivery.redelivered:
                 self._counter.settled(delivery)
         elif outcome is RETRY_LATER:
@@ -261,27 +295,40 @@ class EncryptedConsumer:
         if outcome is ACK:
             transport.ack(delivery)
             self.stats.handled += 1
+            self._metrics.handled()
             self._counter.settled(delivery)
         elif outcome is DUPLICATE:  # replay protection: done before, drop it
             transport.ack(delivery)
             self.stats.duplicates_dropped += 1
+            self._metrics.duplicate_dropped()
             self._counter.settled(delivery)
         elif outcome is REQUEUE:
             self._counter.failed(delivery, deliveries)
             transport.requeue(delivery)
             self.stats.requeued += 1
+            self._metrics.requeued()
         else:
             reason = outcome.reason or Reason.MALFORMED
+            fields: dict[str, object] = {
+                "event": "message_quarantined",
+                "queue": self._topology.queue,
+                "message_id": delivery.message_id,
+                "reason": str(reason),
+            }
+            if outcome.kms_code:
+                fields["kms_code"] = outcome.kms_code
             logger.warning(
                 "quarantining message %s from %r: %s%s",
                 delivery.message_id,
                 self._topology.queue,
                 reason,
                 f" ({outcome.kms_code})" if outcome.kms_code else "",
+                extra=fields,
             )
             transport.quarantine(delivery, outcome)
             self._counter.settled(delivery)
             self.stats.quarantined[str(reason)] += 1
+            self._metrics.quarantined(str(reason))
 
     def _hold(
         self, transport: BlockingTransport, delivery: Delivery, deliveries: int
@@ -295,16 +342,26 @@ class EncryptedConsumer:
         logger.warning(
             "KMS unavailable; holding message %s and retrying with backoff",
             delivery.message_id,
+            extra={
+                "event": "kms_unavailable",
+                "queue": self._topology.queue,
+                "message_id": delivery.message_id,
+            },
         )
         outcome = RETRY_LATER
         for delay in self._kms_backoff.delays():
+            self._metrics.alive(_COMPONENT)  # held, not stuck
             transport.sleep(delay, self._stop_requested)
             if self._stopping:
                 break
             self.stats.kms_retries += 1
+            self._metrics.kms_retry()
             outcome = self._outcome(delivery, deliveries)
             if outcome is not RETRY_LATER:
-                logger.info("KMS answers again; resuming")
+                logger.info(
+                    "KMS answers again; resuming",
+                    extra={"event": "kms_recovered", "queue": self._topology.queue},
+                )
                 break
         return outcome
 
@@ -330,7 +387,9 @@ class EncryptedConsumer:
             for _ in range(min(self._short_lived, 32)):
                 pause = next(delays)
             logger.warning(
-                "connection lost soon after connecting; waiting %.1fs", pause
+                "connection lost soon after connecting; waiting %.1fs",
+                pause,
+                extra={"event": "reconnect_delayed", "delay": round(pause, 3)},
             )
             self._wait(pause)
         for delay in delays:
@@ -339,16 +398,27 @@ class EncryptedConsumer:
             try:
                 transport.open()
             except BrokerUnavailableError as exc:
-                logger.warning("reconnect failed (%s); retrying in %.1fs", exc, delay)
+                logger.warning(
+                    "reconnect failed (%s); retrying in %.1fs",
+                    exc,
+                    delay,
+                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
+                )
                 self._wait(delay)
                 continue
             self._connected_at = time.monotonic()
             self.stats.reconnects += 1
-            logger.info("reconnected to %s", where)
+            self._metrics.broker_connected(_COMPONENT, reconnect=True)
+            logger.info(
+                "reconnected to %s",
+                where,
+                extra={"event": "broker_reconnected", "component": _COMPONENT},
+            )
             return
 
     def _wait(self, seconds: float) -> None:
         # No connection to service here: plain sleeps, short enough to notice stop().
         deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
+            self._metrics.alive(_COMPONENT)  # reconnecting, not stuck
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
