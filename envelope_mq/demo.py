@@ -25,6 +25,12 @@ from shared.amqp import redact_url
 from shared.config import DEFAULT_RABBITMQ_URL, Settings
 from shared.errors import BrokerUnavailableError, ConfigError, MessagingError
 from shared.kms import AliyunKms
+from shared.observability import (
+    Metrics,
+    Observability,
+    add_observability_arguments,
+    observability,
+)
 
 __all__ = ["register"]
 
@@ -67,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=1024,
         help="payload bytes per message (default: %(default)s)",
     )
+    add_observability_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -145,11 +152,40 @@ def run(args: argparse.Namespace) -> int:
     """Run ``envelope-mq demo``; 0 only when every message was verified."""
     try:
         settings = Settings.from_env()
-        with _broker(settings) as (urls, broker), _kms(settings) as kms:
-            result = run_demo(urls, kms.roles, messages=args.messages, size=args.size)
+        with (
+            observability(args, "envelope-mq demo") as observed,
+            _broker(settings) as (urls, broker),
+            _kms(settings) as kms,
+        ):
+            result = run_demo(
+                urls,
+                kms.roles,
+                messages=args.messages,
+                size=args.size,
+                metrics=observed.metrics,
+            )
             calls = kms.calls()
     except MessagingError as exc:
         print(f"envelope-mq demo: {exc}", file=sys.stderr)
         return 1
-    print(format_report(result, broker=broker, kms=kms.description, kms_calls=calls))
+    print(
+        format_report(
+            result,
+            broker=broker,
+            kms=kms.description,
+            kms_calls=calls,
+            metrics=_metrics_summary(observed),
+        )
+    )
     return 0 if result.ok else 1
+
+
+def _metrics_summary(observed: Observability) -> str | None:
+    if not isinstance(observed.metrics, Metrics) or observed.server is None:
+        return None
+    totals = observed.metrics.totals()
+    counts = ", ".join(
+        f"{name} {totals.get(name, 0):,}"
+        for name in ("published", "confirmed", "consumed", "handled", "quarantined")
+    )
+    return f"{counts} (served at {observed.server.url} while the demo ran)"

@@ -27,9 +27,17 @@ def _short(text: str, limit: int = _SHOWN_TEXT) -> str:
 
 
 def format_report(
-    result: DemoResult, *, broker: str, kms: str, kms_calls: dict[str, int]
+    result: DemoResult,
+    *,
+    broker: str,
+    kms: str,
+    kms_calls: dict[str, int],
+    metrics: str | None = None,
 ) -> str:
-    """The multi-line summary printed at the end of a demo run."""
+    """The multi-line summary printed at the end of a demo run.
+
+    ``metrics``: a line of metric totals, when the run served metrics.
+    """
     verdict = "all verified" if result.ok else "NOT all verified"
     lines = [
         f"envelope-mq demo: {result.messages:,} messages of {result.size:,} bytes, "
@@ -50,6 +58,8 @@ def format_report(
             f"{_n(p.misses, 'miss', 'misses')}, consumer {_n(c.hits, 'hit')} / "
             f"{_n(c.misses, 'miss', 'misses')}"
         )
+    if metrics is not None:
+        lines.append(f"  metrics    {metrics}")
     if result.mismatched or result.unexpected or result.quarantined:
         lines.append(
             f"  problems   {result.mismatched} mismatched, {result.unexpected} "

@@ -26,6 +26,7 @@ from shared.keycache import (
     UnwrapCacheStats,
 )
 from shared.kms import KeyProvider
+from shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["DemoResult", "DemoRoles", "run_demo"]
 
@@ -87,17 +88,21 @@ def run_demo(
     messages: int,
     size: int,
     timeout: float | None = None,
+    metrics: MetricsHooks = NULL_METRICS,
 ) -> DemoResult:
-    """Publish ``messages`` payloads of ``size`` bytes, then consume and verify them."""
+    """Publish ``messages`` payloads of ``size`` bytes, then consume and verify them.
+
+    ``metrics`` records both sides (one process, one set of metrics).
+    """
     topology = Topology(
         queue=f"envelope-mq-demo-{uuid.uuid4().hex[:8]}",
         queue_arguments={"x-expires": QUEUE_EXPIRES_MS},
     )
     result = DemoResult(messages=messages, size=size, queue=topology.queue)
-    digests = _publish(urls, roles, topology, messages, size, result)
+    digests = _publish(urls, roles, topology, messages, size, result, metrics)
     stored = peek(urls, topology.queue)
     result.stored = stored[0] if stored else None
-    _consume(urls, roles, topology, digests, result, timeout)
+    _consume(urls, roles, topology, digests, result, timeout, metrics)
     return result
 
 
@@ -108,13 +113,14 @@ def _publish(
     messages: int,
     size: int,
     result: DemoResult,
+    metrics: MetricsHooks,
 ) -> dict[str, bytes]:
-    cache = DataKeyCache(roles.producer_kms)
+    cache = DataKeyCache(metrics.instrument_provider(roles.producer_kms))
     digests: dict[str, bytes] = {}
     progress = Progress("publish", messages)
     start = time.perf_counter()
     with EncryptedPublisher(
-        urls, cache, roles.key_id, topology=topology, context=CONTEXT
+        urls, cache, roles.key_id, topology=topology, context=CONTEXT, metrics=metrics
     ) as publisher:
         futures = []
         for seq in range(messages):
@@ -143,9 +149,11 @@ def _consume(
     digests: Mapping[str, bytes],
     result: DemoResult,
     timeout: float | None,
+    metrics: MetricsHooks,
 ) -> None:
-    kms = KeepAliveProvider(roles.consumer_kms)
+    kms = KeepAliveProvider(metrics.instrument_provider(roles.consumer_kms))
     cache = UnwrapCache(kms)
+    metrics.watch_cache(cache)
     progress = Progress("consume", len(digests))
     seen: set[str] = set()
     peeked = result.stored.message_id if result.stored else None
@@ -167,7 +175,9 @@ def _consume(
         if len(seen) == len(digests):
             consumer.stop()
 
-    consumer = EncryptedConsumer(urls, topology, Opener(cache), verify, keep_alive=kms)
+    consumer = EncryptedConsumer(
+        urls, topology, Opener(cache), verify, keep_alive=kms, metrics=metrics
+    )
     # A watchdog, so that a lost message ends the demo with an error, not a hang.
     limit = timeout if timeout is not None else 60.0 + len(digests) / 200
     watchdog = threading.Timer(limit, consumer.stop)

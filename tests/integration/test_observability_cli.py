@@ -1,0 +1,135 @@
+"""The commands' observability options in subprocesses: JSON logs, metrics URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from envelope_mq.testing.plugin import AmqpNames
+from shared.amqp import Topology, connect_blocking
+from shared.config import Settings
+
+pytestmark = pytest.mark.integration
+
+ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
+TIMEOUT = 120
+STABLE_KEYS = ["ts", "level", "logger", "event", "message"]
+METRICS_LINE = re.compile(
+    r"^envelope-mq (\w+): metrics at http://127\.0\.0\.1:(\d+)/metrics ", re.M
+)
+
+
+def env_for(settings: Settings | None, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
+    }
+    if settings is not None:
+        env.update(
+            RABBITMQ_URL=",".join(settings.rabbitmq_urls),
+            KMS_ENDPOINT=settings.kms_endpoint or "",
+            KMS_KEY_ID=settings.kms_key_id or "",
+            ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id or "",
+            ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
+        )
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENVELOPE_MQ, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def json_lines(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_consume_writes_json_log_lines_with_the_stable_keys(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_names: AmqpNames,
+    rabbitmq_url: str,
+) -> None:
+    topology_args = ["--queue", amqp_names.queue, "--exchange", amqp_names.exchange]
+    observe = ["--log-format", "json", "--log-level", "info", "--metrics-port", "0"]
+    # A malformed message first, then a good one, in a topology both commands
+    # declare the same way.
+    connection = connect_blocking(rabbitmq_url)
+    try:
+        channel = connection.channel()
+        Topology(amqp_names.queue, exchange=amqp_names.exchange).declare(channel)
+        channel.confirm_delivery()
+        channel.basic_publish(
+            amqp_names.exchange,
+            amqp_names.queue,
+            b"not an envelope",
+            pika.BasicProperties(
+                message_id="malformed-1", timestamp=int(time.time()), headers={}
+            ),
+        )
+    finally:
+        connection.close()
+    produced = run(
+        ["produce", *topology_args, *observe, "hello, operator"],
+        env_for(producer_settings),
+    )
+    assert produced.returncode == 0, produced.stderr
+    assert METRICS_LINE.search(produced.stderr), produced.stderr
+
+    consumed = run(
+        ["consume", *topology_args, *observe, "--count", "1"],
+        env_for(consumer_settings),
+    )
+
+    assert consumed.returncode == 0, consumed.stderr
+    assert json.loads(consumed.stdout)["body"] == "hello, operator"
+    found = METRICS_LINE.search(consumed.stderr)
+    assert found is not None, consumed.stderr
+    assert found.group(1) == "consume"
+    lines = json_lines(consumed.stderr)
+    assert lines, consumed.stderr
+    for line in lines:
+        assert list(line)[:5] == STABLE_KEYS
+    quarantined = [line for line in lines if line["event"] == "message_quarantined"]
+    assert len(quarantined) == 1, lines
+    assert quarantined[0]["level"] == "warning"
+    assert quarantined[0]["queue"] == amqp_names.queue
+    assert quarantined[0]["message_id"] == "malformed-1"
+    assert quarantined[0]["reason"] == "malformed"
+    assert "hello, operator" not in consumed.stderr  # plaintext never logged
+
+
+def test_demo_says_where_its_metrics_can_be_scraped(rabbitmq_url: str) -> None:
+    done = run(
+        ["demo", "--messages", "50", "--size", "100", "--metrics-port", "0"],
+        env_for(None, RABBITMQ_URL=rabbitmq_url),
+    )
+
+    assert done.returncode == 0, done.stderr
+    found = METRICS_LINE.search(done.stderr)
+    assert found is not None, done.stderr
+    assert found.group(1) == "demo"
+    assert 0 < int(found.group(2)) < 65536
+    # the summary reads the same registry the port served
+    assert re.search(
+        r"metrics +published 50, confirmed 50, consumed 50, handled 50, "
+        r"quarantined 0",
+        done.stdout,
+    ), done.stdout
