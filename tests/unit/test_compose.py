@@ -255,3 +255,110 @@ def test_service_commands_parse_with_the_real_cli(
     assert command[0] == "envelope-mq"
     args = build_parser().parse_args(command[1:])
     assert callable(getattr(args, "run", None)), f"{name}: {command} runs nothing"
+
+
+# ---- issue 8: metrics, health and logs of the app services -----------------
+
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+GRAFANA_PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+
+
+def _metrics_port(service: dict[str, Any]) -> str:
+    port = _option(_command(service), "--metrics-port")
+    assert port, "the service serves no metrics (--metrics-port)"
+    return port
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the repository file or folder mounted there."""
+    return {
+        target: (ROOT / source).resolve()
+        for source, target, *_ in (v.split(":") for v in service.get("volumes", []))
+    }
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_clients_serve_metrics_beyond_loopback(
+    services: dict[str, Any], name: str
+) -> None:
+    service = services[name]
+    port = _metrics_port(service)
+    assert _option(_command(service), "--metrics-host") == "0.0.0.0"  # noqa: S104
+    published = [str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])]
+    assert port in published, f"{name} does not publish its metrics port {port}"
+
+
+def test_clients_publish_metrics_on_different_host_ports(
+    services: dict[str, Any],
+) -> None:
+    hosts = [str(p).split(":")[0] for n in APP_SERVICES for p in services[n]["ports"]]
+    assert len(hosts) == len(set(hosts))
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_client_healthchecks_probe_readiness_on_the_metrics_port(
+    services: dict[str, Any], name: str
+) -> None:
+    service = services[name]
+    check = service.get("healthcheck", {})
+    assert check.get("test"), f"{name} has no healthcheck"
+    assert not check.get("disable", False)
+    probe = " ".join(check["test"])
+    assert f"http://127.0.0.1:{_metrics_port(service)}/readyz" in probe
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_clients_log_json_lines(services: dict[str, Any], name: str) -> None:
+    assert _option(_command(services[name]), "--log-format") == "json"
+
+
+def test_monitoring_services_start_only_with_their_profile(
+    services: dict[str, Any],
+) -> None:
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+    for name in ("rabbitmq", "kms-emulator", *APP_SERVICES):
+        assert "profiles" not in services[name]
+
+
+def test_prometheus_scrapes_each_client_on_its_metrics_port(
+    services: dict[str, Any],
+) -> None:
+    mounts = _mounts(services["prometheus"])
+    config_path = _option(_command(services["prometheus"]), "--config.file")
+    assert config_path is not None
+    assert mounts[config_path] == PROMETHEUS_CONFIG.resolve()
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    expected = {f"{n}:{_metrics_port(services[n])}" for n in APP_SERVICES}
+    assert targets == expected
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_prometheus(
+    services: dict[str, Any],
+) -> None:
+    grafana = services["grafana"]
+    mounts = _mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA_PROVISIONING.resolve()
+    dashboards = yaml.safe_load(
+        (GRAFANA_PROVISIONING / "dashboards" / "envelope-mq.yaml").read_text()
+    )
+    folder = dashboards["providers"][0]["options"]["path"]
+    assert any(
+        target.startswith(f"{folder}/") and source == DASHBOARD.resolve()
+        for target, source in mounts.items()
+    )
+    datasources = yaml.safe_load(
+        (GRAFANA_PROVISIONING / "datasources" / "prometheus.yaml").read_text()
+    )
+    url = urlsplit(datasources["datasources"][0]["url"])
+    assert url.hostname == "prometheus"
+    published = [str(p).rsplit(":", 1)[-1] for p in services["prometheus"]["ports"]]
+    assert str(url.port) in published
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
