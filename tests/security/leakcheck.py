@@ -75,12 +75,14 @@ class SecretRegistry:
         self._forms: dict[str, str] = {}  # form -> kind
         self._per_test: dict[str, str] = {}
         self._prefixes: dict[str, list[str]] | None = None
+        self.seen: dict[str, set[int]] = {}  # kind -> hashes of distinct values
 
     def add(self, kind: str, value: bytes | str, *, lasting: bool = False) -> None:
         """Remember ``value``; ``lasting`` secrets outlive the current test."""
         if kind == "payload" and len(value) < MIN_PAYLOAD:
             return
         with self._lock:
+            self.seen.setdefault(kind, set()).add(hash(value))
             target = self._forms if lasting else self._per_test
             for form in forms_of(value):
                 target[form] = kind
@@ -273,4 +275,9 @@ def pytest_terminal_summary(
     terminalreporter: Any, exitstatus: int, config: pytest.Config
 ) -> None:
     scanned = config.stash.get(_SCANNED_KEY, [0])[0]
-    terminalreporter.write_line(f"leakcheck: scanned {scanned} log records at DEBUG")
+    registry = config.stash.get(_SECRETS_KEY, None)
+    seen = registry.seen if registry is not None else {}
+    kinds = ", ".join(f"{len(v)} {k}s" for k, v in sorted(seen.items()))
+    terminalreporter.write_line(
+        f"leakcheck: scanned {scanned} log records at DEBUG for {kinds or 'no secrets'}"
+    )
