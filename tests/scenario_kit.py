@@ -25,6 +25,7 @@ from consumer.backoff import Backoff
 from consumer.message import ReceivedMessage
 from consumer.transport import QUARANTINE_REASON_HEADER
 from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.ledger import PREFIX as LEDGER_PREFIX
 from envelope_mq.testing.ledger import MessageLedger
 from producer import EncryptedPublisher, TransportOptions
 from shared.amqp import Topology
@@ -45,6 +46,7 @@ __all__ = [
     "address_of",
     "confirm_all",
     "every",
+    "ledger_report_hooks",
     "payload",
     "publish_stream",
     "quick_publisher_options",
@@ -407,3 +409,29 @@ class RawPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def ledger_report_hooks(title: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    """pytest hooks that repeat the ledgers' printed lines in the terminal summary.
+
+    A conftest assigns them to ``pytest_runtest_logreport`` and
+    ``pytest_terminal_summary``, so a CI log shows the figures of every
+    scenario even when output capture hid them.
+    """
+    lines: list[str] = []
+
+    def runtest_logreport(report: Any) -> None:
+        if report.when == "call":
+            lines.extend(
+                line
+                for line in report.capstdout.splitlines()
+                if line.startswith(f"{LEDGER_PREFIX} ")
+            )
+
+    def terminal_summary(terminalreporter: Any) -> None:
+        if lines:
+            terminalreporter.section(f"{title} ledgers")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+    return runtest_logreport, terminal_summary

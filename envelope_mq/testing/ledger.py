@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Expect", "LedgerError", "MessageLedger", "digest", "parse_lines"]
+__all__ = ["PREFIX", "Expect", "LedgerError", "MessageLedger", "digest", "parse_lines"]
 
 Expect = Literal["handled", "quarantined", "either"]
 
