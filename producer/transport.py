@@ -13,11 +13,26 @@ When the connection is lost, every unconfirmed message goes back to the front
 of the deque, unchanged (same message_id, same sealed body and headers), and is
 published again after reconnecting, trying the broker URLs in turn with
 exponential backoff: at-least-once delivery.
+
+A ``basic.nack`` fails that message's Future with MessageNackedError (the
+caller decides whether to publish it again: a nack says the broker did not take
+the message) and retires the channel: nothing more is published on it, it is
+closed once the confirms of what it already carries are in (or after
+``_RETIRE_TIMEOUT``, those then being published again as after a connection
+loss), and a new channel is opened after a backoff that grows while channels
+keep nacking. A channel can stay bad for as long as it lives: on RabbitMQ 3.10 a
+channel whose first publish to a quorum queue comes while the queue's recorded
+leader is down nacks every later publish to it (the broker's
+``rabbit_fifo_client`` keeps asking the dead node), where a new channel works
+once a leader is elected. The first message on a replacement channel is a
+probe, and the rest wait for its confirm: a broker that nacks everything costs
+one message per backoff period, not the whole backlog.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -58,6 +73,10 @@ _BATCH = 1000
 # How long the I/O thread lets callers fill the deque between two drains while
 # messages flow; it costs latency only under load (an idle loop is woken at once).
 _POLL_INTERVAL = 0.001
+# After a nack, how long the retired channel may take to deliver the confirms of
+# what was already published on it; what is still unconfirmed then is in doubt
+# and published again on the next channel.
+_RETIRE_TIMEOUT = 30.0
 # How often the I/O loop reports that it still turns (liveness); the health
 # state's stall threshold is far longer.
 _BEAT_INTERVAL = 5.0
@@ -85,7 +104,8 @@ class TransportStats:
     confirmed: int
     failed: int
     republished: int
-    reconnects: int
+    reconnects: int  # channels re-opened after a refusal or a nack included
+    replaced_channels: int = 0  # retired because the broker nacked a publish
 
 
 def _discard(data: bytes) -> None:
@@ -136,6 +156,10 @@ class ConfirmingTransport:
         self._down_since: float | None = None
         self._last_error: BaseException | None = None
         self._reconnects = 0
+        self._retiring = False  # the channel nacked: publish nothing more on it
+        self._probing = False  # a replacement channel: one message until acked
+        self._nack_streak = 0  # channels retired since the broker last acked
+        self._replaced = 0
 
     # ---- caller side -------------------------------------------------------
 
@@ -236,6 +260,7 @@ class ConfirmingTransport:
             confirms.failed,
             confirms.republished,
             self._reconnects,
+            self._replaced,
         )
 
     def _stop_thread(self) -> None:
@@ -302,18 +327,24 @@ class ConfirmingTransport:
         # same path pika's own _send_message ends in, minus its marshalling.
         self._emit = connection._adapter_emit_data
         self._body_max = connection.params.frame_max - 8  # frame header + end octet
-        self._open_channel()
+        self._open_channel(connection)
 
-    def _open_channel(self) -> None:
-        if self._connection is not None and self._connection.is_open:
-            self._connection.channel(on_open_callback=self._on_channel_open)
+    def _open_channel(self, connection: Any) -> None:
+        # A timer may outlive its connection: a reconnect opens its own channel.
+        if (
+            connection is self._connection
+            and self._channel is None
+            and connection is not None
+            and connection.is_open
+        ):
+            connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
-            ack_nack_callback=self._on_confirm,
+            ack_nack_callback=functools.partial(self._on_confirm, channel),
             callback=lambda _frame: self._on_confirm_mode(channel),
         )
 
@@ -327,6 +358,8 @@ class ConfirmingTransport:
         self._ready = True
         self._confirms.new_channel()
         self._attempt = 0
+        self._retiring = False
+        self._probing = self._nack_streak > 0
         self._down_since = None
         self._metrics.broker_connected(_COMPONENT, reconnect=self._ever_ready)
         if self._ever_ready:
@@ -353,10 +386,16 @@ class ConfirmingTransport:
         if not self._ready or channel is None or not channel.is_open:
             self._wake_scheduled = False
             return  # _on_ready drains once the channel is back
+        batch = _BATCH
+        if self._probing:  # one message, then nothing until its confirm
+            if self._confirms:
+                self._wake_scheduled = False
+                return  # _on_confirm drains once the probe is acked
+            batch = 1
         number, body_max = channel.channel_number, self._body_max
         outbox, record = self._outbox, self._confirms.record
         wire: list[bytes] = []
-        for _ in range(_BATCH):
+        for _ in range(batch):
             try:
                 out = outbox.popleft()
             except IndexError:
@@ -375,12 +414,55 @@ class ConfirmingTransport:
             self._wake_scheduled = True
             self._ioloop.call_later(0, self._drain)
 
-    def _on_confirm(self, frame: Any) -> None:
+    def _on_confirm(self, channel: Any, frame: Any) -> None:
+        if channel is not self._channel:
+            return  # a retired channel's late word: its messages were re-queued
         method = frame.method
-        self._confirms.settle(
-            method.delivery_tag,
-            method.multiple,
-            isinstance(method, pika.spec.Basic.Ack),
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        self._confirms.settle(method.delivery_tag, method.multiple, acked)
+        if not acked:
+            self._retire(channel)
+        elif self._probing and not self._retiring:
+            # The probe went through: the channel works, the rest may follow.
+            self._probing = False
+            self._nack_streak = 0
+            self._drain()
+        if self._retiring and not self._confirms:
+            self._close_retired(channel)
+
+    def _retire(self, channel: Any) -> None:
+        """Publish nothing more on ``channel``; replace it once it is settled."""
+        if self._retiring:
+            return
+        self._retiring = True
+        self._ready = False  # _drain leaves the outbox alone from here on
+        self._nack_streak += 1
+        _log.warning(
+            "the broker nacked a publish; replacing the publishing channel "
+            "(%d in a row)",
+            self._nack_streak,
+            extra={
+                "event": "channel_retired",
+                "component": _COMPONENT,
+                "count": self._nack_streak,
+            },
+        )
+        self._ioloop.call_later(
+            _RETIRE_TIMEOUT, functools.partial(self._close_retired, channel)
+        )
+
+    def _close_retired(self, channel: Any) -> None:
+        if channel is self._channel and self._retiring and channel.is_open:
+            channel.close()  # _on_channel_closed opens the next one
+
+    def _replace_channel(self) -> None:
+        # Still unconfirmed after _RETIRE_TIMEOUT: in doubt, so published again
+        # unchanged and ahead of anything newer, as after a connection loss.
+        self._outbox.extendleft(reversed(self._confirms.take_unconfirmed()))
+        self._replaced += 1
+        self._ioloop.call_later(
+            self._delay(self._nack_streak - 1),
+            functools.partial(self._open_channel, self._connection),
         )
 
     def _on_return(
@@ -394,9 +476,13 @@ class ConfirmingTransport:
             return
         self._channel = None
         self._ready = False
-        if self._closing or not isinstance(
-            reason, pika.exceptions.ChannelClosedByBroker
-        ):
+        retired, self._retiring = self._retiring, False
+        if self._closing:
+            return
+        if retired and isinstance(reason, pika.exceptions.ChannelClosedByClient):
+            self._replace_channel()
+            return
+        if not isinstance(reason, pika.exceptions.ChannelClosedByBroker):
             return  # a connection loss: _on_connection_closed handles it
         error = _translate(reason, "the broker closed the publishing channel")
         if not self._ever_ready:
@@ -408,7 +494,9 @@ class ConfirmingTransport:
         )
         self._metrics.broker_lost(_COMPONENT, "channel closed by the broker")
         self._confirms.fail_unconfirmed(error)
-        self._ioloop.call_later(self._backoff(), self._open_channel)
+        self._ioloop.call_later(
+            self._backoff(), functools.partial(self._open_channel, self._connection)
+        )
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
         if connection is self._connection:
@@ -483,10 +571,14 @@ class ConfirmingTransport:
         self._ioloop.call_later(self._backoff(), self._connect)
 
     def _backoff(self) -> float:
-        ceiling = min(
-            self._options.max_backoff, self._options.initial_backoff * 2**self._attempt
-        )
         self._attempt += 1
+        return self._delay(self._attempt - 1)
+
+    def _delay(self, attempt: int) -> float:
+        ceiling = min(
+            self._options.max_backoff,
+            self._options.initial_backoff * 2 ** min(attempt, 64),
+        )
         # Jitter, so that many clients do not retry in step.
         return random.uniform(ceiling / 2, ceiling)
 

@@ -96,18 +96,6 @@ def progressed(
         )
 
 
-# Known defect, found by this scenario (docs/reliability.md): a publishing
-# channel opened on a surviving node while the quorum queue has no leader yet
-# gets every publish nacked for as long as it lives, and EncryptedPublisher
-# never replaces a channel that nacks. A new publisher re-publishing the same
-# messages succeeds. Not strict: whether the reconnect wins the race with the
-# leader election depends on timing.
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,
-    reason="EncryptedPublisher keeps a channel that nacks every publish after "
-    "a quorum queue leader failover",
-)
 def test_cluster_fails_over_when_nodes_die_and_loses_nothing(
     kms: KmsFixture, cluster: list[RabbitNode]
 ) -> None:
