@@ -133,6 +133,7 @@ class EncryptedConsumer:
         )
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
+        self._owned_kms: AliyunKms | None = None  # made by from_settings
         self._connected_at = 0.0
         self._short_lived = 0
         self._stopping = False
@@ -156,23 +157,28 @@ class EncryptedConsumer:
         recorded too.
         """
         metrics: MetricsHooks = options.get("metrics") or NULL_METRICS
-        kms = KeepAliveProvider(
-            metrics.instrument_provider(AliyunKms.from_settings(settings))
-        )
+        owned = AliyunKms.from_settings(settings)
+        kms = KeepAliveProvider(metrics.instrument_provider(owned))
         cache = UnwrapCache(
             kms,
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
         metrics.watch_cache(cache)
-        return cls(
-            settings.rabbitmq_urls,
-            topology,
-            Opener(cache),
-            handler,
-            keep_alive=kms,
-            **options,
-        )
+        try:
+            consumer = cls(
+                settings.rabbitmq_urls,
+                topology,
+                Opener(cache),
+                handler,
+                keep_alive=kms,
+                **options,
+            )
+        except BaseException:
+            owned.close()
+            raise
+        consumer._owned_kms = owned  # its sockets are released when run() ends
+        return consumer
 
     @property
     def topology(self) -> Topology:
@@ -231,6 +237,10 @@ class EncryptedConsumer:
             if self._keep_alive is not None:
                 self._keep_alive.attach(None)
             transport.close()
+            if self._owned_kms is not None:
+                # Releases the KMS client's pooled sockets; a later run() opens
+                # new ones.
+                self._owned_kms.close()
             self._metrics.stopped(_COMPONENT)
             self._stopping = False  # a stop() before run() still counts; now reset
         return self.stats

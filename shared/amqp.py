@@ -115,11 +115,25 @@ def _parameters(url: str, opts: ConnectionOptions) -> pika.URLParameters:
 def connect_blocking(
     urls: str | Sequence[str], options: ConnectionOptions | None = None
 ) -> pika.BlockingConnection:
-    """Open a blocking connection to the first broker of the list that answers."""
+    """Open a blocking connection to the first broker of the list that answers.
+
+    Raises BrokerUnavailableError when none does, including when a connection
+    is reset while being set up.
+    """
     params = connection_parameters(urls, options)
     where = ", ".join(redact_url(u) for u in split_urls(urls))
     with broker_errors(f"cannot connect to RabbitMQ at {where}"):
-        return pika.BlockingConnection(params)
+        try:
+            return pika.BlockingConnection(params)
+        except ValueError as exc:
+            # pika raises ValueError out of its I/O loop when a connection is
+            # reset during set-up ("Expected connected socket, but
+            # getpeername() failed"); the parameters were checked above, so
+            # this is a lost connection like any other, and callers reconnect.
+            raise BrokerUnavailableError(
+                f"cannot connect to RabbitMQ at {where}: the connection was "
+                "reset while being set up"
+            ) from exc
 
 
 @dataclass(frozen=True)

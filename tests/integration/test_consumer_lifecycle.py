@@ -1,0 +1,149 @@
+"""EncryptedConsumer: what it holds is released, and a broken set-up is retried."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from consumer.backoff import Backoff
+from consumer.message import ReceivedMessage
+from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.kms import KmsFixture
+from envelope_mq.testing.proxy import TcpProxy
+from producer import EncryptedPublisher
+from shared.amqp import Topology
+from shared.config import Settings
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60.0
+
+
+def sockets_to(port: int) -> int:
+    """TCP sockets this process holds open to ``port`` on some host."""
+    mine: set[str] = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        # An fd may be closed by another thread between listing and reading.
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                mine.add(link[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                count += remote_port == port and fields[9] in mine
+    return count
+
+
+def publish(settings: Settings, topology: Topology, *bodies: bytes) -> None:
+    with EncryptedPublisher.from_settings(settings, topology=topology) as pub:
+        for body in bodies:
+            pub.send(body)
+
+
+def test_a_consumer_built_from_settings_releases_its_kms_client_when_run_ends(
+    kms: KmsFixture,
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+) -> None:
+    kms_port = int(kms.emulator.port)
+    publish(producer_settings, amqp_topology, b"one")
+    during: list[int] = []
+
+    def handler(message: ReceivedMessage) -> None:
+        during.append(sockets_to(kms_port))
+
+    consumer = EncryptedConsumer.from_settings(
+        consumer_settings, amqp_topology, handler
+    )
+    consumer.run(count=1)
+    assert during[0] >= 1  # the SDK keeps its connection pooled while in use
+    assert sockets_to(kms_port) == 0
+    # The client is released, not spent: a second run unwraps again.
+    publish(producer_settings, amqp_topology, b"two")
+    consumer.run(count=1)
+    assert len(during) == 2
+
+
+class ResetDuringSetUp:
+    """Fault injection: the ``failing``-th BlockingConnection raises, as pika
+    does (ValueError from getpeername) when a connection is reset while being
+    set up; the others connect for real."""
+
+    def __init__(self, real: Callable[..., Any], failing: int) -> None:
+        self._real = real
+        self._failing = failing
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self._failing:
+            raise ValueError(
+                "Expected connected socket, but getpeername() failed: "
+                "error=OSError(107, 'Transport endpoint is not connected')"
+            )
+        return self._real(*args, **kwargs)
+
+
+def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
+    producer_settings: Settings,
+    consumer_settings: Settings,
+    amqp_topology: Topology,
+    rabbitmq_proxy: TcpProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    faults = ResetDuringSetUp(pika.BlockingConnection, failing=2)
+    monkeypatch.setattr(pika, "BlockingConnection", faults)
+    first_handled = threading.Event()
+    bodies: list[bytes] = []
+
+    def handler(message: ReceivedMessage) -> None:
+        bodies.append(message.body)
+        first_handled.set()
+        if message.body == b"after the cut":
+            consumer.stop()
+
+    proxied = rabbitmq_proxy.proxied_url(consumer_settings.rabbitmq_urls[0])
+    consumer = EncryptedConsumer.from_settings(
+        replace(consumer_settings, rabbitmq_urls=(proxied,)),
+        amqp_topology,
+        handler,
+        reconnect_backoff=Backoff(initial=0.05, cap=0.2),
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="consumer-under-test")
+    thread.start()
+    try:
+        publish(producer_settings, amqp_topology, b"before the cut")
+        assert first_handled.wait(TIMEOUT)
+        rabbitmq_proxy.cut()  # the reconnect's first set-up then breaks
+        publish(producer_settings, amqp_topology, b"after the cut")
+    finally:
+        thread.join(TIMEOUT)
+        consumer.stop()
+    assert not thread.is_alive()
+    assert errors == []
+    # "before" may come twice: its ack can be lost in the cut (at-least-once).
+    assert set(bodies) == {b"before the cut", b"after the cut"}
+    assert bodies[-1] == b"after the cut"
+    assert faults.calls == 3
+    assert consumer.stats.reconnects == 1
