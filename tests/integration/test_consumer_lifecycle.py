@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,12 +16,14 @@ import pytest
 
 from consumer.backoff import Backoff
 from consumer.message import ReceivedMessage
+from consumer.transport import BlockingTransport
 from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.proxy import TcpProxy
 from producer import EncryptedPublisher
-from shared.amqp import Topology
+from shared.amqp import ConnectionOptions, Topology
 from shared.config import Settings
+from shared.errors import BrokerUnavailableError
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +78,27 @@ def test_a_consumer_built_from_settings_releases_its_kms_client_when_run_ends(
     publish(producer_settings, amqp_topology, b"two")
     consumer.run(count=1)
     assert len(during) == 2
+
+
+def test_every_reset_during_set_up_comes_out_as_broker_unavailable(
+    rabbitmq_url: str, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+) -> None:
+    # A real reset, no fault injected: the proxy resets each connection as it
+    # accepts it. How pika fails depends on timing; a few percent of the time
+    # it raises ValueError out of its I/O loop. Each way must come out as the
+    # BrokerUnavailableError the consumer's reconnect loop retries on.
+    rabbitmq_proxy.refusing = True
+    transport = BlockingTransport(
+        rabbitmq_proxy.proxied_url(rabbitmq_url),
+        amqp_topology,
+        options=ConnectionOptions(connection_attempts=1, socket_timeout=5.0),
+    )
+    causes: Counter[str] = Counter()
+    while not causes["ValueError"] and causes.total() < 5000:
+        with pytest.raises(BrokerUnavailableError) as caught:
+            transport.open()
+        causes[type(caught.value.__cause__).__name__] += 1
+    assert causes["ValueError"] == 1, causes
 
 
 class ResetDuringSetUp:
