@@ -412,7 +412,7 @@ class RawPublisher:
 
 
 def ledger_report_hooks(title: str) -> tuple[Callable[..., None], Callable[..., None]]:
-    """pytest hooks that repeat the ledgers' printed lines in the terminal summary.
+    """pytest hooks that repeat the ledgers' (and leakcheck's) lines in the summary.
 
     A conftest assigns them to ``pytest_runtest_logreport`` and
     ``pytest_terminal_summary``, so a CI log shows the figures of every
@@ -425,7 +425,7 @@ def ledger_report_hooks(title: str) -> tuple[Callable[..., None], Callable[..., 
             lines.extend(
                 line
                 for line in report.capstdout.splitlines()
-                if line.startswith(f"{LEDGER_PREFIX} ")
+                if line.startswith((f"{LEDGER_PREFIX} ", "leakcheck: "))
             )
 
     def terminal_summary(terminalreporter: Any) -> None:
