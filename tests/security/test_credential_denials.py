@@ -170,6 +170,7 @@ def test_a_consumer_refused_by_kms_quarantines_with_the_code(
     else:
         settings = kms.settings("producer", urls)
     publish_five(kms.settings("producer", urls), topology, ledger, "quarantined")
+    ledger.fault(f"consumer with {who}", 1)
     consumer = EncryptedConsumer.from_settings(
         settings, topology, ledger_handler(ledger)
     )
@@ -198,6 +199,7 @@ def test_a_consumer_holds_while_kms_fails_transiently_then_resumes(
         kms_backoff=Backoff(initial=0.1, cap=0.5),
     )
     kms.emulator.faults.set(error_ratio=1.0)
+    ledger.fault("KMS answers 503 to every request", 1)
     with QuarantineWatcher(urls, topology, ledger), ConsumerThread(consumer):
         deadline = time.monotonic() + 60
         while consumer.stats.kms_retries < 3 and time.monotonic() < deadline:

@@ -121,8 +121,8 @@ def contexts(draw: st.DrawFn, original: str) -> str:
 
 
 @st.composite
-def damage(draw: st.DrawFn, base: RawMessage) -> RawMessage:
-    """``base`` damaged in one to three ways."""
+def damage(draw: st.DrawFn, base: RawMessage) -> tuple[RawMessage, list[str]]:
+    """``base`` damaged in one to three ways, and the names of those ways."""
     message = base.copy()
     headers = message.headers
     kinds = draw(
@@ -230,7 +230,7 @@ def damage(draw: st.DrawFn, base: RawMessage) -> RawMessage:
     # A header frame over the broker's 128 KiB frame_max reaches no consumer:
     # the broker closes the channel instead. Stay well under it.
     assume(header_bytes(message.headers) < 110_000)
-    return message
+    return message, kinds
 
 
 def on_the_wire(message: RawMessage) -> tuple[Any, ...]:
@@ -279,9 +279,12 @@ def test_ten_thousand_malformed_deliveries_are_all_quarantined(
             suppress_health_check=list(HealthCheck),
         )
         @given(st.sampled_from(bases).flatmap(damage))
-        def publish_malformed(message: RawMessage) -> None:
+        def publish_malformed(damaged: tuple[RawMessage, list[str]]) -> None:
+            message, kinds = damaged
             trace = f"bad-{sent['bad']:05d}"
             sent["bad"] += 1
+            for kind in kinds:
+                ledger.fault(kind, 1)
             ledger.published(trace, b"", expect="quarantined")
             publisher.send(message, trace)
             if sent["bad"] % VALID_EVERY == 0 and sent["good"] < len(good):
