@@ -12,21 +12,13 @@ and a failed Future instead of a silent drop.
 When the connection is lost, every unconfirmed message goes back to the front
 of the deque, unchanged (same message_id, same sealed body and headers), and is
 published again after reconnecting, trying the broker URLs in turn with
-exponential backoff: at-least-once delivery.
+exponential backoff (see reconnect.py): at-least-once delivery.
 
 A ``basic.nack`` fails that message's Future with MessageNackedError (the
 caller decides whether to publish it again: a nack says the broker did not take
-the message) and retires the channel: nothing more is published on it, it is
-closed once the confirms of what it already carries are in (or after
-``_RETIRE_TIMEOUT``, those then being published again as after a connection
-loss), and a new channel is opened after a backoff that grows while channels
-keep nacking. A channel can stay bad for as long as it lives: on RabbitMQ 3.10 a
-channel whose first publish to a quorum queue comes while the queue's recorded
-leader is down nacks every later publish to it (the broker's
-``rabbit_fifo_client`` keeps asking the dead node), where a new channel works
-once a leader is elected. The first message on a replacement channel is a
-probe, and the rest wait for its confirm: a broker that nacks everything costs
-one message per backoff period, not the whole backlog.
+the message) and retires the channel (see channels.py).
+
+Only this module touches pika; the modules it leans on are free of I/O.
 """
 
 from __future__ import annotations
@@ -34,13 +26,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import random
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -49,7 +38,11 @@ import pika.spec
 from pika.adapters.select_connection import IOLoop
 
 from producer import frames
+from producer.channels import ChannelRetirement
 from producer.confirms import ConfirmTracker, Outgoing
+from producer.encoder import OutgoingEncoder
+from producer.options import TransportOptions, TransportStats
+from producer.reconnect import Reconnect
 from producer.window import InFlightWindow
 from shared.amqp import ConnectionOptions, connection_parameters, redact_url, split_urls
 from shared.amqp import translate_error as _translate
@@ -58,7 +51,6 @@ from shared.errors import (
     BrokerError,
     BrokerUnavailableError,
     PublishNotConfirmedError,
-    SealingError,
 )
 from shared.observability import NULL_METRICS, MetricsHooks
 
@@ -85,29 +77,6 @@ _COMPONENT = "publisher"
 Declare = Callable[[Any, Callable[[], None]], None]
 
 
-@dataclass(frozen=True)
-class TransportOptions:
-    """Flow control and reconnection settings of the publisher."""
-
-    max_in_flight: int = 10_000  # publish() blocks while this many are unconfirmed
-    connect_timeout: float = 30.0  # for the first connection, in start()
-    reconnect_timeout: float | None = 300.0  # then pending messages fail
-    initial_backoff: float = 0.1
-    max_backoff: float = 10.0
-
-
-@dataclass(frozen=True)
-class TransportStats:
-    """Counters since the transport started."""
-
-    published: int  # basic.publish calls, re-publications included
-    confirmed: int
-    failed: int
-    republished: int
-    reconnects: int  # channels re-opened after a refusal or a nack included
-    replaced_channels: int = 0  # retired because the broker nacked a publish
-
-
 def _discard(data: bytes) -> None:
     """Stands in for the output of a connection not yet open."""
 
@@ -131,7 +100,7 @@ class ConfirmingTransport:
         self._declare = declare
         self._window = InFlightWindow(self._options.max_in_flight)
         self._outbox: deque[Outgoing] = deque()
-        self._destinations: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+        self._encoder = OutgoingEncoder()
         self._submit_lock = threading.Lock()
         self._wake_scheduled = False
         self._closed = False
@@ -150,16 +119,8 @@ class ConfirmingTransport:
         self._emit: Callable[[bytes], None] = _discard
         self._body_max = 131_072 - 8
         self._confirms = ConfirmTracker(self._window, self._metrics)
-        self._url_index = 0
-        self._round_failures = 0
-        self._attempt = 0
-        self._down_since: float | None = None
-        self._last_error: BaseException | None = None
-        self._reconnects = 0
-        self._retiring = False  # the channel nacked: publish nothing more on it
-        self._probing = False  # a replacement channel: one message until acked
-        self._nack_streak = 0  # channels retired since the broker last acked
-        self._replaced = 0
+        self._reconnect = Reconnect(self._options, len(self._params), self._where)
+        self._retirement = ChannelRetirement()
 
     # ---- caller side -------------------------------------------------------
 
@@ -180,24 +141,7 @@ class ConfirmingTransport:
         self, exchange: str, routing_key: str, sealed: SealedMessage
     ) -> Future[str]:
         """Queue one sealed message; its Future resolves to the message_id on ack."""
-        meta = sealed.meta
-        if type(sealed.body) is not bytes:
-            # Checked here: a bad body found in the I/O thread would fail every
-            # reconnect and re-publication after it.
-            raise SealingError("a sealed body must be bytes")
-        destination = self._destinations.get((exchange, routing_key))
-        if destination is None:
-            destination = self._destination(exchange, routing_key)
-        header = frames.header_payload(
-            len(sealed.body),
-            sealed.headers,
-            message_id=meta.message_id,
-            timestamp=meta.timestamp,
-            content_type=meta.content_type,
-            content_encoding=meta.content_encoding,
-            type=meta.type,
-        )
-        out = Outgoing(destination, header, sealed.body, meta.message_id)
+        out = self._encoder.encode(exchange, routing_key, sealed)
         # Handed over means in flight: the caller can no longer cancel it.
         out.future.set_running_or_notify_cancel()
         self._window.acquire()
@@ -214,16 +158,6 @@ class ConfirmingTransport:
             self._wake_scheduled = True
             self._ioloop.add_callback_threadsafe(self._drain)
         return out.future
-
-    def _destination(self, exchange: str, routing_key: str) -> tuple[str, str, bytes]:
-        destination = (
-            exchange,
-            routing_key,
-            frames.method_payload(exchange, routing_key),
-        )
-        if len(self._destinations) < 1024:  # a bounded memo
-            self._destinations[(exchange, routing_key)] = destination
-        return destination
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted message is settled; False on timeout."""
@@ -259,8 +193,8 @@ class ConfirmingTransport:
             confirms.confirmed,
             confirms.failed,
             confirms.republished,
-            self._reconnects,
-            self._replaced,
+            self._reconnect.reconnects,
+            self._retirement.replaced,
         )
 
     def _stop_thread(self) -> None:
@@ -310,7 +244,7 @@ class ConfirmingTransport:
     def _connect(self) -> None:
         if self._closing:
             return
-        params = self._params[self._url_index % len(self._params)]
+        params = self._params[self._reconnect.url()]
         self._connection = pika.SelectConnection(
             params,
             on_open_callback=self._on_connection_open,
@@ -322,7 +256,7 @@ class ConfirmingTransport:
     def _on_connection_open(self, connection: Any) -> None:
         if connection is not self._connection:
             return  # a connection _recover() gave up on
-        self._round_failures = 0
+        self._reconnect.opened()
         # Frames built in frames.py go straight to pika's output buffer: the
         # same path pika's own _send_message ends in, minus its marshalling.
         self._emit = connection._adapter_emit_data
@@ -357,13 +291,10 @@ class ConfirmingTransport:
     def _on_ready(self) -> None:
         self._ready = True
         self._confirms.new_channel()
-        self._attempt = 0
-        self._retiring = False
-        self._probing = self._nack_streak > 0
-        self._down_since = None
+        self._reconnect.ready(reconnected=self._ever_ready)
+        self._retirement.ready()
         self._metrics.broker_connected(_COMPONENT, reconnect=self._ever_ready)
         if self._ever_ready:
-            self._reconnects += 1
             _log.info(
                 "reconnected to RabbitMQ; re-publishing %d message(s)",
                 len(self._outbox),
@@ -387,7 +318,7 @@ class ConfirmingTransport:
             self._wake_scheduled = False
             return  # _on_ready drains once the channel is back
         batch = _BATCH
-        if self._probing:  # one message, then nothing until its confirm
+        if self._retirement.probing:  # one message, then nothing until its confirm
             if self._confirms:
                 self._wake_scheduled = False
                 return  # _on_confirm drains once the probe is acked
@@ -422,29 +353,24 @@ class ConfirmingTransport:
         self._confirms.settle(method.delivery_tag, method.multiple, acked)
         if not acked:
             self._retire(channel)
-        elif self._probing and not self._retiring:
-            # The probe went through: the channel works, the rest may follow.
-            self._probing = False
-            self._nack_streak = 0
-            self._drain()
-        if self._retiring and not self._confirms:
+        elif self._retirement.acked():
+            self._drain()  # the probe went through: the rest may follow
+        if self._retirement.retiring and not self._confirms:
             self._close_retired(channel)
 
     def _retire(self, channel: Any) -> None:
         """Publish nothing more on ``channel``; replace it once it is settled."""
-        if self._retiring:
-            return
-        self._retiring = True
+        if not self._retirement.nacked():
+            return  # already retired
         self._ready = False  # _drain leaves the outbox alone from here on
-        self._nack_streak += 1
         _log.warning(
             "the broker nacked a publish; replacing the publishing channel "
             "(%d in a row)",
-            self._nack_streak,
+            self._retirement.nack_streak,
             extra={
                 "event": "channel_retired",
                 "component": _COMPONENT,
-                "count": self._nack_streak,
+                "count": self._retirement.nack_streak,
             },
         )
         self._ioloop.call_later(
@@ -452,16 +378,15 @@ class ConfirmingTransport:
         )
 
     def _close_retired(self, channel: Any) -> None:
-        if channel is self._channel and self._retiring and channel.is_open:
+        if channel is self._channel and self._retirement.retiring and channel.is_open:
             channel.close()  # _on_channel_closed opens the next one
 
     def _replace_channel(self) -> None:
         # Still unconfirmed after _RETIRE_TIMEOUT: in doubt, so published again
         # unchanged and ahead of anything newer, as after a connection loss.
         self._outbox.extendleft(reversed(self._confirms.take_unconfirmed()))
-        self._replaced += 1
         self._ioloop.call_later(
-            self._delay(self._nack_streak - 1),
+            self._reconnect.delay(self._retirement.replacing()),
             functools.partial(self._open_channel, self._connection),
         )
 
@@ -476,7 +401,7 @@ class ConfirmingTransport:
             return
         self._channel = None
         self._ready = False
-        retired, self._retiring = self._retiring, False
+        retired = self._retirement.closed()
         if self._closing:
             return
         if retired and isinstance(reason, pika.exceptions.ChannelClosedByClient):
@@ -495,7 +420,8 @@ class ConfirmingTransport:
         self._metrics.broker_lost(_COMPONENT, "channel closed by the broker")
         self._confirms.fail_unconfirmed(error)
         self._ioloop.call_later(
-            self._backoff(), functools.partial(self._open_channel, self._connection)
+            self._reconnect.backoff(),
+            functools.partial(self._open_channel, self._connection),
         )
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
@@ -504,13 +430,9 @@ class ConfirmingTransport:
 
     def _open_failed(self, error: BaseException) -> None:
         self._connection = None
-        self._last_error = error
-        self._url_index += 1
-        self._round_failures += 1
-        if self._round_failures < len(self._params):
+        if self._reconnect.open_failed(error):
             self._connect()  # the next URL of this round, right away
             return
-        self._round_failures = 0
         if not self._ever_ready:
             self._fail_start(
                 _translate(error, f"cannot connect to RabbitMQ at {self._where}")
@@ -534,7 +456,6 @@ class ConfirmingTransport:
                 _translate(reason, f"RabbitMQ at {self._where} closed the connection")
             )
             return
-        self._last_error = reason
         self._metrics.broker_lost(
             _COMPONENT, f"connection lost ({type(reason).__name__})"
         )
@@ -550,37 +471,17 @@ class ConfirmingTransport:
         )
         # Unchanged and in their original order, ahead of anything newer.
         self._outbox.extendleft(reversed(self._confirms.take_unconfirmed()))
-        self._url_index += 1  # a cluster's next node may be the one still up
-        if self._down_since is None:
-            self._down_since = time.monotonic()
+        self._reconnect.lost(reason)  # the next URL: its node may be the one up
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
-        timeout = self._options.reconnect_timeout
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-        if timeout is not None and time.monotonic() - self._down_since >= timeout:
-            error = BrokerUnavailableError(
-                f"RabbitMQ at {self._where} unreachable for {timeout:.0f} s: "
-                f"{type(self._last_error).__name__}"
-            )
+        error = self._reconnect.expired()
+        if error is not None:
             self._failed = error
             self._fail_everything(error)
             self._ioloop.stop()
             return
-        self._ioloop.call_later(self._backoff(), self._connect)
-
-    def _backoff(self) -> float:
-        self._attempt += 1
-        return self._delay(self._attempt - 1)
-
-    def _delay(self, attempt: int) -> float:
-        ceiling = min(
-            self._options.max_backoff,
-            self._options.initial_backoff * 2 ** min(attempt, 64),
-        )
-        # Jitter, so that many clients do not retry in step.
-        return random.uniform(ceiling / 2, ceiling)
+        self._ioloop.call_later(self._reconnect.backoff(), self._connect)
 
     def _fail_start(self, error: BrokerError) -> None:
         self._failed = error
