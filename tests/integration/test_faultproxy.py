@@ -19,6 +19,7 @@ import pytest
 from envelope_mq.testing.faultproxy import (
     Bandwidth,
     FaultProxy,
+    Hold,
     Latency,
     LimitData,
     ResetPeer,
@@ -162,6 +163,62 @@ def test_timeout_zero_is_a_black_hole_until_removed(proxy: FaultProxy) -> None:
     assert proxy.stats().bytes_dropped == 4
 
 
+def test_hold_keeps_data_until_removed_then_delivers_it_in_order(
+    proxy: FaultProxy,
+) -> None:
+    with connect(proxy) as first:
+        name = proxy.add(Hold())
+        first.sendall(b"one")
+        first.sendall(b"two")
+        first.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            first.recv(100)
+        with connect(proxy) as later:  # connected while held: held too
+            later.sendall(b"later")
+            later.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                later.recv(100)
+            proxy.remove(name)
+            first.settimeout(WAIT)
+            later.settimeout(WAIT)
+            assert read_exactly(first, 6) == b"onetwo"
+            assert read_exactly(later, 5) == b"later"
+    assert proxy.stats().bytes_dropped == 0
+
+
+def test_hold_survives_a_reset_for_links_made_after_it(proxy: FaultProxy) -> None:
+    with connect(proxy) as cut:
+        name = proxy.add(Hold())
+        cut.sendall(b"lost with its link")
+        assert proxy.wait_for_links(1, WAIT)
+        assert proxy.reset_all() == 1
+        with pytest.raises(ConnectionResetError):
+            read_to_eof(cut)
+    with connect(proxy) as sock:
+        sock.sendall(b"kept")
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(100)
+        proxy.remove(name)
+        sock.settimeout(WAIT)
+        assert read_exactly(sock, 4) == b"kept"
+
+
+def test_upstream_hold_keeps_data_from_the_server_until_removed(
+    proxy: FaultProxy, echo: EchoServer
+) -> None:
+    with connect(proxy) as sock:
+        name = proxy.add(Hold(), stream="upstream")
+        sock.sendall(b"later")
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(100)
+        assert bytes(echo.received) == b""
+        proxy.remove(name)
+        sock.settimeout(WAIT)
+        assert read_exactly(sock, 5) == b"later"
+
+
 def test_timeout_closes_the_link_after_its_delay(proxy: FaultProxy) -> None:
     with connect(proxy) as sock, proxy.toxic(Timeout(200)):
         started = time.monotonic()
@@ -197,6 +254,34 @@ def test_reset_peer_after_a_delay(proxy: FaultProxy) -> None:
         with pytest.raises(ConnectionResetError):
             read_to_eof(sock)
         assert time.monotonic() - started >= 0.3
+
+
+def test_reset_peer_resets_new_connections_on_accept_without_dialling() -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]  # bound, never listening: refuses
+        with FaultProxy(("127.0.0.1", port)) as proxy:
+            proxy.add(ResetPeer())
+            for _ in range(3):
+                # the RST may beat connect() itself: reset either way
+                with pytest.raises(ConnectionResetError), connect(proxy) as sock:
+                    read_to_eof(sock)
+            stats = proxy.stats()
+    # upstream_failures would count a dial to the refusing port
+    assert (stats.accepted, stats.resets, stats.upstream_failures) == (3, 3, 0)
+
+
+def test_removing_reset_peer_lets_new_connections_through(proxy: FaultProxy) -> None:
+    # The RST may beat connect() itself: either way the connection is reset.
+    with (
+        proxy.toxic(ResetPeer()),
+        pytest.raises(ConnectionResetError),
+        connect(proxy) as sock,
+    ):
+        read_to_eof(sock)
+    with connect(proxy) as sock:
+        sock.sendall(b"through")
+        assert read_exactly(sock, 7) == b"through"
 
 
 def test_reset_all_resets_open_links_and_new_ones_work(proxy: FaultProxy) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from envelope_mq.testing.faultproxy.proxy import FaultProxy, ProxyStats
 from envelope_mq.testing.faultproxy.toxics import (
     Bandwidth,
+    Hold,
     Latency,
     LimitData,
     ResetPeer,
@@ -21,6 +22,7 @@ from envelope_mq.testing.faultproxy.toxics import (
 __all__ = [
     "Bandwidth",
     "FaultProxy",
+    "Hold",
     "Latency",
     "LimitData",
     "ProxyStats",

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from envelope_mq.testing.faultproxy.toxics import (
     Bandwidth,
+    Hold,
     Installed,
     Latency,
     LimitData,
@@ -28,7 +29,7 @@ from envelope_mq.testing.faultproxy.toxics import (
     Toxic,
 )
 
-__all__ = ["Link", "LinkOwner"]
+__all__ = ["Link", "LinkOwner", "abort_with_rst", "draw"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +72,18 @@ class Link:
         self._passed: dict[str, int] = {}  # LimitData name -> bytes let through
         self._tasks: list[asyncio.Task[None]] = []
         self._finished: set[Stream] = set()
+        self._toxic_removed = asyncio.Event()  # wakes pipes waiting on a Hold
         self.closed = False
 
     def applies(self, name: str) -> bool:
         """Whether the toxic called ``name`` acts on this link."""
         return self._applies.get(name, False)
 
-    def attach(self, installed: Installed) -> None:
-        """Draw whether ``installed`` applies here; arm its timer if it has one."""
-        hit = installed.toxicity >= 1.0 or self._owner.rng().random() < (
-            installed.toxicity
-        )
+    def attach(self, installed: Installed, hit: bool | None = None) -> None:
+        """Record whether ``installed`` applies here (drawn unless ``hit`` is
+        given); arm its timer if it has one."""
+        if hit is None:
+            hit = draw(installed, self._owner.rng())
         self._applies[installed.name] = hit
         toxic = installed.toxic
         if not hit:
@@ -98,6 +100,7 @@ class Link:
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
+        self._toxic_removed.set()
 
     def start(self) -> None:
         """Start forwarding in both directions."""
@@ -122,7 +125,7 @@ class Link:
             timer.cancel()
         for _, writer in (self._client, self._server):
             if reset:
-                _abort_with_rst(writer)
+                abort_with_rst(writer)
             else:
                 writer.close()
         current = asyncio.current_task()
@@ -175,6 +178,7 @@ class Link:
     async def _deliver(
         self, stream: Stream, arrived: float, data: bytes, writer: asyncio.StreamWriter
     ) -> None:
+        await self._wait_while_held(stream)
         installed = self._owner.toxics_for(self, stream)
         toxics = [i.toxic for i in installed]
         if any(isinstance(t, Timeout) for t in toxics):
@@ -191,6 +195,15 @@ class Link:
                 await asyncio.sleep(slicer.delay_us / 1e6)
         if limit_reached:
             self.close(reset=False, counter="closed_by_toxic")
+
+    async def _wait_while_held(self, stream: Stream) -> None:
+        # Blocking the writer keeps the chunk and everything queued behind it,
+        # in order; the reader goes on filling the bounded queue meanwhile.
+        while any(
+            isinstance(i.toxic, Hold) for i in self._owner.toxics_for(self, stream)
+        ):
+            self._toxic_removed.clear()
+            await self._toxic_removed.wait()
 
     async def _delay(self, arrived: float, toxics: list[Toxic]) -> None:
         rng = self._owner.rng()
@@ -252,7 +265,12 @@ class Link:
             self.close(reset=False)
 
 
-def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
+def draw(installed: Installed, rng: random.Random) -> bool:
+    """Whether ``installed`` acts on one more link (its toxicity, drawn once)."""
+    return installed.toxicity >= 1.0 or rng.random() < installed.toxicity
+
+
+def abort_with_rst(writer: asyncio.StreamWriter) -> None:
     """Close at once with SO_LINGER 0, which makes the kernel send a TCP RST."""
     sock = writer.get_extra_info("socket")
     if sock is not None:

@@ -7,7 +7,9 @@ Put it between a client and RabbitMQ (or the KMS emulator) and add *toxics*:
 ``Bandwidth``   cap the rate at ``rate_kb`` kilobytes (1000 bytes) per second
 ``Timeout``     drop all data; close the connection after ``timeout_ms``
                 (0: a black hole, held until the toxic is removed)
+``Hold``        keep all data until the toxic is removed, then deliver it
 ``ResetPeer``   reset (TCP RST) the connection now, or after ``timeout_ms``
+                (0: new connections too, as soon as they are accepted)
 ``Slicer``      split writes into chunks of ``average_size`` ± variation bytes
                 with ``delay_us`` between them
 ``LimitData``   close the connection once ``bytes`` have passed
@@ -17,8 +19,9 @@ Each toxic acts on one direction: ``upstream`` (client to server) or
 ``downstream`` (server to client, the default, as in Toxiproxy), and applies to
 each connection with probability ``toxicity`` (drawn once per connection).
 ``down()``/``up()`` refuse new connections and drop the existing ones, then
-accept again. The proxy runs its asyncio loop in a background thread, so plain
-synchronous tests drive it::
+accept again; ``ResetPeer()`` instead accepts new connections and resets them
+(a cut and a refusal in one, undone by removing it). The proxy runs its asyncio
+loop in a background thread, so plain synchronous tests drive it::
 
     with FaultProxy(("127.0.0.1", 5672)) as proxy:
         url = proxy.rewrite("amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -43,8 +46,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from envelope_mq.testing.faultproxy.link import Link, LinkOwner
-from envelope_mq.testing.faultproxy.toxics import Installed, Stream, Toxic
+from envelope_mq.testing.faultproxy.link import Link, LinkOwner, abort_with_rst, draw
+from envelope_mq.testing.faultproxy.toxics import Installed, ResetPeer, Stream, Toxic
 
 __all__ = ["FaultProxy", "ProxyStats"]
 
@@ -61,7 +64,7 @@ class ProxyStats:
     accepted: int  # client connections accepted
     open: int  # links open now
     upstream_failures: int  # accepted, but the server could not be reached
-    resets: int  # links reset (RST) by reset_all() or a ResetPeer toxic
+    resets: int  # links (or new connections) reset by reset_all() or ResetPeer
     closed_by_toxic: int  # links closed by Timeout or LimitData
     dropped_by_down: int  # links dropped by down()
     bytes_upstream: int  # bytes delivered client -> server
@@ -189,7 +192,7 @@ class FaultProxy(LinkOwner):
         return self._call(self._add(installed))
 
     def remove(self, name: str) -> None:
-        """Remove one toxic; held black-hole data stays dropped, as in Toxiproxy."""
+        """Remove one toxic; a Hold's data flows on, a Timeout's stays dropped."""
         self._call(self._remove(name))
 
     def clear(self) -> None:
@@ -301,6 +304,16 @@ class FaultProxy(LinkOwner):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.count("accepted")
+        hits = {name: draw(t, self._rng) for name, t in self._toxics.items()}
+        if any(
+            hits[name] and isinstance(t.toxic, ResetPeer) and t.toxic.timeout_ms == 0
+            for name, t in self._toxics.items()
+        ):
+            # Reset before dialling the server: the client sees its connection
+            # die right after the handshake, as fast as a local RST can be.
+            self.count("resets")
+            abort_with_rst(writer)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -309,8 +322,9 @@ class FaultProxy(LinkOwner):
             return
         link = Link(self, (reader, writer), (up_reader, up_writer))
         self._links.add(link)
-        for installed in self._toxics.values():
-            link.attach(installed)
+        for name, installed in list(self._toxics.items()):
+            # a toxic added while the server was dialled has no draw yet
+            link.attach(installed, hits.get(name))
         link.start()
 
     async def _add(self, installed: Installed) -> str:

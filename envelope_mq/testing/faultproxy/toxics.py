@@ -7,6 +7,7 @@ from typing import Literal
 
 __all__ = [
     "Bandwidth",
+    "Hold",
     "Installed",
     "Latency",
     "LimitData",
@@ -55,8 +56,24 @@ class Timeout:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Keep every byte until the toxic is removed, then deliver them in order.
+
+    Unlike ``Timeout(0)``, which drops what it swallows, held data is delivered
+    once the toxic goes, on every link that is still open; links closed while
+    held lose it with them. The pipe's buffer is bounded, so a long hold pushes
+    back on the sender through TCP flow control.
+    """
+
+
+@dataclass(frozen=True)
 class ResetPeer:
-    """Reset the link with a TCP RST ``timeout_ms`` after it meets this toxic."""
+    """Reset the link with a TCP RST ``timeout_ms`` after it meets this toxic.
+
+    With ``timeout_ms`` 0 a new connection is reset as soon as it is accepted,
+    before the server is dialled: installed before clients connect, it turns
+    them away the way a crashed broker behind a load balancer would.
+    """
 
     timeout_ms: float = 0.0
 
@@ -91,7 +108,7 @@ class LimitData:
             raise ValueError("bytes cannot be negative")
 
 
-Toxic = Latency | Bandwidth | Timeout | ResetPeer | Slicer | LimitData
+Toxic = Latency | Bandwidth | Timeout | Hold | ResetPeer | Slicer | LimitData
 
 
 @dataclass(frozen=True)
