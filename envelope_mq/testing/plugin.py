@@ -9,7 +9,8 @@ so a user's suite gets the same fixtures as ours:
 - ``amqp_names``: unique queue and exchange names, deleted after the test;
 - ``amqp_topology``: a :class:`shared.amqp.Topology` on those names whose queues
   expire and whose exchange auto-deletes, so nothing piles up even after a crash;
-- ``rabbitmq_proxy``: a :class:`TcpProxy` in front of the broker, to cut connections;
+- ``rabbitmq_proxy``: a started :class:`~envelope_mq.testing.faultproxy.FaultProxy`
+  in front of the broker, to cut (``reset_all()``), hold or refuse connections;
 - ``rabbitmq_node``: a private, stoppable ``rabbitmq-server`` node of its own;
 - ``kms``: an emulator on a free port, strict signatures, one key with an alias,
   a producer principal (GenerateDataKey only) and a consumer one (Decrypt only);
@@ -25,12 +26,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import pytest
 
 from envelope_mq.testing.broker import Broker, NoBrokerError, start_broker
+from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture, running_emulator
-from envelope_mq.testing.proxy import TcpProxy
 from envelope_mq.testing.rabbitmq_node import (
     RabbitNode,
     RabbitNodeError,
@@ -123,9 +125,11 @@ def amqp_topology(amqp_names: AmqpNames) -> Topology:
 
 
 @pytest.fixture
-def rabbitmq_proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
-    """A TCP proxy in front of the session broker; ``proxied_url`` goes through it."""
-    with TcpProxy.for_url(rabbitmq_url) as proxy:
+def rabbitmq_proxy(rabbitmq_url: str) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session broker; ``rewrite(url)`` routes to it."""
+    parts = urlsplit(rabbitmq_url)
+    upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
+    with FaultProxy(upstream, name="rabbitmq") as proxy:
         yield proxy
 
 

@@ -23,8 +23,8 @@ from consumer.transport import (
     QUARANTINE_REASON_HEADER,
 )
 from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
-from envelope_mq.testing.proxy import TcpProxy
 from shared.amqp import ConnectionOptions, Topology
 from shared.config import Settings
 from shared.envelope import MessageMeta, Sealer
@@ -428,13 +428,13 @@ def test_consumer_reconnects_after_the_connection_is_cut(
     publisher: TestPublisher,
     consumer_settings: Settings,
     amqp_topology: Topology,
-    rabbitmq_proxy: TcpProxy,
+    rabbitmq_proxy: FaultProxy,
     rabbitmq_url: str,
 ) -> None:
     for i in range(200):
         publisher.send(f"m{i}".encode())
     settings = Settings(
-        rabbitmq_urls=(rabbitmq_proxy.proxied_url(rabbitmq_url),),
+        rabbitmq_urls=(rabbitmq_proxy.rewrite(rabbitmq_url),),
         kms_endpoint=consumer_settings.kms_endpoint,
         access_key_id=consumer_settings.access_key_id,
         access_key_secret=consumer_settings.access_key_secret,
@@ -445,7 +445,7 @@ def test_consumer_reconnects_after_the_connection_is_cut(
     def cut_at_50(message: ReceivedMessage) -> bool:
         if len(handler.calls) == 50 and not cut.is_set():
             cut.set()  # once: redeliveries after the reconnect count no higher
-            rabbitmq_proxy.cut()
+            rabbitmq_proxy.reset_all()
         return False
 
     handler = Collector(fail=cut_at_50)

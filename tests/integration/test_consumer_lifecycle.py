@@ -18,8 +18,8 @@ from consumer.backoff import Backoff
 from consumer.message import ReceivedMessage
 from consumer.transport import BlockingTransport
 from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
 from envelope_mq.testing.kms import KmsFixture
-from envelope_mq.testing.proxy import TcpProxy
 from producer import EncryptedPublisher
 from shared.amqp import ConnectionOptions, Topology
 from shared.config import Settings
@@ -81,15 +81,15 @@ def test_a_consumer_built_from_settings_releases_its_kms_client_when_run_ends(
 
 
 def test_every_reset_during_set_up_comes_out_as_broker_unavailable(
-    rabbitmq_url: str, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    rabbitmq_url: str, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
     # A real reset, no fault injected: the proxy resets each connection as it
     # accepts it. How pika fails depends on timing; a few percent of the time
     # it raises ValueError out of its I/O loop. Each way must come out as the
     # BrokerUnavailableError the consumer's reconnect loop retries on.
-    rabbitmq_proxy.refusing = True
+    rabbitmq_proxy.add(ResetPeer())
     transport = BlockingTransport(
-        rabbitmq_proxy.proxied_url(rabbitmq_url),
+        rabbitmq_proxy.rewrite(rabbitmq_url),
         amqp_topology,
         options=ConnectionOptions(connection_attempts=1, socket_timeout=5.0),
     )
@@ -125,7 +125,7 @@ def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
     producer_settings: Settings,
     consumer_settings: Settings,
     amqp_topology: Topology,
-    rabbitmq_proxy: TcpProxy,
+    rabbitmq_proxy: FaultProxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     faults = ResetDuringSetUp(pika.BlockingConnection, failing=2)
@@ -139,7 +139,7 @@ def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
         if message.body == b"after the cut":
             consumer.stop()
 
-    proxied = rabbitmq_proxy.proxied_url(consumer_settings.rabbitmq_urls[0])
+    proxied = rabbitmq_proxy.rewrite(consumer_settings.rabbitmq_urls[0])
     consumer = EncryptedConsumer.from_settings(
         replace(consumer_settings, rabbitmq_urls=(proxied,)),
         amqp_topology,
@@ -159,7 +159,7 @@ def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
     try:
         publish(producer_settings, amqp_topology, b"before the cut")
         assert first_handled.wait(TIMEOUT)
-        rabbitmq_proxy.cut()  # the reconnect's first set-up then breaks
+        rabbitmq_proxy.reset_all()  # the reconnect's first set-up then breaks
         publish(producer_settings, amqp_topology, b"after the cut")
     finally:
         thread.join(TIMEOUT)

@@ -20,7 +20,7 @@ import pytest
 from consumer.backoff import Backoff
 from consumer.message import ReceivedMessage
 from consumer.worker import EncryptedConsumer
-from envelope_mq.testing.proxy import TcpProxy
+from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
 from producer import EncryptedPublisher, TransportOptions
 from shared.amqp import Topology
 from shared.config import Settings
@@ -65,7 +65,7 @@ def observed() -> Iterator[tuple[Metrics, ObservabilityServer]]:
 def test_consumer_readiness_flips_with_the_broker_connection(
     consumer_settings: Settings,
     amqp_topology: Topology,
-    rabbitmq_proxy: TcpProxy,
+    rabbitmq_proxy: FaultProxy,
     observed: tuple[Metrics, ObservabilityServer],
 ) -> None:
     metrics, server = observed
@@ -73,7 +73,7 @@ def test_consumer_readiness_flips_with_the_broker_connection(
     settings = dataclasses.replace(
         consumer_settings,
         rabbitmq_urls=tuple(
-            rabbitmq_proxy.proxied_url(u) for u in consumer_settings.rabbitmq_urls
+            rabbitmq_proxy.rewrite(u) for u in consumer_settings.rabbitmq_urls
         ),
     )
 
@@ -94,15 +94,15 @@ def test_consumer_readiness_flips_with_the_broker_connection(
         assert body["checks"] == {"consumer.broker": "ok"}
         assert probe(server, "/healthz")[0] == 200
 
-        rabbitmq_proxy.refusing = True
-        rabbitmq_proxy.cut()
+        refusing = rabbitmq_proxy.add(ResetPeer())  # new connections: reset
+        rabbitmq_proxy.reset_all()
         body = wait_status(server, "/readyz", 503)
         checks = body["checks"]
         assert isinstance(checks, dict)
         assert checks["consumer.broker"] != "ok"
         assert probe(server, "/healthz")[0] == 200  # alive: it is reconnecting
 
-        rabbitmq_proxy.refusing = False
+        rabbitmq_proxy.remove(refusing)
         wait_status(server, "/readyz", 200)
     finally:
         consumer.stop()
@@ -121,11 +121,11 @@ def test_consumer_readiness_flips_with_the_broker_connection(
 def test_publisher_readiness_flips_with_the_broker_connection(
     producer_settings: Settings,
     amqp_topology: Topology,
-    rabbitmq_proxy: TcpProxy,
+    rabbitmq_proxy: FaultProxy,
     observed: tuple[Metrics, ObservabilityServer],
 ) -> None:
     metrics, server = observed
-    urls = tuple(rabbitmq_proxy.proxied_url(u) for u in producer_settings.rabbitmq_urls)
+    urls = tuple(rabbitmq_proxy.rewrite(u) for u in producer_settings.rabbitmq_urls)
     settings = dataclasses.replace(producer_settings, rabbitmq_urls=urls)
     options = TransportOptions(initial_backoff=0.1, max_backoff=0.3)
     with EncryptedPublisher.from_settings(
@@ -135,12 +135,12 @@ def test_publisher_readiness_flips_with_the_broker_connection(
         body = wait_status(server, "/readyz", 200)
         assert body["checks"] == {"kms": "ok", "publisher.broker": "ok"}
 
-        rabbitmq_proxy.refusing = True
-        rabbitmq_proxy.cut()
+        refusing = rabbitmq_proxy.add(ResetPeer())  # new connections: reset
+        rabbitmq_proxy.reset_all()
         wait_status(server, "/readyz", 503)
         pending = publisher.publish(b"during the outage")
 
-        rabbitmq_proxy.refusing = False
+        rabbitmq_proxy.remove(refusing)
         wait_status(server, "/readyz", 200)
         assert pending.result(TIMEOUT)
     assert (

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from envelope_mq.testing.faultproxy import FaultProxy, Hold, ResetPeer
 from envelope_mq.testing.kms import KmsFixture
-from envelope_mq.testing.proxy import TcpProxy
 from producer import EncryptedPublisher, TransportOptions
 from producer.transport import ConfirmingTransport
 from shared.amqp import Topology, connect_blocking
@@ -214,14 +214,12 @@ def test_kms_down_with_a_cached_key_keeps_publishing(
     assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 101
 
 
-def through(proxy: TcpProxy, settings: Settings) -> Settings:
-    return replace(
-        settings, rabbitmq_urls=(proxy.proxied_url(settings.rabbitmq_urls[0]),)
-    )
+def through(proxy: FaultProxy, settings: Settings) -> Settings:
+    return replace(settings, rabbitmq_urls=(proxy.rewrite(settings.rabbitmq_urls[0]),))
 
 
 def test_unconfirmed_messages_are_republished_unchanged_after_a_connection_loss(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
     # The broker takes every message but its confirms are held back, so all of
     # them are unconfirmed when the connection drops: each must be published
@@ -231,12 +229,12 @@ def test_unconfirmed_messages_are_republished_unchanged_after_a_connection_loss(
     with publisher(settings, amqp_topology, initial_backoff=0.05) as pub:
         pub.send(b"warm-up: connection, topology and data key")
         drain(urls, amqp_topology.queue)
-        rabbitmq_proxy.hold_replies()
+        held = rabbitmq_proxy.add(Hold())  # the broker's replies, confirms included
         futures = [pub.publish(b"payload %d" % n) for n in range(300)]
         wait_for_depth(urls, amqp_topology.queue, 300)
         assert not any(f.done() for f in futures)
-        rabbitmq_proxy.cut()
-        rabbitmq_proxy.release_replies()
+        rabbitmq_proxy.reset_all()  # the held confirms go with their connection
+        rabbitmq_proxy.remove(held)
         assert pub.flush(timeout=60)
         stats = pub.stats()
     assert all(f.exception() is None for f in futures)
@@ -253,7 +251,7 @@ def test_unconfirmed_messages_are_republished_unchanged_after_a_connection_loss(
 
 
 def test_every_message_is_confirmed_across_a_connection_cut_mid_stream(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
     urls = producer_settings.rabbitmq_urls
     futures: list[Future[str]] = []
@@ -262,7 +260,7 @@ def test_every_message_is_confirmed_across_a_connection_cut_mid_stream(
         for n in range(3000):
             futures.append(pub.publish(b"stream %d" % n))
             if n == 1000:
-                rabbitmq_proxy.cut()
+                rabbitmq_proxy.reset_all()
         assert pub.flush(timeout=60)
         reconnects = pub.stats().reconnects
     assert reconnects >= 1
@@ -274,10 +272,10 @@ def test_every_message_is_confirmed_across_a_connection_cut_mid_stream(
 
 
 def test_the_next_url_is_used_when_the_first_broker_is_down(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
-    rabbitmq_proxy.refusing = True
-    dead = rabbitmq_proxy.proxied_url(producer_settings.rabbitmq_urls[0])
+    rabbitmq_proxy.add(ResetPeer())  # every connection is reset as accepted
+    dead = rabbitmq_proxy.rewrite(producer_settings.rabbitmq_urls[0])
     settings = replace(
         producer_settings, rabbitmq_urls=(dead, *producer_settings.rabbitmq_urls)
     )
@@ -348,17 +346,17 @@ def test_a_refused_publish_fails_and_the_channel_comes_back_with_the_topology(
 
 
 def test_pending_messages_fail_when_the_broker_stays_away_too_long(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
     settings = through(rabbitmq_proxy, producer_settings)
     with publisher(
         settings, amqp_topology, reconnect_timeout=0.5, max_backoff=0.2
     ) as pub:
         pub.send(b"connected")
-        rabbitmq_proxy.hold_replies()
+        rabbitmq_proxy.add(Hold())
         pending = pub.publish(b"never confirmed")
-        rabbitmq_proxy.refusing = True
-        rabbitmq_proxy.cut()
+        rabbitmq_proxy.add(ResetPeer())  # new connections are reset as accepted
+        rabbitmq_proxy.reset_all()
         with pytest.raises(BrokerUnavailableError):
             pending.result(timeout=60)
         with pytest.raises(BrokerUnavailableError):
@@ -371,7 +369,7 @@ def sealed_message(n: int) -> SealedMessage:
 
 
 def test_a_declaration_failing_after_a_reconnect_is_retried(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
     declarations: list[int] = []
 
@@ -393,7 +391,7 @@ def test_a_declaration_failing_after_a_reconnect_is_retried(
                 amqp_topology.exchange, amqp_topology.binding_key, sealed_message(n)
             )
             assert future.result(timeout=60) == f"id-{n}"
-            rabbitmq_proxy.cut()
+            rabbitmq_proxy.reset_all()
     finally:
         transport.close(timeout=60)
     assert len(declarations) == 3
@@ -414,7 +412,7 @@ class ReconnectRaisingOnce(ConfirmingTransport):
 
 
 def test_an_error_escaping_the_io_loop_does_not_stop_the_publisher(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: TcpProxy
+    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
 ) -> None:
     transport = ReconnectRaisingOnce(
         through(rabbitmq_proxy, producer_settings).rabbitmq_urls,
@@ -427,7 +425,7 @@ def test_an_error_escaping_the_io_loop_does_not_stop_the_publisher(
             amqp_topology.exchange, amqp_topology.binding_key, sealed_message(0)
         )
         assert first.result(timeout=60) == "id-0"
-        rabbitmq_proxy.cut()
+        rabbitmq_proxy.reset_all()
         second = transport.submit(
             amqp_topology.exchange, amqp_topology.binding_key, sealed_message(1)
         )

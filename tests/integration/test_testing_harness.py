@@ -5,9 +5,9 @@ import pika.exceptions
 import pytest
 
 from envelope_mq.testing.broker import Broker
+from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.probe import amqp_answers
-from envelope_mq.testing.proxy import TcpProxy
 from envelope_mq.testing.rabbitmq_node import RabbitNode
 from shared.amqp import Topology, connect_blocking
 from shared.config import Settings
@@ -37,22 +37,22 @@ def test_test_topologies_clean_up_after_themselves(amqp_topology: Topology) -> N
 
 
 def test_a_cut_drops_open_connections_and_new_ones_still_pass(
-    rabbitmq_proxy: TcpProxy, rabbitmq_url: str
+    rabbitmq_proxy: FaultProxy, rabbitmq_url: str
 ) -> None:
-    url = rabbitmq_proxy.proxied_url(rabbitmq_url)
+    url = rabbitmq_proxy.rewrite(rabbitmq_url)
     connection = pika.BlockingConnection(pika.URLParameters(url))
-    assert rabbitmq_proxy.cut() == 1
+    assert rabbitmq_proxy.reset_all() == 1
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         connection.process_data_events(time_limit=5)
     assert_connects([url])
 
 
 def test_a_refusing_proxy_looks_like_a_broker_that_is_down(
-    rabbitmq_proxy: TcpProxy, rabbitmq_url: str
+    rabbitmq_proxy: FaultProxy, rabbitmq_url: str
 ) -> None:
-    rabbitmq_proxy.refusing = True
+    rabbitmq_proxy.add(ResetPeer())  # accepts, then resets each connection
     with pytest.raises(BrokerUnavailableError):
-        connect_blocking(rabbitmq_proxy.proxied_url(rabbitmq_url))
+        connect_blocking(rabbitmq_proxy.rewrite(rabbitmq_url))
 
 
 def test_each_principal_may_do_only_its_own_job(
