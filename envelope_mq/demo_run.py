@@ -117,7 +117,7 @@ def _publish(
 ) -> dict[str, bytes]:
     cache = DataKeyCache(metrics.instrument_provider(roles.producer_kms))
     digests: dict[str, bytes] = {}
-    progress = Progress("publish", messages)
+    progress = Progress("publish", messages, show_after=1.0)
     start = time.perf_counter()
     with EncryptedPublisher(
         urls, cache, roles.key_id, topology=topology, context=CONTEXT, metrics=metrics
@@ -154,7 +154,7 @@ def _consume(
     kms = KeepAliveProvider(metrics.instrument_provider(roles.consumer_kms))
     cache = UnwrapCache(kms)
     metrics.watch_cache(cache)
-    progress = Progress("consume", len(digests))
+    progress = Progress("consume", len(digests), show_after=1.0)
     seen: set[str] = set()
     peeked = result.stored.message_id if result.stored else None
 

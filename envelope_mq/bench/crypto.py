@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from envelope_mq.bench.progress import Progress
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, round_ratios
+from envelope_mq.progress import Progress
 from shared.envelope import MessageMeta, Opener, Sealer
 from shared.keycache import DataKeyCache, UnwrapCache
 from shared.kms import InMemoryKeyProvider
@@ -128,7 +128,7 @@ def run_crypto(report: Report, rounds: int) -> CryptoResult:
         samples: dict[str, list[float]] = {name: [] for name in cases}
         names = list(cases)
         label = f"crypto {size // 1024} KiB"
-        with Progress(label, rounds * len(names)) as bar:
+        with Progress(label, rounds * len(names), announce=True) as bar:
             for r in range(rounds):
                 shift = r % len(names)  # rotate who goes first
                 for name in names[shift:] + names[:shift]:

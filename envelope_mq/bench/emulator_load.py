@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import IO
 from urllib.parse import quote, urlencode
 
-from envelope_mq.bench.progress import Progress
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, percentile, rate
+from envelope_mq.progress import Progress
 
 __all__ = ["run_emulator_load"]
 
@@ -183,7 +183,10 @@ def _load(
 def run_emulator_load(report: Report, seconds: float) -> None:
     """Load the emulator with each action in turn; add figures and targets."""
     section = f"KMS emulator, {CLIENTS} concurrent clients"
-    with Progress("KMS emulator load", 2) as bar, _emulator_process() as server:
+    with (
+        Progress("KMS emulator load", 2, announce=True) as bar,
+        _emulator_process() as server,
+    ):
         clients = [_Client(server) for _ in range(CLIENTS)]
         try:
             generate = {"KeyId": _ALIAS, "EncryptionContext": _CONTEXT}

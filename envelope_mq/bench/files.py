@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from envelope_mq.bench.progress import Progress
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
+from envelope_mq.progress import Progress
 from shared.kms import DataKey
 from shared.sealed_file import read_header, seal_with_key, unseal_with_key
 
@@ -82,7 +82,9 @@ def run_files(report: Report, rounds: int, size: int) -> None:
     cases = {"raw AES-256-GCM, one call": raw, "seal": seal, "unseal": unseal}
     names = list(cases)
     speeds: dict[str, list[float]] = {name: [] for name in names}
-    with Progress(f"sealed file {size // _MIB} MiB", rounds * len(names)) as bar:
+    with Progress(
+        f"sealed file {size // _MIB} MiB", rounds * len(names), announce=True
+    ) as bar:
         for r in range(rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:

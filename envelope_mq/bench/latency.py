@@ -22,9 +22,9 @@ from consumer.message import ReceivedMessage
 from consumer.worker import EncryptedConsumer
 from envelope_mq.bench.lab import CONTEXT, Lab
 from envelope_mq.bench.plain import PREFETCH
-from envelope_mq.bench.progress import Progress
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, percentile
+from envelope_mq.progress import Progress
 from producer import EncryptedPublisher
 from shared.amqp import Topology
 from shared.config import Settings
@@ -159,7 +159,7 @@ def _publish_paced(
     offset = time.time() - time.perf_counter()
     start = time.perf_counter() + 0.01
     late = 0
-    with Progress("latency", warm_up + timed) as bar:
+    with Progress("latency", warm_up + timed, announce=True) as bar:
         for i in range(warm_up + timed):
             due = start + i * period
             delay = due - time.perf_counter()

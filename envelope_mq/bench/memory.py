@@ -18,8 +18,8 @@ from consumer.message import ReceivedMessage
 from consumer.worker import EncryptedConsumer
 from envelope_mq.bench.lab import CONTEXT, Lab
 from envelope_mq.bench.plain import PREFETCH
-from envelope_mq.bench.progress import Progress
 from envelope_mq.bench.report import Report
+from envelope_mq.progress import Progress
 from producer import EncryptedPublisher
 from shared.amqp import Topology
 from shared.config import Settings
@@ -94,7 +94,10 @@ def run_memory(report: Report, lab: Lab, keys: int, per_key: int, size: int) -> 
     publisher = EncryptedPublisher(
         lab.broker.urls, data_keys, lab.key_id, topology=topology, context=CONTEXT
     )
-    with Progress(f"memory: fill under {keys:,} data keys", total) as bar, publisher:
+    with (
+        Progress(f"memory: fill under {keys:,} data keys", total, announce=True) as bar,
+        publisher,
+    ):
         for _ in range(total):
             publisher.publish(body)
             bar.advance()
@@ -108,7 +111,7 @@ def run_memory(report: Report, lab: Lab, keys: int, per_key: int, size: int) -> 
         name="envelope-mq-bench-memory-consumer",
         daemon=True,  # never outlives the benchmark, whatever happens here
     )
-    with Progress("memory: consume", 1) as bar:
+    with Progress("memory: consume", 1, announce=True) as bar:
         child.start()
         try:
             if not ours.poll(_CHILD_TIMEOUT):

@@ -36,9 +36,9 @@ from envelope_mq.bench.ceiling import (
 from envelope_mq.bench.lab import CONTEXT, Lab
 from envelope_mq.bench.passthrough import PassThroughOpener, PassThroughSealer
 from envelope_mq.bench.plain import PREFETCH, plain_consume, plain_publish
-from envelope_mq.bench.progress import Progress
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
+from envelope_mq.progress import Progress
 from producer import EncryptedPublisher
 from shared.envelope import MessageMeta, Opener, Sealer
 from shared.errors import BrokerError
@@ -208,7 +208,9 @@ def run_throughput(
     published: dict[str, list[float]] = {side: [] for side in PUBLISH_SIDES}
     received: dict[str, list[float]] = {side: [] for side in SIDES}
     try:
-        with Progress("throughput", rounds * (len(published) + len(received))) as bar:
+        with Progress(
+            "throughput", rounds * (len(published) + len(received)), announce=True
+        ) as bar:
             for r in range(rounds):
                 for side in _rotated(PUBLISH_SIDES, r):
                     seconds = sides.publish[side]()
