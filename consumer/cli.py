@@ -18,7 +18,14 @@ from consumer.policy import ContextPolicy
 from consumer.replay import replay_quarantine
 from consumer.signals import stop_on_signals
 from consumer.worker import EncryptedConsumer
-from shared.amqp import DEFAULT_EXCHANGE, Topology, redact_url
+from shared.amqp import redact_url
+from shared.cli_args import (
+    add_topology_arguments,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    topology_from_args,
+)
 from shared.config import Settings
 from shared.errors import MessagingError
 from shared.observability import add_observability_arguments, observability
@@ -31,52 +38,19 @@ _EPILOG = (
 )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"cannot be negative, got {value}")
-    return value
-
-
 def _add_topology_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queue", required=True, help="queue to consume (declared)")
-    parser.add_argument(
-        "--exchange",
-        default=DEFAULT_EXCHANGE,
-        help="durable topic exchange the queue is bound to (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--routing-key",
-        help="binding key of the queue (default: the queue name)",
-    )
-    parser.add_argument(
-        "--queue-type",
-        choices=("classic", "quorum"),
-        default="classic",
-        help="type of the queue and its quarantine queue (default: %(default)s)",
-    )
-
-
-def _topology(args: argparse.Namespace) -> Topology:
-    return Topology(
-        queue=args.queue,
-        exchange=args.exchange,
-        routing_key=args.routing_key,
-        queue_type=args.queue_type,
+    add_topology_arguments(
+        parser,
+        queue_required=True,
+        queue_help="queue to consume (declared)",
+        exchange_help=(
+            "durable topic exchange the queue is bound to (default: %(default)s)"
+        ),
+        routing_key_help="binding key of the queue (default: the queue name)",
+        queue_type_help=(
+            "type of the queue and its quarantine queue (default: %(default)s)"
+        ),
+        exchange_first=True,
     )
 
 
@@ -94,13 +68,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         epilog=_EPILOG,
     )
     _add_topology_arguments(parser)
-    parser.add_argument("--count", type=_positive, help="stop after N messages")
+    parser.add_argument("--count", type=positive_int, help="stop after N messages")
     parser.add_argument(
         "--output", "-o", type=Path, help="append JSON lines to FILE (default: stdout)"
     )
     parser.add_argument(
         "--prefetch",
-        type=_positive,
+        type=positive_int,
         default=1000,
         help="unacknowledged messages in flight (default: %(default)s)",
     )
@@ -116,21 +90,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--max-deliveries",
-        type=_positive,
+        type=positive_int,
         default=5,
         help="deliveries before a failing message is quarantined (default: 5)",
     )
     # Replay protection (consumer/freshness.py).
     parser.add_argument(
         "--max-age",
-        type=_seconds,
+        type=positive_float,
         metavar="SECONDS",
         help="quarantine (reason expired) messages whose authenticated timestamp "
         "is older than this",
     )
     parser.add_argument(
         "--dedup-window",
-        type=_count,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="remember the last N message ids handled and drop repeats (default: off)",
@@ -160,7 +134,7 @@ def run_consume(args: argparse.Namespace) -> int:
             writer = JsonLinesWriter(stream)
             consumer = EncryptedConsumer.from_settings(
                 settings,
-                _topology(args),
+                topology_from_args(args),
                 writer,
                 prefetch=args.prefetch,
                 max_deliveries=args.max_deliveries,
@@ -208,7 +182,7 @@ def register_replay(subparsers: argparse._SubParsersAction[Any]) -> None:
         epilog=_EPILOG,
     )
     _add_topology_arguments(parser)
-    parser.add_argument("--count", type=_positive, help="move at most N messages")
+    parser.add_argument("--count", type=positive_int, help="move at most N messages")
     parser.add_argument(
         "--reason",
         action="append",
@@ -227,7 +201,7 @@ def run_replay(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         result = replay_quarantine(
             settings.rabbitmq_urls,
-            _topology(args),
+            topology_from_args(args),
             limit=args.count,
             reasons=None if args.reason is None else frozenset(args.reason),
         )

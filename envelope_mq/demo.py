@@ -22,6 +22,7 @@ from envelope_mq.testing.broker import NoBrokerError, start_broker
 from envelope_mq.testing.kms import running_emulator
 from envelope_mq.testing.probe import amqp_answers
 from shared.amqp import redact_url
+from shared.cli_args import positive_int
 from shared.config import DEFAULT_RABBITMQ_URL, Settings
 from shared.errors import BrokerUnavailableError, ConfigError, MessagingError
 from shared.kms import AliyunKms
@@ -43,13 +44,6 @@ HOW_TO_GET_A_BROKER = (
 )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register the ``demo`` subcommand."""
     parser = subparsers.add_parser(
@@ -63,13 +57,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--messages",
-        type=_positive,
+        type=positive_int,
         default=1000,
         help="how many messages (default: %(default)s)",
     )
     parser.add_argument(
         "--size",
-        type=_positive,
+        type=positive_int,
         default=1024,
         help="payload bytes per message (default: %(default)s)",
     )

@@ -10,7 +10,8 @@ from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 from producer.publisher import EncryptedPublisher
-from shared.amqp import DEFAULT_EXCHANGE, Topology, redact_url
+from shared.amqp import redact_url
+from shared.cli_args import add_topology_arguments, topology_from_args
 from shared.config import Settings
 from shared.errors import ConfigError, MessagingError
 from shared.observability import (
@@ -37,13 +38,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="message text")
-    parser.add_argument("--queue", help="queue to declare and bind (and route to)")
-    parser.add_argument("--routing-key", help="routing key (default: the queue name)")
-    parser.add_argument(
-        "--exchange", default=DEFAULT_EXCHANGE, help="topic exchange (%(default)s)"
-    )
-    parser.add_argument(
-        "--queue-type", choices=("classic", "quorum"), default="classic"
+    add_topology_arguments(
+        parser,
+        queue_help="queue to declare and bind (and route to)",
+        routing_key_help="routing key (default: the queue name)",
+        exchange_help="topic exchange (%(default)s)",
     )
     parser.add_argument(
         "--context",
@@ -81,16 +80,7 @@ def _produce(
     metrics: MetricsHooks | None = None,
 ) -> int:
     context = parse_context(args.context)
-    topology = (
-        Topology(
-            args.queue,
-            exchange=args.exchange,
-            routing_key=args.routing_key,
-            queue_type=args.queue_type,
-        )
-        if args.queue
-        else None
-    )
+    topology = topology_from_args(args) if args.queue else None
     if topology is None and not args.routing_key:
         raise ConfigError("give --queue NAME or --routing-key KEY")
     messages = _messages(args, stdin)

@@ -24,6 +24,7 @@ from envelope_mq.bench.machine import describe_machine
 from envelope_mq.bench.memory import run_memory
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.throughput import run_throughput
+from shared.cli_args import positive_float, positive_int
 from shared.config import Settings
 from shared.errors import MessagingError
 
@@ -33,20 +34,6 @@ SECTIONS = ("throughput", "latency", "crypto", "emulator", "memory", "files")
 _BROKER_SECTIONS = {"throughput", "latency", "memory"}
 _MEMORY_KEYS = 1024
 _MESSAGES_PER_KEY = 16
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -63,29 +50,29 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     parser.add_argument(
-        "--messages", type=_positive_int, default=20_000, help="per round and side"
+        "--messages", type=positive_int, default=20_000, help="per round and side"
     )
     parser.add_argument(
-        "--size", type=_positive_int, default=1024, help="message size in bytes"
+        "--size", type=positive_int, default=1024, help="message size in bytes"
     )
     parser.add_argument(
-        "--rounds", type=_positive_int, default=5, help="interleaved rounds"
+        "--rounds", type=positive_int, default=5, help="interleaved rounds"
     )
     parser.add_argument(
-        "--rate", type=_positive_int, default=1000, help="latency: offered msg/s"
+        "--rate", type=positive_int, default=1000, help="latency: offered msg/s"
     )
     parser.add_argument(
-        "--duration", type=_positive_float, default=10.0, help="latency: seconds"
+        "--duration", type=positive_float, default=10.0, help="latency: seconds"
     )
     parser.add_argument(
         "--emulator-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="KMS emulator load: seconds per action",
     )
     parser.add_argument(
         "--file-size",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         metavar="MIB",
         help="sealed file size in MiB",
