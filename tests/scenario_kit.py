@@ -25,6 +25,7 @@ from consumer.backoff import Backoff
 from consumer.message import ReceivedMessage
 from consumer.transport import QUARANTINE_REASON_HEADER
 from consumer.worker import EncryptedConsumer
+from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import PREFIX as LEDGER_PREFIX
 from envelope_mq.testing.ledger import MessageLedger
 from producer import EncryptedPublisher, TransportOptions
@@ -44,14 +45,18 @@ __all__ = [
     "RawPublisher",
     "Sent",
     "address_of",
+    "check_with_reconnects",
     "confirm_all",
     "every",
     "ledger_report_hooks",
     "payload",
     "publish_stream",
     "quick_publisher_options",
+    "scenario_clients",
+    "scenario_publisher",
     "scenario_topology",
     "settle",
+    "stream_in_background",
 ]
 
 # A test waits at most this long for anything; reaching it fails the test.
@@ -177,6 +182,56 @@ def ledger_handler(ledger: MessageLedger) -> Callable[[ReceivedMessage], None]:
         ledger.handled(message.message_id, message.body)
 
     return handle
+
+
+def scenario_publisher(
+    kms: KmsFixture, urls: Sequence[str], topology: Topology
+) -> EncryptedPublisher:
+    """The producer principal's publisher, with the scenarios' quick options."""
+    return EncryptedPublisher.from_settings(
+        kms.settings("producer", list(urls)),
+        topology=topology,
+        options=quick_publisher_options(),
+    )
+
+
+def scenario_clients(
+    kms: KmsFixture,
+    urls: Sequence[str],
+    topology: Topology,
+    ledger: MessageLedger,
+    **consumer_options: Any,
+) -> tuple[EncryptedConsumer, EncryptedPublisher]:
+    """A consumer booking into ``ledger`` (fast reconnects) and a publisher."""
+    consumer = EncryptedConsumer.from_settings(
+        kms.settings("consumer", list(urls)),
+        topology,
+        ledger_handler(ledger),
+        reconnect_backoff=FAST_RECONNECT,
+        **consumer_options,
+    )
+    return consumer, scenario_publisher(kms, urls, topology)
+
+
+def stream_in_background(
+    publisher: EncryptedPublisher, ledger: MessageLedger, **stream: Any
+) -> tuple[threading.Thread, list[Sent]]:
+    """A (not yet started) thread running :func:`publish_stream`, and its list."""
+    sent: list[Sent] = []
+
+    def produce() -> None:
+        sent.extend(publish_stream(publisher, ledger, **stream))
+
+    return threading.Thread(target=produce, name="producer"), sent
+
+
+def check_with_reconnects(
+    ledger: MessageLedger, publisher: EncryptedPublisher, consumer: EncryptedConsumer
+) -> dict[str, Any]:
+    """Book both sides' reconnects as faults, then :meth:`MessageLedger.check`."""
+    ledger.fault("producer reconnects", publisher.stats().reconnects)
+    ledger.fault("consumer reconnects", consumer.stats.reconnects)
+    return ledger.check()
 
 
 class ConsumerThread:

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 from scenario_kit import (
-    FAST_RECONNECT,
     PATIENCE,
     ConsumerThread,
     QuarantineWatcher,
-    Sent,
+    check_with_reconnects,
     confirm_all,
-    ledger_handler,
-    publish_stream,
-    quick_publisher_options,
+    scenario_clients,
     scenario_topology,
     settle,
+    stream_in_background,
 )
 
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.rabbitmq_node import RabbitNode
-from producer import EncryptedPublisher
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -43,34 +38,17 @@ def test_quorum_queue_node_stopped_and_started_loses_nothing(
         "emq-restart", "emq-restart-x", queue_type="quorum", expires=False
     )
     urls = [rabbitmq_node.url]
-    consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", urls),
-        topology,
-        ledger_handler(ledger),
-        reconnect_backoff=FAST_RECONNECT,
+    consumer, publisher = scenario_clients(kms, urls, topology, ledger)
+    # About 500 messages/s: the stream spans the stop and the start.
+    producer, sent = stream_in_background(
+        publisher,
+        ledger,
+        count=MESSAGES,
+        size=300,
+        tag="restart",
+        pause_every=50,
+        pause=0.1,
     )
-    publisher = EncryptedPublisher.from_settings(
-        kms.settings("producer", urls),
-        topology=topology,
-        options=quick_publisher_options(),
-    )
-    sent: list[Sent] = []
-
-    def produce() -> None:
-        # About 500 messages/s: the stream spans the stop and the start.
-        sent.extend(
-            publish_stream(
-                publisher,
-                ledger,
-                count=MESSAGES,
-                size=300,
-                tag="restart",
-                pause_every=50,
-                pause=0.1,
-            )
-        )
-
-    producer = threading.Thread(target=produce, name="producer")
     with QuarantineWatcher(urls, topology, ledger), ConsumerThread(consumer):
         with publisher:
             producer.start()
@@ -86,9 +64,7 @@ def test_quorum_queue_node_stopped_and_started_loses_nothing(
         settle(ledger)
     stats = publisher.stats()
     assert errors == []
-    ledger.fault("producer reconnects", stats.reconnects)
-    ledger.fault("consumer reconnects", consumer.stats.reconnects)
-    report = ledger.check()
+    report = check_with_reconnects(ledger, publisher, consumer)
     assert report["quarantined"] == {}
     assert stats.reconnects >= 1
     assert consumer.stats.reconnects >= 1

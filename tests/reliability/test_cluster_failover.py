@@ -10,27 +10,23 @@ which a quorum queue needs to accept and deliver messages.
 from __future__ import annotations
 
 import contextlib
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from scenario_kit import (
-    FAST_RECONNECT,
     PATIENCE,
     ConsumerThread,
     QuarantineWatcher,
-    Sent,
+    check_with_reconnects,
     confirm_all,
-    ledger_handler,
-    publish_stream,
-    quick_publisher_options,
+    scenario_clients,
     scenario_topology,
     settle,
+    stream_in_background,
 )
 
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.rabbitmq_node import (
@@ -105,34 +101,17 @@ def test_cluster_fails_over_when_nodes_die_and_loses_nothing(
     topology = scenario_topology(
         "emq-cluster", "emq-cluster-x", queue_type="quorum", expires=False
     )
-    consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", urls),
-        topology,
-        ledger_handler(ledger),
-        reconnect_backoff=FAST_RECONNECT,
+    consumer, publisher = scenario_clients(kms, urls, topology, ledger)
+    # About 500 messages/s, so the stream spans both crashes.
+    producer, sent = stream_in_background(
+        publisher,
+        ledger,
+        count=MESSAGES,
+        size=300,
+        tag="cluster",
+        pause_every=50,
+        pause=0.1,
     )
-    publisher = EncryptedPublisher.from_settings(
-        kms.settings("producer", urls),
-        topology=topology,
-        options=quick_publisher_options(),
-    )
-    sent: list[Sent] = []
-
-    def produce() -> None:
-        # About 500 messages/s, so the stream spans both crashes.
-        sent.extend(
-            publish_stream(
-                publisher,
-                ledger,
-                count=MESSAGES,
-                size=300,
-                tag="cluster",
-                pause_every=50,
-                pause=0.1,
-            )
-        )
-
-    producer = threading.Thread(target=produce, name="producer")
     # The watcher connects to the last node, so that it never shares a node
     # with the clients when the first one dies.
     watcher_urls = urls[::-1]
@@ -155,9 +134,7 @@ def test_cluster_fails_over_when_nodes_die_and_loses_nothing(
         settle(ledger)
     stats = publisher.stats()
     assert errors == []
-    ledger.fault("producer reconnects", stats.reconnects)
-    ledger.fault("consumer reconnects", consumer.stats.reconnects)
-    report = ledger.check()
+    report = check_with_reconnects(ledger, publisher, consumer)
     assert report["quarantined"] == {}
     assert stats.reconnects >= 1
     assert consumer.stats.reconnects >= 1

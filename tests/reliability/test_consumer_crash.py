@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,18 +21,16 @@ import pytest
 from scenario_kit import (
     PATIENCE,
     QuarantineWatcher,
-    Sent,
     confirm_all,
-    publish_stream,
-    quick_publisher_options,
+    scenario_publisher,
     scenario_topology,
     settle,
+    stream_in_background,
 )
 
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from producer import EncryptedPublisher
 
 pytestmark = pytest.mark.reliability
 
@@ -139,28 +136,17 @@ def test_consumers_killed_three_times_lose_nothing(
     args += ["--prefetch", "200"]
     tail = OutputTail(ledger)
 
-    publisher = EncryptedPublisher.from_settings(
-        kms.settings("producer", [rabbitmq_url]),
-        topology=topology,
-        options=quick_publisher_options(),
+    publisher = scenario_publisher(kms, [rabbitmq_url], topology)
+    # About 1,000 messages/s, so the kills land while messages still arrive.
+    producer, sent = stream_in_background(
+        publisher,
+        ledger,
+        count=MESSAGES,
+        size=300,
+        tag="kill",
+        pause_every=100,
+        pause=0.1,
     )
-    sent: list[Sent] = []
-
-    def produce() -> None:
-        # About 1,000 messages/s, so the kills land while messages still arrive.
-        sent.extend(
-            publish_stream(
-                publisher,
-                ledger,
-                count=MESSAGES,
-                size=300,
-                tag="kill",
-                pause_every=100,
-                pause=0.1,
-            )
-        )
-
-    producer = threading.Thread(target=produce, name="producer")
     with QuarantineWatcher([rabbitmq_url], topology, ledger), publisher:
         producer.start()
         for run in range(1, KILLS + 1):

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import pytest
 from scenario_kit import (
-    FAST_RECONNECT,
     ConsumerThread,
     QuarantineWatcher,
     address_of,
+    check_with_reconnects,
     confirm_all,
     every,
-    ledger_handler,
     publish_stream,
-    quick_publisher_options,
+    scenario_clients,
     scenario_topology,
     settle,
 )
 
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.faultproxy import Bandwidth, FaultProxy, Latency
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from producer import EncryptedPublisher
 
 pytestmark = pytest.mark.reliability
 
@@ -39,17 +36,7 @@ def test_connection_reset_every_two_seconds_loses_nothing(
     topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
     with FaultProxy(address_of(rabbitmq_url), name="broker") as proxy:
         url = proxy.rewrite(rabbitmq_url)
-        consumer = EncryptedConsumer.from_settings(
-            kms.settings("consumer", [url]),
-            topology,
-            ledger_handler(ledger),
-            reconnect_backoff=FAST_RECONNECT,
-        )
-        publisher = EncryptedPublisher.from_settings(
-            kms.settings("producer", [url]),
-            topology=topology,
-            options=quick_publisher_options(),
-        )
+        consumer, publisher = scenario_clients(kms, [url], topology, ledger)
 
         def reset() -> int:
             resets = proxy.reset_all()
@@ -77,9 +64,7 @@ def test_connection_reset_every_two_seconds_loses_nothing(
             settle(ledger)
         stats = publisher.stats()
     assert errors == []
-    ledger.fault("producer reconnects", stats.reconnects)
-    ledger.fault("consumer reconnects", consumer.stats.reconnects)
-    report = ledger.check()
+    report = check_with_reconnects(ledger, publisher, consumer)
     assert report["quarantined"] == {}
     # The premise: the resets did hit both sides mid-stream.
     assert stats.reconnects >= 5
@@ -99,17 +84,8 @@ def test_slow_network_completes_and_heartbeats_hold(
             proxy.add(Bandwidth(rate_kb=500), stream=stream)
         ledger.fault("latency 200 ms ± 20 ms, both ways", 1)
         ledger.fault("bandwidth 500 KB/s, both ways", 1)
-        consumer = EncryptedConsumer.from_settings(
-            kms.settings("consumer", [url]),
-            topology,
-            ledger_handler(ledger),
-            reconnect_backoff=FAST_RECONNECT,
-            prefetch=200,
-        )
-        publisher = EncryptedPublisher.from_settings(
-            kms.settings("producer", [url]),
-            topology=topology,
-            options=quick_publisher_options(),
+        consumer, publisher = scenario_clients(
+            kms, [url], topology, ledger, prefetch=200
         )
         with (
             QuarantineWatcher([rabbitmq_url], topology, ledger),
