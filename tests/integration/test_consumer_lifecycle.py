@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
+from procfs import sockets_to
 
 from consumer.backoff import Backoff
 from consumer.message import ReceivedMessage
@@ -28,25 +26,6 @@ from shared.errors import BrokerUnavailableError
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 60.0
-
-
-def sockets_to(port: int) -> int:
-    """TCP sockets this process holds open to ``port`` on some host."""
-    mine: set[str] = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        # An fd may be closed by another thread between listing and reading.
-        with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                mine.add(link[len("socket:[") : -1])
-    count = 0
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                count += remote_port == port and fields[9] in mine
-    return count
 
 
 def publish(settings: Settings, topology: Topology, *bodies: bytes) -> None:

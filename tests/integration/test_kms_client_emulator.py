@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
-from pathlib import Path
 
 import pytest
+from procfs import sockets_to
 
 from envelope_mq.testing.kms import KmsFixture
 from shared.errors import KmsRequestError, KmsUnavailableError
@@ -163,26 +161,13 @@ def test_caches_make_one_kms_call_per_key_under_eight_threads(kms: KmsFixture) -
     assert kms.emulator.request_count == {"GenerateDataKey": 1, "Decrypt": 1}
 
 
-def _open_sockets() -> int:
-    count = 0
-    for fd in Path("/proc/self/fd").iterdir():
-        # An fd may be closed by another thread between listing and reading.
-        with contextlib.suppress(FileNotFoundError):
-            count += "socket:" in str(fd.readlink())
-    return count
-
-
 def test_close_releases_the_sdk_connection_pool(kms: KmsFixture) -> None:
-    before = _open_sockets()
+    port = kms.emulator.port
     with _client(kms, "producer") as client:
         client.generate_data_key(kms.key_id, CONTEXT)
-        assert _open_sockets() > before  # the SDK keeps the connection pooled
+        assert sockets_to(port) == 1  # the SDK keeps the connection pooled
 
-    # The emulator closes its side when it reads EOF, a moment later.
-    deadline = time.monotonic() + 5.0
-    while _open_sockets() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _open_sockets() == before
+    assert sockets_to(port) == 0
     client.close()  # idempotent
     # A request after close opens a new connection rather than failing.
     assert client.generate_data_key(kms.key_id, CONTEXT).key_id == kms.key_id
