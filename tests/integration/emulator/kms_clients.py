@@ -193,6 +193,25 @@ def make_client(
     raise ValueError(flavour)
 
 
+def admin_seed(
+    creds: Credentials, key_id: str | None = None, alias: str = ""
+) -> dict[str, Any]:
+    """A seed with one all-rights principal and, when ``key_id`` is given, one key."""
+    seed: dict[str, Any] = {
+        "principals": [
+            {
+                "access_key_id": creds.access_key_id,
+                "access_key_secret": creds.access_key_secret,
+                "actions": ["*"],
+                "keys": ["*"],
+            }
+        ]
+    }
+    if key_id is not None:
+        seed["keys"] = [{"key_id": key_id, "aliases": [alias] if alias else []}]
+    return seed
+
+
 def unique_alias(prefix: str = "alias/contract-") -> str:
     """An alias name no other test uses."""
     return f"{prefix}{uuid.uuid4().hex[:12]}"

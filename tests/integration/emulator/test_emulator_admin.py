@@ -16,6 +16,7 @@ from kms_clients import (
     OpenClient,
     RawHttp,
     RawResponse,
+    admin_seed,
 )
 
 from kms_emulator import Emulator, Faults
@@ -25,17 +26,7 @@ pytestmark = pytest.mark.integration
 
 AK = Credentials("admin-test-ak", "admin-test-secret")
 KEY_ID = "3f2b8d1e-6c4a-4f7b-9e2d-5a6b7c8d9e0f"
-SEED = {
-    "principals": [
-        {
-            "access_key_id": AK.access_key_id,
-            "access_key_secret": AK.access_key_secret,
-            "actions": ["*"],
-            "keys": ["*"],
-        }
-    ],
-    "keys": [{"key_id": KEY_ID, "aliases": ["alias/admin-test"]}],
-}
+SEED = admin_seed(AK, KEY_ID, "alias/admin-test")
 
 
 @pytest.fixture

@@ -13,7 +13,13 @@ from urllib.parse import quote, urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kms_clients import Credentials, RawHttp, RawResponse, v1_signed_params
+from kms_clients import (
+    Credentials,
+    RawHttp,
+    RawResponse,
+    admin_seed,
+    v1_signed_params,
+)
 
 from kms_emulator import Emulator
 from kms_emulator.actions import ACTIONS
@@ -22,17 +28,7 @@ pytestmark = pytest.mark.integration
 
 AK = Credentials("fuzz-ak", "fuzz-secret")
 KEY_ID = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
-SEED = {
-    "principals": [
-        {
-            "access_key_id": AK.access_key_id,
-            "access_key_secret": AK.access_key_secret,
-            "actions": ["*"],
-            "keys": ["*"],
-        }
-    ],
-    "keys": [{"key_id": KEY_ID, "aliases": ["alias/fuzz"]}],
-}
+SEED = admin_seed(AK, KEY_ID, "alias/fuzz")
 PARAM_NAMES = [
     "KeyId", "Plaintext", "CiphertextBlob", "EncryptionContext", "KeySpec",
     "NumberOfBytes", "DestinationKeyId", "SourceEncryptionContext",

@@ -18,6 +18,7 @@ from kms_clients import (
     OpenClient,
     RawHttp,
     acs3_headers,
+    admin_seed,
     v1_signed_params,
 )
 
@@ -27,17 +28,7 @@ pytestmark = pytest.mark.integration
 
 AK = Credentials("edge-ak", "edge-secret")
 KEY_ID = "7d4cf3a2-95a3-4c4e-b6de-0f7f6e1f2a10"
-SEED = {
-    "principals": [
-        {
-            "access_key_id": AK.access_key_id,
-            "access_key_secret": AK.access_key_secret,
-            "actions": ["*"],
-            "keys": ["*"],
-        }
-    ],
-    "keys": [{"key_id": KEY_ID, "aliases": ["alias/edge"]}],
-}
+SEED = admin_seed(AK, KEY_ID, "alias/edge")
 ERROR_FIELDS = {"RequestId", "HostId", "Code", "Message", "Recommend"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kms_clients import Credentials, KmsClient, OpenClient
+from kms_clients import Credentials, KmsClient, OpenClient, admin_seed
 
 from kms_emulator import Emulator
 from kms_emulator.errors import DataDirLockedError
@@ -13,16 +13,7 @@ from kms_emulator.errors import DataDirLockedError
 pytestmark = pytest.mark.integration
 
 AK = Credentials("persist-ak", "persist-secret")
-SEED = {
-    "principals": [
-        {
-            "access_key_id": AK.access_key_id,
-            "access_key_secret": AK.access_key_secret,
-            "actions": ["*"],
-            "keys": ["*"],
-        }
-    ]
-}
+SEED = admin_seed(AK)
 
 
 def _client(
