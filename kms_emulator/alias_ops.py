@@ -39,14 +39,22 @@ def create_alias(call: Call) -> dict[str, Any]:
     return {}
 
 
+def _authorize_existing(call: Call, name: str) -> None:
+    """The alias must exist and the caller may act on the key it names now.
+
+    Call with the keyring lock held.
+    """
+    current = call.ring.aliases.get(name)
+    if current is None:
+        raise alias_not_found()
+    call.authorize(call.ring.keys[current])
+
+
 def update_alias(call: Call) -> dict[str, Any]:
     """UpdateAlias: point an existing alias at another key."""
     name = _alias_name(call)
     with call.ring.lock:
-        current = call.ring.aliases.get(name)
-        if current is None:
-            raise alias_not_found()
-        call.authorize(call.ring.keys[current])
+        _authorize_existing(call, name)
         key = call.key()
         call.ring.set_alias(name, key.key_id)
     return {}
@@ -56,10 +64,7 @@ def delete_alias(call: Call) -> dict[str, Any]:
     """DeleteAlias: the key stays."""
     name = _alias_name(call)
     with call.ring.lock:
-        current = call.ring.aliases.get(name)
-        if current is None:
-            raise alias_not_found()
-        call.authorize(call.ring.keys[current])
+        _authorize_existing(call, name)
         call.ring.delete_alias(name)
     return {}
 
