@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import random
@@ -15,9 +16,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient
+from aliyunsdkcore.http import protocol_type
 from aliyunsdkcore.request import RpcRequest
 from aliyunsdkkms.endpoint import endpoint_data
 from aliyunsdkkms.request.v20160120.DecryptRequest import DecryptRequest
@@ -58,8 +61,11 @@ class AliyunKms:
     jitter", so that many clients do not retry in step).
 
     ``endpoint`` overrides the regional endpoint: ``https://host[:port]`` and
-    ``http://host:port`` are taken as written; a bare ``host:port`` (port other
-    than 443) means plain HTTP, the local emulator; a bare host keeps TLS.
+    ``http://host:port`` are taken as written; a bare ``host[:port]`` means TLS,
+    except on a loopback address (the local emulator), where it means plain HTTP.
+    ``ca_bundle`` names a PEM file of CAs to trust instead of the system's (a
+    KMS 3.0 dedicated gateway presents a certificate of the instance's own CA);
+    certificate verification is never turned off.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class AliyunKms:
         backoff: float = 0.1,
         max_backoff: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
+        ca_bundle: str | None = None,
     ) -> None:
         if not access_key_id or not access_key_secret:
             raise ConfigError(
@@ -93,8 +100,15 @@ class AliyunKms:
         self._sleep = sleep
         logging.getLogger(_SDK_LOGGER).setLevel(_NOTHING)
         # auto_retry=False: retries are ours, and only on transient errors.
+        # verify=True (not None): with None the SDK would take the CA bundle
+        # from the environment at every request, behind the caller's back.
         self._client = AcsClient(
-            access_key_id, access_key_secret, region_id, auto_retry=False, pool_size=32
+            access_key_id,
+            access_key_secret,
+            region_id,
+            auto_retry=False,
+            pool_size=32,
+            verify=ca_bundle or True,
         )
 
     @classmethod
@@ -194,8 +208,12 @@ class AliyunKms:
             request.set_connect_timeout(self._connect_timeout)
             request.set_read_timeout(self._read_timeout)
             if self._endpoint:
-                request.set_protocol_type(self._endpoint[0])
-                request.set_endpoint(self._endpoint[1])
+                scheme, host = self._endpoint
+                # The SDK turns TLS on with `protocol is PT.HTTPS`, an identity
+                # test that an equal string of our own fails: pass its constant,
+                # and the scheme in the host too, which its URL builder honours.
+                request.set_protocol_type(_PROTOCOLS[scheme])
+                request.set_endpoint(f"{scheme}://{host}")
             try:
                 with _translate(action):
                     raw = self._client.do_action_with_exception(request)
@@ -281,6 +299,9 @@ def _surely_not_processed(code: str) -> bool:
     return code in (_CONNECT_FAILED, _CONNECT_TIMEOUT) or _is_throttling(code)
 
 
+_PROTOCOLS = {"http": protocol_type.HTTP, "https": protocol_type.HTTPS}
+
+
 def _parse_endpoint(endpoint: str) -> tuple[str, str]:
     """Split an endpoint override into (protocol, host[:port])."""
     scheme, sep, rest = endpoint.strip().partition("://")
@@ -288,14 +309,24 @@ def _parse_endpoint(endpoint: str) -> tuple[str, str]:
         protocol, host = scheme.lower(), rest.rstrip("/")
     else:
         host = endpoint.strip().rstrip("/")
-        _, colon, port = host.rpartition(":")
-        # kms-api.md §8: without "http" the SDK would try TLS against the emulator.
-        protocol = "http" if colon and port.isdigit() and port != "443" else "https"
+        # Plain HTTP only where the traffic never leaves the machine (the local
+        # emulator); anywhere else a bare host means TLS (kms-api.md §8).
+        protocol = "http" if _is_loopback(host) else "https"
     if protocol not in ("http", "https") or not host or "/" in host:
         raise ConfigError(
             "KMS_ENDPOINT must be host:port, http://host:port or https://host[:port]"
         )
     return protocol, host
+
+
+def _is_loopback(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _param_text(value: object) -> str:

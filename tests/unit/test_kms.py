@@ -397,7 +397,8 @@ def test_endpoint_with_or_without_http_reaches_the_stub(
     ("endpoint", "shown"),
     [
         ("127.0.0.1:8080", "http://127.0.0.1:8080"),
-        ("kms-emulator:8080", "http://kms-emulator:8080"),
+        ("kms-emulator:8080", "https://kms-emulator:8080"),
+        ("localhost:8080", "http://localhost:8080"),
         ("HTTP://127.0.0.1:8080/", "http://127.0.0.1:8080"),
         ("kms.cn-hangzhou.aliyuncs.com", "https://kms.cn-hangzhou.aliyuncs.com"),
         ("kms.example.com:443", "https://kms.example.com:443"),
