@@ -14,7 +14,7 @@ COPY shared/ shared/
 COPY producer/ producer/
 COPY consumer/ consumer/
 COPY kms_emulator/ kms_emulator/
-COPY envelope_mq/ envelope_mq/
+COPY src/ src/
 RUN pip install . && rm -rf /src
 
 # Never run as root: nothing here needs it.

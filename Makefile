@@ -3,6 +3,16 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed
+TREE   := $(VENV)/.tree
+# The editable install is strict: a tree of links under build/ that mypy can
+# follow. A module added or removed needs the tree rebuilt, so the list of
+# modules is a prerequisite, rewritten only when it changes.
+MODULES := $(VENV)/.modules
+$(shell mkdir -p $(VENV) && find src shared producer consumer kms_emulator \
+  \( -name '*.py' -o -name py.typed \) -not -path '*/__pycache__/*' 2>/dev/null \
+  | sort > $(MODULES).new && (cmp -s $(MODULES).new $(MODULES) || mv $(MODULES).new $(MODULES)); \
+  rm -f $(MODULES).new)
+EDITABLE := -e . --config-settings editable_mode=strict
 
 .PHONY: demo test bench lint clean
 
@@ -10,23 +20,27 @@ $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV) || \
 	  { echo "cannot create $(VENV): install python3.11-venv (apt-get install python3.11-venv)" >&2; exit 1; }
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict
 	@touch $(STAMP)
 
-demo: $(STAMP)
+$(TREE): $(STAMP) $(MODULES)
+	$(VENV)/bin/python -m pip install --quiet --no-deps $(EDITABLE)
+	@touch $(TREE)
+
+demo: $(TREE)
 	$(VENV)/bin/envelope-mq demo
 
-test: $(STAMP)
+test: $(TREE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+bench: $(TREE)
+	$(VENV)/bin/python -m pip install --quiet '.[test,bench]' $(EDITABLE)
 	$(VENV)/bin/envelope-mq bench --check
 
-lint: $(STAMP)
+lint: $(TREE)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 clean:

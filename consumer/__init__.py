@@ -7,14 +7,14 @@ decided by the pure :func:`handle` and applied to the broker by the transport.
 
 from __future__ import annotations
 
-from consumer.backoff import Backoff
-from consumer.keepalive import KeepAliveProvider
-from consumer.message import Delivery, ReceivedMessage
-from consumer.outcome import Outcome, Reason, Verdict, handle
-from consumer.peek import StoredMessage, peek
-from consumer.policy import ContextPolicy
-from consumer.replay import ReplayResult, replay_quarantine
-from consumer.worker import ConsumerStats, EncryptedConsumer
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.message import Delivery, ReceivedMessage
+from envelope_mq.consumer.outcome import Outcome, Reason, Verdict, handle
+from envelope_mq.consumer.peek import StoredMessage, peek
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.replay import ReplayResult, replay_quarantine
+from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
 
 __all__ = [
     "Backoff",

@@ -13,22 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from consumer.output import JsonLinesWriter
-from consumer.policy import ContextPolicy
-from consumer.replay import replay_quarantine
-from consumer.signals import stop_on_signals
-from consumer.worker import EncryptedConsumer
-from shared.amqp import redact_url
-from shared.cli_args import (
+from envelope_mq.consumer.output import JsonLinesWriter
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.replay import replay_quarantine
+from envelope_mq.consumer.signals import stop_on_signals
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared.amqp import redact_url
+from envelope_mq.shared.cli_args import (
     add_topology_arguments,
     non_negative_int,
     positive_float,
     positive_int,
     topology_from_args,
 )
-from shared.config import Settings
-from shared.errors import MessagingError
-from shared.observability import add_observability_arguments, observability
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import MessagingError
+from envelope_mq.shared.observability import add_observability_arguments, observability
 
 __all__ = ["register", "register_replay"]
 

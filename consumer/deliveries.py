@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from consumer.message import Delivery
+from envelope_mq.consumer.message import Delivery
 
 __all__ = ["DELIVERY_COUNT_HEADER", "DeliveryCounter"]
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from shared.kms import DataKey, KeyProvider
+from envelope_mq.shared.kms import DataKey, KeyProvider
 
 __all__ = ["KeepAliveProvider"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.envelope import MessageMeta
+from envelope_mq.shared.envelope import MessageMeta
 
 __all__ = ["Delivery", "ReceivedMessage"]
 

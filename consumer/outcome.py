@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from consumer.freshness import Admission, ReplayGuard
-from consumer.message import Delivery, ReceivedMessage
-from consumer.policy import ContextPolicy
-from shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
-from shared.errors import (
+from envelope_mq.consumer.freshness import Admission, ReplayGuard
+from envelope_mq.consumer.message import Delivery, ReceivedMessage
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
+from envelope_mq.shared.errors import (
     DecryptionError,
     KmsRequestError,
     KmsUnavailableError,

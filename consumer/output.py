@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import IO, Any
 
-from consumer.message import ReceivedMessage
+from envelope_mq.consumer.message import ReceivedMessage
 
 __all__ = ["JsonLinesWriter", "to_json_line"]
 

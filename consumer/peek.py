@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shared.amqp import ConnectionOptions, broker_errors, connect_blocking
+from envelope_mq.shared.amqp import ConnectionOptions, broker_errors, connect_blocking
 
 __all__ = ["StoredMessage", "peek"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from shared.errors import ConfigError
+from envelope_mq.shared.errors import ConfigError
 
 __all__ = ["ContextPolicy"]
 

@@ -15,13 +15,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import pika
-
-from consumer.transport import (
+from envelope_mq.consumer.transport import (
     QUARANTINE_HEADER_PREFIX,
     QUARANTINE_REASON_HEADER,
     copy_properties,
 )
-from shared.amqp import (
+from envelope_mq.shared.amqp import (
     ConnectionOptions,
     Topology,
     broker_errors,

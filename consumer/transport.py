@@ -18,11 +18,15 @@ from typing import Any
 
 import pika
 import pika.spec
-
-from consumer.message import Delivery
-from consumer.outcome import Outcome
-from shared.amqp import ConnectionOptions, Topology, broker_errors, connect_blocking
-from shared.errors import BrokerUnavailableError
+from envelope_mq.consumer.message import Delivery
+from envelope_mq.consumer.outcome import Outcome
+from envelope_mq.shared.amqp import (
+    ConnectionOptions,
+    Topology,
+    broker_errors,
+    connect_blocking,
+)
+from envelope_mq.shared.errors import BrokerUnavailableError
 
 __all__ = [
     "QUARANTINE_HEADER_PREFIX",

@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.backoff import Backoff
-from consumer.deliveries import DeliveryCounter
-from consumer.freshness import ReplayGuard
-from consumer.keepalive import KeepAliveProvider
-from consumer.message import Delivery
-from consumer.outcome import (
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.deliveries import DeliveryCounter
+from envelope_mq.consumer.freshness import ReplayGuard
+from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.message import Delivery
+from envelope_mq.consumer.outcome import (
     ACK,
     DUPLICATE,
     REQUEUE,
@@ -39,15 +39,15 @@ from consumer.outcome import (
     Reason,
     handle,
 )
-from consumer.policy import ContextPolicy
-from consumer.transport import BlockingTransport
-from shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
-from shared.config import Settings
-from shared.envelope import Opener
-from shared.errors import BrokerError, BrokerUnavailableError
-from shared.keycache import UnwrapCache
-from shared.kms import AliyunKms
-from shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.transport import BlockingTransport
+from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import Opener
+from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
+from envelope_mq.shared.keycache import UnwrapCache
+from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConsumerStats", "EncryptedConsumer"]
 

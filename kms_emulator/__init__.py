@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from kms_emulator.emulator import AuthMode, Emulator
-from kms_emulator.errors import ApiError
-from kms_emulator.faults import Faults, FaultSettings
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.emulator import AuthMode, Emulator
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.faults import Faults, FaultSettings
+from envelope_mq.kms_emulator.service import KmsService
 
 __all__ = ["ApiError", "AuthMode", "Emulator", "FaultSettings", "Faults", "KmsService"]

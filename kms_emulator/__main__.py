@@ -1,10 +1,10 @@
-"""``python -m kms_emulator``: the same as ``envelope-mq kms-emulator``."""
+"""``python -m envelope_mq.kms_emulator``: the same as ``envelope-mq kms-emulator``."""
 
 from __future__ import annotations
 
 import sys
 
-from kms_emulator.cli import main
+from envelope_mq.kms_emulator.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

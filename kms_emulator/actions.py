@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kms_emulator import alias_ops, crypto_ops, key_ops, version_ops
-from kms_emulator.request import Call
+from envelope_mq.kms_emulator import alias_ops, crypto_ops, key_ops, version_ops
+from envelope_mq.kms_emulator.request import Call
 
 __all__ = ["ACTIONS", "HANDLERS"]
 

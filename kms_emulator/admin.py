@@ -11,12 +11,12 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from kms_emulator.errors import ApiError
-from kms_emulator.faults import FaultSettings
-from kms_emulator.reply import Reply
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.faults import FaultSettings
+from envelope_mq.kms_emulator.reply import Reply
 
 if TYPE_CHECKING:
-    from kms_emulator.gateway import Gateway
+    from envelope_mq.kms_emulator.gateway import Gateway
 
 __all__ = ["AdminRoutes"]
 

@@ -6,11 +6,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kms_emulator.errors import ApiError, invalid_parameter
-from kms_emulator.keyring import Keyring, alias_not_found
-from kms_emulator.paging import page
-from kms_emulator.params import required
-from kms_emulator.request import Call
+from envelope_mq.kms_emulator.errors import ApiError, invalid_parameter
+from envelope_mq.kms_emulator.keyring import Keyring, alias_not_found
+from envelope_mq.kms_emulator.paging import page
+from envelope_mq.kms_emulator.params import required
+from envelope_mq.kms_emulator.request import Call
 
 __all__ = ["ALIAS_NAME", "HANDLERS"]
 

@@ -1,6 +1,6 @@
 """The audit log: one line per API request, never key material or plaintext.
 
-Lines go to the ``kms_emulator.audit`` logger at INFO. Only identifiers are
+Lines go to the ``envelope_mq.kms_emulator.audit`` logger at INFO. Only identifiers are
 logged (access key id, Action, KeyId, result code); parameter values such as
 Plaintext, CiphertextBlob or EncryptionContext never reach this module.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["AUDIT_LOGGER", "audit", "resolved_key_id"]
 
-AUDIT_LOGGER = logging.getLogger("kms_emulator.audit")
+AUDIT_LOGGER = logging.getLogger("envelope_mq.kms_emulator.audit")
 
 # Values come from the client, so anything outside this set is replaced:
 # a newline in an Action must not forge a second audit line.

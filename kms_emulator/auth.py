@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-from kms_emulator.errors import ApiError, missing_parameter
-from kms_emulator.policy import Principal
+from envelope_mq.kms_emulator.errors import ApiError, missing_parameter
+from envelope_mq.kms_emulator.policy import Principal
 
 __all__ = [
     "ACS3_ALGORITHM",

@@ -15,8 +15,7 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.errors import ApiError
 
 __all__ = ["IV_LEN", "TAG_LEN", "VERSION_ID_LEN", "open_blob", "seal", "split"]
 

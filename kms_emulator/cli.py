@@ -1,4 +1,4 @@
-"""``envelope-mq kms-emulator`` and ``python -m kms_emulator``: run the local KMS.
+"""``envelope-mq kms-emulator`` (or ``python -m envelope_mq.kms_emulator``): the KMS.
 
 On a first run with no seed the emulator creates one key under ``--key-alias`` and,
 in strict mode, one all-powerful principal from KMS_EMULATOR_ACCESS_KEY_ID and
@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from kms_emulator.emulator import Emulator
-from kms_emulator.errors import ApiError, EmulatorError
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.emulator import Emulator
+from envelope_mq.kms_emulator.errors import ApiError, EmulatorError
+from envelope_mq.kms_emulator.service import KmsService
 
 __all__ = ["ACCESS_KEY_ID_ENV", "ACCESS_KEY_SECRET_ENV", "main", "register", "run"]
 
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kms_emulator``."""
+    """``python -m envelope_mq.kms_emulator``."""
     parser = argparse.ArgumentParser(
         prog="kms-emulator", description="A local Alibaba Cloud KMS 2016-01-20."
     )

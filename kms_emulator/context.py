@@ -14,7 +14,7 @@ import json
 import struct
 from typing import Any
 
-from kms_emulator.errors import ApiError, invalid_parameter
+from envelope_mq.kms_emulator.errors import ApiError, invalid_parameter
 
 __all__ = ["MAX_CONTEXT_CHARS", "canonical_context"]
 

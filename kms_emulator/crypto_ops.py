@@ -11,13 +11,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from kms_emulator.blob import open_blob, seal, split, undecryptable
-from kms_emulator.context import canonical_context
-from kms_emulator.errors import ApiError, invalid_parameter
-from kms_emulator.model import Key, KeyVersion
-from kms_emulator.params import optional, parse_int, required, utf8
-from kms_emulator.request import Call
-from kms_emulator.states import check_state
+from envelope_mq.kms_emulator.blob import open_blob, seal, split, undecryptable
+from envelope_mq.kms_emulator.context import canonical_context
+from envelope_mq.kms_emulator.errors import ApiError, invalid_parameter
+from envelope_mq.kms_emulator.model import Key, KeyVersion
+from envelope_mq.kms_emulator.params import optional, parse_int, required, utf8
+from envelope_mq.kms_emulator.request import Call
+from envelope_mq.kms_emulator.states import check_state
 
 __all__ = ["HANDLERS", "MAX_PLAINTEXT_BYTES"]
 

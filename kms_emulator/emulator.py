@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
-from kms_emulator.auth import Authenticator
-from kms_emulator.faults import Faults
-from kms_emulator.gateway import Gateway
-from kms_emulator.server import KmsHttpServer
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.auth import Authenticator
+from envelope_mq.kms_emulator.faults import Faults
+from envelope_mq.kms_emulator.gateway import Gateway
+from envelope_mq.kms_emulator.server import KmsHttpServer
+from envelope_mq.kms_emulator.service import KmsService
 
 __all__ = ["AuthMode", "Emulator"]
 

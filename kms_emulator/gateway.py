@@ -15,14 +15,18 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from kms_emulator.admin import AdminRoutes
-from kms_emulator.audit import audit, resolved_key_id
-from kms_emulator.auth import SIGNATURE_PARAMS, Authenticator, SignedRequest
-from kms_emulator.errors import ApiError, invalid_parameter, missing_parameter
-from kms_emulator.faults import Faults, Outcome
-from kms_emulator.policy import Principal
-from kms_emulator.reply import Reply, error_reply
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.admin import AdminRoutes
+from envelope_mq.kms_emulator.audit import audit, resolved_key_id
+from envelope_mq.kms_emulator.auth import SIGNATURE_PARAMS, Authenticator, SignedRequest
+from envelope_mq.kms_emulator.errors import (
+    ApiError,
+    invalid_parameter,
+    missing_parameter,
+)
+from envelope_mq.kms_emulator.faults import Faults, Outcome
+from envelope_mq.kms_emulator.policy import Principal
+from envelope_mq.kms_emulator.reply import Reply, error_reply
+from envelope_mq.kms_emulator.service import KmsService
 
 __all__ = ["API_VERSION", "Gateway"]
 
@@ -31,7 +35,7 @@ API_VERSION = "2016-01-20"
 _COMMON = SIGNATURE_PARAMS | {"Action", "Version", "Format", "RegionId"}
 _MAX_FIELDS = 256
 _MAX_ACTIONS = 128
-_LOG = logging.getLogger("kms_emulator.server")
+_LOG = logging.getLogger("envelope_mq.kms_emulator.server")
 
 
 class Gateway:

@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kms_emulator.errors import ApiError, invalid_parameter, missing_parameter
-from kms_emulator.keyring import Keyring
-from kms_emulator.model import ASYMMETRIC_SPECS, SYMMETRIC_SPECS, Key
-from kms_emulator.paging import page
-from kms_emulator.params import (
+from envelope_mq.kms_emulator.errors import (
+    ApiError,
+    invalid_parameter,
+    missing_parameter,
+)
+from envelope_mq.kms_emulator.keyring import Keyring
+from envelope_mq.kms_emulator.model import ASYMMETRIC_SPECS, SYMMETRIC_SPECS, Key
+from envelope_mq.kms_emulator.paging import page
+from envelope_mq.kms_emulator.params import (
     format_date,
     optional,
     parse_bool,
@@ -19,7 +23,7 @@ from kms_emulator.params import (
     parse_json,
     utf8,
 )
-from kms_emulator.request import Call
+from envelope_mq.kms_emulator.request import Call
 
 __all__ = ["HANDLERS", "MAX_DESCRIPTION_CHARS", "metadata", "unsupported_origin"]
 

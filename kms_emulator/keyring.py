@@ -14,9 +14,9 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from kms_emulator.errors import ApiError
-from kms_emulator.model import SYMMETRIC_SPECS, Key, KeyVersion
-from kms_emulator.storage import Storage
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.model import SYMMETRIC_SPECS, Key, KeyVersion
+from envelope_mq.kms_emulator.storage import Storage
 
 __all__ = ["Keyring", "alias_not_found", "key_not_found"]
 

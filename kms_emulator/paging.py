@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from kms_emulator.params import parse_int
+from envelope_mq.kms_emulator.params import parse_int
 
 __all__ = ["page"]
 

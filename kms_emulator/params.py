@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from kms_emulator.errors import invalid_parameter, missing_parameter
+from envelope_mq.kms_emulator.errors import invalid_parameter, missing_parameter
 
 __all__ = [
     "format_date",

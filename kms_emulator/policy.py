@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.errors import ApiError
 
 __all__ = ["UNGUARDED_ACTIONS", "Principal", "deny"]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kms_emulator.errors import ApiError
-from kms_emulator.keyring import Keyring
-from kms_emulator.model import Key
-from kms_emulator.params import parse_bool, required
-from kms_emulator.policy import Principal, deny
-from kms_emulator.states import check_state
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.keyring import Keyring
+from envelope_mq.kms_emulator.model import Key
+from envelope_mq.kms_emulator.params import parse_bool, required
+from envelope_mq.kms_emulator.policy import Principal, deny
+from envelope_mq.kms_emulator.states import check_state
 
 __all__ = ["Call"]
 

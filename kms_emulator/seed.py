@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from kms_emulator.actions import ACTIONS
-from kms_emulator.alias_ops import ALIAS_NAME
-from kms_emulator.errors import ApiError, SeedError
-from kms_emulator.model import KEY_STATES, SYMMETRIC_SPECS, Key, KeyVersion
-from kms_emulator.params import parse_date, parse_interval
-from kms_emulator.policy import Principal
+from envelope_mq.kms_emulator.actions import ACTIONS
+from envelope_mq.kms_emulator.alias_ops import ALIAS_NAME
+from envelope_mq.kms_emulator.errors import ApiError, SeedError
+from envelope_mq.kms_emulator.model import KEY_STATES, SYMMETRIC_SPECS, Key, KeyVersion
+from envelope_mq.kms_emulator.params import parse_date, parse_interval
+from envelope_mq.kms_emulator.policy import Principal
 
 __all__ = ["KeySeed", "Seed", "VersionSeed", "load_seed"]
 

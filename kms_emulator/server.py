@@ -17,8 +17,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kms_emulator.gateway import Gateway
-from kms_emulator.reply import CONTENT_TYPE, Reply, encode_json, error_reply
+from envelope_mq.kms_emulator.gateway import Gateway
+from envelope_mq.kms_emulator.reply import CONTENT_TYPE, Reply, encode_json, error_reply
 
 __all__ = ["MAX_BODY_BYTES", "KmsHttpServer"]
 
@@ -26,7 +26,7 @@ __all__ = ["MAX_BODY_BYTES", "KmsHttpServer"]
 # below this; anything larger is not a KMS request.
 MAX_BODY_BYTES = 256 * 1024
 IDLE_TIMEOUT_SECONDS = 30.0
-_LOG = logging.getLogger("kms_emulator.server")
+_LOG = logging.getLogger("envelope_mq.kms_emulator.server")
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 
 

@@ -8,15 +8,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kms_emulator.actions import HANDLERS
-from kms_emulator.errors import ApiError
-from kms_emulator.key_ops import unsupported_origin
-from kms_emulator.keyring import Keyring
-from kms_emulator.policy import Principal, deny
-from kms_emulator.request import Call
-from kms_emulator.seed import Seed, load_seed
-from kms_emulator.states import check_state
-from kms_emulator.storage import Storage
+from envelope_mq.kms_emulator.actions import HANDLERS
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.key_ops import unsupported_origin
+from envelope_mq.kms_emulator.keyring import Keyring
+from envelope_mq.kms_emulator.policy import Principal, deny
+from envelope_mq.kms_emulator.request import Call
+from envelope_mq.kms_emulator.seed import Seed, load_seed
+from envelope_mq.kms_emulator.states import check_state
+from envelope_mq.kms_emulator.storage import Storage
 
 __all__ = ["KmsService"]
 

@@ -8,7 +8,7 @@ the table (DescribeKey, ListKeys, DeleteAlias, ...) work in every state.
 
 from __future__ import annotations
 
-from kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.errors import ApiError
 
 __all__ = ["STATE_TABLE", "check_state"]
 

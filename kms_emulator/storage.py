@@ -17,9 +17,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from kms_emulator.errors import DataDirLockedError, StorageError
-from kms_emulator.model import Key, KeyVersion
+from envelope_mq.kms_emulator.errors import DataDirLockedError, StorageError
+from envelope_mq.kms_emulator.model import Key, KeyVersion
 
 __all__ = ["ROOT_KEY_ENV", "Storage"]
 

@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kms_emulator.errors import ApiError, missing_parameter
-from kms_emulator.key_ops import unsupported_origin
-from kms_emulator.model import KeyVersion
-from kms_emulator.paging import page
-from kms_emulator.params import format_date, parse_bool, parse_interval, required
-from kms_emulator.request import Call
+from envelope_mq.kms_emulator.errors import ApiError, missing_parameter
+from envelope_mq.kms_emulator.key_ops import unsupported_origin
+from envelope_mq.kms_emulator.model import KeyVersion
+from envelope_mq.kms_emulator.paging import page
+from envelope_mq.kms_emulator.params import (
+    format_date,
+    parse_bool,
+    parse_interval,
+    required,
+)
+from envelope_mq.kms_emulator.request import Call
 
 __all__ = ["HANDLERS", "version_view"]
 

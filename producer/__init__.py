@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from producer.publisher import EncryptedPublisher
-from producer.transport import TransportOptions, TransportStats
+from envelope_mq.producer.publisher import EncryptedPublisher
+from envelope_mq.producer.transport import TransportOptions, TransportStats
 
 __all__ = ["EncryptedPublisher", "TransportOptions", "TransportStats"]

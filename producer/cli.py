@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, BinaryIO
 
-from producer.publisher import EncryptedPublisher
-from shared.amqp import redact_url
-from shared.cli_args import add_topology_arguments, topology_from_args
-from shared.config import Settings
-from shared.errors import ConfigError, MessagingError
-from shared.observability import (
+from envelope_mq.producer.publisher import EncryptedPublisher
+from envelope_mq.shared.amqp import redact_url
+from envelope_mq.shared.cli_args import add_topology_arguments, topology_from_args
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import ConfigError, MessagingError
+from envelope_mq.shared.observability import (
     MetricsHooks,
     add_observability_arguments,
     observability,

@@ -12,14 +12,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future
 
-from producer.window import InFlightWindow
-from shared.errors import (
+from envelope_mq.producer.window import InFlightWindow
+from envelope_mq.shared.errors import (
     BrokerError,
     MessageNackedError,
     MessageUnroutableError,
     PublishNotConfirmedError,
 )
-from shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConfirmTracker", "Outgoing"]
 

@@ -7,10 +7,10 @@ memoised, the content header once per message.
 
 from __future__ import annotations
 
-from producer import frames
-from producer.confirms import Outgoing
-from shared.envelope import SealedMessage
-from shared.errors import SealingError
+from envelope_mq.producer import frames
+from envelope_mq.producer.confirms import Outgoing
+from envelope_mq.shared.envelope import SealedMessage
+from envelope_mq.shared.errors import SealingError
 
 __all__ = ["OutgoingEncoder"]
 

@@ -19,8 +19,7 @@ import struct
 from collections.abc import Mapping
 
 import pika.data
-
-from shared.errors import SealingError
+from envelope_mq.shared.errors import SealingError
 
 __all__ = ["frame_message", "header_payload", "method_payload"]
 

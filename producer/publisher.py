@@ -10,18 +10,18 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import ClassVar, Self
 
-from producer.transport import (
+from envelope_mq.producer.transport import (
     ConfirmingTransport,
     TransportOptions,
     TransportStats,
 )
-from shared.amqp import DEFAULT_EXCHANGE, ConnectionOptions, Topology
-from shared.config import Settings
-from shared.envelope import DataKeySource, MessageMeta, Sealer
-from shared.errors import ConfigError, PublishNotConfirmedError
-from shared.keycache import DataKeyCache
-from shared.kms import AliyunKms, KeyProvider
-from shared.observability import NULL_METRICS, MessageSealer, MetricsHooks
+from envelope_mq.shared.amqp import DEFAULT_EXCHANGE, ConnectionOptions, Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import DataKeySource, MessageMeta, Sealer
+from envelope_mq.shared.errors import ConfigError, PublishNotConfirmedError
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import AliyunKms, KeyProvider
+from envelope_mq.shared.observability import NULL_METRICS, MessageSealer, MetricsHooks
 
 __all__ = ["EncryptedPublisher", "new_message_id"]
 

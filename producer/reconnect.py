@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 import time
 
-from producer.options import TransportOptions
-from shared.errors import BrokerUnavailableError
+from envelope_mq.producer.options import TransportOptions
+from envelope_mq.shared.errors import BrokerUnavailableError
 
 __all__ = ["Reconnect"]
 

@@ -35,24 +35,28 @@ from typing import Any
 import pika
 import pika.exceptions
 import pika.spec
-from pika.adapters.select_connection import IOLoop
-
-from producer import frames
-from producer.channels import ChannelRetirement
-from producer.confirms import ConfirmTracker, Outgoing
-from producer.encoder import OutgoingEncoder
-from producer.options import TransportOptions, TransportStats
-from producer.reconnect import Reconnect
-from producer.window import InFlightWindow
-from shared.amqp import ConnectionOptions, connection_parameters, redact_url, split_urls
-from shared.amqp import translate_error as _translate
-from shared.envelope import SealedMessage
-from shared.errors import (
+from envelope_mq.producer import frames
+from envelope_mq.producer.channels import ChannelRetirement
+from envelope_mq.producer.confirms import ConfirmTracker, Outgoing
+from envelope_mq.producer.encoder import OutgoingEncoder
+from envelope_mq.producer.options import TransportOptions, TransportStats
+from envelope_mq.producer.reconnect import Reconnect
+from envelope_mq.producer.window import InFlightWindow
+from envelope_mq.shared.amqp import (
+    ConnectionOptions,
+    connection_parameters,
+    redact_url,
+    split_urls,
+)
+from envelope_mq.shared.amqp import translate_error as _translate
+from envelope_mq.shared.envelope import SealedMessage
+from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
     PublishNotConfirmedError,
 )
-from shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
+from pika.adapters.select_connection import IOLoop
 
 __all__ = ["ConfirmingTransport", "TransportOptions", "TransportStats"]
 

@@ -17,13 +17,12 @@ import time
 import uuid
 
 import pika
-
-from consumer.message import ReceivedMessage
-from consumer.worker import EncryptedConsumer
-from shared.amqp import Topology
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import InMemoryKeyProvider
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import InMemoryKeyProvider
 
 URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 

@@ -22,12 +22,11 @@ import uuid
 from typing import Any
 
 import pika
-
-from producer import EncryptedPublisher
-from shared.amqp import Topology, connect_blocking
-from shared.envelope import MessageMeta, Sealer
-from shared.keycache import DataKeyCache
-from shared.kms import InMemoryKeyProvider
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.envelope import MessageMeta, Sealer
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import InMemoryKeyProvider
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 BODY = b"x" * 1024

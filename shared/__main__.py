@@ -1,9 +1,9 @@
-"""``python -m shared`` runs the ``envelope-mq`` command."""
+"""``python -m envelope_mq.shared`` runs the ``envelope-mq`` command."""
 
 from __future__ import annotations
 
 import sys
 
-from shared.cli import main
+from envelope_mq.shared.cli import main
 
 sys.exit(main())

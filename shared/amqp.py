@@ -1,7 +1,8 @@
 """The thin pika boundary shared by producer and consumer.
 
 Broker URLs become pika connection parameters here, the exchange and queues are
-declared here, and pika's exceptions become :mod:`shared.errors` here. Only this
+declared here, and pika's exceptions become :mod:`~envelope_mq.shared.errors`
+here. Only this
 module and the producer/consumer transport modules touch pika types.
 """
 
@@ -15,8 +16,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
-
-from shared.errors import (
+from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
     ConfigError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from shared.amqp import DEFAULT_EXCHANGE, Topology
+from envelope_mq.shared.amqp import DEFAULT_EXCHANGE, Topology
 
 __all__ = [
     "add_topology_arguments",

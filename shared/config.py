@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.errors import ConfigError
+from envelope_mq.shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RABBITMQ_URL",

@@ -1,6 +1,7 @@
 """AES-256-GCM, the sharp layer: the caller supplies key, nonce and associated data.
 
-Nothing here chooses a nonce or a key; :mod:`shared.envelope` is the recipe that
+Nothing here chooses a nonce or a key; :mod:`~envelope_mq.shared.envelope` is the
+recipe that
 does. ``InvalidTag`` never leaves this module: a failed open is a
 :class:`DecryptionError` (chained). Wrong-sized keys or nonces are caller bugs
 and raise ``ValueError``, as ``cryptography`` itself does; the recipe checks
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.errors import DecryptionError, SealingError
 
 __all__ = [
     "KEY_SIZE",

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
-from shared import wire
-from shared.crypto import KEY_SIZE, NONCE_SIZE, Aes256Gcm
-from shared.errors import DecryptionError, SealingError
-from shared.kms import DataKey
+from envelope_mq.shared import wire
+from envelope_mq.shared.crypto import KEY_SIZE, NONCE_SIZE, Aes256Gcm
+from envelope_mq.shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.kms import DataKey
 
 __all__ = [
     "DataKeySource",

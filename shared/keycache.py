@@ -17,9 +17,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared.config import MAX_DATA_KEY_MESSAGES
-from shared.errors import ConfigError, KmsError, KmsRequestError
-from shared.kms import DataKey, KeyProvider, replay_error
+from envelope_mq.shared.config import MAX_DATA_KEY_MESSAGES
+from envelope_mq.shared.errors import ConfigError, KmsError, KmsRequestError
+from envelope_mq.shared.kms import DataKey, KeyProvider, replay_error
 
 __all__ = [
     "DataKeyCache",

@@ -3,7 +3,8 @@
 A sealed file is a small self-describing header (the master KeyId, the wrapped
 data key exactly as KMS returned it, the canonical EncryptionContext, the
 segment size, a salt and a nonce prefix) followed by fixed-size segments sealed
-by :mod:`shared.segments`. Memory stays constant: one segment buffer, whatever
+by :mod:`~envelope_mq.shared.segments`.
+Memory stays constant: one segment buffer, whatever
 the size of the file.
 
 :func:`seal_stream` and :func:`unseal_stream` ask KMS for the data key;
@@ -23,16 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from shared.errors import DecryptionError, SealingError
-from shared.kms import DataKey, KeyProvider
-from shared.segments import (
+from envelope_mq.shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.kms import DataKey, KeyProvider
+from envelope_mq.shared.segments import (
     NONCE_PREFIX_SIZE,
     SALT_SIZE,
     TAG_SIZE,
     SegmentCipher,
     new_salt_and_prefix,
 )
-from shared.wire import canonical_context, parse_context
+from envelope_mq.shared.wire import canonical_context, parse_context
 
 if TYPE_CHECKING:  # collections.abc.Buffer is Python 3.12+
     from typing_extensions import Buffer

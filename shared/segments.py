@@ -24,9 +24,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from shared.crypto import KEY_SIZE, TAG_SIZE
-from shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.crypto import KEY_SIZE, TAG_SIZE
+from envelope_mq.shared.errors import DecryptionError, SealingError
 
 __all__ = [
     "HKDF_INFO",

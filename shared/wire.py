@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from shared.crypto import NONCE_SIZE, OVERHEAD
-from shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.crypto import NONCE_SIZE, OVERHEAD
+from envelope_mq.shared.errors import DecryptionError, SealingError
 
 __all__ = [
     "ALGORITHM",

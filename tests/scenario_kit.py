@@ -20,21 +20,21 @@ from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.transport import QUARANTINE_REASON_HEADER
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher, TransportOptions
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import MessageMeta, Sealer
+from envelope_mq.shared.errors import MessageNackedError
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import AliyunKms
 
-from consumer.backoff import Backoff
-from consumer.message import ReceivedMessage
-from consumer.transport import QUARANTINE_REASON_HEADER
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import PREFIX as LEDGER_PREFIX
 from envelope_mq.testing.ledger import MessageLedger
-from producer import EncryptedPublisher, TransportOptions
-from shared.amqp import Topology
-from shared.config import Settings
-from shared.envelope import MessageMeta, Sealer
-from shared.errors import MessageNackedError
-from shared.keycache import DataKeyCache
-from shared.kms import AliyunKms
 
 __all__ = [
     "FAST_RECONNECT",

@@ -8,15 +8,15 @@ everything from here; the submodules are an implementation detail.
 
 from __future__ import annotations
 
-from shared.kms.aliyun import AliyunKms
-from shared.kms.datakey import (
+from envelope_mq.shared.kms.aliyun import AliyunKms
+from envelope_mq.shared.kms.datakey import (
     DATA_KEY_SIZE,
     DataKey,
     KeyProvider,
     canonical_context,
     replay_error,
 )
-from shared.kms.memory import InMemoryKeyProvider
+from envelope_mq.shared.kms.memory import InMemoryKeyProvider
 
 __all__ = [
     "DATA_KEY_SIZE",

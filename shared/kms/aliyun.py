@@ -1,7 +1,7 @@
 """Alibaba Cloud KMS 2016-01-20 through aliyun-python-sdk-kms's ``AcsClient``.
 
 SDK exceptions never leave this module: :func:`_translate` is the one place
-that maps them (and socket errors) into :mod:`shared.errors`.
+that maps them (and socket errors) into :mod:`envelope_mq.shared.errors`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from aliyunsdkkms.request.v20160120.DecryptRequest import DecryptRequest
 from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
     GenerateDataKeyRequest,
 )
-
-from shared.config import DEFAULT_REGION_ID, Settings
-from shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
-from shared.kms.datakey import DATA_KEY_SIZE, DataKey, canonical_context
+from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
+from envelope_mq.shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.kms.datakey import DATA_KEY_SIZE, DataKey, canonical_context
 
 __all__ = ["AliyunKms"]
 

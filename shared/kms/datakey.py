@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shared.errors import KmsError
-from shared.wire import canonical_context
+from envelope_mq.shared.errors import KmsError
+from envelope_mq.shared.wire import canonical_context
 
 __all__ = [
     "DATA_KEY_SIZE",

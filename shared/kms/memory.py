@@ -11,9 +11,13 @@ from collections.abc import Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from shared.errors import KmsError, KmsRequestError
-from shared.kms.datakey import DATA_KEY_SIZE, DataKey, canonical_context, replay_error
+from envelope_mq.shared.errors import KmsError, KmsRequestError
+from envelope_mq.shared.kms.datakey import (
+    DATA_KEY_SIZE,
+    DataKey,
+    canonical_context,
+    replay_error,
+)
 
 __all__ = ["InMemoryKeyProvider"]
 

@@ -7,30 +7,34 @@ docs/observability.md lists the metrics, the log keys and the endpoints.
 
 from __future__ import annotations
 
-from shared.observability.caches import DATA_KEY_CACHE, UNWRAP_CACHE, CacheCollector
-from shared.observability.health import HealthReport, HealthState
-from shared.observability.kms import InstrumentedKeyProvider
-from shared.observability.logs import (
+from envelope_mq.shared.observability.caches import (
+    DATA_KEY_CACHE,
+    UNWRAP_CACHE,
+    CacheCollector,
+)
+from envelope_mq.shared.observability.health import HealthReport, HealthState
+from envelope_mq.shared.observability.kms import InstrumentedKeyProvider
+from envelope_mq.shared.observability.logs import (
     LOG_FIELDS,
     JsonFormatter,
     RedactBytesFilter,
     configure_logging,
     logging_configured,
 )
-from shared.observability.metrics import (
+from envelope_mq.shared.observability.metrics import (
     NULL_METRICS,
     Metrics,
     MetricsHooks,
     NullMetrics,
 )
-from shared.observability.server import ObservabilityServer
-from shared.observability.service import (
+from envelope_mq.shared.observability.server import ObservabilityServer
+from envelope_mq.shared.observability.service import (
     Observability,
     add_observability_arguments,
     observability,
 )
-from shared.observability.tally import Tally
-from shared.observability.timing import (
+from envelope_mq.shared.observability.tally import Tally
+from envelope_mq.shared.observability.timing import (
     MessageOpener,
     MessageSealer,
     TimedOpener,

@@ -10,10 +10,9 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
+from envelope_mq.shared.keycache import DataKeyCacheStats, UnwrapCacheStats
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from shared.keycache import DataKeyCacheStats, UnwrapCacheStats
 
 __all__ = ["DATA_KEY_CACHE", "UNWRAP_CACHE", "CacheCollector", "WatchedCache"]
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from shared.errors import KmsRequestError, KmsUnavailableError
-from shared.kms import DataKey, KeyProvider
+from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.kms import DataKey, KeyProvider
 
 __all__ = [
     "GENERATE_DATA_KEY",

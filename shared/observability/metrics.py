@@ -19,20 +19,19 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.process_collector import ProcessCollector
-
-from shared.kms import KeyProvider
-from shared.observability.caches import CacheCollector, WatchedCache
-from shared.observability.health import HealthState
-from shared.observability.kms import InstrumentedKeyProvider
-from shared.observability.tally import TallyCollector
-from shared.observability.timing import (
+from envelope_mq.shared.kms import KeyProvider
+from envelope_mq.shared.observability.caches import CacheCollector, WatchedCache
+from envelope_mq.shared.observability.health import HealthState
+from envelope_mq.shared.observability.kms import InstrumentedKeyProvider
+from envelope_mq.shared.observability.tally import TallyCollector
+from envelope_mq.shared.observability.timing import (
     MessageOpener,
     MessageSealer,
     TimedOpener,
     TimedSealer,
 )
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
 
 __all__ = ["NULL_METRICS", "Metrics", "MetricsHooks", "NullMetrics"]
 

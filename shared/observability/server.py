@@ -17,11 +17,10 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
+from envelope_mq.shared.errors import ConfigError
+from envelope_mq.shared.observability.health import HealthReport, HealthState
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-
-from shared.errors import ConfigError
-from shared.observability.health import HealthReport, HealthState
 
 __all__ = ["ObservabilityServer"]
 

@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from shared.observability.health import HealthState
-from shared.observability.logs import LOG_FORMATS, LOG_LEVELS, logging_configured
-from shared.observability.metrics import NULL_METRICS, Metrics, MetricsHooks
-from shared.observability.server import DEFAULT_HOST, ObservabilityServer
+from envelope_mq.shared.observability.health import HealthState
+from envelope_mq.shared.observability.logs import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    logging_configured,
+)
+from envelope_mq.shared.observability.metrics import NULL_METRICS, Metrics, MetricsHooks
+from envelope_mq.shared.observability.server import DEFAULT_HOST, ObservabilityServer
 
 __all__ = ["Observability", "add_observability_arguments", "observability"]
 

@@ -14,7 +14,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage, SealedMessage
+from envelope_mq.shared.envelope import (
+    EnvelopeHeader,
+    MessageMeta,
+    OpenedMessage,
+    SealedMessage,
+)
 
 __all__ = ["MessageOpener", "MessageSealer", "TimedOpener", "TimedSealer"]
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-
-from shared.config import Settings
+from envelope_mq.shared.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -12,25 +12,25 @@ from typing import Any
 
 import pika
 import pytest
-
-from consumer.message import ReceivedMessage
-from consumer.outcome import Reason
-from consumer.policy import ContextPolicy
-from consumer.replay import replay_quarantine
-from consumer.transport import (
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.outcome import Reason
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.replay import replay_quarantine
+from envelope_mq.consumer.transport import (
     QUARANTINE_KMS_CODE_HEADER,
     QUARANTINE_QUEUE_HEADER,
     QUARANTINE_REASON_HEADER,
 )
-from consumer.worker import EncryptedConsumer
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared.amqp import ConnectionOptions, Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import MessageMeta, Sealer
+from envelope_mq.shared.errors import KmsRequestError
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import AliyunKms
+
 from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
-from shared.amqp import ConnectionOptions, Topology
-from shared.config import Settings
-from shared.envelope import MessageMeta, Sealer
-from shared.errors import KmsRequestError
-from shared.keycache import DataKeyCache
-from shared.kms import AliyunKms
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,18 @@ from typing import Any
 
 import pika
 import pytest
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.transport import BlockingTransport
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared.amqp import ConnectionOptions, Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import BrokerUnavailableError
 from procfs import sockets_to
 
-from consumer.backoff import Backoff
-from consumer.message import ReceivedMessage
-from consumer.transport import BlockingTransport
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
 from envelope_mq.testing.kms import KmsFixture
-from producer import EncryptedPublisher
-from shared.amqp import ConnectionOptions, Topology
-from shared.config import Settings
-from shared.errors import BrokerUnavailableError
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelope_mq.kms_emulator import Emulator
+from envelope_mq.shared.cli import main
 
 from envelope_mq.kms_cli import COMMANDS
-from kms_emulator import Emulator
-from shared.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -463,7 +463,7 @@ def test_installed_command_prints_json_and_exit_status(
         "KMS_ENDPOINT": emulator.endpoint,
     }
     ok = subprocess.run(
-        [sys.executable, "-m", "shared", "kms", "describe-key", "--key-id", ALIAS],
+        [sys.executable, "-m", "envelope_mq", "kms", "describe-key", "--key-id", ALIAS],
         capture_output=True,
         text=True,
         env=env,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import AliyunKms
 from procfs import sockets_to
 
 from envelope_mq.testing.kms import KmsFixture
-from shared.errors import KmsRequestError, KmsUnavailableError
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import AliyunKms
 
 pytestmark = pytest.mark.integration
 

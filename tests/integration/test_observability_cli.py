@@ -13,10 +13,10 @@ from typing import Any
 
 import pika
 import pytest
+from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.config import Settings
 
 from envelope_mq.testing.plugin import AmqpNames
-from shared.amqp import Topology, connect_blocking
-from shared.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,15 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher, TransportOptions
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.observability import HealthState, Metrics, ObservabilityServer
 
-from consumer.backoff import Backoff
-from consumer.message import ReceivedMessage
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
-from producer import EncryptedPublisher, TransportOptions
-from shared.amqp import Topology
-from shared.config import Settings
-from shared.observability import HealthState, Metrics, ObservabilityServer
 
 pytestmark = pytest.mark.integration
 

@@ -14,20 +14,20 @@ from collections.abc import Callable
 
 import pika
 import pytest
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.transport import QUARANTINE_REASON_HEADER
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import MessageMeta, Sealer
+from envelope_mq.shared.errors import MessageUnroutableError
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.observability import HealthState, Metrics
 
-from consumer.backoff import Backoff
-from consumer.message import ReceivedMessage
-from consumer.transport import QUARANTINE_REASON_HEADER
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.ledger import MessageLedger
-from producer import EncryptedPublisher
-from shared.amqp import Topology, connect_blocking
-from shared.config import Settings
-from shared.envelope import MessageMeta, Sealer
-from shared.errors import MessageUnroutableError
-from shared.keycache import DataKeyCache
-from shared.kms import AliyunKms
-from shared.observability import HealthState, Metrics
 
 pytestmark = pytest.mark.integration
 

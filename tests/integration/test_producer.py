@@ -9,24 +9,24 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-
-from envelope_mq.testing.faultproxy import FaultProxy, Hold, ResetPeer
-from envelope_mq.testing.kms import KmsFixture
-from producer import EncryptedPublisher, TransportOptions
-from producer.transport import ConfirmingTransport
-from shared.amqp import Topology, connect_blocking
-from shared.config import Settings
-from shared.envelope import MessageMeta, Opener, SealedMessage, Sealer
-from shared.errors import (
+from envelope_mq.producer import EncryptedPublisher, TransportOptions
+from envelope_mq.producer.transport import ConfirmingTransport
+from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import MessageMeta, Opener, SealedMessage, Sealer
+from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
     KmsError,
     KmsRequestError,
     MessageUnroutableError,
 )
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import AliyunKms, InMemoryKeyProvider
-from shared.wire import HEADER_NAMES
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import AliyunKms, InMemoryKeyProvider
+from envelope_mq.shared.wire import HEADER_NAMES
+
+from envelope_mq.testing.faultproxy import FaultProxy, Hold, ResetPeer
+from envelope_mq.testing.kms import KmsFixture
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from envelope_mq.shared.amqp import connect_blocking
+from envelope_mq.shared.config import Settings
 
 from envelope_mq.testing.plugin import AmqpNames
-from shared.amqp import connect_blocking
-from shared.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -22,13 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-
-import producer.transport
-from producer import EncryptedPublisher, TransportOptions
-from shared.amqp import Topology, connect_blocking
-from shared.config import Settings
-from shared.errors import MessageNackedError
-from shared.kms import AliyunKms
+from envelope_mq.producer import EncryptedPublisher, TransportOptions, transport
+from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import MessageNackedError
+from envelope_mq.shared.kms import AliyunKms
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +250,7 @@ def test_what_a_retired_channel_left_unconfirmed_is_published_again(
     amqp_topology: Topology,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(producer.transport, "_RETIRE_TIMEOUT", 0.5)
+    monkeypatch.setattr(transport, "_RETIRE_TIMEOUT", 0.5)
     with (
         NackingProxy(
             producer_settings.rabbitmq_urls[0], spoiled=1, silent_after_nack=True

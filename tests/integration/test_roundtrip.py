@@ -7,13 +7,13 @@ import threading
 import uuid
 
 import pytest
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.config import Settings
 
-from consumer.message import ReceivedMessage
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
-from producer import EncryptedPublisher
-from shared.amqp import Topology
-from shared.config import Settings
 
 pytestmark = pytest.mark.integration
 

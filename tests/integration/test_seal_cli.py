@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kms_emulator import Emulator
-from shared.cli import main
-from shared.sealed_file import DEFAULT_SEGMENT_SIZE, read_header
+from envelope_mq.kms_emulator import Emulator
+from envelope_mq.shared.cli import main
+from envelope_mq.shared.sealed_file import DEFAULT_SEGMENT_SIZE, read_header
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +209,7 @@ def test_missing_input_file_is_a_clear_error(
 
 def test_pipe_seal_stdin_to_unseal_stdout(env: dict[str, str], tmp_path: Path) -> None:
     data = os.urandom(5 * SEG + 3)
-    command = [sys.executable, "-m", "shared"]
+    command = [sys.executable, "-m", "envelope_mq"]
     sealed = subprocess.run(
         [*command, "seal", "-"], input=data, capture_output=True, env=env, check=True
     ).stdout
@@ -226,7 +225,7 @@ def test_pipe_seal_stdin_to_unseal_stdout(env: dict[str, str], tmp_path: Path) -
 
 
 def test_unseal_to_stdout_of_a_cut_file_exits_non_zero(env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "shared"]
+    command = [sys.executable, "-m", "envelope_mq"]
     sealed = subprocess.run(
         [*command, "seal", "-"],
         input=os.urandom(2 * SEG),

@@ -3,16 +3,16 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 import pytest
+from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import BrokerUnavailableError, KmsRequestError
+from envelope_mq.shared.kms import AliyunKms
 
 from envelope_mq.testing.broker import Broker
 from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.probe import amqp_answers
 from envelope_mq.testing.rabbitmq_node import RabbitNode
-from shared.amqp import Topology, connect_blocking
-from shared.config import Settings
-from shared.errors import BrokerUnavailableError, KmsRequestError
-from shared.kms import AliyunKms
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from envelope_mq.producer import EncryptedPublisher
 from scenario_kit import (
     PATIENCE,
     ConsumerThread,
@@ -34,7 +35,6 @@ from envelope_mq.testing.rabbitmq_node import (
     RabbitNodeError,
     rabbitmq_server_unavailable_reason,
 )
-from producer import EncryptedPublisher
 
 pytestmark = [pytest.mark.reliability, pytest.mark.cluster, pytest.mark.slow]
 

@@ -76,7 +76,15 @@ class ConsumerProcess:
         self.output = out
         self._log = out.with_suffix(".stderr").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared", "consume", *args, "--output", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "envelope_mq",
+                "consume",
+                *args,
+                "--output",
+                str(out),
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

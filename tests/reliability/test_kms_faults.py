@@ -11,6 +11,11 @@ import dataclasses
 import time
 
 import pytest
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import KmsUnavailableError
 from scenario_kit import (
     FAST_RECONNECT,
     ConsumerThread,
@@ -25,14 +30,9 @@ from scenario_kit import (
     settle,
 )
 
-from consumer.backoff import Backoff
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from producer import EncryptedPublisher
-from shared.config import Settings
-from shared.errors import KmsUnavailableError
 
 pytestmark = pytest.mark.reliability
 

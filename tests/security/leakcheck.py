@@ -186,11 +186,12 @@ def _after(cls: type, method: str, watch: Callable[..., None]) -> Callable[[], N
 
 
 def _install_watches(registry: SecretRegistry) -> list[Callable[[], None]]:
+    from envelope_mq.kms_emulator.policy import Principal
+    from envelope_mq.shared.config import Settings
+    from envelope_mq.shared.crypto import Aes256Gcm
+    from envelope_mq.shared.kms.datakey import DataKey
+
     from envelope_mq.testing.kms import Credentials
-    from kms_emulator.policy import Principal
-    from shared.config import Settings
-    from shared.crypto import Aes256Gcm
-    from shared.kms.datakey import DataKey
 
     def key(_: object, __: object, key: bytes, *___: object, **____: object) -> None:
         registry.add("data key", key)

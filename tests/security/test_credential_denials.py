@@ -23,6 +23,13 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.transport import QUARANTINE_KMS_CODE_HEADER
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import KmsRequestError
+from envelope_mq.shared.kms import AliyunKms
 from scenario_kit import (
     ConsumerThread,
     QuarantineWatcher,
@@ -33,16 +40,9 @@ from scenario_kit import (
     settle,
 )
 
-from consumer.backoff import Backoff
-from consumer.transport import QUARANTINE_KMS_CODE_HEADER
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import Credentials, KmsFixture
 from envelope_mq.testing.ledger import Expect, MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from shared.amqp import Topology
-from shared.config import Settings
-from shared.errors import KmsRequestError
-from shared.kms import AliyunKms
 
 pytestmark = pytest.mark.security
 

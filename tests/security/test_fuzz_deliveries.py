@@ -21,6 +21,8 @@ from typing import Any
 
 import pika.data
 import pytest
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared import wire
 from hypothesis import HealthCheck, Phase, assume, given, seed, settings
 from hypothesis import strategies as st
 from scenario_kit import (
@@ -34,11 +36,9 @@ from scenario_kit import (
     settle,
 )
 
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from shared import wire
 
 pytestmark = [pytest.mark.security, pytest.mark.slow]
 

@@ -79,8 +79,8 @@ import base64
 import logging
 import os
 
-from shared.crypto import Aes256Gcm
-from shared.kms.datakey import DataKey
+from envelope_mq.shared.crypto import Aes256Gcm
+from envelope_mq.shared.kms.datakey import DataKey
 
 log = logging.getLogger("canary")
 

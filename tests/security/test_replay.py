@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from envelope_mq.consumer.worker import EncryptedConsumer
 from scenario_kit import (
     ConsumerThread,
     QuarantineWatcher,
@@ -23,7 +24,6 @@ from scenario_kit import (
     settle,
 )
 
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames

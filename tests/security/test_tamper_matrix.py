@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared import wire
+from envelope_mq.shared.config import Settings
 from scenario_kit import (
     ConsumerThread,
     QuarantineWatcher,
@@ -25,12 +28,9 @@ from scenario_kit import (
     settle,
 )
 
-from consumer.worker import EncryptedConsumer
 from envelope_mq.testing.kms import Credentials, emulator_seed
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from shared import wire
-from shared.config import Settings
 
 pytestmark = pytest.mark.security
 
@@ -60,7 +60,7 @@ class TwoKeys:
 
 @pytest.fixture
 def two_keys() -> Iterator[TwoKeys]:
-    from kms_emulator import Emulator
+    from envelope_mq.kms_emulator import Emulator
 
     tag = uuid.uuid4().hex[:8]
     producer = Credentials(f"tamper-producer-{tag}", uuid.uuid4().hex)

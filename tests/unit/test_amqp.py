@@ -4,8 +4,7 @@ from typing import Any
 
 import pika.exceptions
 import pytest
-
-from shared.amqp import (
+from envelope_mq.shared.amqp import (
     DEFAULT_EXCHANGE,
     ConnectionOptions,
     Topology,
@@ -15,7 +14,7 @@ from shared.amqp import (
     split_urls,
     translate_error,
 )
-from shared.errors import (
+from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
     ConfigError,

@@ -3,12 +3,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared import wire
+from envelope_mq.shared.envelope import MessageMeta, Sealer
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import InMemoryKeyProvider
+
 from envelope_mq.bench.passthrough import PassThroughOpener, PassThroughSealer
-from producer import EncryptedPublisher
-from shared import wire
-from shared.envelope import MessageMeta, Sealer
-from shared.keycache import DataKeyCache
-from shared.kms import InMemoryKeyProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = {"app": "bench"}

@@ -211,7 +211,7 @@ def test_producer_key_id_names_a_seeded_key(
 
 
 def test_seed_is_accepted_by_the_emulator() -> None:
-    from kms_emulator import KmsService
+    from envelope_mq.kms_emulator import KmsService
 
     service = KmsService.open(seed=SEED)
     try:
@@ -249,7 +249,7 @@ def test_app_services_build_from_the_one_dockerfile(services: dict[str, Any]) ->
 def test_service_commands_parse_with_the_real_cli(
     services: dict[str, Any], name: str
 ) -> None:
-    from shared.cli import build_parser
+    from envelope_mq.shared.cli import build_parser
 
     command = _command(services[name])
     assert command[0] == "envelope-mq"

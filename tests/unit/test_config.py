@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from shared.config import DEFAULT_RABBITMQ_URL, MAX_DATA_KEY_MESSAGES, Settings
-from shared.errors import ConfigError
+from envelope_mq.shared.config import (
+    DEFAULT_RABBITMQ_URL,
+    MAX_DATA_KEY_MESSAGES,
+    Settings,
+)
+from envelope_mq.shared.errors import ConfigError
 
 FULL = {
     "RABBITMQ_URL": "amqp://u:p@mq1:5672/%2F, amqp://u:p@mq2:5672/%2F",

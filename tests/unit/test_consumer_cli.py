@@ -12,14 +12,16 @@ from typing import Any
 
 import pika
 import pytest
-
-from consumer import cli
-from consumer.message import ReceivedMessage
-from consumer.outcome import Outcome, Reason, Verdict
-from consumer.output import JsonLinesWriter, to_json_line
-from consumer.signals import stop_on_signals
-from consumer.transport import QUARANTINE_REASON_HEADER, quarantine_properties
-from shared.envelope import MessageMeta
+from envelope_mq.consumer import cli
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.outcome import Outcome, Reason, Verdict
+from envelope_mq.consumer.output import JsonLinesWriter, to_json_line
+from envelope_mq.consumer.signals import stop_on_signals
+from envelope_mq.consumer.transport import (
+    QUARANTINE_REASON_HEADER,
+    quarantine_properties,
+)
+from envelope_mq.shared.envelope import MessageMeta
 
 
 def message(body: bytes, **meta: Any) -> ReceivedMessage:

@@ -6,10 +6,9 @@ import dataclasses
 from collections.abc import Mapping
 
 import pytest
-
-from consumer.freshness import Admission, ReplayGuard
-from consumer.message import Delivery, ReceivedMessage
-from consumer.outcome import (
+from envelope_mq.consumer.freshness import Admission, ReplayGuard
+from envelope_mq.consumer.message import Delivery, ReceivedMessage
+from envelope_mq.consumer.outcome import (
     ACK,
     DUPLICATE,
     REQUEUE,
@@ -18,9 +17,9 @@ from consumer.outcome import (
     Verdict,
     handle,
 )
-from consumer.policy import ContextPolicy
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
 
 KEY_ID = "key-1"
 SENT_AT = 1_700_000_000

@@ -6,10 +6,9 @@ import threading
 from collections.abc import Mapping
 
 import pytest
-
-from consumer.keepalive import KeepAliveProvider
-from shared.errors import KmsRequestError
-from shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.shared.errors import KmsRequestError
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
 
 
 class GatedProvider:

@@ -1,4 +1,4 @@
-"""consumer.outcome.handle: every way a delivery can end, with fakes for KMS."""
+"""Every way a delivery can end in outcome.handle, with fakes for KMS."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import dataclasses
 from collections.abc import Mapping
 
 import pytest
-
-from consumer.message import Delivery, ReceivedMessage
-from consumer.outcome import ACK, REQUEUE, RETRY_LATER, Reason, Verdict, handle
-from consumer.policy import ContextPolicy
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.errors import KmsRequestError, KmsUnavailableError
-from shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.consumer.message import Delivery, ReceivedMessage
+from envelope_mq.consumer.outcome import (
+    ACK,
+    REQUEUE,
+    RETRY_LATER,
+    Reason,
+    Verdict,
+    handle,
+)
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
 
 KEY_ID = "key-1"
 OPEN_POLICY = ContextPolicy()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from consumer.deliveries import DeliveryCounter
-from consumer.message import Delivery
-from consumer.policy import ContextPolicy
-from shared.errors import ConfigError
+from envelope_mq.consumer.deliveries import DeliveryCounter
+from envelope_mq.consumer.message import Delivery
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.shared.errors import ConfigError
 
 
 def delivery(

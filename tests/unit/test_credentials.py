@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelope_mq.shared.errors import ConfigError
 
 from envelope_mq.credentials import Credentials, Flags, resolve
-from shared.errors import ConfigError
 
 ENV = {
     "ALIBABA_CLOUD_ACCESS_KEY_ID": "env-id",

@@ -5,10 +5,9 @@ from collections.abc import Callable
 
 import pytest
 from cryptography.exceptions import InvalidTag
-
-from shared import crypto
-from shared.crypto import Aes256Gcm
-from shared.errors import DecryptionError
+from envelope_mq.shared import crypto
+from envelope_mq.shared.crypto import Aes256Gcm
+from envelope_mq.shared.errors import DecryptionError
 
 KEY = bytes(range(32))
 NONCE = bytes(12)

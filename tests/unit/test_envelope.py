@@ -6,18 +6,23 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-
-from shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage, Opener, Sealer
-from shared.errors import (
+from envelope_mq.shared.envelope import (
+    EnvelopeHeader,
+    MessageMeta,
+    OpenedMessage,
+    Opener,
+    Sealer,
+)
+from envelope_mq.shared.errors import (
     DecryptionError,
     KmsRequestError,
     KmsUnavailableError,
     SealingError,
 )
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 KEY_ID = "0b30658a-ed1a-4922-b8f7-a673ca9c2ab4"
 CONTEXT = {"tenant": "acme", "app": "orders"}

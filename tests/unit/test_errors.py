@@ -6,9 +6,8 @@ import inspect
 import re
 
 import pytest
-
-from shared import errors
-from shared.errors import (
+from envelope_mq.shared import errors
+from envelope_mq.shared.errors import (
     DecryptionError,
     KmsError,
     KmsRequestError,

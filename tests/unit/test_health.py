@@ -11,9 +11,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-
-from shared.errors import ConfigError
-from shared.observability import (
+from envelope_mq.shared.errors import ConfigError
+from envelope_mq.shared.observability import (
     HealthState,
     Metrics,
     ObservabilityServer,

@@ -11,10 +11,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from shared.errors import ConfigError, KmsError, KmsRequestError, KmsUnavailableError
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
 
 THREADS = 8
 

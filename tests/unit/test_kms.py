@@ -12,11 +12,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
+from envelope_mq.shared.kms import AliyunKms, DataKey
 from kms_stub_server import Reply, StubKms, error_reply
-
-from shared.config import Settings
-from shared.errors import ConfigError, KmsError, KmsRequestError, KmsUnavailableError
-from shared.kms import AliyunKms, DataKey
 
 SECRET = "stub-secret-never-shown"
 KEY = os.urandom(32)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-
-from shared.errors import KmsRequestError, KmsUnavailableError
-from shared.kms import InMemoryKeyProvider, KeyProvider
+from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.kms import InMemoryKeyProvider, KeyProvider
 
 
 def test_a_generated_key_unwraps_under_the_same_context() -> None:

@@ -13,9 +13,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-
-from shared.errors import KmsError
-from shared.kms import AliyunKms
+from envelope_mq.shared.errors import KmsError
+from envelope_mq.shared.kms import AliyunKms
 
 SECRET = "tls-test-secret-never-shown"
 _TLS_HANDSHAKE = 0x16

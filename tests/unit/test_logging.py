@@ -10,8 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-
-from shared.observability import (
+from envelope_mq.shared.observability import (
     LOG_FIELDS,
     JsonFormatter,
     RedactBytesFilter,
@@ -51,7 +50,7 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
 
 def test_json_line_carries_the_stable_keys_in_order(stream: io.StringIO) -> None:
     configure_logging("json", "info", stream=stream)
-    logging.getLogger("consumer.worker").warning(
+    logging.getLogger("envelope_mq.consumer.worker").warning(
         "quarantining message %s from %r: %s",
         "m-1",
         "orders",
@@ -66,7 +65,7 @@ def test_json_line_carries_the_stable_keys_in_order(stream: io.StringIO) -> None
     [line] = lines(stream)
     assert list(line)[:5] == FIXED_KEYS
     assert line["level"] == "warning"
-    assert line["logger"] == "consumer.worker"
+    assert line["logger"] == "envelope_mq.consumer.worker"
     assert line["event"] == "message_quarantined"
     assert line["message"] == "quarantining message m-1 from 'orders': undecryptable"
     assert line["queue"] == "orders"
@@ -78,7 +77,7 @@ def test_json_line_carries_the_stable_keys_in_order(stream: io.StringIO) -> None
 
 def test_event_defaults_to_the_message_template(stream: io.StringIO) -> None:
     configure_logging("json", "info", stream=stream)
-    log = logging.getLogger("producer.transport")
+    log = logging.getLogger("envelope_mq.producer.transport")
     log.info("reconnected; re-publishing %d message(s)", 3)
     log.info("reconnected; re-publishing %d message(s)", 7)
     first, second = lines(stream)
@@ -194,9 +193,9 @@ def test_pika_stays_at_warning_unless_debugging(stream: io.StringIO) -> None:
 
 def test_text_format_has_time_level_and_logger(stream: io.StringIO) -> None:
     configure_logging("text", "info", stream=stream)
-    logging.getLogger("consumer.worker").info("hello %s", "world")
+    logging.getLogger("envelope_mq.consumer.worker").info("hello %s", "world")
     [line] = stream.getvalue().splitlines()
-    assert line.endswith(" INFO consumer.worker: hello world")
+    assert line.endswith(" INFO envelope_mq.consumer.worker: hello world")
 
 
 @pytest.mark.parametrize(

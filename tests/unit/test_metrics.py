@@ -6,13 +6,11 @@ import inspect
 import threading
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.errors import KmsRequestError, KmsUnavailableError
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import InMemoryKeyProvider
-from shared.observability import (
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import InMemoryKeyProvider
+from envelope_mq.shared.observability import (
     NULL_METRICS,
     HealthState,
     InstrumentedKeyProvider,
@@ -21,6 +19,7 @@ from shared.observability import (
     NullMetrics,
     Tally,
 )
+from prometheus_client import CollectorRegistry, generate_latest
 
 KEY = "key-1"
 

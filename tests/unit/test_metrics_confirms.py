@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from producer.confirms import ConfirmTracker, Outgoing
-from producer.window import InFlightWindow
-from shared.errors import BrokerUnavailableError
-from shared.observability import Metrics
+from envelope_mq.producer.confirms import ConfirmTracker, Outgoing
+from envelope_mq.producer.window import InFlightWindow
+from envelope_mq.shared.errors import BrokerUnavailableError
+from envelope_mq.shared.observability import Metrics
 
 
 def counter(metrics: Metrics, kind: str) -> float:

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from shared.observability import Metrics
+from envelope_mq.shared.observability import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"
 # What the issue asks the dashboard to show, as metric name fragments.

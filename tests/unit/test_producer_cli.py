@@ -6,11 +6,10 @@ import uuid
 from typing import Any
 
 import pytest
-
-from producer.cli import _produce, generated, parse_context, register
-from producer.publisher import new_message_id
-from shared.config import Settings
-from shared.errors import ConfigError
+from envelope_mq.producer.cli import _produce, generated, parse_context, register
+from envelope_mq.producer.publisher import new_message_id
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import ConfigError
 
 
 def parse(*argv: str) -> argparse.Namespace:

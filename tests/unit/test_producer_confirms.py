@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import pytest
-
-from producer.confirms import ConfirmTracker, Outgoing
-from producer.window import InFlightWindow
-from shared.errors import (
+from envelope_mq.producer.confirms import ConfirmTracker, Outgoing
+from envelope_mq.producer.window import InFlightWindow
+from envelope_mq.shared.errors import (
     BrokerUnavailableError,
     MessageNackedError,
     MessageUnroutableError,

@@ -4,10 +4,9 @@ from typing import Any
 
 import pika
 import pytest
+from envelope_mq.producer.frames import frame_message, header_payload, method_payload
+from envelope_mq.shared.errors import SealingError
 from pika import frame, spec
-
-from producer.frames import frame_message, header_payload, method_payload
-from shared.errors import SealingError
 
 HEADERS: dict[str, Any] = {
     "x-emq-version": 1,

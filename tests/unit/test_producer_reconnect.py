@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from producer.channels import ChannelRetirement
-from producer.options import TransportOptions
-from producer.reconnect import Reconnect
-from shared.errors import BrokerUnavailableError
+from envelope_mq.producer.channels import ChannelRetirement
+from envelope_mq.producer.options import TransportOptions
+from envelope_mq.producer.reconnect import Reconnect
+from envelope_mq.shared.errors import BrokerUnavailableError
 
 
 def test_each_url_is_tried_once_per_round_then_the_round_ends() -> None:

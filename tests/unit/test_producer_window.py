@@ -3,8 +3,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from producer.window import InFlightWindow
+from envelope_mq.producer.window import InFlightWindow
 
 
 def test_acquire_fails_without_waiting_when_the_window_is_full() -> None:

@@ -6,12 +6,9 @@ import io
 import os
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from shared.errors import DecryptionError, SealingError
-from shared.kms import DataKey, InMemoryKeyProvider
-from shared.sealed_file import (
+from envelope_mq.shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.sealed_file import (
     MAGIC,
     MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
@@ -22,7 +19,9 @@ from shared.sealed_file import (
     unseal_stream,
     unseal_with_key,
 )
-from shared.segments import TAG_SIZE
+from envelope_mq.shared.segments import TAG_SIZE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SEG = MIN_SEGMENT_SIZE
 CONTEXT = {"purpose": "tests", "ünï": "cödé"}

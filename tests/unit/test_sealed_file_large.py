@@ -15,8 +15,8 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import hashlib, io, json, os, resource, sys, threading
-    from shared.kms import InMemoryKeyProvider
-    from shared.sealed_file import seal_stream, unseal_stream
+    from envelope_mq.shared.kms import InMemoryKeyProvider
+    from envelope_mq.shared.sealed_file import seal_stream, unseal_stream
 
     TOTAL = 200 * 1024 * 1024
     CHUNK = os.urandom(1024 * 1024)

@@ -7,17 +7,16 @@ import os
 from collections.abc import Callable
 
 import pytest
-
-from shared.errors import DecryptionError, KmsRequestError
-from shared.kms import InMemoryKeyProvider
-from shared.sealed_file import (
+from envelope_mq.shared.errors import DecryptionError, KmsRequestError
+from envelope_mq.shared.kms import InMemoryKeyProvider
+from envelope_mq.shared.sealed_file import (
     MIN_SEGMENT_SIZE,
     read_header,
     seal_stream,
     unseal_stream,
     unseal_with_key,
 )
-from shared.segments import TAG_SIZE
+from envelope_mq.shared.segments import TAG_SIZE
 
 SEG = MIN_SEGMENT_SIZE
 SEALED_SEG = SEG + TAG_SIZE

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from shared.errors import DecryptionError
-from shared.kms import DataKey
-from shared.sealed_file import _seal_parts, read_header, unseal_with_key
-from shared.segments import TAG_SIZE, derive_file_key, header_digest
+from envelope_mq.shared.errors import DecryptionError
+from envelope_mq.shared.kms import DataKey
+from envelope_mq.shared.sealed_file import _seal_parts, read_header, unseal_with_key
+from envelope_mq.shared.segments import TAG_SIZE, derive_file_key, header_digest
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 FILE = json.loads((VECTORS / "file_v1.json").read_text(encoding="utf-8"))

@@ -8,9 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from shared.errors import DecryptionError, SealingError
-from shared.segments import (
+from envelope_mq.shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.segments import (
     HKDF_INFO,
     MAX_SEGMENTS,
     NONCE_PREFIX_SIZE,

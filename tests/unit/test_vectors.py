@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from shared.crypto import Aes256Gcm
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.errors import DecryptionError
-from shared.kms import DataKey
+from envelope_mq.shared.crypto import Aes256Gcm
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.errors import DecryptionError
+from envelope_mq.shared.kms import DataKey
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 AES = json.loads((VECTORS / "aes256gcm.json").read_text(encoding="utf-8"))["vectors"]

@@ -5,11 +5,10 @@ import struct
 from typing import Any
 
 import pytest
+from envelope_mq.shared import wire
+from envelope_mq.shared.errors import DecryptionError, SealingError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from shared import wire
-from shared.errors import DecryptionError, SealingError
 
 KEY_ID = "key-0123"
 WRAPPED = "d3JhcHBlZA=="

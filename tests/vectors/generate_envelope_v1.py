@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared import wire
-from shared.envelope import MessageMeta, Sealer
-from shared.kms import DataKey
+from envelope_mq.shared import wire
+from envelope_mq.shared.envelope import MessageMeta, Sealer
+from envelope_mq.shared.kms import DataKey
 
 OUT = Path(__file__).with_name("envelope_v1.json")
 

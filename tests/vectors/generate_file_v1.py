@@ -5,7 +5,7 @@
 
 This is a second, independent implementation of the sealed-file format: it
 uses only the standard library and ``cryptography``'s primitives, never
-``shared.sealed_file``, so the vectors test our code against the document
+``envelope_mq.shared.sealed_file``, so the vectors test our code against the document
 rather than against itself. Inputs are derived from fixed labels, so the
 output is deterministic.
 """

@@ -2,9 +2,10 @@
 
     .venv/bin/python tests/integration/emulator/bench_emulator.py [--seconds 10]
 
-Starts ``python -m kms_emulator`` in a subprocess (so the load generator does not
-share its GIL), then alternates GenerateDataKey and Decrypt from 8 threads, each on
-its own HTTP/1.1 keep-alive connection, and prints requests/s and percentiles.
+Starts ``python -m envelope_mq.kms_emulator`` in a subprocess (so the load
+generator does not share its GIL), then alternates GenerateDataKey and Decrypt
+from 8 threads, each on its own HTTP/1.1 keep-alive connection, and prints
+requests/s and percentiles.
 Not collected by pytest: a timed figure is reported, never asserted.
 """
 

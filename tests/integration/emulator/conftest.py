@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from envelope_mq.kms_emulator import Emulator
 from kms_clients import (
     FLAVOURS,
     Credentials,
@@ -36,8 +37,6 @@ from kms_clients import (
     Target,
     make_client,
 )
-
-from kms_emulator import Emulator
 
 ADMIN = Credentials("contract-admin", "contract-admin-secret")
 PRODUCER = Credentials("contract-producer", "contract-producer-secret")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
 
 if TYPE_CHECKING:
-    from kms_emulator import Emulator
+    from envelope_mq.kms_emulator import Emulator
 
 FLAVOURS = ("old-sdk-v1", "new-sdk-acs3", "new-sdk-v1")
 

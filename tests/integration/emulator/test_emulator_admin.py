@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from envelope_mq.kms_emulator import Emulator, Faults
+from envelope_mq.kms_emulator.faults import Outcome
 from kms_clients import (
     FLAVOURS,
     Credentials,
@@ -18,9 +20,6 @@ from kms_clients import (
     RawResponse,
     admin_seed,
 )
-
-from kms_emulator import Emulator, Faults
-from kms_emulator.faults import Outcome
 
 pytestmark = pytest.mark.integration
 

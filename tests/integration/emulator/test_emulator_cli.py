@@ -1,4 +1,4 @@
-"""Emulator only: ``python -m kms_emulator`` and ``envelope-mq kms-emulator``."""
+"""Emulator only: ``-m envelope_mq.kms_emulator`` and ``envelope-mq kms-emulator``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _emulator_process(
     """Start the emulator on a free port; yield it and its banner once it serves."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KMS_EMULATOR_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "kms_emulator", "--port=0", *args],
+        [sys.executable, "-m", "envelope_mq.kms_emulator", "--port=0", *args],
         env={**environ, **(env or {})},
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -114,7 +114,7 @@ def test_the_compose_seed_serves_the_producer_and_consumer(
 def test_strict_auth_without_credentials_explains_what_to_do() -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KMS_EMULATOR_")}
     result = subprocess.run(
-        [sys.executable, "-m", "kms_emulator", "--port=0"],
+        [sys.executable, "-m", "envelope_mq.kms_emulator", "--port=0"],
         env=environ,
         capture_output=True,
         text=True,
@@ -128,7 +128,7 @@ def test_strict_auth_without_credentials_explains_what_to_do() -> None:
 
 def test_the_subcommand_is_registered_with_envelope_mq() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "kms-emulator", "--help"],
+        [sys.executable, "-m", "envelope_mq.shared.cli", "kms-emulator", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

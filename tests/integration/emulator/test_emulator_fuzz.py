@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest
+from envelope_mq.kms_emulator import Emulator
+from envelope_mq.kms_emulator.actions import ACTIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kms_clients import (
@@ -20,9 +22,6 @@ from kms_clients import (
     admin_seed,
     v1_signed_params,
 )
-
-from kms_emulator import Emulator
-from kms_emulator.actions import ACTIONS
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest
+from envelope_mq.kms_emulator import Emulator
 from kms_clients import (
     FLAVOURS,
     Credentials,
@@ -21,8 +22,6 @@ from kms_clients import (
     admin_seed,
     v1_signed_params,
 )
-
-from kms_emulator import Emulator
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +240,7 @@ def test_the_audit_log_has_one_line_per_request_and_no_secrets(
     raw: RawHttp, caplog: pytest.LogCaptureFixture
 ) -> None:
     plaintext = "top-secret-plaintext-value"
-    with caplog.at_level(logging.INFO, logger="kms_emulator.audit"):
+    with caplog.at_level(logging.INFO, logger="envelope_mq.kms_emulator.audit"):
         sealed = raw.v1(
             "Encrypt",
             {
@@ -253,7 +252,11 @@ def test_the_audit_log_has_one_line_per_request_and_no_secrets(
         ).json()
         raw.v1("Decrypt", {"CiphertextBlob": sealed["CiphertextBlob"]}, AK)
         raw.v1("DescribeKey", {"KeyId": "alias/missing"}, AK)
-    lines = [r.getMessage() for r in caplog.records if r.name == "kms_emulator.audit"]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "envelope_mq.kms_emulator.audit"
+    ]
     assert len(lines) == 3
     assert f"ak={AK.access_key_id} action=Encrypt key={KEY_ID} result=OK" in lines[0]
     assert "action=Decrypt" in lines[1]
@@ -270,7 +273,7 @@ def test_an_internal_failure_is_a_500_json_error_without_parameters(
     with Emulator(seed=SEED) as emu:
         emu.service.close()  # the database is gone: writes fail unexpectedly
         connection = RawHttp(emu.endpoint)
-        with caplog.at_level(logging.ERROR, logger="kms_emulator.server"):
+        with caplog.at_level(logging.ERROR, logger="envelope_mq.kms_emulator.server"):
             response = connection.v1(
                 "CreateKey", {"Description": "secret-description-text"}, AK
             )

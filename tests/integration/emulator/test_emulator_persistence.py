@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from envelope_mq.kms_emulator import Emulator
+from envelope_mq.kms_emulator.errors import DataDirLockedError
 from kms_clients import Credentials, KmsClient, OpenClient, admin_seed
-
-from kms_emulator import Emulator
-from kms_emulator.errors import DataDirLockedError
 
 pytestmark = pytest.mark.integration
 

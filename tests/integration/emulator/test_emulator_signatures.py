@@ -13,8 +13,7 @@ import pytest
 from alibabacloud_tea_openapi.utils import Utils as TeaUtils
 from aliyunsdkcore.auth.composer import rpc_signature_composer
 from darabonba.request import DaraRequest
-
-from kms_emulator.auth import (
+from envelope_mq.kms_emulator.auth import (
     NonceCache,
     SignedRequest,
     acs3_string_to_sign,

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from emu_helpers import FakeClock, new_key
-
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.service import KmsService
 
 
 @pytest.fixture

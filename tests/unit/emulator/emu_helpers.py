@@ -6,8 +6,8 @@ import base64
 import calendar
 from typing import Any
 
-from kms_emulator.errors import ApiError
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.service import KmsService
 
 START = calendar.timegm((2026, 1, 1, 0, 0, 0))  # 2026-01-01T00:00:00Z
 DAY = 86400

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 from emu_helpers import call, error_of, new_key
-
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.service import KmsService
 
 ARN = "acs:kms:cn-hangzhou:1234567890123456"
 

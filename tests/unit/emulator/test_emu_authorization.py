@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from kms_emulator.errors import ApiError
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.service import KmsService
 
 ORDERS = "0b6c2b7e-2a8e-4f5f-9a3e-3a1c0c4f9d21"
 BILLING = "1c7d3c8f-3b9f-4a6a-8b4f-4b2d1d5a0e32"

@@ -6,8 +6,7 @@ import threading
 from pathlib import Path
 
 from emu_helpers import call, new_key
-
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.service import KmsService
 
 
 def test_concurrent_data_keys_during_rotation_all_decrypt(tmp_path: Path) -> None:

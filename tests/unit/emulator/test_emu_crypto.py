@@ -8,8 +8,7 @@ import re
 
 import pytest
 from emu_helpers import blob_bytes, call, error_of, new_key, with_byte_flipped
-
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.service import KmsService
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -6,12 +6,11 @@ import base64
 from collections.abc import Iterator
 
 import pytest
+from envelope_mq.kms_emulator.actions import ACTIONS
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.service import KmsService
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from kms_emulator.actions import ACTIONS
-from kms_emulator.errors import ApiError
-from kms_emulator.service import KmsService
 
 KEY = "0b6c2b7e-2a8e-4f5f-9a3e-3a1c0c4f9d21"
 VICTIM = "1c7d3c8f-3b9f-4a6a-8b4f-4b2d1d5a0e32"

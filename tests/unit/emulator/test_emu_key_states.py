@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 import pytest
 from emu_helpers import FakeClock, call, error_of, new_key
-
-from kms_emulator.errors import ApiError
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.service import KmsService
 
 OK = None
 DISABLED = (409, "Rejected.Disabled")

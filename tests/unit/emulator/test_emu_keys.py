@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 from emu_helpers import DAY, FakeClock, call, error_of, new_key
-
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.service import KmsService
 
 ACCOUNT = "1234567890123456"
 

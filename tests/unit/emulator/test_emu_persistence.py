@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from emu_helpers import FakeClock, call, new_key
-
-from kms_emulator.errors import DataDirLockedError, StorageError
-from kms_emulator.service import KmsService
-from kms_emulator.storage import ROOT_KEY_ENV
+from envelope_mq.kms_emulator.errors import DataDirLockedError, StorageError
+from envelope_mq.kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.storage import ROOT_KEY_ENV
 
 SEED_MATERIAL = bytes(range(32))
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 from emu_helpers import DAY, FakeClock, call, error_of, new_key
-
-from kms_emulator.errors import ApiError
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.errors import ApiError
+from envelope_mq.kms_emulator.service import KmsService
 
 
 def versions(kms: KmsService, key_id: str) -> list[str]:

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from emu_helpers import DAY, START, FakeClock, call
-
-from kms_emulator.errors import SeedError
-from kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.errors import SeedError
+from envelope_mq.kms_emulator.service import KmsService
 
 KEY = "0b6c2b7e-2a8e-4f5f-9a3e-3a1c0c4f9d21"
 V1 = "6e3a7d8c-1111-4222-8333-444455556666"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pika
 
-from shared.amqp import Topology, broker_errors, connect_blocking
-from shared.errors import BrokerError
+from envelope_mq.shared.amqp import Topology, broker_errors, connect_blocking
+from envelope_mq.shared.errors import BrokerError
 
 __all__ = ["QUEUE_EXPIRES_MS", "BenchBroker"]
 

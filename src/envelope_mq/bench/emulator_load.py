@@ -1,6 +1,6 @@
 """The KMS emulator under load: GenerateDataKey, then Decrypt, from 8 clients.
 
-The emulator runs as its own process (``python -m kms_emulator``, strict
+The emulator runs as its own process (``python -m envelope_mq.kms_emulator``, strict
 signatures, default logging), as it does beside a test suite, so the load
 generator does not share its interpreter. Each client is a thread with its own
 HTTP/1.1 keep-alive connection sending signed requests (signature v1, as
@@ -100,7 +100,7 @@ class _Client:
 
 @contextmanager
 def _emulator_process() -> Iterator[_Server]:
-    """Start ``python -m kms_emulator`` on a free port; stop it afterwards."""
+    """Start the emulator in its own process on a free port; stop it after."""
     access_key_id = f"bench-{uuid.uuid4().hex[:8]}"
     secret = uuid.uuid4().hex
     env = {
@@ -108,7 +108,7 @@ def _emulator_process() -> Iterator[_Server]:
         "KMS_EMULATOR_ACCESS_KEY_ID": access_key_id,
         "KMS_EMULATOR_ACCESS_KEY_SECRET": secret,
     }
-    command = [sys.executable, "-m", "kms_emulator", "--port", "0"]
+    command = [sys.executable, "-m", "envelope_mq.kms_emulator", "--port", "0"]
     command += ["--key-alias", _ALIAS]
     # Its log (one audit line per request at the default level) goes to a
     # file: a pipe nobody drains would block the emulator.

@@ -30,6 +30,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from envelope_mq.shared.amqp import QUARANTINE_SUFFIX, Topology, connect_blocking
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import BrokerError
 from envelope_mq.testing.broker import Broker, NoBrokerError, start_broker
 from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture, running_emulator
@@ -38,9 +41,6 @@ from envelope_mq.testing.rabbitmq_node import (
     RabbitNodeError,
     rabbitmq_server_unavailable_reason,
 )
-from shared.amqp import QUARANTINE_SUFFIX, Topology, connect_blocking
-from shared.config import Settings
-from shared.errors import BrokerError
 
 __all__ = ["AmqpNames"]
 

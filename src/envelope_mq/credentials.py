@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.config import DEFAULT_REGION_ID
-from shared.errors import ConfigError
-from shared.kms import AliyunKms
+from envelope_mq.shared.config import DEFAULT_REGION_ID
+from envelope_mq.shared.errors import ConfigError
+from envelope_mq.shared.kms import AliyunKms
 
 __all__ = [
     "Credentials",

@@ -11,22 +11,22 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from consumer.keepalive import KeepAliveProvider
-from consumer.message import ReceivedMessage
-from consumer.peek import StoredMessage, peek
-from consumer.worker import EncryptedConsumer
+from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.peek import StoredMessage, peek
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.progress import Progress
-from producer import EncryptedPublisher
-from shared.amqp import Topology
-from shared.envelope import Opener
-from shared.keycache import (
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.envelope import Opener
+from envelope_mq.shared.keycache import (
     DataKeyCache,
     DataKeyCacheStats,
     UnwrapCache,
     UnwrapCacheStats,
 )
-from shared.kms import KeyProvider
-from shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.shared.kms import KeyProvider
+from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["DemoResult", "DemoRoles", "run_demo"]
 

@@ -19,9 +19,9 @@ from typing import Any
 import pika
 import pika.spec
 
-from shared.amqp import Topology
-from shared.envelope import SealedMessage
-from shared.errors import BrokerError
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.envelope import SealedMessage
+from envelope_mq.shared.errors import BrokerError
 
 __all__ = ["WINDOW", "pika_confirmed_publish", "plain_message", "sealed_message"]
 

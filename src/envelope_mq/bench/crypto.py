@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, round_ratios
 from envelope_mq.progress import Progress
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import InMemoryKeyProvider
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import InMemoryKeyProvider
 
 __all__ = ["SIZES", "run_crypto"]
 

@@ -14,19 +14,19 @@ import resource
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from consumer.message import ReceivedMessage
-from consumer.worker import EncryptedConsumer
 from envelope_mq.bench.lab import CONTEXT, Lab
 from envelope_mq.bench.plain import PREFETCH
 from envelope_mq.bench.report import Report
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.progress import Progress
-from producer import EncryptedPublisher
-from shared.amqp import Topology
-from shared.config import Settings
-from shared.envelope import Opener
-from shared.errors import BrokerError, MessagingError
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import AliyunKms
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import Opener
+from envelope_mq.shared.errors import BrokerError, MessagingError
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import AliyunKms
 
 __all__ = ["run_memory"]
 

@@ -24,9 +24,9 @@ from envelope_mq.bench.machine import describe_machine
 from envelope_mq.bench.memory import run_memory
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.throughput import run_throughput
-from shared.cli_args import positive_float, positive_int
-from shared.config import Settings
-from shared.errors import MessagingError
+from envelope_mq.shared.cli_args import positive_float, positive_int
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import MessagingError
 
 __all__ = ["SECTIONS", "register", "run"]
 

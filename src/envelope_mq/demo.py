@@ -18,20 +18,24 @@ from urllib.parse import urlsplit
 
 from envelope_mq.demo_report import format_report
 from envelope_mq.demo_run import DemoRoles, run_demo
-from envelope_mq.testing.broker import NoBrokerError, start_broker
-from envelope_mq.testing.kms import running_emulator
-from envelope_mq.testing.probe import amqp_answers
-from shared.amqp import redact_url
-from shared.cli_args import positive_int
-from shared.config import DEFAULT_RABBITMQ_URL, Settings
-from shared.errors import BrokerUnavailableError, ConfigError, MessagingError
-from shared.kms import AliyunKms
-from shared.observability import (
+from envelope_mq.shared.amqp import redact_url
+from envelope_mq.shared.cli_args import positive_int
+from envelope_mq.shared.config import DEFAULT_RABBITMQ_URL, Settings
+from envelope_mq.shared.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    MessagingError,
+)
+from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.observability import (
     Metrics,
     Observability,
     add_observability_arguments,
     observability,
 )
+from envelope_mq.testing.broker import NoBrokerError, start_broker
+from envelope_mq.testing.kms import running_emulator
+from envelope_mq.testing.probe import amqp_answers
 
 __all__ = ["register"]
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.config import Settings
+from envelope_mq.shared.config import Settings
 
 __all__ = [
     "TEST_KEY_ALIAS",
@@ -95,7 +95,7 @@ def emulator_seed(
 @contextmanager
 def running_emulator(alias: str = TEST_KEY_ALIAS) -> Iterator[KmsFixture]:
     """Run an in-process emulator on a free port with fresh key and credentials."""
-    from kms_emulator import Emulator
+    from envelope_mq.kms_emulator import Emulator
 
     # Fresh random ids per run: nothing can depend on a value from another run.
     tag = uuid.uuid4().hex[:12]

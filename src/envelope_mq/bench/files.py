@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
 from envelope_mq.progress import Progress
-from shared.kms import DataKey
-from shared.sealed_file import read_header, seal_with_key, unseal_with_key
+from envelope_mq.shared.kms import DataKey
+from envelope_mq.shared.sealed_file import read_header, seal_with_key, unseal_with_key
 
 if TYPE_CHECKING:  # collections.abc.Buffer is Python 3.12+
     from typing_extensions import Buffer

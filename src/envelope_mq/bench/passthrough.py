@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shared import wire
-from shared.envelope import (
+from envelope_mq.shared import wire
+from envelope_mq.shared.envelope import (
     DataKeySource,
     EnvelopeHeader,
     MessageMeta,

@@ -21,9 +21,9 @@ from typing import Any
 
 from envelope_mq import credentials
 from envelope_mq.kms_cli import json_context, print_kms_error
-from shared.errors import DecryptionError, KmsError, MessagingError
-from shared.kms import AliyunKms
-from shared.sealed_file import (
+from envelope_mq.shared.errors import DecryptionError, KmsError, MessagingError
+from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.sealed_file import (
     DEFAULT_SEGMENT_SIZE,
     MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,

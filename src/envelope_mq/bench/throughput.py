@@ -26,8 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from consumer.message import ReceivedMessage
-from consumer.worker import EncryptedConsumer
 from envelope_mq.bench.ceiling import (
     pika_confirmed_publish,
     plain_message,
@@ -38,11 +36,13 @@ from envelope_mq.bench.passthrough import PassThroughOpener, PassThroughSealer
 from envelope_mq.bench.plain import PREFETCH, plain_consume, plain_publish
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.progress import Progress
-from producer import EncryptedPublisher
-from shared.envelope import MessageMeta, Opener, Sealer
-from shared.errors import BrokerError
-from shared.wire import DATA_KEY_HEADER
+from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
+from envelope_mq.shared.errors import BrokerError
+from envelope_mq.shared.wire import DATA_KEY_HEADER
 
 __all__ = ["PLAIN", "SEALED", "SIDES", "UNSEALED", "run_throughput"]
 

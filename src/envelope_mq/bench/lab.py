@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from envelope_mq.bench.broker import BenchBroker
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import AliyunKms
 from envelope_mq.testing.kms import KmsFixture, running_emulator
-from shared.config import Settings
-from shared.keycache import DataKeyCache, UnwrapCache
-from shared.kms import AliyunKms
 
 __all__ = ["CONTEXT", "Lab", "open_lab"]
 

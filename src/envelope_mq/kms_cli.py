@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from envelope_mq import credentials
-from shared.errors import KmsError, MessagingError
+from envelope_mq.shared.errors import KmsError, MessagingError
 
 __all__ = [
     "COMMANDS",
