@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -53,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--region", default="cn-hangzhou", help="region the emulator answers for"
     )
     parser.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="shift the emulator's clock (e.g. 1200: every client looks 20 min "
+        "behind); for testing clock skew",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -91,6 +100,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
     secret = environ.get(ACCESS_KEY_SECRET_ENV, "")
     if bool(access_key_id) != bool(secret):
         return _fail(f"set both {ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}")
+    if not math.isfinite(args.clock_offset):
+        return _fail("--clock-offset must be a finite number of seconds")
     seed: str | dict[str, Any] | None = args.seed
     if seed is None and access_key_id:
         seed = {
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         host=args.host,
         port=args.port,
         region_id=args.region,
+        clock_offset=args.clock_offset,
     )
     try:
         emulator.start()
@@ -158,6 +170,11 @@ def _banner(
         f"kms-emulator listening on {emulator.url} "
         f"(auth {args.auth}, admin {'on' if args.admin else 'off'}, "
         f"data {args.data or 'in memory'})",
+        *(
+            [f"  clock shifted by {args.clock_offset:+g} s (--clock-offset)"]
+            if args.clock_offset
+            else []
+        ),
         f"  KMS_ENDPOINT={emulator.endpoint}",
     ]
     if key_line:

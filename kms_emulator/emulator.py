@@ -30,7 +30,9 @@ class Emulator:
         data: a data directory (persistent), or None for in-memory state.
         host, port: where to listen; port 0 picks a free port.
         region_id: the region the emulator pretends to be.
-        clock: wall clock for signature timestamps and key dates (tests skew it).
+        clock: wall clock for signature timestamps and key dates.
+        clock_offset: seconds added to ``clock`` (negative: behind), so a test
+            can make every client look skewed; also settable while running.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Emulator:
         port: int = 0,
         region_id: str = "cn-hangzhou",
         clock: Callable[[], float] = time.time,
+        clock_offset: float = 0.0,
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -53,7 +56,8 @@ class Emulator:
         self._data = data
         self._address = (host, port)
         self._region_id = region_id
-        self._clock = clock
+        self._base_clock = clock
+        self.clock_offset = clock_offset
         self.faults = Faults()
         self._service: KmsService | None = None
         self._gateway: Gateway | None = None
@@ -65,11 +69,11 @@ class Emulator:
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
         service = KmsService.open(
-            self._data, seed=self._seed, region_id=self._region_id, clock=self._clock
+            self._data, seed=self._seed, region_id=self._region_id, clock=self.now
         )
         try:
             authenticator = (
-                Authenticator(service.principal, clock=self._clock)
+                Authenticator(service.principal, clock=self.now)
                 if self._auth == "strict"
                 else None
             )
@@ -117,6 +121,10 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def now(self) -> float:
+        """The emulator's wall clock: ``clock()`` shifted by ``clock_offset``."""
+        return self._base_clock() + self.clock_offset
 
     @property
     def host(self) -> str:

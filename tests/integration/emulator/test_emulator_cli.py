@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from kms_clients import Credentials, OpenClient
+from kms_clients import Credentials, KmsCallError, OpenClient
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,23 @@ def test_first_run_creates_a_key_and_serves_the_given_principal(
         data_key = client.call("GenerateDataKey", KeyId="alias/cli-test")
         assert data_key["KeyId"] == key_id.group(1)
     assert process.returncode == 0
+
+
+def test_clock_offset_flag_shifts_the_clock_the_signatures_are_checked_against(
+    open_client: OpenClient,
+) -> None:
+    env = {
+        "KMS_EMULATOR_ACCESS_KEY_ID": DEV.access_key_id,
+        "KMS_EMULATOR_ACCESS_KEY_SECRET": DEV.access_key_secret,
+    }
+    with _emulator_process("--clock-offset=-1200", env=env) as (_, banner):
+        assert "clock shifted by -1200 s" in banner
+        client = open_client(
+            "old-sdk-v1", _endpoint(banner), DEV, "cn-hangzhou", "http"
+        )
+        with pytest.raises(KmsCallError) as caught:
+            client.call("ListKeys")
+    assert caught.value.code == "InvalidTimeStamp.Expired"
 
 
 def test_the_compose_seed_serves_the_producer_and_consumer(

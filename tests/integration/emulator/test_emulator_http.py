@@ -220,6 +220,30 @@ def test_a_client_clock_20_minutes_off_is_refused_through_the_sdks(
     assert (caught.value.status, caught.value.code) == (400, "InvalidTimeStamp.Expired")
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("offset", [20 * 60, -20 * 60])
+def test_clock_offset_makes_every_sdk_client_look_skewed(
+    flavour: str, offset: int, open_client: OpenClient
+) -> None:
+    with Emulator(seed=SEED, clock_offset=offset) as emu:
+        client = open_client(flavour, emu.endpoint, AK, "cn-hangzhou", "http")
+        with pytest.raises(KmsCallError) as caught:
+            client.call("DescribeKey", KeyId=KEY_ID)
+    assert (caught.value.status, caught.value.code) == (400, "InvalidTimeStamp.Expired")
+
+
+def test_clock_offset_can_be_changed_while_running(open_client: OpenClient) -> None:
+    with Emulator(seed=SEED) as emu:
+        client = open_client("old-sdk-v1", emu.endpoint, AK, "cn-hangzhou", "http")
+        client.call("DescribeKey", KeyId=KEY_ID)
+        emu.clock_offset = 16 * 60  # just past the 15-minute window
+        with pytest.raises(KmsCallError) as caught:
+            client.call("DescribeKey", KeyId=KEY_ID)
+        emu.clock_offset = 14 * 60  # skewed, but within the window
+        client.call("DescribeKey", KeyId=KEY_ID)
+    assert caught.value.code == "InvalidTimeStamp.Expired"
+
+
 def test_auth_off_serves_unsigned_requests() -> None:
     with Emulator(seed=SEED, auth="off") as emu:
         connection = RawHttp(emu.endpoint)
