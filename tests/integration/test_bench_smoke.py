@@ -23,7 +23,7 @@ SECTIONS = ("throughput", "latency", "KMS economy", "crypto only", "KMS emulator
 
 
 def test_bench_smoke_run_reports_every_section(
-    rabbitmq_url: str, tmp_path: Path
+    emq_rabbitmq_url: str, tmp_path: Path
 ) -> None:
     results = tmp_path / "bench.json"
     command = [sys.executable, "-c", "from shared.cli import main; main()"]
@@ -31,7 +31,7 @@ def test_bench_smoke_run_reports_every_section(
     command += ["--emulator-seconds", "1", "--file-size", "8", "--json", str(results)]
     done = subprocess.run(
         command,
-        env={**os.environ, "RABBITMQ_URL": rabbitmq_url},
+        env={**os.environ, "RABBITMQ_URL": emq_rabbitmq_url},
         capture_output=True,
         text=True,
         timeout=600,

@@ -87,14 +87,16 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def test_produced_lines_come_out_of_consume_as_json(
-    producer_settings: Settings, consumer_settings: Settings, amqp_names: Any
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_names: Any,
 ) -> None:
     lines = [f"line {i} ünïcode" for i in range(40)]
-    consumer = start_consume(consumer_settings, amqp_names, "--count", "40")
+    consumer = start_consume(emq_consumer_settings, emq_amqp_names, "--count", "40")
     try:
         produce(
-            producer_settings,
-            amqp_names,
+            emq_producer_settings,
+            emq_amqp_names,
             lines,
             "--context",
             "tenant=a",
@@ -116,14 +118,16 @@ def test_produced_lines_come_out_of_consume_as_json(
 
 
 def test_sigterm_stops_consume_cleanly(
-    producer_settings: Settings, consumer_settings: Settings, amqp_names: Any
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_names: Any,
 ) -> None:
-    with start_consume(consumer_settings, amqp_names) as consumer:
+    with start_consume(emq_consumer_settings, emq_amqp_names) as consumer:
         try:
             assert consumer.stdout is not None
             assert consumer.stderr is not None
             received = line_reader(consumer.stdout)
-            produce(producer_settings, amqp_names, [f"m{i}" for i in range(20)])
+            produce(emq_producer_settings, emq_amqp_names, [f"m{i}" for i in range(20)])
             bodies = {
                 json.loads(received.get(timeout=TIMEOUT))["body"] for _ in range(20)
             }
@@ -137,9 +141,9 @@ def test_sigterm_stops_consume_cleanly(
     assert bodies == {f"m{i}" for i in range(20)}
     assert "20 message(s)" in err
     # every message was acknowledged before the exit: a new consumer finds none
-    again = start_consume(consumer_settings, amqp_names, "--count", "1")
+    again = start_consume(emq_consumer_settings, emq_amqp_names, "--count", "1")
     try:
-        produce(producer_settings, amqp_names, ["after"])
+        produce(emq_producer_settings, emq_amqp_names, ["after"])
         code, out, _err = finish(again)
     finally:
         again.kill()
@@ -147,13 +151,17 @@ def test_sigterm_stops_consume_cleanly(
 
 
 def test_quarantine_replay_command_returns_messages_to_the_queue(
-    producer_settings: Settings, consumer_settings: Settings, amqp_names: Any
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_names: Any,
 ) -> None:
-    produce(producer_settings, amqp_names, ["a1", "a2", "a3"], "--context", "t=a")
-    produce(producer_settings, amqp_names, ["b1"], "--context", "t=b")
+    produce(
+        emq_producer_settings, emq_amqp_names, ["a1", "a2", "a3"], "--context", "t=a"
+    )
+    produce(emq_producer_settings, emq_amqp_names, ["b1"], "--context", "t=b")
     # A consumer that only accepts t=b quarantines the t=a messages.
     picky = start_consume(
-        consumer_settings, amqp_names, "--count", "1", "--allow-context", "t=b"
+        emq_consumer_settings, emq_amqp_names, "--count", "1", "--allow-context", "t=b"
     )
     try:
         code, out, err = finish(picky)
@@ -163,8 +171,8 @@ def test_quarantine_replay_command_returns_messages_to_the_queue(
     assert [json.loads(x)["body"] for x in out.splitlines()] == ["b1"]
 
     replay = subprocess.run(
-        [ENVELOPE_MQ, "quarantine-replay", *topology_args(amqp_names)],
-        env=env_for(consumer_settings),
+        [ENVELOPE_MQ, "quarantine-replay", *topology_args(emq_amqp_names)],
+        env=env_for(emq_consumer_settings),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -173,7 +181,7 @@ def test_quarantine_replay_command_returns_messages_to_the_queue(
     assert replay.returncode == 0, replay.stderr
     assert "moved 3 message(s)" in replay.stderr
 
-    everyone = start_consume(consumer_settings, amqp_names, "--count", "3")
+    everyone = start_consume(emq_consumer_settings, emq_amqp_names, "--count", "3")
     try:
         code, out, err = finish(everyone)
     finally:
@@ -183,15 +191,15 @@ def test_quarantine_replay_command_returns_messages_to_the_queue(
 
 
 def test_consume_writes_to_an_output_file(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_names: Any,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_names: Any,
     tmp_path: Path,
 ) -> None:
     target = tmp_path / "out.jsonl"
-    produce(producer_settings, amqp_names, ["one", "two"])
+    produce(emq_producer_settings, emq_amqp_names, ["one", "two"])
     consumer = start_consume(
-        consumer_settings, amqp_names, "--count", "2", "--output", str(target)
+        emq_consumer_settings, emq_amqp_names, "--count", "2", "--output", str(target)
     )
     try:
         code, out, err = finish(consumer)
@@ -204,12 +212,12 @@ def test_consume_writes_to_an_output_file(
 
 
 def test_consume_without_kms_credentials_fails_clearly(
-    consumer_settings: Settings, amqp_names: Any
+    emq_consumer_settings: Settings, emq_amqp_names: Any
 ) -> None:
-    env = env_for(consumer_settings)
+    env = env_for(emq_consumer_settings)
     del env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
     done = subprocess.run(
-        [ENVELOPE_MQ, "consume", *topology_args(amqp_names), "--count", "1"],
+        [ENVELOPE_MQ, "consume", *topology_args(emq_amqp_names), "--count", "1"],
         env=env,
         capture_output=True,
         text=True,

@@ -176,9 +176,9 @@ def depth(url: str, queue: str) -> int:
 
 @pytest.fixture
 def publisher(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> Iterator[TestPublisher]:
-    pub = TestPublisher(producer_settings, amqp_topology)
+    pub = TestPublisher(emq_producer_settings, emq_amqp_topology)
     yield pub
     pub.close()
 
@@ -191,9 +191,9 @@ def make_consumer(
 
 def test_damaged_messages_are_quarantined_while_good_ones_keep_flowing(
     publisher: TestPublisher,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_url: str,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
 ) -> None:
     good = [publisher.send(f"before {i}".encode()) for i in range(20)]
     # a flipped body bit
@@ -215,14 +215,14 @@ def test_damaged_messages_are_quarantined_while_good_ones_keep_flowing(
     }
 
     handler = Collector()
-    consumer = make_consumer(consumer_settings, amqp_topology, handler)
+    consumer = make_consumer(emq_consumer_settings, emq_amqp_topology, handler)
     with running(consumer):
         wait_for(lambda: len(handler.bodies) == len(good), "the good messages")
         wait_for(lambda: sum(consumer.stats.quarantined.values()) == 3, "quarantine")
 
     assert handler.bodies == publisher.published.bodies
     assert consumer.stats.requeued == 0
-    quarantined = drain(rabbitmq_url, amqp_topology.quarantine_queue)
+    quarantined = drain(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue)
     assert {
         p.message_id: p.headers[QUARANTINE_REASON_HEADER] for p, _ in quarantined
     } == {k: str(v) for k, v in expected_reasons.items()}
@@ -230,21 +230,21 @@ def test_damaged_messages_are_quarantined_while_good_ones_keep_flowing(
     tampered_props, tampered_body = by_id[meta.message_id]
     assert tampered_body == flipped  # the original body, untouched
     assert tampered_props.headers["x-emq-data-key"] == headers["x-emq-data-key"]
-    assert tampered_props.headers[QUARANTINE_QUEUE_HEADER] == amqp_topology.queue
+    assert tampered_props.headers[QUARANTINE_QUEUE_HEADER] == emq_amqp_topology.queue
     assert tampered_props.delivery_mode == 2
     assert by_id[meta_c.message_id][0].headers["x-app"] == "kept"
-    assert depth(rabbitmq_url, amqp_topology.queue) == 0
+    assert depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 0
 
 
 def test_kms_outage_mid_stream_holds_messages_and_loses_none(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    kms: KmsFixture,
-    rabbitmq_url: str,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
 ) -> None:
     # A new data key every 10 messages, so the consumer needs KMS mid-stream.
-    publisher = TestPublisher(producer_settings, amqp_topology, max_messages=10)
+    publisher = TestPublisher(emq_producer_settings, emq_amqp_topology, max_messages=10)
     try:
         for i in range(100):
             publisher.send(f"message {i}".encode())
@@ -255,11 +255,11 @@ def test_kms_outage_mid_stream_holds_messages_and_loses_none(
     def start_outage_after_25(message: ReceivedMessage) -> bool:
         if len(handler.bodies) == 24 and not outage_started.is_set():
             outage_started.set()
-            kms.emulator.faults.set(outage_seconds=3.0)
+            emq_kms.emulator.faults.set(outage_seconds=3.0)
         return False
 
     handler = Collector(fail=start_outage_after_25)
-    consumer = make_consumer(consumer_settings, amqp_topology, handler)
+    consumer = make_consumer(emq_consumer_settings, emq_amqp_topology, handler)
     with running(consumer):
         wait_for(lambda: len(handler.bodies) == 100, "every message")
 
@@ -268,25 +268,25 @@ def test_kms_outage_mid_stream_holds_messages_and_loses_none(
     assert not consumer.stats.quarantined
     assert handler.bodies == publisher.published.bodies
     assert all(n == 1 for n in handler.calls.values())  # held, never redelivered
-    assert depth(rabbitmq_url, amqp_topology.quarantine_queue) == 0
+    assert depth(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue) == 0
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_failing_handler_is_retried_then_quarantined(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_url: str,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
     queue_type: str,
 ) -> None:
     topology = Topology(
-        queue=amqp_topology.queue,
-        exchange=amqp_topology.exchange,
+        queue=emq_amqp_topology.queue,
+        exchange=emq_amqp_topology.exchange,
         queue_type=queue_type,  # type: ignore[arg-type]
-        queue_arguments=amqp_topology.queue_arguments,
+        queue_arguments=emq_amqp_topology.queue_arguments,
         exchange_auto_delete=True,
     )
-    publisher = TestPublisher(producer_settings, topology)
+    publisher = TestPublisher(emq_producer_settings, topology)
     try:
         poison = publisher.send(b"always fails")
         flaky = publisher.send(b"fails once")
@@ -300,7 +300,7 @@ def test_failing_handler_is_retried_then_quarantined(
         return message.message_id == flaky and handler.calls[flaky] == 1
 
     handler = Collector(fail=fail)
-    consumer = make_consumer(consumer_settings, topology, handler, max_deliveries=3)
+    consumer = make_consumer(emq_consumer_settings, topology, handler, max_deliveries=3)
     with running(consumer):
         wait_for(
             lambda: consumer.stats.quarantined[Reason.HANDLER_ERROR] == 1, "poison"
@@ -310,27 +310,27 @@ def test_failing_handler_is_retried_then_quarantined(
     assert handler.calls[poison] == 3
     assert handler.calls[flaky] == 2
     assert all(handler.calls[m] == 1 for m in fine)
-    [(props, _body)] = drain(rabbitmq_url, topology.quarantine_queue)
+    [(props, _body)] = drain(emq_rabbitmq_url, topology.quarantine_queue)
     assert props.message_id == poison
     assert props.headers[QUARANTINE_REASON_HEADER] == "handler-error"
-    assert depth(rabbitmq_url, topology.queue) == 0
+    assert depth(emq_rabbitmq_url, topology.queue) == 0
 
 
 def test_context_outside_the_policy_is_quarantined_without_a_kms_call(
     publisher: TestPublisher,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    kms: KmsFixture,
-    rabbitmq_url: str,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
 ) -> None:
     allowed = [publisher.send(b"for a", {"tenant": "a"}) for _ in range(3)]
     denied = [publisher.send(b"for b", {"tenant": "b"}) for _ in range(3)]
-    kms.emulator.reset_request_count()
+    emq_kms.emulator.reset_request_count()
 
     handler = Collector()
     consumer = make_consumer(
-        consumer_settings,
-        amqp_topology,
+        emq_consumer_settings,
+        emq_amqp_topology,
         handler,
         policy=ContextPolicy.parse(["tenant=a"]),
     )
@@ -339,23 +339,23 @@ def test_context_outside_the_policy_is_quarantined_without_a_kms_call(
         wait_for(lambda: consumer.stats.quarantined[Reason.CONTEXT_DENIED] == 3, "b")
 
     assert set(handler.bodies) == set(allowed)
-    assert kms.emulator.request_count.get("Decrypt", 0) == 1  # tenant a's one key
+    assert emq_kms.emulator.request_count.get("Decrypt", 0) == 1  # tenant a's one key
     reasons = {
         p.message_id: p.headers[QUARANTINE_REASON_HEADER]
-        for p, _ in drain(rabbitmq_url, amqp_topology.quarantine_queue)
+        for p, _ in drain(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue)
     }
     assert reasons == dict.fromkeys(denied, "context-denied")
 
 
 def test_producer_principal_cannot_decrypt_what_it_published(
     publisher: TestPublisher,
-    producer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_url: str,
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
 ) -> None:
     _body, headers, _meta = publisher.seal(b"for consumers only")
     with pytest.raises(KmsRequestError) as denied:
-        AliyunKms.from_settings(producer_settings).decrypt_data_key(
+        AliyunKms.from_settings(emq_producer_settings).decrypt_data_key(
             headers["x-emq-data-key"], {}
         )
     assert denied.value.code.startswith("Forbidden")
@@ -363,12 +363,12 @@ def test_producer_principal_cannot_decrypt_what_it_published(
     message_id = publisher.send(b"for consumers only")
     handler = Collector()
     # A consumer wrongly configured with the producer's credentials
-    consumer = make_consumer(producer_settings, amqp_topology, handler)
+    consumer = make_consumer(emq_producer_settings, emq_amqp_topology, handler)
     with running(consumer):
         wait_for(lambda: consumer.stats.quarantined[Reason.KMS_REJECTED] == 1, "it")
 
     assert handler.calls == {}
-    [(props, _body)] = drain(rabbitmq_url, amqp_topology.quarantine_queue)
+    [(props, _body)] = drain(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue)
     assert props.message_id == message_id
     assert props.headers[QUARANTINE_REASON_HEADER] == "kms-rejected"
     assert props.headers[QUARANTINE_KMS_CODE_HEADER] == denied.value.code
@@ -376,25 +376,27 @@ def test_producer_principal_cannot_decrypt_what_it_published(
 
 def test_replay_returns_quarantined_messages_once_they_can_be_opened(
     publisher: TestPublisher,
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_url: str,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
 ) -> None:
     sent = [publisher.send(f"replayed {i}".encode()) for i in range(5)]
     body, _headers, meta = publisher.seal(b"really broken")
     publisher.send_raw(body, {}, meta)  # malformed: refused before any KMS call
-    wrong = make_consumer(producer_settings, amqp_topology, Collector())
+    wrong = make_consumer(emq_producer_settings, emq_amqp_topology, Collector())
     with running(wrong):
         wait_for(lambda: sum(wrong.stats.quarantined.values()) == 6, "quarantine")
 
-    result = replay_quarantine(rabbitmq_url, amqp_topology, reasons={"kms-rejected"})
+    result = replay_quarantine(
+        emq_rabbitmq_url, emq_amqp_topology, reasons={"kms-rejected"}
+    )
 
     assert result.moved == {"kms-rejected": 5}
     assert result.skipped == 1
-    assert depth(rabbitmq_url, amqp_topology.quarantine_queue) == 1
+    assert depth(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue) == 1
     handler = Collector()
-    right = make_consumer(consumer_settings, amqp_topology, handler)
+    right = make_consumer(emq_consumer_settings, emq_amqp_topology, handler)
     with running(right):
         wait_for(lambda: len(handler.bodies) == 5, "the replayed messages")
     assert sorted(handler.bodies) == sorted(sent)
@@ -403,9 +405,9 @@ def test_replay_returns_quarantined_messages_once_they_can_be_opened(
 
 def test_stop_finishes_the_message_in_hand_and_requeues_the_rest(
     publisher: TestPublisher,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_url: str,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
 ) -> None:
     for i in range(60):
         publisher.send(f"m{i}".encode())
@@ -416,28 +418,30 @@ def test_stop_finishes_the_message_in_hand_and_requeues_the_rest(
         return False
 
     handler = Collector(fail=stop_at_ten)
-    consumer = make_consumer(consumer_settings, amqp_topology, handler, prefetch=50)
+    consumer = make_consumer(
+        emq_consumer_settings, emq_amqp_topology, handler, prefetch=50
+    )
     stats = consumer.run()
 
     assert stats.handled == 10
     assert len(handler.bodies) == 10
-    wait_for(lambda: depth(rabbitmq_url, amqp_topology.queue) == 50, "requeue")
+    wait_for(lambda: depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 50, "requeue")
 
 
 def test_consumer_reconnects_after_the_connection_is_cut(
     publisher: TestPublisher,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_proxy: FaultProxy,
-    rabbitmq_url: str,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
+    emq_rabbitmq_url: str,
 ) -> None:
     for i in range(200):
         publisher.send(f"m{i}".encode())
     settings = Settings(
-        rabbitmq_urls=(rabbitmq_proxy.rewrite(rabbitmq_url),),
-        kms_endpoint=consumer_settings.kms_endpoint,
-        access_key_id=consumer_settings.access_key_id,
-        access_key_secret=consumer_settings.access_key_secret,
+        rabbitmq_urls=(emq_rabbitmq_proxy.rewrite(emq_rabbitmq_url),),
+        kms_endpoint=emq_consumer_settings.kms_endpoint,
+        access_key_id=emq_consumer_settings.access_key_id,
+        access_key_secret=emq_consumer_settings.access_key_secret,
     )
 
     cut = threading.Event()
@@ -445,40 +449,40 @@ def test_consumer_reconnects_after_the_connection_is_cut(
     def cut_at_50(message: ReceivedMessage) -> bool:
         if len(handler.calls) == 50 and not cut.is_set():
             cut.set()  # once: redeliveries after the reconnect count no higher
-            rabbitmq_proxy.reset_all()
+            emq_rabbitmq_proxy.reset_all()
         return False
 
     handler = Collector(fail=cut_at_50)
-    consumer = make_consumer(settings, amqp_topology, handler, prefetch=20)
+    consumer = make_consumer(settings, emq_amqp_topology, handler, prefetch=20)
     with running(consumer):
         wait_for(lambda: len(handler.bodies) == 200, "every message")
 
     assert consumer.stats.reconnects >= 1
     assert handler.bodies == publisher.published.bodies
-    assert depth(rabbitmq_url, amqp_topology.queue) == 0
+    assert depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 0
 
 
 @pytest.mark.slow
 def test_slow_kms_does_not_cost_the_broker_connection(
     publisher: TestPublisher,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    kms: KmsFixture,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_kms: KmsFixture,
 ) -> None:
     publisher.send(b"needs a slow Decrypt")
     # Decrypt takes three times the heartbeat timeout: a connection left silent
     # for that long is closed by the broker.
-    kms.emulator.faults.set(latency_ms=6_000)
+    emq_kms.emulator.faults.set(latency_ms=6_000)
     handler = Collector()
     consumer = make_consumer(
-        consumer_settings,
-        amqp_topology,
+        emq_consumer_settings,
+        emq_amqp_topology,
         handler,
         connection_options=ConnectionOptions(heartbeat=2),
     )
     with running(consumer):
         wait_for(lambda: len(handler.bodies) == 1, "the message")
-        kms.emulator.faults.clear()
+        emq_kms.emulator.faults.clear()
 
     assert consumer.stats.reconnects == 0
     assert handler.calls == {next(iter(publisher.published.bodies)): 1}

@@ -35,41 +35,41 @@ def publish(settings: Settings, topology: Topology, *bodies: bytes) -> None:
 
 
 def test_a_consumer_built_from_settings_releases_its_kms_client_when_run_ends(
-    kms: KmsFixture,
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
+    emq_kms: KmsFixture,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
-    kms_port = int(kms.emulator.port)
-    publish(producer_settings, amqp_topology, b"one")
+    kms_port = int(emq_kms.emulator.port)
+    publish(emq_producer_settings, emq_amqp_topology, b"one")
     during: list[int] = []
 
     def handler(message: ReceivedMessage) -> None:
         during.append(sockets_to(kms_port))
 
     consumer = EncryptedConsumer.from_settings(
-        consumer_settings, amqp_topology, handler
+        emq_consumer_settings, emq_amqp_topology, handler
     )
     consumer.run(count=1)
     assert during[0] >= 1  # the SDK keeps its connection pooled while in use
     assert sockets_to(kms_port) == 0
     # The client is released, not spent: a second run unwraps again.
-    publish(producer_settings, amqp_topology, b"two")
+    publish(emq_producer_settings, emq_amqp_topology, b"two")
     consumer.run(count=1)
     assert len(during) == 2
 
 
 def test_every_reset_during_set_up_comes_out_as_broker_unavailable(
-    rabbitmq_url: str, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_rabbitmq_url: str, emq_amqp_topology: Topology, emq_rabbitmq_proxy: FaultProxy
 ) -> None:
     # A real reset, no fault injected: the proxy resets each connection as it
     # accepts it. How pika fails depends on timing; a few percent of the time
     # it raises ValueError out of its I/O loop. Each way must come out as the
     # BrokerUnavailableError the consumer's reconnect loop retries on.
-    rabbitmq_proxy.add(ResetPeer())
+    emq_rabbitmq_proxy.add(ResetPeer())
     transport = BlockingTransport(
-        rabbitmq_proxy.rewrite(rabbitmq_url),
-        amqp_topology,
+        emq_rabbitmq_proxy.rewrite(emq_rabbitmq_url),
+        emq_amqp_topology,
         options=ConnectionOptions(connection_attempts=1, socket_timeout=5.0),
     )
     causes: Counter[str] = Counter()
@@ -101,10 +101,10 @@ class ResetDuringSetUp:
 
 
 def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_proxy: FaultProxy,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     faults = ResetDuringSetUp(pika.BlockingConnection, failing=2)
@@ -118,10 +118,10 @@ def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
         if message.body == b"after the cut":
             consumer.stop()
 
-    proxied = rabbitmq_proxy.rewrite(consumer_settings.rabbitmq_urls[0])
+    proxied = emq_rabbitmq_proxy.rewrite(emq_consumer_settings.rabbitmq_urls[0])
     consumer = EncryptedConsumer.from_settings(
-        replace(consumer_settings, rabbitmq_urls=(proxied,)),
-        amqp_topology,
+        replace(emq_consumer_settings, rabbitmq_urls=(proxied,)),
+        emq_amqp_topology,
         handler,
         reconnect_backoff=Backoff(initial=0.05, cap=0.2),
     )
@@ -136,10 +136,10 @@ def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
     thread = threading.Thread(target=run, name="consumer-under-test")
     thread.start()
     try:
-        publish(producer_settings, amqp_topology, b"before the cut")
+        publish(emq_producer_settings, emq_amqp_topology, b"before the cut")
         assert first_handled.wait(TIMEOUT)
-        rabbitmq_proxy.reset_all()  # the reconnect's first set-up then breaks
-        publish(producer_settings, amqp_topology, b"after the cut")
+        emq_rabbitmq_proxy.reset_all()  # the reconnect's first set-up then breaks
+        publish(emq_producer_settings, emq_amqp_topology, b"after the cut")
     finally:
         thread.join(TIMEOUT)
         consumer.stop()

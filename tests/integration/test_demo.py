@@ -25,10 +25,12 @@ def demo_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_demo_publishes_consumes_and_verifies_every_message(rabbitmq_url: str) -> None:
+def test_demo_publishes_consumes_and_verifies_every_message(
+    emq_rabbitmq_url: str,
+) -> None:
     done = subprocess.run(
         [ENVELOPE_MQ, "demo", "--messages", "200", "--size", "300"],
-        env=demo_env(RABBITMQ_URL=rabbitmq_url),
+        env=demo_env(RABBITMQ_URL=emq_rabbitmq_url),
         capture_output=True,
         text=True,
         timeout=180,

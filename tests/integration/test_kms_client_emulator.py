@@ -29,35 +29,37 @@ def _client(kms: KmsFixture, role: str, **overrides: object) -> AliyunKms:
     return AliyunKms(creds.access_key_id, creds.access_key_secret, **options)  # type: ignore[arg-type]
 
 
-def test_data_key_round_trips_between_the_two_roles(kms: KmsFixture) -> None:
-    data_key = _client(kms, "producer").generate_data_key(kms.alias, CONTEXT)
+def test_data_key_round_trips_between_the_two_roles(emq_kms: KmsFixture) -> None:
+    data_key = _client(emq_kms, "producer").generate_data_key(emq_kms.alias, CONTEXT)
 
-    unwrapped = _client(kms, "consumer").decrypt_data_key(data_key.wrapped, CONTEXT)
+    unwrapped = _client(emq_kms, "consumer").decrypt_data_key(data_key.wrapped, CONTEXT)
 
     assert unwrapped == data_key.plaintext
     assert len(unwrapped) == 32
-    assert data_key.key_id == kms.key_id  # the alias resolves to the key id
+    assert data_key.key_id == emq_kms.key_id  # the alias resolves to the key id
 
 
-def test_endpoint_with_scheme_works_like_host_port(kms: KmsFixture) -> None:
-    client = _client(kms, "producer", endpoint=f"http://{kms.endpoint}")
+def test_endpoint_with_scheme_works_like_host_port(emq_kms: KmsFixture) -> None:
+    client = _client(emq_kms, "producer", endpoint=f"http://{emq_kms.endpoint}")
 
-    assert client.generate_data_key(kms.key_id, {}).key_id == kms.key_id
+    assert client.generate_data_key(emq_kms.key_id, {}).key_id == emq_kms.key_id
 
 
-def test_unwrapping_under_another_context_is_refused(kms: KmsFixture) -> None:
-    data_key = _client(kms, "producer").generate_data_key(kms.key_id, {"ab": "c"})
+def test_unwrapping_under_another_context_is_refused(emq_kms: KmsFixture) -> None:
+    data_key = _client(emq_kms, "producer").generate_data_key(
+        emq_kms.key_id, {"ab": "c"}
+    )
 
     with pytest.raises(KmsRequestError) as caught:
-        _client(kms, "consumer").decrypt_data_key(data_key.wrapped, {"a": "bc"})
+        _client(emq_kms, "consumer").decrypt_data_key(data_key.wrapped, {"a": "bc"})
 
     assert caught.value.code == "InvalidParameter"
     assert caught.value.request_id
 
 
-def test_producer_principal_cannot_decrypt(kms: KmsFixture) -> None:
-    producer = _client(kms, "producer")
-    data_key = producer.generate_data_key(kms.key_id, CONTEXT)
+def test_producer_principal_cannot_decrypt(emq_kms: KmsFixture) -> None:
+    producer = _client(emq_kms, "producer")
+    data_key = producer.generate_data_key(emq_kms.key_id, CONTEXT)
 
     with pytest.raises(KmsRequestError) as caught:
         producer.decrypt_data_key(data_key.wrapped, CONTEXT)
@@ -65,23 +67,25 @@ def test_producer_principal_cannot_decrypt(kms: KmsFixture) -> None:
     assert caught.value.code.startswith("Forbidden")
 
 
-def test_consumer_principal_cannot_generate_data_keys(kms: KmsFixture) -> None:
+def test_consumer_principal_cannot_generate_data_keys(emq_kms: KmsFixture) -> None:
     with pytest.raises(KmsRequestError) as caught:
-        _client(kms, "consumer").generate_data_key(kms.key_id, CONTEXT)
+        _client(emq_kms, "consumer").generate_data_key(emq_kms.key_id, CONTEXT)
 
     assert caught.value.code.startswith("Forbidden")
 
 
-def test_wrong_secret_is_a_permanent_error_without_the_secret(kms: KmsFixture) -> None:
+def test_wrong_secret_is_a_permanent_error_without_the_secret(
+    emq_kms: KmsFixture,
+) -> None:
     client = AliyunKms(
-        kms.producer.access_key_id,
+        emq_kms.producer.access_key_id,
         "not-the-secret",
-        endpoint=kms.endpoint,
+        endpoint=emq_kms.endpoint,
         max_attempts=1,
     )
 
     with pytest.raises(KmsRequestError) as caught:
-        client.generate_data_key(kms.key_id, CONTEXT)
+        client.generate_data_key(emq_kms.key_id, CONTEXT)
 
     # The emulator answers SignatureDoesNotMatch with its string-to-sign; the SDK
     # finds it equal to its own and renames the error, exactly as with the cloud.
@@ -89,19 +93,19 @@ def test_wrong_secret_is_a_permanent_error_without_the_secret(kms: KmsFixture) -
     assert "not-the-secret" not in str(caught.value)
 
 
-def test_unknown_access_key_is_a_permanent_error(kms: KmsFixture) -> None:
-    client = AliyunKms("nobody", "secret", endpoint=kms.endpoint, max_attempts=1)
+def test_unknown_access_key_is_a_permanent_error(emq_kms: KmsFixture) -> None:
+    client = AliyunKms("nobody", "secret", endpoint=emq_kms.endpoint, max_attempts=1)
 
     with pytest.raises(KmsRequestError) as caught:
-        client.generate_data_key(kms.key_id, CONTEXT)
+        client.generate_data_key(emq_kms.key_id, CONTEXT)
 
     assert caught.value.code == "InvalidAccessKeyId.NotFound"
 
 
-def test_disabled_key_is_a_permanent_error(kms: KmsFixture) -> None:
-    consumer = _client(kms, "consumer")
-    data_key = _client(kms, "producer").generate_data_key(kms.key_id, CONTEXT)
-    kms.emulator.service.call("DisableKey", {"KeyId": kms.key_id}, None)
+def test_disabled_key_is_a_permanent_error(emq_kms: KmsFixture) -> None:
+    consumer = _client(emq_kms, "consumer")
+    data_key = _client(emq_kms, "producer").generate_data_key(emq_kms.key_id, CONTEXT)
+    emq_kms.emulator.service.call("DisableKey", {"KeyId": emq_kms.key_id}, None)
 
     with pytest.raises(KmsRequestError) as caught:
         consumer.decrypt_data_key(data_key.wrapped, CONTEXT)
@@ -115,39 +119,41 @@ def test_disabled_key_is_a_permanent_error(kms: KmsFixture) -> None:
     ids=["outage", "throttling", "http-503"],
 )
 def test_kms_faults_are_transient_errors(
-    kms: KmsFixture, fault: dict[str, float]
+    emq_kms: KmsFixture, fault: dict[str, float]
 ) -> None:
-    kms.emulator.faults.set(**fault)
+    emq_kms.emulator.faults.set(**fault)
 
     with pytest.raises(KmsUnavailableError):
-        _client(kms, "producer").generate_data_key(kms.key_id, CONTEXT)
+        _client(emq_kms, "producer").generate_data_key(emq_kms.key_id, CONTEXT)
 
 
-def test_transient_errors_are_retried_until_kms_recovers(kms: KmsFixture) -> None:
+def test_transient_errors_are_retried_until_kms_recovers(emq_kms: KmsFixture) -> None:
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
-        kms.emulator.faults.clear()  # KMS comes back during the first back-off
+        emq_kms.emulator.faults.clear()  # KMS comes back during the first back-off
 
-    kms.emulator.faults.set(throttle_ratio=1.0)
-    client = _client(kms, "producer", max_attempts=3, sleep=sleep)
+    emq_kms.emulator.faults.set(throttle_ratio=1.0)
+    client = _client(emq_kms, "producer", max_attempts=3, sleep=sleep)
 
-    assert client.generate_data_key(kms.key_id, CONTEXT).key_id == kms.key_id
+    assert client.generate_data_key(emq_kms.key_id, CONTEXT).key_id == emq_kms.key_id
     assert len(slept) == 1
 
 
-def test_caches_make_one_kms_call_per_key_under_eight_threads(kms: KmsFixture) -> None:
-    producer_cache = DataKeyCache(_client(kms, "producer"))
-    consumer_cache = UnwrapCache(_client(kms, "consumer"))
-    kms.emulator.reset_request_count()
+def test_caches_make_one_kms_call_per_key_under_eight_threads(
+    emq_kms: KmsFixture,
+) -> None:
+    producer_cache = DataKeyCache(_client(emq_kms, "producer"))
+    consumer_cache = UnwrapCache(_client(emq_kms, "consumer"))
+    emq_kms.emulator.reset_request_count()
     start = threading.Barrier(8)
     unwrapped: list[bytes] = []
 
     def work() -> None:
         start.wait()
         for _ in range(50):
-            data_key = producer_cache.acquire(kms.key_id, CONTEXT)
+            data_key = producer_cache.acquire(emq_kms.key_id, CONTEXT)
             unwrapped.append(consumer_cache.unwrap(data_key.wrapped, CONTEXT))
 
     threads = [threading.Thread(target=work) for _ in range(8)]
@@ -158,17 +164,17 @@ def test_caches_make_one_kms_call_per_key_under_eight_threads(kms: KmsFixture) -
 
     assert len(set(unwrapped)) == 1
     assert len(unwrapped) == 400
-    assert kms.emulator.request_count == {"GenerateDataKey": 1, "Decrypt": 1}
+    assert emq_kms.emulator.request_count == {"GenerateDataKey": 1, "Decrypt": 1}
 
 
-def test_close_releases_the_sdk_connection_pool(kms: KmsFixture) -> None:
-    port = kms.emulator.port
-    with _client(kms, "producer") as client:
-        client.generate_data_key(kms.key_id, CONTEXT)
+def test_close_releases_the_sdk_connection_pool(emq_kms: KmsFixture) -> None:
+    port = emq_kms.emulator.port
+    with _client(emq_kms, "producer") as client:
+        client.generate_data_key(emq_kms.key_id, CONTEXT)
         assert sockets_to(port) == 1  # the SDK keeps the connection pooled
 
     assert sockets_to(port) == 0
     client.close()  # idempotent
     # A request after close opens a new connection rather than failing.
-    assert client.generate_data_key(kms.key_id, CONTEXT).key_id == kms.key_id
+    assert client.generate_data_key(emq_kms.key_id, CONTEXT).key_id == emq_kms.key_id
     client.close()

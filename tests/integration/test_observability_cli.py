@@ -62,23 +62,30 @@ def json_lines(stderr: str) -> list[dict[str, Any]]:
 
 
 def test_consume_writes_json_log_lines_with_the_stable_keys(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_names: AmqpNames,
-    rabbitmq_url: str,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_names: AmqpNames,
+    emq_rabbitmq_url: str,
 ) -> None:
-    topology_args = ["--queue", amqp_names.queue, "--exchange", amqp_names.exchange]
+    topology_args = [
+        "--queue",
+        emq_amqp_names.queue,
+        "--exchange",
+        emq_amqp_names.exchange,
+    ]
     observe = ["--log-format", "json", "--log-level", "info", "--metrics-port", "0"]
     # A malformed message first, then a good one, in a topology both commands
     # declare the same way.
-    connection = connect_blocking(rabbitmq_url)
+    connection = connect_blocking(emq_rabbitmq_url)
     try:
         channel = connection.channel()
-        Topology(amqp_names.queue, exchange=amqp_names.exchange).declare(channel)
+        Topology(emq_amqp_names.queue, exchange=emq_amqp_names.exchange).declare(
+            channel
+        )
         channel.confirm_delivery()
         channel.basic_publish(
-            amqp_names.exchange,
-            amqp_names.queue,
+            emq_amqp_names.exchange,
+            emq_amqp_names.queue,
             b"not an envelope",
             pika.BasicProperties(
                 message_id="malformed-1", timestamp=int(time.time()), headers={}
@@ -88,14 +95,14 @@ def test_consume_writes_json_log_lines_with_the_stable_keys(
         connection.close()
     produced = run(
         ["produce", *topology_args, *observe, "hello, operator"],
-        env_for(producer_settings),
+        env_for(emq_producer_settings),
     )
     assert produced.returncode == 0, produced.stderr
     assert METRICS_LINE.search(produced.stderr), produced.stderr
 
     consumed = run(
         ["consume", *topology_args, *observe, "--count", "1"],
-        env_for(consumer_settings),
+        env_for(emq_consumer_settings),
     )
 
     assert consumed.returncode == 0, consumed.stderr
@@ -110,16 +117,16 @@ def test_consume_writes_json_log_lines_with_the_stable_keys(
     quarantined = [line for line in lines if line["event"] == "message_quarantined"]
     assert len(quarantined) == 1, lines
     assert quarantined[0]["level"] == "warning"
-    assert quarantined[0]["queue"] == amqp_names.queue
+    assert quarantined[0]["queue"] == emq_amqp_names.queue
     assert quarantined[0]["message_id"] == "malformed-1"
     assert quarantined[0]["reason"] == "malformed"
     assert "hello, operator" not in consumed.stderr  # plaintext never logged
 
 
-def test_demo_says_where_its_metrics_can_be_scraped(rabbitmq_url: str) -> None:
+def test_demo_says_where_its_metrics_can_be_scraped(emq_rabbitmq_url: str) -> None:
     done = run(
         ["demo", "--messages", "50", "--size", "100", "--metrics-port", "0"],
-        env_for(None, RABBITMQ_URL=rabbitmq_url),
+        env_for(None, RABBITMQ_URL=emq_rabbitmq_url),
     )
 
     assert done.returncode == 0, done.stderr

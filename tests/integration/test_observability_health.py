@@ -63,17 +63,17 @@ def observed() -> Iterator[tuple[Metrics, ObservabilityServer]]:
 
 
 def test_consumer_readiness_flips_with_the_broker_connection(
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_proxy: FaultProxy,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
     observed: tuple[Metrics, ObservabilityServer],
 ) -> None:
     metrics, server = observed
     assert probe(server, "/readyz")[0] == 503  # nothing connected yet
     settings = dataclasses.replace(
-        consumer_settings,
+        emq_consumer_settings,
         rabbitmq_urls=tuple(
-            rabbitmq_proxy.rewrite(u) for u in consumer_settings.rabbitmq_urls
+            emq_rabbitmq_proxy.rewrite(u) for u in emq_consumer_settings.rabbitmq_urls
         ),
     )
 
@@ -82,7 +82,7 @@ def test_consumer_readiness_flips_with_the_broker_connection(
 
     consumer = EncryptedConsumer.from_settings(
         settings,
-        amqp_topology,
+        emq_amqp_topology,
         handler,
         reconnect_backoff=Backoff(initial=0.1, cap=0.3),
         metrics=metrics,
@@ -94,15 +94,15 @@ def test_consumer_readiness_flips_with_the_broker_connection(
         assert body["checks"] == {"consumer.broker": "ok"}
         assert probe(server, "/healthz")[0] == 200
 
-        refusing = rabbitmq_proxy.add(ResetPeer())  # new connections: reset
-        rabbitmq_proxy.reset_all()
+        refusing = emq_rabbitmq_proxy.add(ResetPeer())  # new connections: reset
+        emq_rabbitmq_proxy.reset_all()
         body = wait_status(server, "/readyz", 503)
         checks = body["checks"]
         assert isinstance(checks, dict)
         assert checks["consumer.broker"] != "ok"
         assert probe(server, "/healthz")[0] == 200  # alive: it is reconnecting
 
-        rabbitmq_proxy.remove(refusing)
+        emq_rabbitmq_proxy.remove(refusing)
         wait_status(server, "/readyz", 200)
     finally:
         consumer.stop()
@@ -119,28 +119,30 @@ def test_consumer_readiness_flips_with_the_broker_connection(
 
 
 def test_publisher_readiness_flips_with_the_broker_connection(
-    producer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_proxy: FaultProxy,
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
     observed: tuple[Metrics, ObservabilityServer],
 ) -> None:
     metrics, server = observed
-    urls = tuple(rabbitmq_proxy.rewrite(u) for u in producer_settings.rabbitmq_urls)
-    settings = dataclasses.replace(producer_settings, rabbitmq_urls=urls)
+    urls = tuple(
+        emq_rabbitmq_proxy.rewrite(u) for u in emq_producer_settings.rabbitmq_urls
+    )
+    settings = dataclasses.replace(emq_producer_settings, rabbitmq_urls=urls)
     options = TransportOptions(initial_backoff=0.1, max_backoff=0.3)
     with EncryptedPublisher.from_settings(
-        settings, topology=amqp_topology, options=options, metrics=metrics
+        settings, topology=emq_amqp_topology, options=options, metrics=metrics
     ) as publisher:
         publisher.send(b"before the cut")
         body = wait_status(server, "/readyz", 200)
         assert body["checks"] == {"kms": "ok", "publisher.broker": "ok"}
 
-        refusing = rabbitmq_proxy.add(ResetPeer())  # new connections: reset
-        rabbitmq_proxy.reset_all()
+        refusing = emq_rabbitmq_proxy.add(ResetPeer())  # new connections: reset
+        emq_rabbitmq_proxy.reset_all()
         wait_status(server, "/readyz", 503)
         pending = publisher.publish(b"during the outage")
 
-        rabbitmq_proxy.remove(refusing)
+        emq_rabbitmq_proxy.remove(refusing)
         wait_status(server, "/readyz", 200)
         assert pending.result(TIMEOUT)
     assert (

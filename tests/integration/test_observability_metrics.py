@@ -107,10 +107,10 @@ def quarantine_depth(url: str, topology: Topology) -> int:
 
 
 def test_metric_values_match_the_ledger(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    rabbitmq_url: str,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
 ) -> None:
     ledger = MessageLedger("observability counts")
     pub_metrics = Metrics(health=HealthState())
@@ -119,7 +119,7 @@ def test_metric_values_match_the_ledger(
     # -- publish: good messages, one the handler refuses, one nobody routes ---
     refused_id = str(uuid.uuid4())
     with EncryptedPublisher.from_settings(
-        producer_settings, topology=amqp_topology, metrics=pub_metrics
+        emq_producer_settings, topology=emq_amqp_topology, metrics=pub_metrics
     ) as publisher:
         futures = []
         for n in range(GOOD):
@@ -139,18 +139,26 @@ def test_metric_values_match_the_ledger(
         assert isinstance(unroutable.exception(), MessageUnroutableError)
 
     # -- published around the library: tampered and malformed ----------------
-    key_id = producer_settings.kms_key_id
+    key_id = emq_producer_settings.kms_key_id
     assert key_id is not None
-    sealer = Sealer(DataKeyCache(AliyunKms.from_settings(producer_settings)), key_id)
+    sealer = Sealer(
+        DataKeyCache(AliyunKms.from_settings(emq_producer_settings)), key_id
+    )
     tampered_id, malformed_id = str(uuid.uuid4()), str(uuid.uuid4())
     meta = MessageMeta(tampered_id, int(time.time()))
     sealed = sealer.seal(b"tamper with me, please", meta)
     flipped = sealed.body[:-1] + bytes([sealed.body[-1] ^ 1])
     ledger.published(tampered_id, b"tamper with me, please", expect="quarantined")
-    publish_raw(rabbitmq_url, amqp_topology, flipped, dict(sealed.headers), meta)
+    publish_raw(
+        emq_rabbitmq_url, emq_amqp_topology, flipped, dict(sealed.headers), meta
+    )
     ledger.published(malformed_id, b"no envelope", expect="quarantined")
     publish_raw(
-        rabbitmq_url, amqp_topology, b"no envelope", {}, MessageMeta(malformed_id, 1)
+        emq_rabbitmq_url,
+        emq_amqp_topology,
+        b"no envelope",
+        {},
+        MessageMeta(malformed_id, 1),
     )
 
     # -- consume everything ---------------------------------------------------
@@ -160,8 +168,8 @@ def test_metric_values_match_the_ledger(
         ledger.handled(message.message_id, message.body)
 
     consumer = EncryptedConsumer.from_settings(
-        consumer_settings,
-        amqp_topology,
+        emq_consumer_settings,
+        emq_amqp_topology,
         handler,
         max_deliveries=MAX_DELIVERIES,
         reconnect_backoff=Backoff(initial=0.1, cap=0.5),
@@ -172,14 +180,14 @@ def test_metric_values_match_the_ledger(
     try:
         assert ledger.wait_settled(TIMEOUT, at_least=GOOD)
         wait_for(
-            lambda: quarantine_depth(rabbitmq_url, amqp_topology) == 3,
+            lambda: quarantine_depth(emq_rabbitmq_url, emq_amqp_topology) == 3,
             "three quarantined messages",
         )
     finally:
         consumer.stop()
         runner.join(TIMEOUT)
     assert not runner.is_alive()
-    assert drain_quarantine(rabbitmq_url, amqp_topology, ledger) == 3
+    assert drain_quarantine(emq_rabbitmq_url, emq_amqp_topology, ledger) == 3
     report = ledger.check()
     assert report["quarantined"] == {
         "handler-error": 1,

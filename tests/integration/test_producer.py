@@ -102,13 +102,13 @@ def open_message(consumer_settings: Settings, properties: Any, body: bytes) -> b
 
 
 def test_a_confirmed_message_lands_sealed_with_the_envelope_headers(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    kms: KmsFixture,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_kms: KmsFixture,
 ) -> None:
     plaintext = b"the quarterly numbers"
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         message_id = pub.send(
             plaintext,
             context={"tenant": "a"},
@@ -116,9 +116,11 @@ def test_a_confirmed_message_lands_sealed_with_the_envelope_headers(
             content_encoding="utf-8",
             type="report",
         )
-    [(properties, body)] = drain(consumer_settings.rabbitmq_urls, amqp_topology.queue)
+    [(properties, body)] = drain(
+        emq_consumer_settings.rabbitmq_urls, emq_amqp_topology.queue
+    )
     assert set(properties.headers) == set(HEADER_NAMES)
-    assert properties.headers["x-emq-key-id"] == kms.key_id
+    assert properties.headers["x-emq-key-id"] == emq_kms.key_id
     assert properties.headers["x-emq-context"] == '{"tenant":"a"}'
     assert plaintext not in body
     assert properties.message_id == message_id
@@ -129,39 +131,43 @@ def test_a_confirmed_message_lands_sealed_with_the_envelope_headers(
         "utf-8",
         "report",
     )
-    assert open_message(consumer_settings, properties, body) == plaintext
+    assert open_message(emq_consumer_settings, properties, body) == plaintext
 
 
 def test_the_producer_principal_cannot_decrypt_what_it_published(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         pub.send(b"secret")
-    [(properties, _body)] = drain(producer_settings.rabbitmq_urls, amqp_topology.queue)
+    [(properties, _body)] = drain(
+        emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue
+    )
     with (
-        AliyunKms.from_settings(producer_settings) as kms,
+        AliyunKms.from_settings(emq_producer_settings) as kms,
         pytest.raises(KmsRequestError),
     ):
         kms.decrypt_data_key(properties.headers["x-emq-data-key"], {})
 
 
 def test_an_unroutable_publish_fails_its_future(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         routed = pub.publish(b"kept")
         lost = pub.publish(b"nowhere to go", routing_key="no.such.binding")
         with pytest.raises(MessageUnroutableError) as caught:
             lost.result(timeout=30)
         assert caught.value.message_id
         assert routed.result(timeout=30)
-    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 1
+    assert (
+        queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue) == 1
+    )
 
 
 def test_flush_waits_for_every_confirm(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         futures = [pub.publish(b"m%d" % n) for n in range(500)]
         assert pub.flush(timeout=60)
         assert all(f.done() for f in futures)
@@ -169,49 +175,56 @@ def test_flush_waits_for_every_confirm(
 
 
 def test_ten_thousand_messages_are_all_confirmed_and_queued(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         futures = [pub.publish(b"x" * 1024) for _ in range(10_000)]
         pub.flush()
     ids = {f.result(timeout=0) for f in futures}
     assert len(ids) == 10_000
-    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 10_000
+    assert (
+        queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue)
+        == 10_000
+    )
 
 
 def test_a_quorum_queue_takes_sealed_messages(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
-    topology = replace(amqp_topology, queue_type="quorum")
-    with publisher(producer_settings, topology) as pub:
+    topology = replace(emq_amqp_topology, queue_type="quorum")
+    with publisher(emq_producer_settings, topology) as pub:
         pub.send(b"replicated")
-    [(properties, body)] = drain(producer_settings.rabbitmq_urls, topology.queue)
-    assert open_message(consumer_settings, properties, body) == b"replicated"
+    [(properties, body)] = drain(emq_producer_settings.rabbitmq_urls, topology.queue)
+    assert open_message(emq_consumer_settings, properties, body) == b"replicated"
 
 
 def test_kms_down_without_a_cached_key_fails_the_publish_and_sends_nothing(
-    producer_settings: Settings, amqp_topology: Topology, kms: KmsFixture
+    emq_producer_settings: Settings, emq_amqp_topology: Topology, emq_kms: KmsFixture
 ) -> None:
-    kms.emulator.faults.set(outage_seconds=3600)
-    with publisher(producer_settings, amqp_topology) as pub:
+    emq_kms.emulator.faults.set(outage_seconds=3600)
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         with pytest.raises(KmsError):
             pub.publish(b"must never leave unsealed")
         assert pub.stats().published == 0
-    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 0
+    assert (
+        queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue) == 0
+    )
 
 
 def test_kms_down_with_a_cached_key_keeps_publishing(
-    producer_settings: Settings, amqp_topology: Topology, kms: KmsFixture
+    emq_producer_settings: Settings, emq_amqp_topology: Topology, emq_kms: KmsFixture
 ) -> None:
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         pub.send(b"fetches the data key")
-        kms.emulator.faults.set(outage_seconds=3600)
+        emq_kms.emulator.faults.set(outage_seconds=3600)
         futures = [pub.publish(b"during the outage %d" % n) for n in range(100)]
         assert pub.flush(timeout=60)
     assert all(f.exception() is None for f in futures)
-    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 101
+    assert (
+        queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue) == 101
+    )
 
 
 def through(proxy: FaultProxy, settings: Settings) -> Settings:
@@ -219,29 +232,31 @@ def through(proxy: FaultProxy, settings: Settings) -> Settings:
 
 
 def test_unconfirmed_messages_are_republished_unchanged_after_a_connection_loss(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
 ) -> None:
     # The broker takes every message but its confirms are held back, so all of
     # them are unconfirmed when the connection drops: each must be published
     # again, byte for byte, and arrive twice (at-least-once).
-    urls = producer_settings.rabbitmq_urls
-    settings = through(rabbitmq_proxy, producer_settings)
-    with publisher(settings, amqp_topology, initial_backoff=0.05) as pub:
+    urls = emq_producer_settings.rabbitmq_urls
+    settings = through(emq_rabbitmq_proxy, emq_producer_settings)
+    with publisher(settings, emq_amqp_topology, initial_backoff=0.05) as pub:
         pub.send(b"warm-up: connection, topology and data key")
-        drain(urls, amqp_topology.queue)
-        held = rabbitmq_proxy.add(Hold())  # the broker's replies, confirms included
+        drain(urls, emq_amqp_topology.queue)
+        held = emq_rabbitmq_proxy.add(Hold())  # the broker's replies, confirms included
         futures = [pub.publish(b"payload %d" % n) for n in range(300)]
-        wait_for_depth(urls, amqp_topology.queue, 300)
+        wait_for_depth(urls, emq_amqp_topology.queue, 300)
         assert not any(f.done() for f in futures)
-        rabbitmq_proxy.reset_all()  # the held confirms go with their connection
-        rabbitmq_proxy.remove(held)
+        emq_rabbitmq_proxy.reset_all()  # the held confirms go with their connection
+        emq_rabbitmq_proxy.remove(held)
         assert pub.flush(timeout=60)
         stats = pub.stats()
     assert all(f.exception() is None for f in futures)
     assert stats.republished == 300
     assert stats.reconnects == 1
     copies: dict[str, list[Received]] = {}
-    for properties, body in drain(urls, amqp_topology.queue):
+    for properties, body in drain(urls, emq_amqp_topology.queue):
         copies.setdefault(properties.message_id, []).append((properties, body))
     assert set(copies) == {f.result() for f in futures}
     for (first, first_body), (second, second_body) in copies.values():
@@ -251,60 +266,67 @@ def test_unconfirmed_messages_are_republished_unchanged_after_a_connection_loss(
 
 
 def test_every_message_is_confirmed_across_a_connection_cut_mid_stream(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
 ) -> None:
-    urls = producer_settings.rabbitmq_urls
+    urls = emq_producer_settings.rabbitmq_urls
     futures: list[Future[str]] = []
-    settings = through(rabbitmq_proxy, producer_settings)
-    with publisher(settings, amqp_topology, initial_backoff=0.05) as pub:
+    settings = through(emq_rabbitmq_proxy, emq_producer_settings)
+    with publisher(settings, emq_amqp_topology, initial_backoff=0.05) as pub:
         for n in range(3000):
             futures.append(pub.publish(b"stream %d" % n))
             if n == 1000:
-                rabbitmq_proxy.reset_all()
+                emq_rabbitmq_proxy.reset_all()
         assert pub.flush(timeout=60)
         reconnects = pub.stats().reconnects
     assert reconnects >= 1
     assert all(f.exception() is None for f in futures)
     stored = {
-        properties.message_id for properties, _ in drain(urls, amqp_topology.queue)
+        properties.message_id for properties, _ in drain(urls, emq_amqp_topology.queue)
     }
     assert stored == {f.result() for f in futures}
 
 
 def test_the_next_url_is_used_when_the_first_broker_is_down(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
 ) -> None:
-    rabbitmq_proxy.add(ResetPeer())  # every connection is reset as accepted
-    dead = rabbitmq_proxy.rewrite(producer_settings.rabbitmq_urls[0])
+    emq_rabbitmq_proxy.add(ResetPeer())  # every connection is reset as accepted
+    dead = emq_rabbitmq_proxy.rewrite(emq_producer_settings.rabbitmq_urls[0])
     settings = replace(
-        producer_settings, rabbitmq_urls=(dead, *producer_settings.rabbitmq_urls)
+        emq_producer_settings,
+        rabbitmq_urls=(dead, *emq_producer_settings.rabbitmq_urls),
     )
-    with publisher(settings, amqp_topology) as pub:
+    with publisher(settings, emq_amqp_topology) as pub:
         assert pub.send(b"failover")
 
 
 def test_a_message_larger_than_a_frame_is_split_and_opens_intact(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     plaintext = bytes(range(256)) * 4096  # 1 MiB: eight body frames
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         pub.send(plaintext)
-    [(properties, body)] = drain(producer_settings.rabbitmq_urls, amqp_topology.queue)
+    [(properties, body)] = drain(
+        emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue
+    )
     assert len(body) == len(plaintext) + 28
-    assert open_message(consumer_settings, properties, body) == plaintext
+    assert open_message(emq_consumer_settings, properties, body) == plaintext
 
 
 def test_threads_may_share_one_publisher(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
     futures: list[Future[str]] = []
 
     def publish_some(pub: EncryptedPublisher, n: int) -> None:
         futures.extend(pub.publish(b"thread %d" % n) for _ in range(500))
 
-    with publisher(producer_settings, amqp_topology) as pub:
+    with publisher(emq_producer_settings, emq_amqp_topology) as pub:
         threads = [
             threading.Thread(target=publish_some, args=(pub, n)) for n in range(4)
         ]
@@ -314,49 +336,58 @@ def test_threads_may_share_one_publisher(
             thread.join()
         assert pub.flush(timeout=60)
     assert len({f.result(timeout=0) for f in futures}) == 2000
-    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 2000
+    assert (
+        queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue)
+        == 2000
+    )
 
 
 def test_a_topology_that_contradicts_the_broker_fails_at_start(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    contradicting = replace(amqp_topology, queue_arguments={})
-    connection = connect_blocking(producer_settings.rabbitmq_urls)
-    amqp_topology.declare(connection.channel())
+    contradicting = replace(emq_amqp_topology, queue_arguments={})
+    connection = connect_blocking(emq_producer_settings.rabbitmq_urls)
+    emq_amqp_topology.declare(connection.channel())
     connection.close()
     with (
         pytest.raises(BrokerError, match="PRECONDITION_FAILED"),
-        publisher(producer_settings, contradicting),
+        publisher(emq_producer_settings, contradicting),
     ):
         pass
 
 
 def test_a_refused_publish_fails_and_the_channel_comes_back_with_the_topology(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    with publisher(producer_settings, amqp_topology, initial_backoff=0.05) as pub:
+    with publisher(
+        emq_producer_settings, emq_amqp_topology, initial_backoff=0.05
+    ) as pub:
         pub.send(b"before")
-        connection = connect_blocking(producer_settings.rabbitmq_urls)
-        connection.channel().exchange_delete(amqp_topology.exchange)
+        connection = connect_blocking(emq_producer_settings.rabbitmq_urls)
+        connection.channel().exchange_delete(emq_amqp_topology.exchange)
         connection.close()
         with pytest.raises(BrokerError, match="404"):
             pub.send(b"to an exchange that is gone")
         assert pub.send(b"after the channel and topology are back")
-    assert queue_depth(producer_settings.rabbitmq_urls, amqp_topology.queue) == 2
+    assert (
+        queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue) == 2
+    )
 
 
 def test_pending_messages_fail_when_the_broker_stays_away_too_long(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
 ) -> None:
-    settings = through(rabbitmq_proxy, producer_settings)
+    settings = through(emq_rabbitmq_proxy, emq_producer_settings)
     with publisher(
-        settings, amqp_topology, reconnect_timeout=0.5, max_backoff=0.2
+        settings, emq_amqp_topology, reconnect_timeout=0.5, max_backoff=0.2
     ) as pub:
         pub.send(b"connected")
-        rabbitmq_proxy.add(Hold())
+        emq_rabbitmq_proxy.add(Hold())
         pending = pub.publish(b"never confirmed")
-        rabbitmq_proxy.add(ResetPeer())  # new connections are reset as accepted
-        rabbitmq_proxy.reset_all()
+        emq_rabbitmq_proxy.add(ResetPeer())  # new connections are reset as accepted
+        emq_rabbitmq_proxy.reset_all()
         with pytest.raises(BrokerUnavailableError):
             pending.result(timeout=60)
         with pytest.raises(BrokerUnavailableError):
@@ -369,7 +400,9 @@ def sealed_message(n: int) -> SealedMessage:
 
 
 def test_a_declaration_failing_after_a_reconnect_is_retried(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
 ) -> None:
     declarations: list[int] = []
 
@@ -377,10 +410,10 @@ def test_a_declaration_failing_after_a_reconnect_is_retried(
         declarations.append(1)
         if len(declarations) == 2:
             raise ValueError("raised inside a pika callback")
-        amqp_topology.declare_async(channel, on_done)
+        emq_amqp_topology.declare_async(channel, on_done)
 
     transport = ConfirmingTransport(
-        through(rabbitmq_proxy, producer_settings).rabbitmq_urls,
+        through(emq_rabbitmq_proxy, emq_producer_settings).rabbitmq_urls,
         declare=declare_failing_once_after_reconnect,
         options=TransportOptions(initial_backoff=0.05),
     )
@@ -388,10 +421,12 @@ def test_a_declaration_failing_after_a_reconnect_is_retried(
     try:
         for n in range(2):
             future = transport.submit(
-                amqp_topology.exchange, amqp_topology.binding_key, sealed_message(n)
+                emq_amqp_topology.exchange,
+                emq_amqp_topology.binding_key,
+                sealed_message(n),
             )
             assert future.result(timeout=60) == f"id-{n}"
-            rabbitmq_proxy.reset_all()
+            emq_rabbitmq_proxy.reset_all()
     finally:
         transport.close(timeout=60)
     assert len(declarations) == 3
@@ -412,22 +447,24 @@ class ReconnectRaisingOnce(ConfirmingTransport):
 
 
 def test_an_error_escaping_the_io_loop_does_not_stop_the_publisher(
-    producer_settings: Settings, amqp_topology: Topology, rabbitmq_proxy: FaultProxy
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_proxy: FaultProxy,
 ) -> None:
     transport = ReconnectRaisingOnce(
-        through(rabbitmq_proxy, producer_settings).rabbitmq_urls,
-        declare=amqp_topology.declare_async,
+        through(emq_rabbitmq_proxy, emq_producer_settings).rabbitmq_urls,
+        declare=emq_amqp_topology.declare_async,
         options=TransportOptions(initial_backoff=0.05, max_backoff=0.2),
     )
     transport.start()
     try:
         first = transport.submit(
-            amqp_topology.exchange, amqp_topology.binding_key, sealed_message(0)
+            emq_amqp_topology.exchange, emq_amqp_topology.binding_key, sealed_message(0)
         )
         assert first.result(timeout=60) == "id-0"
-        rabbitmq_proxy.reset_all()
+        emq_rabbitmq_proxy.reset_all()
         second = transport.submit(
-            amqp_topology.exchange, amqp_topology.binding_key, sealed_message(1)
+            emq_amqp_topology.exchange, emq_amqp_topology.binding_key, sealed_message(1)
         )
         assert second.result(timeout=60) == "id-1"
     finally:

@@ -57,48 +57,48 @@ def depth(settings: Settings, queue: str) -> int:
 
 
 def test_generated_messages_are_published_to_a_declared_queue(
-    producer_settings: Settings, amqp_names: AmqpNames
+    emq_producer_settings: Settings, emq_amqp_names: AmqpNames
 ) -> None:
     done = produce(
-        producer_settings,
-        "--queue", amqp_names.queue,
-        "--exchange", amqp_names.exchange,
+        emq_producer_settings,
+        "--queue", emq_amqp_names.queue,
+        "--exchange", emq_amqp_names.exchange,
         "--count", "200",
         "--size", "64",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "200 of 200 message(s), 12800 bytes" in done.stderr
-    assert depth(producer_settings, amqp_names.queue) == 200
-    assert depth(producer_settings, amqp_names.quarantine_queue) == 0
+    assert depth(emq_producer_settings, emq_amqp_names.queue) == 200
+    assert depth(emq_producer_settings, emq_amqp_names.quarantine_queue) == 0
 
 
 def test_stdin_lines_are_messages_and_blank_lines_are_skipped(
-    producer_settings: Settings, amqp_names: AmqpNames
+    emq_producer_settings: Settings, emq_amqp_names: AmqpNames
 ) -> None:
     done = produce(
-        producer_settings,
-        "--queue", amqp_names.queue,
-        "--exchange", amqp_names.exchange,
+        emq_producer_settings,
+        "--queue", emq_amqp_names.queue,
+        "--exchange", emq_amqp_names.exchange,
         "--context", "tenant=a",
         stdin=b"first\n\nsecond\r\nthird",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "3 of 3 message(s)" in done.stderr
-    assert depth(producer_settings, amqp_names.queue) == 3
+    assert depth(emq_producer_settings, emq_amqp_names.queue) == 3
 
 
 def test_an_unroutable_message_exits_1_and_says_so(
-    producer_settings: Settings, amqp_names: AmqpNames
+    emq_producer_settings: Settings, emq_amqp_names: AmqpNames
 ) -> None:
     produce(
-        producer_settings,
-        "--queue", amqp_names.queue,
-        "--exchange", amqp_names.exchange,
+        emq_producer_settings,
+        "--queue", emq_amqp_names.queue,
+        "--exchange", emq_amqp_names.exchange,
         "declares the exchange",
     )  # fmt: skip
     done = produce(
-        producer_settings,
-        "--exchange", amqp_names.exchange,
+        emq_producer_settings,
+        "--exchange", emq_amqp_names.exchange,
         "--routing-key", "nobody.listens",
         "lost",
     )  # fmt: skip
@@ -107,11 +107,11 @@ def test_an_unroutable_message_exits_1_and_says_so(
 
 
 def test_no_broker_exits_1_with_a_clear_message_and_no_secret(
-    producer_settings: Settings, amqp_names: AmqpNames
+    emq_producer_settings: Settings, emq_amqp_names: AmqpNames
 ) -> None:
     done = produce(
-        producer_settings,
-        "--queue", amqp_names.queue,
+        emq_producer_settings,
+        "--queue", emq_amqp_names.queue,
         "hello",
         RABBITMQ_URL="amqp://guest:hunter2@127.0.0.1:9/%2F",
     )  # fmt: skip

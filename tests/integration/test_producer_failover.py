@@ -196,12 +196,14 @@ def nacked(future: Future[str]) -> bool:
 
 
 def test_a_channel_that_nacks_every_publish_is_replaced(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
-    urls = producer_settings.rabbitmq_urls
+    urls = emq_producer_settings.rabbitmq_urls
     with (
         NackingProxy(urls[0], spoiled=1) as proxy,
-        publisher(producer_settings, proxy, amqp_topology, initial_backoff=0.05) as pub,
+        publisher(
+            emq_producer_settings, proxy, emq_amqp_topology, initial_backoff=0.05
+        ) as pub,
     ):
         burst = [pub.publish(b"burst %d" % n) for n in range(500)]
         assert pub.flush(timeout=60)
@@ -217,18 +219,18 @@ def test_a_channel_that_nacks_every_publish_is_replaced(
     assert len(confirmed) == 700 - len(failed)
     assert stats.replaced_channels == 1
     assert stats.republished == 0
-    assert confirmed <= stored_ids(urls, amqp_topology.queue)
+    assert confirmed <= stored_ids(urls, emq_amqp_topology.queue)
 
 
 def test_a_broker_that_nacks_everything_gets_one_probe_per_new_channel(
-    producer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings, emq_amqp_topology: Topology
 ) -> None:
     with (
-        NackingProxy(producer_settings.rabbitmq_urls[0], spoiled=10**6) as proxy,
+        NackingProxy(emq_producer_settings.rabbitmq_urls[0], spoiled=10**6) as proxy,
         publisher(
-            producer_settings,
+            emq_producer_settings,
             proxy,
-            amqp_topology,
+            emq_amqp_topology,
             initial_backoff=0.01,
             max_backoff=0.05,
         ) as pub,
@@ -246,16 +248,18 @@ def test_a_broker_that_nacks_everything_gets_one_probe_per_new_channel(
 
 
 def test_what_a_retired_channel_left_unconfirmed_is_published_again(
-    producer_settings: Settings,
-    amqp_topology: Topology,
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(transport, "_RETIRE_TIMEOUT", 0.5)
     with (
         NackingProxy(
-            producer_settings.rabbitmq_urls[0], spoiled=1, silent_after_nack=True
+            emq_producer_settings.rabbitmq_urls[0], spoiled=1, silent_after_nack=True
         ) as proxy,
-        publisher(producer_settings, proxy, amqp_topology, initial_backoff=0.05) as pub,
+        publisher(
+            emq_producer_settings, proxy, emq_amqp_topology, initial_backoff=0.05
+        ) as pub,
     ):
         burst = [pub.publish(b"burst %d" % n) for n in range(300)]
         assert pub.flush(timeout=60)

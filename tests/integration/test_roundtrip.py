@@ -62,37 +62,37 @@ def _round_trip(
 
 @pytest.mark.slow
 def test_ten_thousand_messages_arrive_intact(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
-    kms: KmsFixture,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_kms: KmsFixture,
 ) -> None:
     sent, received, consumer = _round_trip(
-        producer_settings, consumer_settings, amqp_topology, 10_000
+        emq_producer_settings, emq_consumer_settings, emq_amqp_topology, 10_000
     )
 
     assert received == sent
     assert consumer.stats.handled == 10_000
     assert not consumer.stats.quarantined
     # one data key for the whole run: one GenerateDataKey, one Decrypt
-    assert kms.emulator.request_count.get("GenerateDataKey") == 1
-    assert kms.emulator.request_count.get("Decrypt") == 1
+    assert emq_kms.emulator.request_count.get("GenerateDataKey") == 1
+    assert emq_kms.emulator.request_count.get("Decrypt") == 1
 
 
 def test_quorum_queue_round_trip(
-    producer_settings: Settings,
-    consumer_settings: Settings,
-    amqp_topology: Topology,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     quorum = Topology(
-        queue=amqp_topology.queue,
-        exchange=amqp_topology.exchange,
+        queue=emq_amqp_topology.queue,
+        exchange=emq_amqp_topology.exchange,
         queue_type="quorum",
-        queue_arguments=amqp_topology.queue_arguments,
+        queue_arguments=emq_amqp_topology.queue_arguments,
         exchange_auto_delete=True,
     )
     sent, received, consumer = _round_trip(
-        producer_settings, consumer_settings, quorum, 500
+        emq_producer_settings, emq_consumer_settings, quorum, 500
     )
 
     assert received == sent

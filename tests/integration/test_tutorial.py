@@ -66,11 +66,11 @@ def test_tutorial_has_runnable_blocks_and_few_skipped_ones() -> None:
 
 
 @pytest.fixture
-def queue(rabbitmq_url: str) -> Iterator[str]:
+def queue(emq_rabbitmq_url: str) -> Iterator[str]:
     name = f"{DOCUMENTED_QUEUE}-{uuid.uuid4().hex[:10]}"
     yield name
     # The tutorial's queues are durable, as a reader's would be; ours go away.
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
     try:
         channel = connection.channel()
         channel.queue_delete(name)
@@ -80,14 +80,14 @@ def queue(rabbitmq_url: str) -> Iterator[str]:
 
 
 def test_every_command_of_the_tutorial_runs(
-    tmp_path: Path, rabbitmq_url: str, queue: str
+    tmp_path: Path, emq_rabbitmq_url: str, queue: str
 ) -> None:
     run, _ = shell_blocks(TUTORIAL.read_text(encoding="utf-8"))
     script = "set -euo pipefail\n" + "\n".join(run)
     port = DOCUMENTED_PORT if port_is_free(DOCUMENTED_PORT) else free_port()
     script = script.replace(str(DOCUMENTED_PORT), str(port))
     script = script.replace(DOCUMENTED_QUEUE, queue)
-    script = script.replace(DOCUMENTED_BROKER, rabbitmq_url)
+    script = script.replace(DOCUMENTED_BROKER, emq_rabbitmq_url)
     home = tmp_path / "home"
     home.mkdir()
     env = {

@@ -31,14 +31,14 @@ def wait_for_settled(ledger: MessageLedger, count: int) -> None:
 
 
 def test_quorum_queue_node_stopped_and_started_loses_nothing(
-    kms: KmsFixture, rabbitmq_node: RabbitNode
+    emq_kms: KmsFixture, emq_rabbitmq_node: RabbitNode
 ) -> None:
     ledger = MessageLedger("private node with a quorum queue stopped and started")
     topology = scenario_topology(
         "emq-restart", "emq-restart-x", queue_type="quorum", expires=False
     )
-    urls = [rabbitmq_node.url]
-    consumer, publisher = scenario_clients(kms, urls, topology, ledger)
+    urls = [emq_rabbitmq_node.url]
+    consumer, publisher = scenario_clients(emq_kms, urls, topology, ledger)
     # About 500 messages/s: the stream spans the stop and the start.
     producer, sent = stream_in_background(
         publisher,
@@ -54,9 +54,9 @@ def test_quorum_queue_node_stopped_and_started_loses_nothing(
             producer.start()
             wait_for_settled(ledger, MESSAGES // 4)
             started = time.monotonic()
-            rabbitmq_node.stop()
+            emq_rabbitmq_node.stop()
             ledger.fault("node stops (rabbitmqctl stop)", 1)
-            rabbitmq_node.start()
+            emq_rabbitmq_node.start()
             ledger.fault("node starts", 1)
             ledger.fault("seconds without a broker", round(time.monotonic() - started))
             producer.join(PATIENCE)

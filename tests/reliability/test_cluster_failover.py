@@ -93,7 +93,7 @@ def progressed(
 
 
 def test_cluster_fails_over_when_nodes_die_and_loses_nothing(
-    kms: KmsFixture, cluster: list[RabbitNode]
+    emq_kms: KmsFixture, cluster: list[RabbitNode]
 ) -> None:
     ledger = MessageLedger("3-node cluster: clients' node, then queue leader killed")
     first = cluster[0]
@@ -101,7 +101,7 @@ def test_cluster_fails_over_when_nodes_die_and_loses_nothing(
     topology = scenario_topology(
         "emq-cluster", "emq-cluster-x", queue_type="quorum", expires=False
     )
-    consumer, publisher = scenario_clients(kms, urls, topology, ledger)
+    consumer, publisher = scenario_clients(emq_kms, urls, topology, ledger)
     # About 500 messages/s, so the stream spans both crashes.
     producer, sent = stream_in_background(
         publisher,

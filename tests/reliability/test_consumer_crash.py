@@ -123,28 +123,30 @@ def processes() -> Iterator[list[ConsumerProcess]]:
 
 
 def test_consumers_killed_three_times_lose_nothing(
-    kms: KmsFixture,
-    rabbitmq_url: str,
-    amqp_names: AmqpNames,
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
     tmp_path: Path,
     processes: list[ConsumerProcess],
 ) -> None:
     ledger = MessageLedger("consumer SIGKILLed 3 times mid-stream, restarted")
     # The CLI declares the queue with no extra arguments, so we do too; the
-    # amqp_names fixture deletes it afterwards.
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange, expires=False)
+    # emq_amqp_names fixture deletes it afterwards.
+    topology = scenario_topology(
+        emq_amqp_names.queue, emq_amqp_names.exchange, expires=False
+    )
     env = {
         **os.environ,
-        "RABBITMQ_URL": rabbitmq_url,
-        "KMS_ENDPOINT": kms.endpoint,
-        "ALIBABA_CLOUD_ACCESS_KEY_ID": kms.consumer.access_key_id,
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": kms.consumer.access_key_secret,
+        "RABBITMQ_URL": emq_rabbitmq_url,
+        "KMS_ENDPOINT": emq_kms.endpoint,
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": emq_kms.consumer.access_key_id,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": emq_kms.consumer.access_key_secret,
     }
     args = ["--queue", topology.queue, "--exchange", topology.exchange]
     args += ["--prefetch", "200"]
     tail = OutputTail(ledger)
 
-    publisher = scenario_publisher(kms, [rabbitmq_url], topology)
+    publisher = scenario_publisher(emq_kms, [emq_rabbitmq_url], topology)
     # About 1,000 messages/s, so the kills land while messages still arrive.
     producer, sent = stream_in_background(
         publisher,
@@ -155,7 +157,7 @@ def test_consumers_killed_three_times_lose_nothing(
         pause_every=100,
         pause=0.1,
     )
-    with QuarantineWatcher([rabbitmq_url], topology, ledger), publisher:
+    with QuarantineWatcher([emq_rabbitmq_url], topology, ledger), publisher:
         producer.start()
         for run in range(1, KILLS + 1):
             out = tmp_path / f"run-{run}.jsonl"

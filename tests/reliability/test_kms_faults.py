@@ -66,18 +66,18 @@ def publish_retrying(
 
 
 def test_kms_outage_and_throttling_lose_and_quarantine_nothing(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("KMS outage of 10 s, then 50 % throttling")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    urls = [rabbitmq_url]
-    producer_settings = kms.settings("producer", urls)
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
+    producer_settings = emq_kms.settings("producer", urls)
     rotating_settings: Settings = dataclasses.replace(
         producer_settings, data_key_max_messages=ROTATE_EVERY
     )
-    faults = kms.emulator.faults
+    faults = emq_kms.emulator.faults
     consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", urls),
+        emq_kms.settings("consumer", urls),
         topology,
         ledger_handler(ledger),
         reconnect_backoff=FAST_RECONNECT,

@@ -30,13 +30,13 @@ pytestmark = pytest.mark.reliability
 
 
 def test_connection_reset_every_two_seconds_loses_nothing(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("proxy resets both connections every 2 s")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with FaultProxy(address_of(rabbitmq_url), name="broker") as proxy:
-        url = proxy.rewrite(rabbitmq_url)
-        consumer, publisher = scenario_clients(kms, [url], topology, ledger)
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with FaultProxy(address_of(emq_rabbitmq_url), name="broker") as proxy:
+        url = proxy.rewrite(emq_rabbitmq_url)
+        consumer, publisher = scenario_clients(emq_kms, [url], topology, ledger)
 
         def reset() -> int:
             resets = proxy.reset_all()
@@ -44,7 +44,7 @@ def test_connection_reset_every_two_seconds_loses_nothing(
             return resets
 
         with (
-            QuarantineWatcher([rabbitmq_url], topology, ledger),
+            QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
             ConsumerThread(consumer),
             every(2.0, reset, name="resetter"),
         ):
@@ -72,23 +72,23 @@ def test_connection_reset_every_two_seconds_loses_nothing(
 
 
 def test_slow_network_completes_and_heartbeats_hold(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("200 ms latency each way, 500 KB/s cap, 5 s heartbeat")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with FaultProxy(address_of(rabbitmq_url), name="broker") as proxy:
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with FaultProxy(address_of(emq_rabbitmq_url), name="broker") as proxy:
         # A 5 s heartbeat: the broker and pika both give up after two missed ones.
-        url = proxy.rewrite(rabbitmq_url) + "?heartbeat=5"
+        url = proxy.rewrite(emq_rabbitmq_url) + "?heartbeat=5"
         for stream in ("upstream", "downstream"):
             proxy.add(Latency(200, jitter_ms=20), stream=stream)
             proxy.add(Bandwidth(rate_kb=500), stream=stream)
         ledger.fault("latency 200 ms ± 20 ms, both ways", 1)
         ledger.fault("bandwidth 500 KB/s, both ways", 1)
         consumer, publisher = scenario_clients(
-            kms, [url], topology, ledger, prefetch=200
+            emq_kms, [url], topology, ledger, prefetch=200
         )
         with (
-            QuarantineWatcher([rabbitmq_url], topology, ledger),
+            QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
             ConsumerThread(consumer),
         ):
             with publisher:

@@ -101,48 +101,48 @@ def generate(
 
 
 def test_the_signer_here_is_right_so_the_denials_mean_something(
-    kms: KmsFixture,
+    emq_kms: KmsFixture,
 ) -> None:
-    assert generate(kms, kms.producer) == (200, "")
+    assert generate(emq_kms, emq_kms.producer) == (200, "")
 
 
-def test_a_wrong_secret_is_denied(kms: KmsFixture) -> None:
-    wrong = Credentials(kms.producer.access_key_id, "not-the-secret")
-    assert generate(kms, wrong) == (400, "SignatureDoesNotMatch")
+def test_a_wrong_secret_is_denied(emq_kms: KmsFixture) -> None:
+    wrong = Credentials(emq_kms.producer.access_key_id, "not-the-secret")
+    assert generate(emq_kms, wrong) == (400, "SignatureDoesNotMatch")
 
 
-def test_an_unknown_access_key_id_is_denied(kms: KmsFixture) -> None:
-    unknown = Credentials("no-such-key-id", kms.producer.access_key_secret)
-    assert generate(kms, unknown) == (404, "InvalidAccessKeyId.NotFound")
+def test_an_unknown_access_key_id_is_denied(emq_kms: KmsFixture) -> None:
+    unknown = Credentials("no-such-key-id", emq_kms.producer.access_key_secret)
+    assert generate(emq_kms, unknown) == (404, "InvalidAccessKeyId.NotFound")
 
 
-def test_an_expired_timestamp_is_denied(kms: KmsFixture) -> None:
+def test_an_expired_timestamp_is_denied(emq_kms: KmsFixture) -> None:
     an_hour_ago = datetime.fromtimestamp(time.time() - 3600, UTC)
-    assert generate(kms, kms.producer, timestamp=an_hour_ago) == (
+    assert generate(emq_kms, emq_kms.producer, timestamp=an_hour_ago) == (
         400,
         "InvalidTimeStamp.Expired",
     )
 
 
-def test_a_reused_nonce_is_denied(kms: KmsFixture) -> None:
-    query = signed_query(kms.producer, "GenerateDataKey", {"KeyId": kms.key_id})
-    assert call(kms.endpoint, query) == (200, "")
-    assert call(kms.endpoint, query) == (400, "SignatureNonceUsed")
+def test_a_reused_nonce_is_denied(emq_kms: KmsFixture) -> None:
+    query = signed_query(emq_kms.producer, "GenerateDataKey", {"KeyId": emq_kms.key_id})
+    assert call(emq_kms.endpoint, query) == (200, "")
+    assert call(emq_kms.endpoint, query) == (400, "SignatureNonceUsed")
 
 
-def test_the_producer_principal_cannot_decrypt(kms: KmsFixture) -> None:
-    wrapped = AliyunKms.from_settings(kms.settings("producer", ["amqp://x"]))
-    data_key = wrapped.generate_data_key(kms.key_id, {})
+def test_the_producer_principal_cannot_decrypt(emq_kms: KmsFixture) -> None:
+    wrapped = AliyunKms.from_settings(emq_kms.settings("producer", ["amqp://x"]))
+    data_key = wrapped.generate_data_key(emq_kms.key_id, {})
     with pytest.raises(KmsRequestError) as denied:
         wrapped.decrypt_data_key(data_key.wrapped, {})
     assert denied.value.code == "Forbidden.NoPermission"
     assert denied.value.http_status == 403
 
 
-def test_the_consumer_principal_cannot_generate_data_keys(kms: KmsFixture) -> None:
-    client = AliyunKms.from_settings(kms.settings("consumer", ["amqp://x"]))
+def test_the_consumer_principal_cannot_generate_data_keys(emq_kms: KmsFixture) -> None:
+    client = AliyunKms.from_settings(emq_kms.settings("consumer", ["amqp://x"]))
     with pytest.raises(KmsRequestError) as denied:
-        client.generate_data_key(kms.key_id, {})
+        client.generate_data_key(emq_kms.key_id, {})
     assert denied.value.code == "Forbidden.NoPermission"
 
 
@@ -157,19 +157,23 @@ def test_the_consumer_principal_cannot_generate_data_keys(kms: KmsFixture) -> No
     ],
 )
 def test_a_consumer_refused_by_kms_quarantines_with_the_code(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames, who: str, code: str
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+    who: str,
+    code: str,
 ) -> None:
     ledger = MessageLedger(f"consumer credentials: {who}")
-    urls = [rabbitmq_url]
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    settings = kms.settings("consumer", urls)
+    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    settings = emq_kms.settings("consumer", urls)
     if who == "wrong secret":
         settings = dataclasses.replace(settings, access_key_secret="wrong")
     elif who == "unknown AccessKeyId":
         settings = dataclasses.replace(settings, access_key_id="no-such-key-id")
     else:
-        settings = kms.settings("producer", urls)
-    publish_five(kms.settings("producer", urls), topology, ledger, "quarantined")
+        settings = emq_kms.settings("producer", urls)
+    publish_five(emq_kms.settings("producer", urls), topology, ledger, "quarantined")
     ledger.fault(f"consumer with {who}", 1)
     consumer = EncryptedConsumer.from_settings(
         settings, topology, ledger_handler(ledger)
@@ -186,26 +190,26 @@ def test_a_consumer_refused_by_kms_quarantines_with_the_code(
 
 
 def test_a_consumer_holds_while_kms_fails_transiently_then_resumes(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("consumer: KMS answers 503 until it recovers")
-    urls = [rabbitmq_url]
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    publish_five(kms.settings("producer", urls), topology, ledger, "handled")
+    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    publish_five(emq_kms.settings("producer", urls), topology, ledger, "handled")
     consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", urls),
+        emq_kms.settings("consumer", urls),
         topology,
         ledger_handler(ledger),
         kms_backoff=Backoff(initial=0.1, cap=0.5),
     )
-    kms.emulator.faults.set(error_ratio=1.0)
+    emq_kms.emulator.faults.set(error_ratio=1.0)
     ledger.fault("KMS answers 503 to every request", 1)
     with QuarantineWatcher(urls, topology, ledger), ConsumerThread(consumer):
         deadline = time.monotonic() + 60
         while consumer.stats.kms_retries < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert consumer.stats.handled == 0
-        kms.emulator.faults.clear()
+        emq_kms.emulator.faults.clear()
         settle(ledger)
     report = ledger.check()
     assert report["handled"] == 5

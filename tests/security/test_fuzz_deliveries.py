@@ -245,20 +245,20 @@ def on_the_wire(message: RawMessage) -> tuple[Any, ...]:
     "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning"
 )
 def test_ten_thousand_malformed_deliveries_are_all_quarantined(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     run_seed = int(os.environ.get("EMQ_FUZZ_SEED") or random.randrange(2**32))
     print(f"fuzz seed {run_seed} (set EMQ_FUZZ_SEED to replay)")
     ledger = MessageLedger(f"{EXAMPLES:,} malformed deliveries (hypothesis)")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    urls = [rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
     consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", urls), topology, ledger_handler(ledger)
+        emq_kms.settings("consumer", urls), topology, ledger_handler(ledger)
     )
     # Hypothesis publishes before the consumer starts: it watches the global
     # random state during each example, and the consumer's thread (backoff
     # jitter, KMS request nonces) would trip that check from the side.
-    with RawPublisher(kms.settings("producer", urls), topology) as publisher:
+    with RawPublisher(emq_kms.settings("producer", urls), topology) as publisher:
         bases = [
             publisher.seal(payload("base", i, 64), f"base-{i}", context=context)
             for i, context in enumerate([None, {"tenant": "a"}, {"a": "1", "b": "2"}])

@@ -64,39 +64,39 @@ def send(publisher: RawPublisher, ledger: MessageLedger, message_id: str) -> Raw
 
 
 def test_max_age_quarantines_old_messages_and_replays_of_them(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("replay: max_age 60 s")
-    urls = [rabbitmq_url]
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with RawPublisher(kms.settings("producer", urls), topology) as publisher:
+    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with RawPublisher(emq_kms.settings("producer", urls), topology) as publisher:
         send(publisher, ledger, "fresh")
         # Sealed an hour ago (authentic), and now replayed by someone.
         old = publisher.seal(b"an old order", "old", timestamp=int(time.time()) - HOUR)
         ledger.published("old", b"an old order", expect="quarantined")
         publisher.send(old, "old")
         ledger.fault("message sealed an hour ago", 1)
-    run_consumer(kms, urls, amqp_names, ledger, max_age=60)
+    run_consumer(emq_kms, urls, emq_amqp_names, ledger, max_age=60)
     report = ledger.check()
     assert report["handled"] == 1
     assert report["quarantined"] == {"expired": 1}
 
 
 def test_dedup_window_drops_a_replay_of_a_handled_message(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("replay: de-duplication window of 100")
-    urls = [rabbitmq_url]
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with RawPublisher(kms.settings("producer", urls), topology) as publisher:
+    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with RawPublisher(emq_kms.settings("producer", urls), topology) as publisher:
         captured = send(publisher, ledger, "order-1")
         send(publisher, ledger, "order-2")
         publisher.send(captured, "order-1")  # the replay, byte for byte
         ledger.fault("replays of a handled message", 1)
     consumer = run_consumer(
-        kms,
+        emq_kms,
         urls,
-        amqp_names,
+        emq_amqp_names,
         ledger,
         until=lambda c: c.stats.duplicates_dropped >= 1,
         dedup_window=100,
@@ -107,21 +107,21 @@ def test_dedup_window_drops_a_replay_of_a_handled_message(
 
 
 def test_a_replay_beyond_the_window_is_delivered_again(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("replay: beyond a window of 2")
-    urls = [rabbitmq_url]
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with RawPublisher(kms.settings("producer", urls), topology) as publisher:
+    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with RawPublisher(emq_kms.settings("producer", urls), topology) as publisher:
         captured = send(publisher, ledger, "order-1")
         for n in range(2, 5):
             send(publisher, ledger, f"order-{n}")
         publisher.send(captured, "order-1")
         ledger.fault("replays of a handled message", 1)
     consumer = run_consumer(
-        kms,
+        emq_kms,
         urls,
-        amqp_names,
+        emq_amqp_names,
         ledger,
         until=lambda _: ledger.report()["duplicates"] >= 1,
         dedup_window=2,

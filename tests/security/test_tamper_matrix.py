@@ -83,11 +83,11 @@ def flip(body: bytes, bit: int) -> bytes:
 
 
 def test_every_tampered_message_is_rejected(
-    two_keys: TwoKeys, rabbitmq_url: str, amqp_names: AmqpNames
+    two_keys: TwoKeys, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("tamper matrix")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    urls = [rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
     cases: list[tuple[str, str, RawMessage]] = []  # (kind, trace, message)
     expected: dict[str, set[str]] = {}  # kind -> acceptable quarantine reasons
 

@@ -1,20 +1,29 @@
 """pytest plugin: RabbitMQ and KMS emulator fixtures for envelope-mq test suites.
 
-Installed with envelope-mq (entry point ``envelope_mq`` in the ``pytest11`` group),
-so a user's suite gets the same fixtures as ours:
+Opt-in: nothing of ours loads into a test run until a suite asks for it, with
+``pytest -p envelope_mq.testing`` or ``pytest_plugins = ["envelope_mq.testing"]``
+in its root conftest.py (install ``envelope-mq[testing]``). Every fixture name
+starts with ``emq_`` so that none shadows a user's own:
 
-- ``rabbitmq_broker`` / ``rabbitmq_url`` / ``rabbitmq_urls`` (session): a broker
-  chosen as :mod:`envelope_mq.testing.broker` describes; skipped with the reason
-  when there is none, but failed when ``CI=true``;
-- ``amqp_names``: unique queue and exchange names, deleted after the test;
-- ``amqp_topology``: a :class:`shared.amqp.Topology` on those names whose queues
-  expire and whose exchange auto-deletes, so nothing piles up even after a crash;
-- ``rabbitmq_proxy``: a started :class:`~envelope_mq.testing.faultproxy.FaultProxy`
+- ``emq_rabbitmq_broker`` / ``emq_rabbitmq_url`` / ``emq_rabbitmq_urls`` (session):
+  a broker chosen as :mod:`envelope_mq.testing.broker` describes; skipped with the
+  reason when there is none, but failed when ``CI=true``;
+- ``emq_amqp_names``: unique queue and exchange names, deleted after the test;
+- ``emq_amqp_topology``: a :class:`~envelope_mq.shared.amqp.Topology` on those
+  names whose queues expire and whose exchange auto-deletes, so nothing piles up
+  even after a crash;
+- ``emq_rabbitmq_proxy``: a started :class:`~envelope_mq.testing.faultproxy.FaultProxy`
   in front of the broker, to cut (``reset_all()``), hold or refuse connections;
-- ``rabbitmq_node``: a private, stoppable ``rabbitmq-server`` node of its own;
-- ``kms``: an emulator on a free port, strict signatures, one key with an alias,
-  a producer principal (GenerateDataKey only) and a consumer one (Decrypt only);
-- ``producer_settings`` / ``consumer_settings``: Settings for each role.
+- ``emq_rabbitmq_node``: a private, stoppable ``rabbitmq-server`` node of its own;
+- ``emq_kms``: an emulator on a free port, strict signatures, one key with an
+  alias, a producer principal (GenerateDataKey only) and a consumer one (Decrypt
+  only);
+- ``emq_producer_settings`` / ``emq_consumer_settings``: Settings for each role.
+
+Importing this module imports pytest and the standard library only: the broker,
+node, proxy and emulator modules load inside the fixtures that need them, so a
+plugin that cannot import (a platform without ``pwd``, a missing extra) never
+stops the user's whole run, and a run that uses none of them pays nothing.
 """
 
 from __future__ import annotations
@@ -25,22 +34,17 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-from envelope_mq.shared.amqp import QUARANTINE_SUFFIX, Topology, connect_blocking
-from envelope_mq.shared.config import Settings
-from envelope_mq.shared.errors import BrokerError
-from envelope_mq.testing.broker import Broker, NoBrokerError, start_broker
-from envelope_mq.testing.faultproxy import FaultProxy
-from envelope_mq.testing.kms import KmsFixture, running_emulator
-from envelope_mq.testing.rabbitmq_node import (
-    RabbitNode,
-    RabbitNodeError,
-    rabbitmq_server_unavailable_reason,
-)
+if TYPE_CHECKING:
+    from envelope_mq.shared.amqp import Topology
+    from envelope_mq.shared.config import Settings
+    from envelope_mq.testing.broker import Broker
+    from envelope_mq.testing.faultproxy import FaultProxy
+    from envelope_mq.testing.kms import KmsFixture
+    from envelope_mq.testing.rabbitmq_node import RabbitNode
 
 __all__ = ["AmqpNames"]
 
@@ -56,8 +60,10 @@ def _missing(reason: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_broker() -> Iterator[Broker]:
+def emq_rabbitmq_broker() -> Iterator[Broker]:
     """The session's broker (RABBITMQ_URL, local, container or private node)."""
+    from envelope_mq.testing.broker import NoBrokerError, start_broker
+
     try:
         broker = start_broker(os.environ)
     except NoBrokerError as exc:
@@ -67,15 +73,15 @@ def rabbitmq_broker() -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_urls(rabbitmq_broker: Broker) -> tuple[str, ...]:
+def emq_rabbitmq_urls(emq_rabbitmq_broker: Broker) -> tuple[str, ...]:
     """Every URL of the session broker, in failover order."""
-    return rabbitmq_broker.urls
+    return emq_rabbitmq_broker.urls
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url(rabbitmq_broker: Broker) -> str:
+def emq_rabbitmq_url(emq_rabbitmq_broker: Broker) -> str:
     """The session broker's first URL."""
-    return rabbitmq_broker.url
+    return emq_rabbitmq_broker.url
 
 
 @dataclass(frozen=True)
@@ -88,21 +94,26 @@ class AmqpNames:
     @property
     def quarantine_queue(self) -> str:
         """The quarantine queue's name for :attr:`queue`."""
+        from envelope_mq.shared.amqp import QUARANTINE_SUFFIX
+
         return self.queue + QUARANTINE_SUFFIX
 
 
 @pytest.fixture
-def amqp_names(
-    request: pytest.FixtureRequest, rabbitmq_urls: tuple[str, ...]
+def emq_amqp_names(
+    request: pytest.FixtureRequest, emq_rabbitmq_urls: tuple[str, ...]
 ) -> Iterator[AmqpNames]:
     """Unique names for this test; the queues and exchange are deleted afterwards."""
+    from envelope_mq.shared.amqp import connect_blocking
+    from envelope_mq.shared.errors import BrokerError
+
     slug = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-")
     tag = uuid.uuid4().hex[:8]
     names = AmqpNames(queue=f"emq-test-{slug}-{tag}", exchange=f"emq-test-x-{tag}")
     yield names
     # Best effort: x-expires and auto-delete are the safety net.
     with contextlib.suppress(BrokerError):
-        connection = connect_blocking(rabbitmq_urls)
+        connection = connect_blocking(emq_rabbitmq_urls)
         try:
             channel = connection.channel()
             channel.queue_delete(names.queue)
@@ -114,28 +125,40 @@ def amqp_names(
 
 
 @pytest.fixture
-def amqp_topology(amqp_names: AmqpNames) -> Topology:
+def emq_amqp_topology(emq_amqp_names: AmqpNames) -> Topology:
     """A self-cleaning classic-queue topology on this test's names."""
+    from envelope_mq.shared.amqp import Topology
+
     return Topology(
-        queue=amqp_names.queue,
-        exchange=amqp_names.exchange,
+        queue=emq_amqp_names.queue,
+        exchange=emq_amqp_names.exchange,
         queue_arguments={"x-expires": QUEUE_EXPIRES_MS},
         exchange_auto_delete=True,
     )
 
 
 @pytest.fixture
-def rabbitmq_proxy(rabbitmq_url: str) -> Iterator[FaultProxy]:
+def emq_rabbitmq_proxy(emq_rabbitmq_url: str) -> Iterator[FaultProxy]:
     """A fault proxy in front of the session broker; ``rewrite(url)`` routes to it."""
-    parts = urlsplit(rabbitmq_url)
+    from urllib.parse import urlsplit
+
+    from envelope_mq.testing.faultproxy import FaultProxy
+
+    parts = urlsplit(emq_rabbitmq_url)
     upstream = (parts.hostname or "127.0.0.1", parts.port or 5672)
     with FaultProxy(upstream, name="rabbitmq") as proxy:
         yield proxy
 
 
 @pytest.fixture
-def rabbitmq_node() -> Iterator[RabbitNode]:
+def emq_rabbitmq_node() -> Iterator[RabbitNode]:
     """A private rabbitmq-server node of this test's own, free to stop or kill."""
+    from envelope_mq.testing.rabbitmq_node import (
+        RabbitNode,
+        RabbitNodeError,
+        rabbitmq_server_unavailable_reason,
+    )
+
     reason = rabbitmq_server_unavailable_reason()
     if reason is not None:
         _missing(reason)
@@ -152,19 +175,25 @@ def rabbitmq_node() -> Iterator[RabbitNode]:
 
 
 @pytest.fixture
-def kms() -> Iterator[KmsFixture]:
+def emq_kms() -> Iterator[KmsFixture]:
     """A fresh KMS emulator with one key and the producer and consumer principals."""
+    from envelope_mq.testing.kms import running_emulator
+
     with running_emulator() as fixture:
         yield fixture
 
 
 @pytest.fixture
-def producer_settings(kms: KmsFixture, rabbitmq_urls: tuple[str, ...]) -> Settings:
+def emq_producer_settings(
+    emq_kms: KmsFixture, emq_rabbitmq_urls: tuple[str, ...]
+) -> Settings:
     """Settings of the producer role (may only generate data keys)."""
-    return kms.settings("producer", rabbitmq_urls)
+    return emq_kms.settings("producer", emq_rabbitmq_urls)
 
 
 @pytest.fixture
-def consumer_settings(kms: KmsFixture, rabbitmq_urls: tuple[str, ...]) -> Settings:
+def emq_consumer_settings(
+    emq_kms: KmsFixture, emq_rabbitmq_urls: tuple[str, ...]
+) -> Settings:
     """Settings of the consumer role (may only decrypt data keys)."""
-    return kms.settings("consumer", rabbitmq_urls)
+    return emq_kms.settings("consumer", emq_rabbitmq_urls)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -41,6 +40,8 @@ def rabbitmq_server_unavailable_reason() -> str | None:
         return "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
     if os.geteuid() != 0:
         # Debian's wrapper only runs as root or as the rabbitmq user.
+        import pwd  # Unix only: imported here so that the module imports anywhere
+
         with contextlib.suppress(KeyError):
             if pwd.getpwuid(os.geteuid()).pw_name == _SYSTEM_USER:
                 return None
