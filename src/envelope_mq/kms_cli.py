@@ -1,7 +1,9 @@
 """``envelope-mq kms <command>``: the KMS 2016-01-20 operations from the shell.
 
 Each command is one API action with options named after its parameters
-(``--key-id`` is ``KeyId``). The answer is the service's JSON, pretty-printed;
+(``--key-id`` is ``KeyId``), and answers to the aliyun CLI's spelling too
+(``DescribeKey --KeyId``). The answer is the service's JSON, pretty-printed,
+or cut down by ``--query`` / ``--output`` (see envelope_mq.kms_output);
 an error prints its Code, Message and RequestId and exits 1. Calls go through
 :class:`shared.kms.AliyunKms`, so they meet the one error mapping and the same
 retry rules as the services. Works against the emulator and the real service
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envelope_mq import credentials
+from envelope_mq import credentials, kms_output
 from envelope_mq.shared.errors import KmsError, MessagingError
 
 __all__ = [
@@ -261,14 +263,18 @@ def flag(name: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register ``envelope-mq kms`` and its subcommands."""
+    """Register ``envelope-mq kms`` and its subcommands, in both spellings."""
     parser = subparsers.add_parser(
         "kms",
         help="call Alibaba Cloud KMS (or the emulator) from the shell",
         description="Call one KMS 2016-01-20 API action and print its JSON answer. "
         "Works against the local emulator and the real service alike.",
+        epilog="Every command also answers to its API name with the API's own "
+        "parameter names, as the aliyun CLI spells them: "
+        "'envelope-mq kms DescribeKey --KeyId alias/x' is "
+        "'envelope-mq kms describe-key --key-id alias/x' (one spelling per command).",
     )
-    credentials.add_arguments(parser)
+    _add_common(parser)
     commands = parser.add_subparsers(
         dest="kms_command", metavar="COMMAND", required=True
     )
@@ -277,18 +283,41 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             command.name,
             help=command.help,
             description=f"{command.help} KMS API action: {command.action}.",
+            allow_abbrev=False,
         )
-        for param in command.params:
-            sub.add_argument(
-                flag(param.name),
-                dest=param.name,
-                metavar=flag(param.name)[2:].replace("-", "_").upper(),
-                required=param.required,
-                type=param.kind,
-                help=param.help,
-            )
-        credentials.add_arguments(sub, suppress=True)
-        sub.set_defaults(run=run, kms=command)
+        _add_params(sub, command, kebab=True)
+        # The API spelling is a parser of its own (left out of the listing, which
+        # would show every command twice): it knows only --PascalCase options, so
+        # a command cannot mix the two spellings, as the aliyun CLI rules.
+        api = commands.add_parser(
+            command.action,
+            description=f"{command.help} Same as 'envelope-mq kms {command.name}', "
+            "with the API's parameter names.",
+            allow_abbrev=False,
+        )
+        _add_params(api, command, kebab=False)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    credentials.add_arguments(parser, suppress=suppress)
+    kms_output.add_arguments(parser, suppress=suppress)
+
+
+def _add_params(
+    parser: argparse.ArgumentParser, command: Command, *, kebab: bool
+) -> None:
+    for param in command.params:
+        option = flag(param.name) if kebab else f"--{param.name}"
+        parser.add_argument(
+            option,
+            dest=param.name,
+            metavar=flag(param.name)[2:].replace("-", "_").upper(),
+            required=param.required,
+            type=param.kind,
+            help=param.help,
+        )
+    _add_common(parser, suppress=True)
+    parser.set_defaults(run=run, kms=command)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,7 +340,11 @@ def run(args: argparse.Namespace) -> int:
     except MessagingError as err:
         print(f"envelope-mq kms: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(body, indent=2, ensure_ascii=False))
+    print(
+        kms_output.render(
+            body, getattr(args, "query", None), getattr(args, "output", None)
+        )
+    )
     return 0
 
 

@@ -117,6 +117,7 @@ def test_every_command_of_the_tutorial_runs(
     assert shell.returncode == 0, output
     for line in (
         '"Plaintext": "hello, KMS"',
+        '"Plaintext": "hello, aliyun"',
         "Code: InvalidParameter",
         "refused, exit status 1",
         "identical",
