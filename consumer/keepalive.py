@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from envelope_mq.shared.kms import DataKey, KeyProvider
+from envelope_mq.shared.kms import DataKey, KeyProvider, UnwrappedKey
 
 __all__ = ["KeepAliveProvider"]
 
@@ -51,7 +51,9 @@ class KeepAliveProvider:
         """Pass through: the consumer never generates data keys."""
         return self._provider.generate_data_key(key_id, context)
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
         """Unwrap through the provider, servicing the connection meanwhile."""
         waiter = self._waiter
         if waiter is None or threading.current_thread() is not self._owner:

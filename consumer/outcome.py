@@ -20,6 +20,7 @@ from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
 from envelope_mq.shared.errors import (
     DecryptionError,
+    KeyMismatchError,
     KmsRequestError,
     KmsUnavailableError,
 )
@@ -74,6 +75,7 @@ class Reason(enum.StrEnum):
     KMS_REJECTED = "kms-rejected"  # KMS refused to unwrap the data key
     HANDLER_ERROR = "handler-error"  # the handler failed max_deliveries times
     EXPIRED = "expired"  # older than max_age (replay protection, freshness.py)
+    KEY_MISMATCH = "key-mismatch"  # x-emq-key-id is not the key KMS unwrapped with
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ DUPLICATE = Outcome(Verdict.ACK)
 _EXPIRED = Outcome(Verdict.QUARANTINE, Reason.EXPIRED)
 _MALFORMED = Outcome(Verdict.QUARANTINE, Reason.MALFORMED)
 _UNDECRYPTABLE = Outcome(Verdict.QUARANTINE, Reason.UNDECRYPTABLE)
+_KEY_MISMATCH = Outcome(Verdict.QUARANTINE, Reason.KEY_MISMATCH)
 _CONTEXT_DENIED = Outcome(Verdict.QUARANTINE, Reason.CONTEXT_DENIED)
 _HANDLER_ERROR = Outcome(Verdict.QUARANTINE, Reason.HANDLER_ERROR)
 
@@ -137,6 +140,16 @@ def handle(
     )
     try:
         opened = opener.open(delivery.body, header, meta)
+    except KeyMismatchError as exc:
+        logger.warning(
+            "message %s names master key %s but KMS unwrapped it with %s: "
+            "a spoofed sender",
+            message_id,
+            exc.claimed,
+            exc.verified,
+            extra={"event": "key_mismatch", "message_id": message_id},
+        )
+        return _KEY_MISMATCH
     except DecryptionError:
         return _UNDECRYPTABLE
     except KmsUnavailableError:

@@ -18,8 +18,8 @@ from typing import Protocol, TypeVar
 
 from envelope_mq.shared import wire
 from envelope_mq.shared.crypto import KEY_SIZE, NONCE_SIZE, Aes256Gcm
-from envelope_mq.shared.errors import DecryptionError, SealingError
-from envelope_mq.shared.kms import DataKey
+from envelope_mq.shared.errors import DecryptionError, KeyMismatchError, SealingError
+from envelope_mq.shared.kms import DataKey, UnwrappedKey, same_key
 
 __all__ = [
     "DataKeySource",
@@ -51,8 +51,8 @@ class DataKeySource(Protocol):
 class KeyUnwrapper(Protocol):
     """Turns a wrapped data key back into its plaintext; UnwrapCache is one."""
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
-        """Return the 32-byte plaintext of ``wrapped``."""
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
+        """Return the plaintext of ``wrapped`` and the KeyId KMS reported."""
         ...
 
 
@@ -103,7 +103,12 @@ class EnvelopeHeader:
 
 @dataclass(frozen=True)
 class OpenedMessage:
-    """An authenticated, decrypted message; the repr hides the plaintext."""
+    """An authenticated, decrypted message; the repr hides the plaintext.
+
+    ``key_id`` is the master key KMS reported when it unwrapped the data key:
+    the sender's identity as far as KMS vouches for it (the x-emq-key-id
+    header only said the same thing, or the message was refused).
+    """
 
     plaintext: bytes = field(repr=False)
     context: Mapping[str, str]
@@ -240,8 +245,14 @@ class Opener:
     ) -> OpenedMessage:
         """Authenticate and decrypt ``body`` under exactly ``header`` and ``meta``.
 
+        The header's key id is only a claim: whoever holds any master key can
+        write any id there. The message is authenticated first, then that
+        claim is held against the KeyId KMS reported for the data key.
+
         Raises:
             DecryptionError: the message cannot be opened (always the same text).
+            KeyMismatchError: it opened, but under another master key than
+                x-emq-key-id names (a spoofed sender).
             KmsUnavailableError: KMS could not answer now; try again later.
             KmsRequestError: KMS refused to unwrap the data key.
         """
@@ -250,13 +261,16 @@ class Opener:
             aad = header._key_aad + _message_aad(meta)
         except ValueError as exc:
             raise DecryptionError() from exc
-        key = self._cache.unwrap(header.wrapped_key, header.context)
+        unwrapped = self._cache.unwrap(header.wrapped_key, header.context)
+        key = unwrapped.plaintext
         # The type check keeps an unhashable "key" from escaping as TypeError.
         cipher = self._ciphers.get(key) if type(key) is bytes else None
         if cipher is None:
             cipher = self._cipher_for(key)
         plaintext = cipher.open(nonce, sealed, aad)
-        return OpenedMessage(plaintext, header.context, header.key_id, meta)
+        if not same_key(header.key_id, unwrapped.key_id):
+            raise KeyMismatchError(header.key_id, unwrapped.key_id)
+        return OpenedMessage(plaintext, header.context, unwrapped.key_id, meta)
 
     def _cipher_for(self, key: bytes) -> Aes256Gcm:
         if type(key) is not bytes or len(key) != KEY_SIZE:

@@ -10,8 +10,11 @@ they never cross a public signature.
      ├── KmsError                     a KMS call failed
      │    ├── KmsUnavailableError     transient: refused, timeout, HTTP 5xx, Throttling
      │    └── KmsRequestError         permanent: Forbidden.*, InvalidParameter,
-     │                                Rejected.*, bad credentials or signature
+     │         │                      Rejected.*
+     │         └── KmsCallerError     the caller's own fault: signature, AccessKey,
+     │                                clock skew, security token (no message's)
      ├── DecryptionError              a message cannot be opened (always the same text)
+     │    └── KeyMismatchError        it opened, but not under the key it names
      ├── SealingError                 a message cannot be sealed (bad input)
      └── BrokerError                  RabbitMQ failed us
           ├── BrokerUnavailableError  cannot connect, or the connection was lost
@@ -19,8 +22,10 @@ they never cross a public signature.
                ├── MessageNackedError      the broker nacked it
                └── MessageUnroutableError  mandatory routing: no queue was bound
 
-The consumer treats the two KMS branches differently: a transient failure keeps
-the message unacknowledged and retries; a permanent one quarantines it.
+The consumer treats the KMS branches differently: a transient failure keeps
+the message unacknowledged and retries; a refusal because of the message
+quarantines it; a refusal because of the caller (KmsCallerError) stops the
+consumer and leaves every message in the queue.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ __all__ = [
     "BrokerUnavailableError",
     "ConfigError",
     "DecryptionError",
+    "KeyMismatchError",
+    "KmsCallerError",
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
@@ -79,6 +86,30 @@ class KmsRequestError(KmsError):
     """KMS refused the request; repeating it will not help."""
 
 
+class KmsCallerError(KmsRequestError):
+    """KMS refused the caller, whatever the request: no message is at fault.
+
+    A wrong AccessKey secret, an unknown AccessKeyId, a clock too far off, a
+    bad or expired security token: every call fails alike until the operator
+    fixes the configuration. ``cause`` says what most likely went wrong, in
+    an operator's words.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "",
+        request_id: str = "",
+        http_status: int | None = None,
+        cause: str = "",
+    ) -> None:
+        super().__init__(
+            message, code=code, request_id=request_id, http_status=http_status
+        )
+        self.cause = cause
+
+
 class DecryptionError(MessagingError):
     """A message could not be opened.
 
@@ -92,6 +123,22 @@ class DecryptionError(MessagingError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class KeyMismatchError(DecryptionError):
+    """A message opened, but its x-emq-key-id is not the key KMS unwrapped it with.
+
+    Whoever sealed it held the master key KMS named (``verified``), and wrote
+    another (``claimed``) in the header: a spoofed sender. Key ids are names,
+    not secrets, so both are kept for the log.
+    """
+
+    MESSAGE = "message names another master key than the one KMS unwrapped it with"
+
+    def __init__(self, claimed: str = "", verified: str = "") -> None:
+        MessagingError.__init__(self, self.MESSAGE)
+        self.claimed = claimed
+        self.verified = verified
 
 
 class SealingError(MessagingError):

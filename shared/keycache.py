@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from envelope_mq.shared.config import MAX_DATA_KEY_MESSAGES
 from envelope_mq.shared.errors import ConfigError, KmsError, KmsRequestError
-from envelope_mq.shared.kms import DataKey, KeyProvider, replay_error
+from envelope_mq.shared.kms import DataKey, KeyProvider, UnwrappedKey, replay_error
 
 __all__ = [
     "DataKeyCache",
@@ -203,6 +203,9 @@ class UnwrapCacheStats:
 class UnwrapCache:
     """Unwrapped data keys by (wrapped key, context): LRU-bounded, with a TTL.
 
+    Each entry keeps the KeyId KMS reported with the key, so a cache hit
+    names the sender's master key as surely as the Decrypt it saves.
+
     The TTL counts from the KMS answer, not from the last use, so that a key
     disabled or revoked in KMS stops opening messages within ``ttl``. A
     permanent refusal (:class:`KmsRequestError`) is remembered for
@@ -230,9 +233,9 @@ class UnwrapCache:
         self._clock = clock
         self._lock = threading.Lock()
         # value: (plaintext key, expiry) / (the refusal, expiry); oldest first
-        self._keys: OrderedDict[_CacheKey, tuple[bytes, float]] = OrderedDict()
+        self._keys: OrderedDict[_CacheKey, tuple[UnwrappedKey, float]] = OrderedDict()
         self._refusals: OrderedDict[_CacheKey, tuple[KmsError, float]] = OrderedDict()
-        self._flights: dict[_CacheKey, Future[bytes]] = {}
+        self._flights: dict[_CacheKey, Future[UnwrappedKey]] = {}
         self._hits = self._misses = self._decrypt_calls = 0
         self._evictions = self._negative_hits = 0
 
@@ -240,8 +243,8 @@ class UnwrapCache:
         with self._lock:
             return len(self._keys)
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
-        """The plaintext data key of ``wrapped`` under ``context``.
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
+        """The plaintext data key of ``wrapped`` under ``context``, and its KeyId.
 
         Raises:
             KmsRequestError: KMS refused (now, or within ``negative_ttl``).
@@ -292,12 +295,12 @@ class UnwrapCache:
     def _fetch(
         self,
         key: _CacheKey,
-        flight: Future[bytes],
+        flight: Future[UnwrappedKey],
         wrapped: str,
         context: Mapping[str, str],
-    ) -> bytes:
+    ) -> UnwrappedKey:
         try:
-            plaintext = self._provider.decrypt_data_key(wrapped, context)
+            unwrapped = self._provider.decrypt_data_key(wrapped, context)
         except BaseException as exc:
             with self._lock:
                 del self._flights[key]
@@ -313,9 +316,9 @@ class UnwrapCache:
             raise
         with self._lock:
             del self._flights[key]
-            self._keys[key] = (plaintext, self._clock() + self._ttl)
+            self._keys[key] = (unwrapped, self._clock() + self._ttl)
             if len(self._keys) > self._max_entries:
                 self._keys.popitem(last=False)
                 self._evictions += 1
-        flight.set_result(plaintext)
-        return plaintext
+        flight.set_result(unwrapped)
+        return unwrapped

@@ -20,12 +20,12 @@ through unchanged: that says something about the service, not the file.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from envelope_mq.shared.errors import DecryptionError, SealingError
-from envelope_mq.shared.kms import DataKey, KeyProvider
+from envelope_mq.shared.errors import DecryptionError, KeyMismatchError, SealingError
+from envelope_mq.shared.kms import DataKey, KeyProvider, same_key
 from envelope_mq.shared.segments import (
     NONCE_PREFIX_SIZE,
     SALT_SIZE,
@@ -257,6 +257,7 @@ def unseal_stream(
     provider: KeyProvider,
     *,
     expected_context: Mapping[str, str] | None = None,
+    expected_key_ids: Collection[str] | None = None,
 ) -> FileHeader:
     """Open a sealed file from ``src`` into ``dst``; KMS unwraps the data key.
 
@@ -264,15 +265,27 @@ def unseal_stream(
     an error, ``dst`` may hold a prefix of the plaintext, so a caller writing
     to a file must discard it (the CLI writes to a temporary file).
 
+    The master key that matters is the one KMS reports for the wrapped key,
+    not the one the header names: a header naming another is refused
+    (:class:`KeyMismatchError`), and so is a key not among
+    ``expected_key_ids`` (KeyIds, as DescribeKey resolves them), both before
+    any plaintext is written.
+
     Raises:
-        DecryptionError: the file cannot be opened, or its context is not
-            ``expected_context``; KmsError: KMS refused to unwrap the key.
+        DecryptionError: the file cannot be opened, its context is not
+            ``expected_context``, or its key not one of ``expected_key_ids``;
+        KeyMismatchError: the header names another key than KMS used;
+        KmsError: KMS refused to unwrap the key.
     """
     header = read_header(src)
     if expected_context is not None and dict(expected_context) != header.context:
         raise DecryptionError() from ValueError("unexpected encryption context")
-    key = provider.decrypt_data_key(header.wrapped_key, header.context)
-    unseal_with_key(src, dst, header, key)
+    unwrapped = provider.decrypt_data_key(header.wrapped_key, header.context)
+    if not same_key(header.key_id, unwrapped.key_id):
+        raise KeyMismatchError(header.key_id, unwrapped.key_id)
+    if expected_key_ids is not None and unwrapped.key_id not in expected_key_ids:
+        raise DecryptionError() from ValueError("not sealed under an expected key")
+    unseal_with_key(src, dst, header, unwrapped.plaintext)
     return header
 
 

@@ -13,9 +13,11 @@ from envelope_mq.shared.kms.datakey import (
     DATA_KEY_SIZE,
     DataKey,
     KeyProvider,
+    UnwrappedKey,
     canonical_context,
     replay_error,
 )
+from envelope_mq.shared.kms.keyref import key_id_of, same_key
 from envelope_mq.shared.kms.memory import InMemoryKeyProvider
 
 __all__ = [
@@ -24,6 +26,9 @@ __all__ = [
     "DataKey",
     "InMemoryKeyProvider",
     "KeyProvider",
+    "UnwrappedKey",
     "canonical_context",
+    "key_id_of",
     "replay_error",
+    "same_key",
 ]

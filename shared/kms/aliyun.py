@@ -29,7 +29,12 @@ from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
 )
 from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
-from envelope_mq.shared.kms.datakey import DATA_KEY_SIZE, DataKey, canonical_context
+from envelope_mq.shared.kms.datakey import (
+    DATA_KEY_SIZE,
+    DataKey,
+    UnwrappedKey,
+    canonical_context,
+)
 
 __all__ = ["AliyunKms"]
 
@@ -158,8 +163,15 @@ class AliyunKms:
         plaintext = _data_key(body, "GenerateDataKey")
         return DataKey(plaintext=plaintext, wrapped=wrapped, key_id=master_key_id)
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
-        """Decrypt a CiphertextBlob from GenerateDataKey under the same context."""
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        """Decrypt a CiphertextBlob from GenerateDataKey under the same context.
+
+        The result names the master key KMS says it used (Decrypt's KeyId):
+        the blob chooses the key, not the caller, so that is the sender's
+        verified identity.
+        """
 
         def build() -> RpcRequest:
             request = DecryptRequest()
@@ -168,7 +180,22 @@ class AliyunKms:
                 request.set_EncryptionContext(canonical_context(context))
             return request
 
-        return _data_key(self._send("Decrypt", build, idempotent=True), "Decrypt")
+        body = self._send("Decrypt", build, idempotent=True)
+        key_id = _text_field(body, "KeyId", "Decrypt")
+        return UnwrappedKey(_data_key(body, "Decrypt"), key_id)
+
+    def describe_key_id(self, key: str) -> str:
+        """The KeyId of ``key`` (a key id, ``alias/NAME`` or an ARN): DescribeKey.
+
+        Raises:
+            KmsRequestError: no such key or alias, or no permission to describe it.
+            KmsUnavailableError: KMS could not answer.
+        """
+        body = self.call("DescribeKey", {"KeyId": key}, idempotent=True)
+        metadata = body.get("KeyMetadata")
+        if not isinstance(metadata, Mapping):
+            raise _bad_response("DescribeKey")
+        return _text_field(metadata, "KeyId", "DescribeKey")
 
     def call(
         self,

@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from envelope_mq.shared.errors import KmsError
+from envelope_mq.shared.errors import KmsCallerError, KmsError
 from envelope_mq.shared.wire import canonical_context
 
 __all__ = [
     "DATA_KEY_SIZE",
     "DataKey",
     "KeyProvider",
+    "UnwrappedKey",
     "canonical_context",
     "replay_error",
 ]
@@ -36,6 +37,25 @@ class DataKey:
             raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
 
 
+@dataclass(frozen=True)
+class UnwrappedKey:
+    """What Decrypt gives back: the data key, and the master key KMS used.
+
+    ``key_id`` is KMS's own answer (the KeyId of Decrypt's response), not
+    anything the message claimed: it is the only sender identity a reader can
+    trust. The repr hides the key.
+    """
+
+    plaintext: bytes = field(repr=False)
+    key_id: str
+
+    def __post_init__(self) -> None:
+        if type(self.plaintext) is not bytes or len(self.plaintext) != DATA_KEY_SIZE:
+            raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
+        if type(self.key_id) is not str or not self.key_id:
+            raise ValueError("an unwrapped key names its master key")
+
+
 class KeyProvider(Protocol):
     """Where data keys come from and go back to be unwrapped."""
 
@@ -43,8 +63,10 @@ class KeyProvider(Protocol):
         """Return a fresh data key wrapped under master key ``key_id``."""
         ...
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
-        """Return the 32-byte plaintext of a wrapped data key."""
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        """Return the plaintext of a wrapped data key and the KeyId KMS reported."""
         ...
 
 
@@ -54,9 +76,12 @@ def replay_error(error: KmsError) -> KmsError:
     Raising one exception object over and over grows its traceback; caches
     and fakes that report a remembered failure raise a copy instead.
     """
-    return type(error)(
+    copy = type(error)(
         str(error),
         code=error.code,
         request_id=error.request_id,
         http_status=error.http_status,
     )
+    if isinstance(error, KmsCallerError) and isinstance(copy, KmsCallerError):
+        copy.cause = error.cause
+    return copy

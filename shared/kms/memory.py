@@ -15,6 +15,7 @@ from envelope_mq.shared.errors import KmsError, KmsRequestError
 from envelope_mq.shared.kms.datakey import (
     DATA_KEY_SIZE,
     DataKey,
+    UnwrappedKey,
     canonical_context,
     replay_error,
 )
@@ -67,8 +68,13 @@ class InMemoryKeyProvider:
         wrapped = base64.b64encode(head + nonce + sealed).decode("ascii")
         return DataKey(plaintext=plaintext, wrapped=wrapped, key_id=key_id)
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
-        """Unwrap a blob from :meth:`generate_data_key` under the same context."""
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        """Unwrap a blob from :meth:`generate_data_key` under the same context.
+
+        The key id comes from the blob, as KMS's does: never from the caller.
+        """
         with self._lock:
             self.decrypt_calls += 1
             self._check_failure()
@@ -88,9 +94,16 @@ class InMemoryKeyProvider:
             blob[14 + size :],
         )
         try:
-            return AESGCM(master).decrypt(nonce, sealed, _aad(head, context))
+            plaintext = AESGCM(master).decrypt(nonce, sealed, _aad(head, context))
         except (InvalidTag, ValueError) as exc:
             raise _invalid_blob() from exc
+        return UnwrappedKey(plaintext, key_id)
+
+    def describe_key_id(self, key: str) -> str:
+        """The key id of ``key`` (no aliases here: a known id is its own)."""
+        with self._lock:
+            self._master(key, "DescribeKey")
+        return key
 
     def _check_failure(self) -> None:
         if self._failure is None:

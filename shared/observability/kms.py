@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
-from envelope_mq.shared.kms import DataKey, KeyProvider
+from envelope_mq.shared.kms import DataKey, KeyProvider, UnwrappedKey
 
 __all__ = [
     "GENERATE_DATA_KEY",
@@ -74,16 +74,18 @@ class InstrumentedKeyProvider:
         self._record(GENERATE_DATA_KEY, None, start)
         return data_key
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
         """Decrypt through the wrapped provider, recorded."""
         start = time.perf_counter()
         try:
-            plaintext = self._provider.decrypt_data_key(wrapped, context)
+            unwrapped = self._provider.decrypt_data_key(wrapped, context)
         except BaseException as exc:
             self._record(KMS_DECRYPT, exc, start)
             raise
         self._record(KMS_DECRYPT, None, start)
-        return plaintext
+        return unwrapped
 
     def _record(
         self, operation: str, error: BaseException | None, start: float

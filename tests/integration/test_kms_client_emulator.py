@@ -34,9 +34,10 @@ def test_data_key_round_trips_between_the_two_roles(emq_kms: KmsFixture) -> None
 
     unwrapped = _client(emq_kms, "consumer").decrypt_data_key(data_key.wrapped, CONTEXT)
 
-    assert unwrapped == data_key.plaintext
-    assert len(unwrapped) == 32
+    assert unwrapped.plaintext == data_key.plaintext
+    assert len(unwrapped.plaintext) == 32
     assert data_key.key_id == emq_kms.key_id  # the alias resolves to the key id
+    assert unwrapped.key_id == emq_kms.key_id  # Decrypt names the key it used
 
 
 def test_endpoint_with_scheme_works_like_host_port(emq_kms: KmsFixture) -> None:
@@ -154,7 +155,7 @@ def test_caches_make_one_kms_call_per_key_under_eight_threads(
         start.wait()
         for _ in range(50):
             data_key = producer_cache.acquire(emq_kms.key_id, CONTEXT)
-            unwrapped.append(consumer_cache.unwrap(data_key.wrapped, CONTEXT))
+            unwrapped.append(consumer_cache.unwrap(data_key.wrapped, CONTEXT).plaintext)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:

@@ -70,9 +70,8 @@ def test_each_principal_may_do_only_its_own_job(
 def check_roles(kms: KmsFixture, producer: AliyunKms, consumer: AliyunKms) -> None:
     data_key = producer.generate_data_key(kms.alias, {"tenant": "a"})
     assert data_key.key_id == kms.key_id
-    assert consumer.decrypt_data_key(data_key.wrapped, {"tenant": "a"}) == (
-        data_key.plaintext
-    )
+    unwrapped = consumer.decrypt_data_key(data_key.wrapped, {"tenant": "a"})
+    assert unwrapped.plaintext == data_key.plaintext
     with pytest.raises(KmsRequestError):
         producer.decrypt_data_key(data_key.wrapped, {"tenant": "a"})
     with pytest.raises(KmsRequestError):

@@ -19,7 +19,7 @@ from envelope_mq.consumer.outcome import (
 )
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 
 KEY_ID = "key-1"
 SENT_AT = 1_700_000_000
@@ -45,7 +45,7 @@ class Unwrapper:
     def __init__(self, provider: InMemoryKeyProvider) -> None:
         self.provider = provider
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         return self.provider.decrypt_data_key(wrapped, context)
 
 

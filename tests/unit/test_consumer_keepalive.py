@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.shared.errors import KmsRequestError
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 
 
 class GatedProvider:
@@ -22,12 +22,14 @@ class GatedProvider:
     def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         raise NotImplementedError
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
         self.threads.append(threading.current_thread())
         assert self.gate.wait(10)
         if self.error is not None:
             raise self.error
-        return b"k" * 32
+        return UnwrappedKey(b"k" * 32, "k")
 
 
 def test_connection_is_pumped_until_kms_answers() -> None:
@@ -42,7 +44,7 @@ def test_connection_is_pumped_until_kms_answers() -> None:
 
     keep_alive.attach(pump)
     try:
-        assert keep_alive.decrypt_data_key("wrapped", {}) == b"k" * 32
+        assert keep_alive.decrypt_data_key("wrapped", {}).plaintext == b"k" * 32
     finally:
         keep_alive.attach(None)
     assert len(pumps) >= 5
@@ -85,4 +87,4 @@ def test_other_threads_are_not_given_the_pump() -> None:
 def test_generate_passes_through() -> None:
     inner = InMemoryKeyProvider(["k"])
     key = KeepAliveProvider(inner).generate_data_key("k", {})
-    assert inner.decrypt_data_key(key.wrapped, {}) == key.plaintext
+    assert inner.decrypt_data_key(key.wrapped, {}).plaintext == key.plaintext

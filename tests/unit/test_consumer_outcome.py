@@ -18,7 +18,7 @@ from envelope_mq.consumer.outcome import (
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
 from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 
 KEY_ID = "key-1"
 OPEN_POLICY = ContextPolicy()
@@ -44,7 +44,7 @@ class ProviderUnwrapper:
     def __init__(self, provider: InMemoryKeyProvider) -> None:
         self.provider = provider
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         return self.provider.decrypt_data_key(wrapped, context)
 
 
@@ -301,3 +301,64 @@ def test_handler_failure_log_names_the_error_type_but_not_its_text(
 
     assert "ValueError" in caplog.text
     assert "secret-plaintext" not in caplog.text
+
+
+class ClaimingSource:
+    """A producer holding one master key that writes another's id in the header.
+
+    The data key is really generated under ``provider``'s key ``held``; only
+    the ``key_id`` the Sealer writes (and binds into the tag) is ``claimed``.
+    """
+
+    def __init__(self, provider: InMemoryKeyProvider, held: str, claimed: str) -> None:
+        self.provider, self.held, self.claimed = provider, held, claimed
+
+    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        real = self.provider.generate_data_key(self.held, context)
+        return DataKey(real.plaintext, real.wrapped, self.claimed)
+
+
+def sealed_by(source: ClaimingSource, context: Mapping[str, str]) -> Delivery:
+    sealer = Sealer(source, source.claimed, context)
+    meta = MessageMeta("m-spoof", 1_700_000_000, "text/plain")
+    sealed = sealer.seal(b"I am B", meta)
+    return Delivery(
+        body=sealed.body,
+        headers=dict(sealed.headers),
+        message_id=meta.message_id,
+        timestamp=meta.timestamp,
+        content_type=meta.content_type,
+        content_encoding=None,
+        type=None,
+        redelivered=False,
+        delivery_tag=1,
+    )
+
+
+def test_a_header_naming_another_key_than_kms_used_is_a_key_mismatch() -> None:
+    provider = InMemoryKeyProvider(["key-a", "key-b"])
+    spoof = sealed_by(ClaimingSource(provider, "key-a", "key-b"), {"tenant": "b"})
+    handler = Recorder()
+    outcome = handle(
+        spoof,
+        Opener(ProviderUnwrapper(provider)),
+        handler,
+        policy=ContextPolicy.parse(["tenant=b"]),
+    )
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.KEY_MISMATCH
+    assert handler.received == []
+
+
+def test_the_handler_sees_the_key_id_kms_reported_not_the_headers_spelling() -> None:
+    provider = InMemoryKeyProvider(["key-a"])
+    arn = "acs:kms:cn-hangzhou:123456:key/key-a"
+    delivery = sealed_by(ClaimingSource(provider, "key-a", arn), {})
+    handler = Recorder()
+    outcome = handle(
+        delivery, Opener(ProviderUnwrapper(provider)), handler, policy=OPEN_POLICY
+    )
+    assert outcome is ACK
+    [message] = handler.received
+    assert message.headers["x-emq-key-id"] == arn
+    assert message.key_id == "key-a"

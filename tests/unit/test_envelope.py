@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from envelope_mq.shared.errors import (
     SealingError,
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -54,11 +55,13 @@ class KnownKeys:
         self.calls = 0
         self.failure: Exception | None = None
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> Any:
         self.calls += 1
         if self.failure is not None:
             raise self.failure
-        return self.key if self.key is not None else self.by_wrapped[wrapped]
+        key = self.key if self.key is not None else self.by_wrapped[wrapped]
+        # Not UnwrappedKey, which refuses a bad key: the Opener must refuse it too.
+        return SimpleNamespace(plaintext=key, key_id=KEY_ID)
 
 
 class ProviderKeys:
@@ -70,7 +73,7 @@ class ProviderKeys:
     def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         return self.provider.generate_data_key(key_id, context)
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         return self.provider.decrypt_data_key(wrapped, context)
 
 

@@ -18,7 +18,7 @@ from envelope_mq.shared.errors import (
     KmsUnavailableError,
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 
 THREADS = 8
 
@@ -42,7 +42,9 @@ class GatedProvider:
         self.gate.wait(timeout=30)
         return self.inner.generate_data_key(key_id, context)
 
-    def decrypt_data_key(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
         self.gate.wait(timeout=30)
         return self.inner.decrypt_data_key(wrapped, context)
 
@@ -107,7 +109,7 @@ def test_a_data_key_is_replaced_at_its_age_limit(
     clock.now += 0.1
     second = cache.acquire("k", {})
     assert second != first
-    assert provider.decrypt_data_key(second.wrapped, {}) == second.plaintext
+    assert provider.decrypt_data_key(second.wrapped, {}).plaintext == second.plaintext
     assert cache.stats().rotations == 1
 
 
@@ -230,7 +232,8 @@ def test_an_unwrapped_key_is_served_from_the_cache(
     data_key = provider.generate_data_key("k", {"t": "a"})
     cache = UnwrapCache(provider, clock=clock)
     for _ in range(3):
-        assert cache.unwrap(data_key.wrapped, {"t": "a"}) == data_key.plaintext
+        unwrapped = cache.unwrap(data_key.wrapped, {"t": "a"})
+        assert unwrapped.plaintext == data_key.plaintext
     assert provider.decrypt_calls == 1
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.decrypt_calls) == (2, 1, 1)
@@ -313,7 +316,7 @@ def test_a_transient_failure_is_not_remembered(
     provider.fail_with(KmsUnavailableError("down", code="Throttling"), times=1)
     with pytest.raises(KmsUnavailableError):
         cache.unwrap(data_key.wrapped, {})
-    assert cache.unwrap(data_key.wrapped, {}) == data_key.plaintext
+    assert cache.unwrap(data_key.wrapped, {}).plaintext == data_key.plaintext
     assert (provider.decrypt_calls, cache.stats().negative_hits) == (2, 0)
 
 
@@ -376,7 +379,7 @@ def test_concurrent_messages_under_a_new_key_cause_one_decrypt(clock: Clock) -> 
         ]
         _until(lambda: cache.stats().misses == THREADS)
         provider.gate.set()
-        results = {future.result() for future in futures}
+        results = {future.result().plaintext for future in futures}
     assert results == {data_key.plaintext}
     assert provider.inner.decrypt_calls == 1
 
@@ -420,3 +423,13 @@ def test_clear_forgets_every_key(provider: InMemoryKeyProvider, clock: Clock) ->
     assert producer.acquire("k", {}) != first
     consumer.unwrap(data_key.wrapped, {})
     assert (provider.generate_calls, provider.decrypt_calls) == (3, 2)
+
+
+def test_a_cache_hit_names_the_key_id_kms_reported(clock: Clock) -> None:
+    provider = InMemoryKeyProvider(["key-a"])
+    data_key = provider.generate_data_key("key-a", {})
+    cache = UnwrapCache(provider, clock=clock)
+    first = cache.unwrap(data_key.wrapped, {})
+    second = cache.unwrap(data_key.wrapped, {})
+    assert provider.decrypt_calls == 1
+    assert first.key_id == second.key_id == "key-a"

@@ -101,7 +101,9 @@ def test_decrypt_data_key_sends_blob_and_context(
     stub: StubKms, make_kms: Callable[..., AliyunKms]
 ) -> None:
     stub.reply(_ok())
-    assert make_kms().decrypt_data_key(BLOB, {"tenant": "ä"}) == KEY
+    unwrapped = make_kms().decrypt_data_key(BLOB, {"tenant": "ä"})
+    assert unwrapped.plaintext == KEY
+    assert unwrapped.key_id == "key-resolved-id"  # KMS's answer, not ours
     (seen,) = stub.requests
     assert seen.action == "Decrypt"
     assert seen.params["CiphertextBlob"] == BLOB
@@ -304,7 +306,7 @@ def test_transient_errors_are_retried_with_growing_jittered_backoff(
         _ok(),
     )
     kms = make_kms(max_attempts=4, backoff=0.1, max_backoff=0.15)
-    assert kms.decrypt_data_key(BLOB, {}) == KEY
+    assert kms.decrypt_data_key(BLOB, {}).plaintext == KEY
     assert len(stub.requests) == 4
     assert len(sleeps) == 3
     for delay, cap in zip(sleeps, [0.1, 0.15, 0.15], strict=True):
@@ -394,7 +396,10 @@ def test_endpoint_with_or_without_http_reaches_the_stub(
     stub: StubKms, make_kms: Callable[..., AliyunKms], scheme: str
 ) -> None:
     stub.reply(_ok())
-    assert make_kms(endpoint=scheme + stub.endpoint).decrypt_data_key(BLOB, {}) == KEY
+    assert (
+        make_kms(endpoint=scheme + stub.endpoint).decrypt_data_key(BLOB, {}).plaintext
+        == KEY
+    )
 
 
 @pytest.mark.parametrize(
@@ -432,7 +437,7 @@ def test_from_settings_takes_region_credentials_and_endpoint(stub: StubKms) -> N
     )
     stub.reply(_ok())
     kms = AliyunKms.from_settings(settings)
-    assert kms.decrypt_data_key(BLOB, {}) == KEY
+    assert kms.decrypt_data_key(BLOB, {}).plaintext == KEY
     (seen,) = stub.requests
     assert (seen.params["AccessKeyId"], seen.params["RegionId"]) == (
         "env-ak",
@@ -457,3 +462,21 @@ def test_data_key_repr_hides_the_plaintext() -> None:
 def test_data_key_must_be_32_bytes(plaintext: Any) -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         DataKey(plaintext=plaintext, wrapped=BLOB, key_id="k")
+
+
+def test_a_decrypt_answer_without_key_id_is_not_trusted(
+    stub: StubKms, make_kms: Callable[..., AliyunKms]
+) -> None:
+    stub.reply(Reply(200, {"Plaintext": base64.b64encode(KEY).decode()}))
+    with pytest.raises(KmsUnavailableError) as caught:
+        make_kms(max_attempts=1).decrypt_data_key(BLOB, {})
+    assert caught.value.code == "EMQ.InvalidResponse"
+
+
+def test_describe_key_id_resolves_an_alias(
+    stub: StubKms, make_kms: Callable[..., AliyunKms]
+) -> None:
+    stub.reply(Reply(200, {"RequestId": "r", "KeyMetadata": {"KeyId": "k1"}}))
+    assert make_kms().describe_key_id("alias/orders") == "k1"
+    (seen,) = stub.requests
+    assert (seen.action, seen.params["KeyId"]) == ("DescribeKey", "alias/orders")

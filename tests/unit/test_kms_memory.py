@@ -15,7 +15,7 @@ def test_a_generated_key_unwraps_under_the_same_context() -> None:
     assert data_key.key_id == "alias/orders"
     assert data_key.plaintext not in base64.b64decode(data_key.wrapped)
     assert (
-        provider.decrypt_data_key(data_key.wrapped, {"tenant": "a"})
+        provider.decrypt_data_key(data_key.wrapped, {"tenant": "a"}).plaintext
         == data_key.plaintext
     )
 
@@ -98,7 +98,9 @@ def test_fail_with_times_fails_only_that_many_calls() -> None:
     for _ in range(2):
         with pytest.raises(KmsRequestError, match="refused"):
             provider.decrypt_data_key(data_key.wrapped, {})
-    assert provider.decrypt_data_key(data_key.wrapped, {}) == data_key.plaintext
+    assert provider.decrypt_data_key(data_key.wrapped, {}).plaintext == (
+        data_key.plaintext
+    )
 
 
 def test_it_satisfies_the_key_provider_protocol() -> None:

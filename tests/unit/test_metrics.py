@@ -185,7 +185,7 @@ def test_kms_calls_are_counted_by_operation_and_outcome() -> None:
     inner = InMemoryKeyProvider([KEY])
     provider = metrics.instrument_provider(inner)
     data_key = provider.generate_data_key(KEY, {"a": "b"})
-    assert provider.decrypt_data_key(data_key.wrapped, {"a": "b"}) == (
+    assert provider.decrypt_data_key(data_key.wrapped, {"a": "b"}).plaintext == (
         data_key.plaintext
     )
     with pytest.raises(KmsRequestError):
@@ -211,7 +211,7 @@ def test_an_unexpected_provider_error_counts_as_error_and_propagates() -> None:
         def generate_data_key(self, key_id: str, context: object) -> object:
             raise RuntimeError("bug")
 
-        def decrypt_data_key(self, wrapped: str, context: object) -> bytes:
+        def decrypt_data_key(self, wrapped: str, context: object) -> object:
             raise RuntimeError("bug")
 
     metrics = Metrics(process_metrics=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 
 import pytest
-from envelope_mq.shared.errors import DecryptionError, SealingError
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider
+from envelope_mq.shared.errors import DecryptionError, KeyMismatchError, SealingError
+from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 from envelope_mq.shared.sealed_file import (
     MAGIC,
     MAX_SEGMENT_SIZE,
@@ -207,3 +208,46 @@ def test_input_that_is_not_a_sealed_file_is_rejected(
     with pytest.raises(DecryptionError):
         unseal(provider, data)
     assert provider.decrypt_calls == 0
+
+
+class Claiming:
+    """A KMS client that holds key-a and writes key-b into the header it seals."""
+
+    def __init__(self, provider: InMemoryKeyProvider) -> None:
+        self.provider = provider
+
+    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        real = self.provider.generate_data_key("key-a", context)
+        return DataKey(real.plaintext, real.wrapped, "key-b")
+
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        return self.provider.decrypt_data_key(wrapped, context)
+
+
+def test_a_file_whose_header_names_another_key_than_kms_used_is_refused() -> None:
+    provider = InMemoryKeyProvider(["key-a", "key-b"])
+    sealed = io.BytesIO()
+    seal_stream(io.BytesIO(b"secret"), sealed, Claiming(provider), "key-b")
+    sealed.seek(0)
+    out = io.BytesIO()
+    with pytest.raises(KeyMismatchError):
+        unseal_stream(sealed, out, provider)
+    assert out.getvalue() == b""
+
+
+@pytest.mark.parametrize(("expected", "opens"), [({"key-a"}, True), ({"k"}, False)])
+def test_unseal_accepts_only_the_expected_keys(expected: set[str], opens: bool) -> None:
+    provider = InMemoryKeyProvider(["key-a"])
+    sealed = io.BytesIO()
+    seal_stream(io.BytesIO(b"secret"), sealed, provider, "key-a")
+    sealed.seek(0)
+    out = io.BytesIO()
+    if opens:
+        unseal_stream(sealed, out, provider, expected_key_ids=expected)
+        assert out.getvalue() == b"secret"
+    else:
+        with pytest.raises(DecryptionError):
+            unseal_stream(sealed, out, provider, expected_key_ids=expected)
+        assert out.getvalue() == b""

@@ -171,7 +171,7 @@ def test_every_flipped_header_byte_is_rejected_even_with_the_right_key(
     # With the data key in hand, KMS cannot be what catches it: the header
     # check or the header digest in every segment's associated data must.
     src = io.BytesIO(sealed)
-    key = provider.decrypt_data_key(read_header(src).wrapped_key, CONTEXT)
+    key = provider.decrypt_data_key(read_header(src).wrapped_key, CONTEXT).plaintext
     header, _ = split(sealed)
     for position in range(len(header)):
         altered = bytearray(sealed)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from envelope_mq.shared.crypto import Aes256Gcm
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
 from envelope_mq.shared.errors import DecryptionError
-from envelope_mq.shared.kms import DataKey
+from envelope_mq.shared.kms import DataKey, UnwrappedKey
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 AES = json.loads((VECTORS / "aes256gcm.json").read_text(encoding="utf-8"))["vectors"]
@@ -35,9 +35,9 @@ class OneKey:
     def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         return self.data_key
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         self.unwraps += 1
-        return self.data_key.plaintext
+        return UnwrappedKey(self.data_key.plaintext, self.data_key.key_id)
 
 
 def _header_value(value: Any) -> object:
