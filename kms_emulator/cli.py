@@ -53,6 +53,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--region", default="cn-hangzhou", help="region the emulator answers for"
     )
+    tls = parser.add_argument_group("HTTPS")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS; without --tls-cert/--tls-key a fresh CA and a "
+        "certificate for 127.0.0.1, ::1, localhost and --host are generated",
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    tls.add_argument(
+        "--tls-ca-out",
+        metavar="FILE",
+        help="write the generated CA's certificate here (what KMS_CA_FILE takes); "
+        "default: a temporary file, printed in the banner",
+    )
+    tls.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP for the generated certificate (repeatable)",
+    )
     parser.add_argument(
         "--clock-offset",
         type=float,
@@ -102,6 +124,12 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return _fail(f"set both {ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}")
     if not math.isfinite(args.clock_offset):
         return _fail("--clock-offset must be a finite number of seconds")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return _fail("--tls-cert and --tls-key go together")
+    if not args.tls and (args.tls_cert or args.tls_ca_out or args.tls_name):
+        return _fail("--tls-cert, --tls-key, --tls-ca-out and --tls-name need --tls")
+    if args.tls_cert and (args.tls_ca_out or args.tls_name):
+        return _fail("--tls-ca-out and --tls-name are for a generated certificate")
     seed: str | dict[str, Any] | None = args.seed
     if seed is None and access_key_id:
         seed = {
@@ -129,10 +157,15 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         port=args.port,
         region_id=args.region,
         clock_offset=args.clock_offset,
+        tls=args.tls,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_names=args.tls_name,
+        tls_ca_out=args.tls_ca_out,
     )
     try:
         emulator.start()
-    except (EmulatorError, OSError) as exc:
+    except (EmulatorError, OSError) as exc:  # ssl.SSLError is an OSError
         return _fail(str(exc))
     try:
         key_line = ""
@@ -175,8 +208,10 @@ def _banner(
             if args.clock_offset
             else []
         ),
-        f"  KMS_ENDPOINT={emulator.endpoint}",
+        f"  KMS_ENDPOINT={emulator.url if args.tls else emulator.endpoint}",
     ]
+    if emulator.ca_file is not None:
+        lines.append(f"  KMS_CA_FILE={emulator.ca_file}")
     if key_line:
         lines.append(f"  {key_line}")
     if access_key_id:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import ssl
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -14,6 +18,7 @@ from envelope_mq.kms_emulator.faults import Faults
 from envelope_mq.kms_emulator.gateway import Gateway
 from envelope_mq.kms_emulator.server import KmsHttpServer
 from envelope_mq.kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.tls import TlsFiles, generate, server_context
 
 __all__ = ["AuthMode", "Emulator"]
 
@@ -33,6 +38,10 @@ class Emulator:
         clock: wall clock for signature timestamps and key dates.
         clock_offset: seconds added to ``clock`` (negative: behind), so a test
             can make every client look skewed; also settable while running.
+        tls: serve HTTPS. With ``tls_cert``/``tls_key`` those PEM files are
+            used; otherwise a fresh CA and a certificate for the loopback
+            names and ``tls_names`` are generated, the CA's certificate is at
+            ``ca_file`` (and copied to ``tls_ca_out`` when given).
     """
 
     def __init__(
@@ -47,6 +56,11 @@ class Emulator:
         region_id: str = "cn-hangzhou",
         clock: Callable[[], float] = time.time,
         clock_offset: float = 0.0,
+        tls: bool = False,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_names: Sequence[str] = (),
+        tls_ca_out: str | os.PathLike[str] | None = None,
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -56,6 +70,20 @@ class Emulator:
         self._data = data
         self._address = (host, port)
         self._region_id = region_id
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if not tls and (tls_cert is not None or tls_ca_out is not None or tls_names):
+            raise ValueError("TLS options need tls=True")
+        self._tls = tls
+        self._tls_given = (
+            TlsFiles(Path(tls_cert), Path(tls_key))
+            if tls_cert is not None and tls_key is not None
+            else None
+        )
+        self._tls_names = (host, *tls_names)
+        self._tls_ca_out = Path(tls_ca_out) if tls_ca_out is not None else None
+        self._tls_files: TlsFiles | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
         self._base_clock = clock
         self.clock_offset = clock_offset
         self.faults = Faults()
@@ -84,9 +112,10 @@ class Emulator:
                 admin=self._admin,
                 region_id=self._region_id,
             )
-            server = KmsHttpServer(self._address, gateway)
+            server = KmsHttpServer(self._address, gateway, self._ssl_context())
         except BaseException:
             service.close()
+            self._drop_tls_dir()
             raise
         self._service, self._gateway, self._server = service, gateway, server
         self._thread = threading.Thread(
@@ -110,6 +139,24 @@ class Emulator:
             thread.join()
         if service is not None:
             service.close()
+        self._drop_tls_dir()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self._tls:
+            return None
+        files = self._tls_given
+        if files is None:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="kms-emulator-tls-")
+            files = generate(Path(self._tls_dir.name), self._tls_names)
+            if self._tls_ca_out is not None and files.ca_file is not None:
+                shutil.copyfile(files.ca_file, self._tls_ca_out)
+        self._tls_files = files
+        return server_context(files)
+
+    def _drop_tls_dir(self) -> None:
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+        self._tls_dir = self._tls_files = None
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -143,8 +190,31 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.endpoint}"
+        """``http://host:port``, or ``https://`` with TLS: what KMS_ENDPOINT takes."""
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when serving TLS, else ``http``."""
+        return "https" if self._tls else "http"
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The certificate, key and (generated) CA files served; None without TLS."""
+        self._running()
+        return self._tls_files
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The generated CA's certificate (PEM), for clients to trust; else None.
+
+        It is removed when the emulator stops (``tls_ca_out`` keeps a copy).
+        """
+        self._running()
+        files = self._tls_files
+        if files is None or files.ca_file is None:
+            return None
+        return self._tls_ca_out or files.ca_file
 
     @property
     def service(self) -> KmsService:

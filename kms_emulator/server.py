@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import threading
 from http import HTTPStatus
@@ -143,14 +144,31 @@ class KmsHttpServer(ThreadingHTTPServer):
     request_queue_size = 128
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], gateway: Gateway) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        gateway: Gateway,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.gateway = gateway
+        self.ssl_context = ssl_context
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve one connection, tracking it so that shutdown can close it."""
+        if self.ssl_context is not None:
+            # The handshake runs here, in the connection's own thread, so a
+            # client that never finishes it cannot stall the accept loop.
+            request.settimeout(IDLE_TIMEOUT_SECONDS)
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                # Plain HTTP, an untrusting client or a scanner: nothing is read.
+                _LOG.debug("TLS handshake with %s failed: %s", client_address, exc)
+                self.shutdown_request(request)
+                return
         with self._open_lock:
             self._open.add(request)
         try:

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -53,6 +54,17 @@ _CONNECT_TIMEOUT = "SDK.ConnectTimeout"
 _READ_TIMEOUT = "SDK.ReadTimeout"
 _HTTP_ERROR = "SDK.HttpError"
 _BAD_RESPONSE = "EMQ.InvalidResponse"
+# TLS failures: the server's certificate is not trusted (wrong or missing
+# KMS_CA_FILE, or a name mismatch), or no TLS session could be set up at all
+# (e.g. an https:// endpoint in front of a plain-HTTP server). Nothing of the
+# request was sent in either case.
+_TLS_UNTRUSTED = "EMQ.TlsCertificateUntrusted"
+_TLS_FAILED = "EMQ.TlsHandshakeFailed"
+_HINTS = {
+    _TLS_UNTRUSTED: " (the server's TLS certificate is not trusted: give its CA "
+    "with KMS_CA_FILE, and check the endpoint's host name)",
+    _TLS_FAILED: " (no TLS session: is the endpoint really HTTPS?)",
+}
 _BAD_DATA_KEY = "EMQ.InvalidDataKey"
 
 
@@ -102,7 +114,9 @@ class AliyunKms:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._sleep = sleep
-        logging.getLogger(_SDK_LOGGER).setLevel(_NOTHING)
+        _silence_sdk_loggers()
+        if ca_bundle is not None:
+            _check_ca_bundle(ca_bundle)
         # auto_retry=False: retries are ours, and only on transient errors.
         # verify=True (not None): with None the SDK would take the CA bundle
         # from the environment at every request, behind the caller's back.
@@ -123,6 +137,7 @@ class AliyunKms:
             settings.access_key_secret or "",
             settings.region_id,
             endpoint=settings.kms_endpoint,
+            ca_bundle=settings.kms_ca_file,
             **options,
         )
 
@@ -244,7 +259,10 @@ class AliyunKms:
                 with _translate(action):
                     raw = self._client.do_action_with_exception(request)
             except KmsUnavailableError as err:
-                repeatable = idempotent or _surely_not_processed(err.code)
+                # A certificate does not become trusted by asking again.
+                repeatable = err.code not in _HINTS and (
+                    idempotent or _surely_not_processed(err.code)
+                )
                 if attempt >= self._max_attempts or not repeatable:
                     raise
                 delay = random.uniform(
@@ -299,15 +317,52 @@ def _translate(action: str) -> Iterator[None]:
         kind = KmsUnavailableError if network else KmsRequestError
         # Chained as a copy without that text, for the same reason as above.
         cause = ClientException(sdk_code, code)
-        raise kind(f"KMS {action} failed: {code}", code=code) from cause
+        hint = _HINTS.get(code, "")
+        raise kind(f"KMS {action} failed: {code}{hint}", code=code) from cause
     except OSError as exc:
         raise KmsUnavailableError(
             f"KMS {action} failed: {_HTTP_ERROR}", code=_HTTP_ERROR
         ) from exc
 
 
+def _silence_sdk_loggers() -> None:
+    """Mute every aliyunsdkcore logger, including the one ``DEBUG=sdk`` feeds.
+
+    aliyunsdkcore.http.http_response sets its own level (DEBUG) and its own
+    stderr handler, so muting the parent is not enough: with the SDK's debug
+    switch on (env DEBUG=sdk) it would print each request URL, which carries
+    every parameter (Encrypt's Plaintext, the AccessKeyId). A disabled logger
+    drops records whatever its level and handlers.
+    """
+    names = [_SDK_LOGGER] + [
+        name
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.startswith(_SDK_LOGGER + ".")
+    ]
+    for name in names:
+        sdk_logger = logging.getLogger(name)
+        sdk_logger.setLevel(_NOTHING)
+        sdk_logger.disabled = True
+
+
+def _check_ca_bundle(path: str) -> None:
+    """A CA bundle that cannot be used is a configuration error now, not later."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or "not PEM"
+        raise ConfigError(
+            f"KMS CA file {path!r} cannot be used ({reason}): it must be a "
+            "readable PEM file of CA certificates"
+        ) from None
+
+
 def _network_code(text: str) -> str:
     lowered = text.lower()
+    if "certificate verify failed" in lowered:
+        return _TLS_UNTRUSTED
+    if "sslerror" in lowered or "ssl:" in lowered:
+        return _TLS_FAILED
     if "read timed out" in lowered:
         return _READ_TIMEOUT
     if "connecttimeout" in lowered or "connect timeout" in lowered:

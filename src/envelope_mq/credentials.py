@@ -8,7 +8,8 @@ Order, first match wins, for each of the three things:
   current profile of the aliyun CLI's ``~/.aliyun/config.json``;
 - region: ``--region``; ``ALIBABA_CLOUD_REGION_ID``; the profile's
   ``region_id``; ``cn-hangzhou``;
-- endpoint: ``--endpoint``; ``KMS_ENDPOINT``; none (the regional endpoint).
+- endpoint: ``--endpoint``; ``KMS_ENDPOINT``; none (the regional endpoint);
+- CA bundle for an https endpoint: ``--ca-file``; ``KMS_CA_FILE``; the system's.
 
 An explicit ``--profile`` is a flag, so it beats the environment, as the AWS
 and aliyun CLIs have it. Only ``AK`` profiles are supported. Secrets never
@@ -42,6 +43,7 @@ ID_ENV = "ALIBABA_CLOUD_ACCESS_KEY_ID"
 SECRET_ENV = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"  # noqa: S105 (a variable name)
 REGION_ENV = "ALIBABA_CLOUD_REGION_ID"
 ENDPOINT_ENV = "KMS_ENDPOINT"
+CA_FILE_ENV = "KMS_CA_FILE"
 CONFIG_PATH = Path(".aliyun") / "config.json"  # under the home directory
 
 
@@ -54,6 +56,7 @@ class Flags:
     region: str | None = None
     endpoint: str | None = None
     profile: str | None = None
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Credentials:
     region_id: str
     endpoint: str | None
     source: str
+    ca_file: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
@@ -82,6 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) ->
         "--endpoint",
         default=default,
         help="KMS endpoint: host:port (plain HTTP, e.g. the emulator) or https://host",
+    )
+    group.add_argument(
+        "--ca-file",
+        default=default,
+        metavar="PEM",
+        help="CA certificates to trust for an https endpoint instead of the "
+        "system's (a dedicated gateway's CA, the emulator's --tls CA); "
+        "default KMS_CA_FILE",
     )
     group.add_argument("--region", default=default, help="region id, e.g. cn-hangzhou")
     group.add_argument("--access-key-id", default=default, help="AccessKey ID")
@@ -107,6 +119,7 @@ def flags_from_args(args: argparse.Namespace) -> Flags:
         region=getattr(args, "region", None),
         endpoint=getattr(args, "endpoint", None),
         profile=getattr(args, "profile", None),
+        ca_file=getattr(args, "ca_file", None),
     )
 
 
@@ -149,6 +162,7 @@ def resolve(flags: Flags, environ: Mapping[str, str], home: Path) -> Credentials
         region_id=region or DEFAULT_REGION_ID,
         endpoint=endpoint,
         source=source,
+        ca_file=flags.ca_file or environ.get(CA_FILE_ENV) or None,
     )
 
 
@@ -159,6 +173,7 @@ def connect(credentials: Credentials, **options: Any) -> AliyunKms:
         credentials.access_key_secret,
         credentials.region_id,
         endpoint=credentials.endpoint,
+        ca_bundle=credentials.ca_file,
         **options,
     )
 

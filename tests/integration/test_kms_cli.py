@@ -419,6 +419,30 @@ def test_unreachable_endpoint_is_a_local_error_without_request_id(kms: Any) -> N
     assert "none" in error["RequestId"]
 
 
+def test_ca_file_flag_and_kms_ca_file_reach_a_tls_endpoint(
+    kms: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Emulator(seed={"principals": [_principal(ADMIN)]}, tls=True) as tls:
+        assert tls.ca_file is not None
+        untrusted = kms("list-keys", "--endpoint", tls.url).error()
+        with_flag = kms(
+            "list-keys", "--endpoint", tls.url, "--ca-file", str(tls.ca_file)
+        )
+        monkeypatch.setenv("KMS_CA_FILE", str(tls.ca_file))
+        with_env = kms("list-keys", "--endpoint", tls.url)
+    assert untrusted["Code"] == "EMQ.TlsCertificateUntrusted"
+    assert with_flag.body["Keys"] == with_env.body["Keys"]
+
+
+def _principal(creds: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "access_key_id": creds[0],
+        "access_key_secret": creds[1],
+        "actions": ["*"],
+        "keys": ["*"],
+    }
+
+
 def test_options_may_also_come_before_the_command(kms: Any, emulator: Emulator) -> None:
     result = main(
         ["kms", "--endpoint", emulator.endpoint, "describe-key", "--key-id", ALIAS]

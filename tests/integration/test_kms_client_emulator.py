@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
-from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.kms_emulator.tls import generate as generate_tls
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import AliyunKms
 from procfs import sockets_to
@@ -179,3 +185,94 @@ def test_close_releases_the_sdk_connection_pool(emq_kms: KmsFixture) -> None:
     # A request after close opens a new connection rather than failing.
     assert client.generate_data_key(emq_kms.key_id, CONTEXT).key_id == emq_kms.key_id
     client.close()
+
+
+def test_settings_with_kms_ca_file_reach_a_tls_emulator(
+    emq_kms_tls: KmsFixture,
+) -> None:
+    assert emq_kms_tls.ca_file is not None
+    settings = Settings.from_env(
+        {
+            "KMS_ENDPOINT": emq_kms_tls.endpoint,
+            "KMS_CA_FILE": emq_kms_tls.ca_file,
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": emq_kms_tls.producer.access_key_id,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": emq_kms_tls.producer.access_key_secret,
+        }
+    )
+    with AliyunKms.from_settings(settings) as client:
+        data_key = client.generate_data_key(emq_kms_tls.alias, CONTEXT)
+
+    assert data_key.key_id == emq_kms_tls.key_id
+    assert emq_kms_tls.emulator.request_count == {"GenerateDataKey": 1}
+
+
+@pytest.mark.parametrize("trust", ["another-ca", "system-cas"])
+def test_an_untrusted_tls_emulator_fails_clearly_and_is_never_asked(
+    emq_kms_tls: KmsFixture, trust: str, tmp_path: Path
+) -> None:
+    other_ca = generate_tls(tmp_path, ["127.0.0.1"]).ca_file
+    ca = str(other_ca) if trust == "another-ca" else None
+    client = _client(emq_kms_tls, "producer", ca_bundle=ca)
+
+    with client, pytest.raises(KmsUnavailableError) as caught:
+        client.generate_data_key(emq_kms_tls.alias, CONTEXT)
+
+    assert caught.value.code == "EMQ.TlsCertificateUntrusted"
+    assert "KMS_CA_FILE" in str(caught.value)
+    assert emq_kms_tls.emulator.request_count == {}
+
+
+def test_a_ca_file_that_is_not_pem_is_a_configuration_error(
+    emq_kms_tls: KmsFixture, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    for path in (str(not_pem), str(tmp_path / "missing.pem")):
+        with pytest.raises(ConfigError, match="KMS CA file"):
+            _client(emq_kms_tls, "producer", ca_bundle=path)
+
+
+_DEBUG_CHILD = """
+import sys
+from envelope_mq.shared.errors import KmsError
+from envelope_mq.shared.kms import AliyunKms
+
+endpoint, key_id, secret, marker = sys.argv[1:5]
+with AliyunKms(key_id, secret, endpoint=endpoint, max_attempts=1) as kms:
+    try:
+        kms.call("Encrypt", {"KeyId": "alias/x", "Plaintext": marker})
+    except KmsError as exc:
+        print("refused:", exc.code)
+"""
+
+
+def test_the_sdk_debug_switch_never_prints_request_parameters(
+    emq_kms: KmsFixture,
+) -> None:
+    # DEBUG=sdk makes aliyunsdkcore print each request URL (every parameter)
+    # through a stderr handler of its own.
+    marker = "debug-switch-marker-" + "x" * 12
+    env = {**os.environ, "DEBUG": "sdk"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DEBUG_CHILD,
+            emq_kms.endpoint,
+            emq_kms.producer.access_key_id,
+            emq_kms.producer.access_key_secret,
+            marker,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "refused: Forbidden.NoPermission" in result.stdout
+    assert emq_kms.emulator.request_count == {"Encrypt": 1}
+    for secret in (marker, emq_kms.producer.access_key_id):
+        assert secret not in result.stderr
+        assert secret not in result.stdout

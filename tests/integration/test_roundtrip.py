@@ -97,3 +97,25 @@ def test_quorum_queue_round_trip(
 
     assert received == sent
     assert not consumer.stats.quarantined
+
+
+def test_round_trip_over_verified_tls_to_kms(
+    emq_kms_tls: KmsFixture,
+    emq_rabbitmq_urls: tuple[str, ...],
+    emq_amqp_topology: Topology,
+) -> None:
+    producer = emq_kms_tls.settings("producer", emq_rabbitmq_urls)
+    consumer_settings = emq_kms_tls.settings("consumer", emq_rabbitmq_urls)
+    assert producer.kms_endpoint is not None
+    assert producer.kms_endpoint.startswith("https://")
+    assert producer.kms_ca_file is not None
+
+    sent, received, consumer = _round_trip(
+        producer, consumer_settings, emq_amqp_topology, 50
+    )
+
+    assert received == sent
+    assert not consumer.stats.quarantined
+    answered = emq_kms_tls.emulator.request_count
+    assert answered.get("GenerateDataKey") == 1
+    assert answered.get("Decrypt") == 1

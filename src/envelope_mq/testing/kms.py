@@ -47,6 +47,7 @@ class KmsFixture:
     alias: str
     producer: Credentials
     consumer: Credentials
+    ca_file: str | None = None  # the emulator's generated CA when it serves HTTPS
 
     def settings(self, role: Role, rabbitmq_urls: Sequence[str]) -> Settings:
         """Settings for one role, pointed at this emulator and the given broker."""
@@ -54,6 +55,7 @@ class KmsFixture:
         return Settings(
             rabbitmq_urls=tuple(rabbitmq_urls),
             kms_endpoint=self.endpoint,
+            kms_ca_file=self.ca_file,
             kms_key_id=self.key_id,
             access_key_id=creds.access_key_id,
             access_key_secret=creds.access_key_secret,
@@ -93,8 +95,15 @@ def emulator_seed(
 
 
 @contextmanager
-def running_emulator(alias: str = TEST_KEY_ALIAS) -> Iterator[KmsFixture]:
-    """Run an in-process emulator on a free port with fresh key and credentials."""
+def running_emulator(
+    alias: str = TEST_KEY_ALIAS, *, tls: bool = False, **options: Any
+) -> Iterator[KmsFixture]:
+    """Run an in-process emulator on a free port with fresh key and credentials.
+
+    With ``tls`` it serves HTTPS under a CA generated for this run: ``endpoint``
+    is then ``https://127.0.0.1:<port>`` and ``ca_file`` the CA to trust.
+    ``options`` go to the Emulator (``clock_offset``, ...).
+    """
     from envelope_mq.kms_emulator import Emulator
 
     # Fresh random ids per run: nothing can depend on a value from another run.
@@ -103,10 +112,16 @@ def running_emulator(alias: str = TEST_KEY_ALIAS) -> Iterator[KmsFixture]:
     consumer = Credentials(f"emq-consumer-{tag}", uuid.uuid4().hex)
     key_id = str(uuid.uuid4())
     seed = emulator_seed(key_id, alias, producer, consumer)
-    with Emulator(seed=seed, auth="strict", admin=True, port=0) as emulator:
+    with Emulator(
+        seed=seed, auth="strict", admin=True, port=0, tls=tls, **options
+    ) as emulator:
+        ca_file = emulator.ca_file
         yield KmsFixture(
             emulator=emulator,
-            endpoint=emulator.endpoint,
+            # With TLS the scheme must be written: a bare loopback endpoint
+            # means plain HTTP to AliyunKms.
+            endpoint=emulator.url if tls else emulator.endpoint,
+            ca_file=str(ca_file) if ca_file is not None else None,
             key_id=key_id,
             alias=alias,
             producer=producer,

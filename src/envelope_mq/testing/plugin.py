@@ -18,6 +18,8 @@ starts with ``emq_`` so that none shadows a user's own:
 - ``emq_kms``: an emulator on a free port, strict signatures, one key with an
   alias, a producer principal (GenerateDataKey only) and a consumer one (Decrypt
   only);
+- ``emq_kms_tls``: the same over HTTPS with a CA generated for the run
+  (``ca_file``; its ``settings()`` carry it as ``kms_ca_file``);
 - ``emq_producer_settings`` / ``emq_consumer_settings``: Settings for each role.
 
 Importing this module imports pytest and the standard library only: the broker,
@@ -180,6 +182,15 @@ def emq_kms() -> Iterator[KmsFixture]:
     from envelope_mq.testing.kms import running_emulator
 
     with running_emulator() as fixture:
+        yield fixture
+
+
+@pytest.fixture
+def emq_kms_tls() -> Iterator[KmsFixture]:
+    """Like ``emq_kms``, served over HTTPS; its settings trust the run's own CA."""
+    from envelope_mq.testing.kms import running_emulator
+
+    with running_emulator(tls=True) as fixture:
         yield fixture
 
 

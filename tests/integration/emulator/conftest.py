@@ -140,7 +140,7 @@ def target() -> Iterator[Target]:
 
 @pytest.fixture
 def open_client() -> Iterator[OpenClient]:
-    """make_client(flavour, endpoint, creds, region, protocol), closed afterwards."""
+    """make_client(flavour, endpoint, creds, region, protocol, ca), closed after."""
     made: list[KmsClient] = []
 
     def open_(
@@ -149,8 +149,9 @@ def open_client() -> Iterator[OpenClient]:
         creds: Credentials,
         region: str = "cn-hangzhou",
         protocol: str = "http",
+        ca: str | None = None,
     ) -> KmsClient:
-        made.append(make_client(flavour, endpoint, creds, region, protocol))
+        made.append(make_client(flavour, endpoint, creds, region, protocol, ca))
         return made[-1]
 
     yield open_

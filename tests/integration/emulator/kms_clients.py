@@ -15,6 +15,7 @@ import http.client
 import importlib
 import json
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -69,12 +70,24 @@ class OldSdkClient:
     flavour = "old-sdk-v1"
 
     def __init__(
-        self, endpoint: str, creds: Credentials, region: str, protocol: str
+        self,
+        endpoint: str,
+        creds: Credentials,
+        region: str,
+        protocol: str,
+        *,
+        ca: str | None = None,
     ) -> None:
         from aliyunsdkcore.client import AcsClient
 
+        # verify: a CA bundle path, or True (the system's); never None, with
+        # which the SDK would read ALIBABA_CLOUD_CA_BUNDLE at every request.
         self._client = AcsClient(
-            creds.access_key_id, creds.access_key_secret, region, timeout=10
+            creds.access_key_id,
+            creds.access_key_secret,
+            region,
+            timeout=10,
+            verify=ca or True,
         )
         self._endpoint = endpoint
         self._protocol = protocol
@@ -84,13 +97,17 @@ class OldSdkClient:
             ClientException,
             ServerException,
         )
+        from aliyunsdkcore.http import protocol_type
 
         module = importlib.import_module(
             f"aliyunsdkkms.request.v20160120.{action}Request"
         )
         request = getattr(module, f"{action}Request")()
         request.set_endpoint(self._endpoint)
-        request.set_protocol_type(self._protocol)
+        # The SDK tests `protocol is PT.HTTPS`: only its own constant turns TLS on.
+        request.set_protocol_type(
+            protocol_type.HTTPS if self._protocol == "https" else protocol_type.HTTP
+        )
         for name, value in params.items():
             getattr(request, f"set_{name}")(_as_text(value))
         try:
@@ -127,6 +144,7 @@ class NewSdkClient:
         protocol: str,
         *,
         v1: bool = False,
+        ca: str | None = None,
     ) -> None:
         from alibabacloud_kms20160120.client import Client
         from alibabacloud_tea_openapi.models import Config
@@ -139,6 +157,8 @@ class NewSdkClient:
             protocol=protocol,
             read_timeout=10000,
             connect_timeout=5000,
+            # The PEM file of CAs to trust over https (both sync and async forms).
+            ca=ca,
         )
         if v1:
             config.signature_algorithm = "v2"
@@ -181,15 +201,20 @@ class NewSdkClient:
 
 
 def make_client(
-    flavour: str, endpoint: str, creds: Credentials, region: str, protocol: str
+    flavour: str,
+    endpoint: str,
+    creds: Credentials,
+    region: str,
+    protocol: str,
+    ca: str | None = None,
 ) -> KmsClient:
-    """A client of one flavour (see FLAVOURS)."""
+    """A client of one flavour (see FLAVOURS); ``ca``: a PEM CA file for https."""
     if flavour == "old-sdk-v1":
-        return OldSdkClient(endpoint, creds, region, protocol)
+        return OldSdkClient(endpoint, creds, region, protocol, ca=ca)
     if flavour == "new-sdk-acs3":
-        return NewSdkClient(endpoint, creds, region, protocol)
+        return NewSdkClient(endpoint, creds, region, protocol, ca=ca)
     if flavour == "new-sdk-v1":
-        return NewSdkClient(endpoint, creds, region, protocol, v1=True)
+        return NewSdkClient(endpoint, creds, region, protocol, v1=True, ca=ca)
     raise ValueError(flavour)
 
 
@@ -314,11 +339,23 @@ class RawHttp:
     """A keep-alive HTTP connection for hand-made requests."""
 
     def __init__(
-        self, endpoint: str, *, tls: bool = False, timeout: float = 10
+        self,
+        endpoint: str,
+        *,
+        tls: bool = False,
+        timeout: float = 10,
+        ca: str | None = None,
     ) -> None:
         host, _, port = endpoint.partition(":")
-        factory = http.client.HTTPSConnection if tls else http.client.HTTPConnection
-        self._conn = factory(host, int(port) if port else None, timeout=timeout)
+        number = int(port) if port else None
+        self._conn: http.client.HTTPConnection
+        if tls:
+            context = ssl.create_default_context(cafile=ca)
+            self._conn = http.client.HTTPSConnection(
+                host, number, timeout=timeout, context=context
+            )
+        else:
+            self._conn = http.client.HTTPConnection(host, number, timeout=timeout)
 
     def send(
         self,

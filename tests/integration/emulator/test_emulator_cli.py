@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from envelope_mq.kms_emulator.tls import generate as generate_tls
 from kms_clients import Credentials, KmsCallError, OpenClient
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,62 @@ def test_clock_offset_flag_shifts_the_clock_the_signatures_are_checked_against(
         with pytest.raises(KmsCallError) as caught:
             client.call("ListKeys")
     assert caught.value.code == "InvalidTimeStamp.Expired"
+
+
+def test_tls_flag_serves_https_under_a_generated_ca_written_where_asked(
+    open_client: OpenClient, tmp_path: Path
+) -> None:
+    env = {
+        "KMS_EMULATOR_ACCESS_KEY_ID": DEV.access_key_id,
+        "KMS_EMULATOR_ACCESS_KEY_SECRET": DEV.access_key_secret,
+    }
+    ca_out = tmp_path / "kms-ca.pem"
+    with _emulator_process("--tls", f"--tls-ca-out={ca_out}", env=env) as (_, banner):
+        endpoint = _endpoint(banner)
+        assert endpoint.startswith("https://127.0.0.1:")
+        assert f"KMS_CA_FILE={ca_out}" in banner
+        client = open_client(
+            "new-sdk-acs3",
+            endpoint.removeprefix("https://"),
+            DEV,
+            "cn-hangzhou",
+            "https",
+            str(ca_out),
+        )
+        assert client.call("ListKeys")["TotalCount"] == 1
+
+
+def test_tls_cert_and_key_files_are_served(
+    open_client: OpenClient, tmp_path: Path
+) -> None:
+    files = generate_tls(tmp_path, ["127.0.0.1"])
+    env = {
+        "KMS_EMULATOR_ACCESS_KEY_ID": DEV.access_key_id,
+        "KMS_EMULATOR_ACCESS_KEY_SECRET": DEV.access_key_secret,
+    }
+    args = ("--tls", f"--tls-cert={files.cert_file}", f"--tls-key={files.key_file}")
+    with _emulator_process(*args, env=env) as (_, banner):
+        assert "KMS_CA_FILE" not in banner
+        client = open_client(
+            "old-sdk-v1",
+            _endpoint(banner).removeprefix("https://"),
+            DEV,
+            "cn-hangzhou",
+            "https",
+            str(files.ca_file),
+        )
+        assert client.call("ListKeys")["TotalCount"] == 1
+
+
+def test_tls_options_without_tls_are_refused() -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KMS_EMULATOR_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "envelope_mq.kms_emulator", "--auth=off",
+         "--tls-ca-out=/tmp/x.pem"],
+        env=environ, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "need --tls" in result.stderr
 
 
 def test_the_compose_seed_serves_the_producer_and_consumer(
