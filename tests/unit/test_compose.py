@@ -292,8 +292,26 @@ def test_clients_serve_metrics_beyond_loopback(
 def test_clients_publish_metrics_on_different_host_ports(
     services: dict[str, Any],
 ) -> None:
-    hosts = [str(p).split(":")[0] for n in APP_SERVICES for p in services[n]["ports"]]
+    hosts = [
+        str(p).rsplit(":", 2)[-2] for n in APP_SERVICES for p in services[n]["ports"]
+    ]
     assert len(hosts) == len(set(hosts))
+
+
+def test_every_published_port_is_bound_to_loopback_only(
+    services: dict[str, Any],
+) -> None:
+    # The services carry development credentials (guest-like broker user, the
+    # seed's AccessKeys, Grafana's admin password): never reachable from
+    # another machine. "5672:5672" would publish on every interface.
+    published = {
+        name: [str(p) for p in service.get("ports", [])]
+        for name, service in services.items()
+    }
+    assert any(published.values())
+    for name, ports in published.items():
+        for port in ports:
+            assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", port), (name, port)
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
