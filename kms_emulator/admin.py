@@ -1,13 +1,18 @@
 """Operator endpoints under ``/admin/`` (served only with ``--admin``).
 
-They sit outside the RPC space and carry no authentication: ``--admin`` is for
-local development and tests, behind 127.0.0.1.
+They sit outside the RPC space and its signatures, so they carry their own
+guard (:class:`AdminAccess`): a bearer token made for the run, and, against a
+web page the operator happens to open, the ``Host`` must be one of the
+emulator's own names (DNS rebinding) and an ``Origin``, when sent, its own.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -18,9 +23,58 @@ from envelope_mq.kms_emulator.reply import Reply
 if TYPE_CHECKING:
     from envelope_mq.kms_emulator.gateway import Gateway
 
-__all__ = ["AdminRoutes"]
+__all__ = ["AdminAccess", "AdminRoutes"]
 
 _ROTATE = re.compile(r"/admin/keys/([^/]{1,256})/rotate")
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """Who may use ``/admin/``: the token, and the Host/Origin values accepted."""
+
+    token: str = field(repr=False)
+    hosts: frozenset[str]
+    origins: frozenset[str]
+
+    @classmethod
+    def for_names(
+        cls, token: str, names: Iterable[str], port: int, scheme: str
+    ) -> AdminAccess:
+        """Accept ``Host: <name>:<port>`` (and the bare name on a default port)."""
+        hosts: set[str] = set()
+        for name in names:
+            shown = f"[{name}]" if ":" in name else name  # an IPv6 address
+            hosts.add(f"{shown}:{port}".lower())
+            if port == (443 if scheme == "https" else 80):
+                hosts.add(shown.lower())
+        origins = frozenset(f"{scheme}://{host}" for host in hosts)
+        return cls(token, frozenset(hosts), origins)
+
+    def check(self, headers: Mapping[str, str]) -> None:
+        """Raise the ApiError that refuses this request, if any."""
+        host = headers.get("host", "").strip().lower()
+        if host not in self.hosts:
+            raise ApiError(
+                403,
+                "Forbidden.AdminHost",
+                "The Host header is not one of the emulator's own names.",
+            )
+        origin = headers.get("origin")
+        if origin is not None and origin.strip().lower() not in self.origins:
+            raise ApiError(
+                403,
+                "Forbidden.AdminOrigin",
+                "Cross-origin requests to /admin/ are refused.",
+            )
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            raise ApiError(
+                401,
+                "InvalidAdminToken",
+                "Send the emulator's admin token as 'Authorization: Bearer <token>'.",
+            )
 
 
 class AdminRoutes:
@@ -29,10 +83,15 @@ class AdminRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
-    def handle(self, method: str, path: str, body: bytes) -> Reply:
-        """Answer one admin request."""
+    def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
+        """Answer one admin request (headers have lower-case names)."""
         g = self._gateway
         try:
+            if g.admin_access is None:  # not started yet: refuse, never open
+                raise ApiError(503, "ServiceUnavailable", "Not ready.")
+            g.admin_access.check(headers)
             if path == "/admin/reset":
                 _expect(method, "POST")
                 g.service.reset()

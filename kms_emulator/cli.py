@@ -26,6 +26,7 @@ __all__ = ["ACCESS_KEY_ID_ENV", "ACCESS_KEY_SECRET_ENV", "main", "register", "ru
 
 ACCESS_KEY_ID_ENV = "KMS_EMULATOR_ACCESS_KEY_ID"
 ACCESS_KEY_SECRET_ENV = "KMS_EMULATOR_ACCESS_KEY_SECRET"  # noqa: S105 (a name)
+ADMIN_TOKEN_ENV = "KMS_EMULATOR_ADMIN_TOKEN"  # noqa: S105 (a name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="strict: verify every signature (default); off: for debugging only",
     )
     parser.add_argument(
-        "--admin", action="store_true", help="serve /admin/ (reset, rotate, faults)"
+        "--admin",
+        action="store_true",
+        help="serve /admin/ (reset, rotate, faults) to callers sending "
+        f"'Authorization: Bearer <token>': the token is {ADMIN_TOKEN_ENV}, or "
+        "made at start and written to --admin-token-file (else printed)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="with --admin: write the generated admin token here (mode 0600)",
+    )
+    parser.add_argument(
+        "--admin-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name /admin/ answers to (its Host header is checked "
+        "against the emulator's own names; e.g. the compose service name)",
     )
     parser.add_argument(
         "--key-alias",
@@ -130,6 +148,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return _fail("--tls-cert, --tls-key, --tls-ca-out and --tls-name need --tls")
     if args.tls_cert and (args.tls_ca_out or args.tls_name):
         return _fail("--tls-ca-out and --tls-name are for a generated certificate")
+    admin_token = environ.get(ADMIN_TOKEN_ENV) or None
+    if admin_token is not None and len(admin_token) < 16:
+        return _fail(f"{ADMIN_TOKEN_ENV} must have at least 16 characters")
+    if (args.admin_token_file or args.admin_host) and not args.admin:
+        return _fail("--admin-token-file and --admin-host need --admin")
     seed: str | dict[str, Any] | None = args.seed
     if seed is None and access_key_id:
         seed = {
@@ -162,16 +185,21 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         tls_key=args.tls_key,
         tls_names=args.tls_name,
         tls_ca_out=args.tls_ca_out,
+        admin_token=admin_token,
+        admin_hosts=args.admin_host,
     )
     try:
         emulator.start()
+        if args.admin and args.admin_token_file and admin_token is None:
+            _write_private(args.admin_token_file, emulator.admin_token + "\n")
     except (EmulatorError, OSError) as exc:  # ssl.SSLError is an OSError
+        emulator.stop()
         return _fail(str(exc))
     try:
         key_line = ""
         if args.seed is None:
             key_line = _ensure_key(emulator.service, args.key_alias)
-        _banner(emulator, args, access_key_id, key_line)
+        _banner(emulator, args, access_key_id, key_line, admin_token is not None)
         _wait_for_signal()
     except ApiError as exc:
         return _fail(f"could not create the first key: {exc.code}: {exc.message}")
@@ -197,7 +225,11 @@ def _ensure_key(service: KmsService, alias: str) -> str:
 
 
 def _banner(
-    emulator: Emulator, args: argparse.Namespace, access_key_id: str, key_line: str
+    emulator: Emulator,
+    args: argparse.Namespace,
+    access_key_id: str,
+    key_line: str,
+    environ_token: bool,
 ) -> None:
     lines = [
         f"kms-emulator listening on {emulator.url} "
@@ -214,6 +246,14 @@ def _banner(
         lines.append(f"  KMS_CA_FILE={emulator.ca_file}")
     if key_line:
         lines.append(f"  {key_line}")
+    if args.admin:
+        if environ_token:
+            where = f"the value of {ADMIN_TOKEN_ENV}"
+        elif args.admin_token_file:
+            where = f"written to {args.admin_token_file}"
+        else:  # made for this run, guarding only this emulator's /admin/
+            where = emulator.admin_token
+        lines.append(f"  /admin/ token: {where}")
     if access_key_id:
         lines.append(
             f"  ALIBABA_CLOUD_ACCESS_KEY_ID={access_key_id} "
@@ -221,6 +261,12 @@ def _banner(
         )
     lines.append("  ready; stop with Ctrl-C or SIGTERM")
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _write_private(path: str, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as out:
+        out.write(text)
 
 
 def _wait_for_signal() -> None:

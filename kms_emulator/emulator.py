@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import shutil
 import ssl
 import tempfile
@@ -13,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from envelope_mq.kms_emulator.admin import AdminAccess
 from envelope_mq.kms_emulator.auth import Authenticator
 from envelope_mq.kms_emulator.faults import Faults
 from envelope_mq.kms_emulator.gateway import Gateway
@@ -31,7 +34,11 @@ class Emulator:
     Args:
         seed: a seed file path or mapping (principals, keys, aliases).
         auth: "strict" verifies every signature; "off" lets everything through.
-        admin: serve the ``/admin/`` endpoints.
+        admin: serve the ``/admin/`` endpoints, to callers presenting
+            ``Authorization: Bearer <admin_token>`` with a ``Host`` of the
+            emulator's own (its address, the loopback names when bound there
+            or to every interface, ``tls_names`` and ``admin_hosts``).
+        admin_token: that token; None makes a random one (``emu.admin_token``).
         data: a data directory (persistent), or None for in-memory state.
         host, port: where to listen; port 0 picks a free port.
         region_id: the region the emulator pretends to be.
@@ -61,6 +68,8 @@ class Emulator:
         tls_key: str | os.PathLike[str] | None = None,
         tls_names: Sequence[str] = (),
         tls_ca_out: str | os.PathLike[str] | None = None,
+        admin_token: str | None = None,
+        admin_hosts: Sequence[str] = (),
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -74,6 +83,10 @@ class Emulator:
             raise ValueError("tls_cert and tls_key go together")
         if not tls and (tls_cert is not None or tls_ca_out is not None or tls_names):
             raise ValueError("TLS options need tls=True")
+        if admin_token is not None and len(admin_token) < 16:
+            raise ValueError("admin_token must have at least 16 characters")
+        self._admin_token = admin_token or secrets.token_urlsafe(24)
+        self._admin_hosts = tuple(admin_hosts)
         self._tls = tls
         self._tls_given = (
             TlsFiles(Path(tls_cert), Path(tls_key))
@@ -117,6 +130,12 @@ class Emulator:
             service.close()
             self._drop_tls_dir()
             raise
+        gateway.admin_access = AdminAccess.for_names(
+            self._admin_token,
+            self._own_names(str(server.server_address[0])),
+            int(server.server_address[1]),
+            "https" if self._tls else "http",
+        )
         self._service, self._gateway, self._server = service, gateway, server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -140,6 +159,16 @@ class Emulator:
         if service is not None:
             service.close()
         self._drop_tls_dir()
+
+    def _own_names(self, bound: str) -> list[str]:
+        names = [bound, *self._tls_names[1:], *self._admin_hosts]
+        try:
+            address = ipaddress.ip_address(bound)
+        except ValueError:
+            address = None
+        if address is None or address.is_loopback or address.is_unspecified:
+            names += ["127.0.0.1", "localhost", "::1"]
+        return names
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self._tls:
@@ -197,6 +226,11 @@ class Emulator:
     def scheme(self) -> str:
         """``https`` when serving TLS, else ``http``."""
         return "https" if self._tls else "http"
+
+    @property
+    def admin_token(self) -> str:
+        """The bearer token ``/admin/`` requires."""
+        return self._admin_token
 
     @property
     def tls_files(self) -> TlsFiles | None:

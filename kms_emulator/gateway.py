@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from envelope_mq.kms_emulator.admin import AdminRoutes
+from envelope_mq.kms_emulator.admin import AdminAccess, AdminRoutes
 from envelope_mq.kms_emulator.audit import audit, resolved_key_id
 from envelope_mq.kms_emulator.auth import SIGNATURE_PARAMS, Authenticator, SignedRequest
 from envelope_mq.kms_emulator.errors import (
@@ -55,6 +55,8 @@ class Gateway:
         self.faults = faults
         self.host_id = f"kms.{region_id}.aliyuncs.com"
         self._admin = AdminRoutes(self) if admin else None
+        # Set by the server's owner once the address is known.
+        self.admin_access: AdminAccess | None = None
         self._counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
@@ -99,7 +101,7 @@ class Gateway:
         if parts.path == "/healthz" and method == "GET":
             return Reply(200, {"Status": "OK"})
         if self._admin is not None and parts.path.startswith("/admin/"):
-            return self._admin.handle(method, parts.path, body)
+            return self._admin.handle(method, parts.path, headers, body)
         return self.error(404, "NotFound", "The requested path is not served.")
 
     def _rpc(

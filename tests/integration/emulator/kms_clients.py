@@ -348,6 +348,7 @@ class RawHttp:
     ) -> None:
         host, _, port = endpoint.partition(":")
         number = int(port) if port else None
+        self.admin_token = ""  # sent by the admin tests' helper
         self._conn: http.client.HTTPConnection
         if tls:
             context = ssl.create_default_context(cafile=ca)

@@ -37,13 +37,96 @@ def emulator() -> Iterator[Emulator]:
 @pytest.fixture
 def raw(emulator: Emulator) -> Iterator[RawHttp]:
     connection = RawHttp(emulator.endpoint)
+    connection.admin_token = emulator.admin_token
     yield connection
     connection.close()
 
 
-def _admin(raw: RawHttp, method: str, path: str, body: object = None) -> RawResponse:
+def _admin(
+    raw: RawHttp,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> RawResponse:
     data = b"" if body is None else json.dumps(body).encode()
-    return raw.send(method, path, body=data)
+    sent = {"Authorization": f"Bearer {raw.admin_token}", **(headers or {})}
+    return raw.send(method, path, body=data, headers=sent)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer ", "Bearer wrong-token-wrong-token", "Basic abc", "token"],
+)
+def test_admin_refuses_a_request_without_the_token(
+    emulator: Emulator, authorization: str | None
+) -> None:
+    connection = RawHttp(emulator.endpoint)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    answer = connection.send("POST", "/admin/reset", headers=headers)
+    connection.close()
+    assert answer.status == 401
+    assert answer.json()["Code"] == "InvalidAdminToken"
+
+
+def test_admin_refuses_a_cross_origin_request_even_with_the_token(
+    raw: RawHttp, emulator: Emulator
+) -> None:
+    created = raw.v1("CreateKey", {}, AK).json()["KeyMetadata"]["KeyId"]
+    for origin in ("https://evil.example", "null", f"http://{emulator.host}:1"):
+        answer = _admin(raw, "POST", "/admin/reset", headers={"Origin": origin})
+        assert answer.status == 403
+        assert answer.json()["Code"] == "Forbidden.AdminOrigin"
+    # Nothing was reset: the created key is still there.
+    assert raw.v1("DescribeKey", {"KeyId": created}, AK).status == 200
+    own = {"Origin": f"http://{emulator.endpoint}"}
+    assert _admin(raw, "GET", "/admin/stats", headers=own).status == 200
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:{port}", "127.0.0.1:1", "127.0.0.1"]
+)
+def test_admin_refuses_a_foreign_host_header_against_dns_rebinding(
+    raw: RawHttp, emulator: Emulator, host: str
+) -> None:
+    answer = _admin(
+        raw, "POST", "/admin/reset", headers={"Host": host.format(port=emulator.port)}
+    )
+    assert answer.status == 403
+    assert answer.json()["Code"] == "Forbidden.AdminHost"
+
+
+def test_admin_answers_to_the_loopback_names_and_given_hosts() -> None:
+    with Emulator(seed=SEED, admin_hosts=["kms-emulator"]) as emu:
+        connection = RawHttp(emu.endpoint)
+        token = {"Authorization": f"Bearer {emu.admin_token}"}
+        statuses = [
+            connection.send(
+                "GET", "/admin/stats", headers={**token, "Host": f"{name}:{emu.port}"}
+            ).status
+            for name in ("127.0.0.1", "localhost", "[::1]", "kms-emulator")
+        ]
+        connection.close()
+    assert statuses == [200, 200, 200, 200]
+
+
+def test_a_given_admin_token_is_used() -> None:
+    with Emulator(seed=SEED, admin_token="a-given-token-of-32-characters!!") as emu:
+        assert emu.admin_token == "a-given-token-of-32-characters!!"
+        connection = RawHttp(emu.endpoint)
+        answer = connection.send(
+            "GET",
+            "/admin/stats",
+            headers={"Authorization": f"Bearer {emu.admin_token}"},
+        )
+        connection.close()
+    assert answer.status == 200
+
+
+def test_each_emulator_makes_its_own_admin_token() -> None:
+    with Emulator(seed=SEED) as one, Emulator(seed=SEED) as two:
+        assert one.admin_token != two.admin_token
+        assert len(one.admin_token) >= 24
 
 
 def test_reset_drops_created_keys_and_reloads_the_seed(raw: RawHttp) -> None:

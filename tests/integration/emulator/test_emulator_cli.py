@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from envelope_mq.kms_emulator.tls import generate as generate_tls
-from kms_clients import Credentials, KmsCallError, OpenClient
+from kms_clients import Credentials, KmsCallError, OpenClient, RawHttp
 
 pytestmark = pytest.mark.integration
 
@@ -160,6 +160,39 @@ def test_tls_options_without_tls_are_refused() -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "need --tls" in result.stderr
+
+
+def test_admin_token_is_written_to_the_token_file_and_required(
+    tmp_path: Path,
+) -> None:
+    token_file = tmp_path / "admin-token"
+    args = ("--auth=off", "--admin", f"--admin-token-file={token_file}")
+    with _emulator_process(*args) as (_, banner):
+        token = token_file.read_text().strip()
+        assert f"/admin/ token: written to {token_file}" in banner
+        assert token not in banner
+        assert token_file.stat().st_mode & 0o077 == 0
+        raw = RawHttp(_endpoint(banner))
+        refused = raw.send("GET", "/admin/stats")
+        allowed = raw.send(
+            "GET", "/admin/stats", headers={"Authorization": f"Bearer {token}"}
+        )
+        raw.close()
+    assert (refused.status, allowed.status) == (401, 200)
+
+
+def test_admin_token_from_the_environment_is_never_printed() -> None:
+    token = "an-admin-token-from-the-environment"
+    env = {"KMS_EMULATOR_ADMIN_TOKEN": token}
+    with _emulator_process("--auth=off", "--admin", env=env) as (_, banner):
+        assert "the value of KMS_EMULATOR_ADMIN_TOKEN" in banner
+        assert token not in banner
+        raw = RawHttp(_endpoint(banner))
+        answer = raw.send(
+            "GET", "/admin/stats", headers={"Authorization": f"Bearer {token}"}
+        )
+        raw.close()
+    assert answer.status == 200
 
 
 def test_the_compose_seed_serves_the_producer_and_consumer(
