@@ -21,7 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Self
 
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.deliveries import DeliveryCounter
@@ -46,7 +47,7 @@ from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import Opener
 from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
 from envelope_mq.shared.keycache import UnwrapCache
-from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.kms import AliyunKms, KeyProvider
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConsumerStats", "EncryptedConsumer"]
@@ -80,6 +81,13 @@ class EncryptedConsumer:
     ``max_deliveries`` deliveries, then quarantined as handler-error). Run the
     loop with :meth:`run`; :meth:`stop` ends it gracefully from a signal
     handler, another thread or the handler itself.
+
+    The constructor does no I/O. :meth:`connect` (or entering the ``with``
+    block) connects, declares the topology and starts consuming; deliveries
+    then wait in the prefetch window until :meth:`run`, and the connection
+    stays open between runs until :meth:`close`. A :meth:`run` on a consumer
+    not connected connects first and disconnects when it returns. pika's
+    connection belongs to one thread: connect, run and close in the same one.
 
     The handler runs in the thread that services the broker connection, so it
     should return well within the heartbeat timeout (30 s by default; see
@@ -134,6 +142,7 @@ class EncryptedConsumer:
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
         self._owned_kms: AliyunKms | None = None  # made by from_settings
+        self._connected = False
         self._connected_at = 0.0
         self._short_lived = 0
         self._stopping = False
@@ -149,41 +158,110 @@ class EncryptedConsumer:
         settings: Settings,
         topology: Topology,
         handler: Handler,
-        **options: Any,
+        *,
+        provider: KeyProvider | None = None,
+        prefetch: int = 1000,
+        ack_batch: int = 50,
+        max_deliveries: int = 5,
+        policy: ContextPolicy | None = None,
+        kms_backoff: Backoff | None = None,
+        reconnect_backoff: Backoff | None = None,
+        connection_options: ConnectionOptions | None = None,
+        max_age: float | None = None,
+        dedup_window: int = 0,
+        metrics: MetricsHooks | None = None,
     ) -> EncryptedConsumer:
         """Wire the KMS client, the unwrap cache and the opener from ``settings``.
 
-        With ``metrics=`` among ``options``, KMS calls and the cache are
-        recorded too.
+        Does no I/O; :meth:`connect`, ``with`` or :meth:`run` connects.
+        ``provider`` replaces the KMS client made from ``settings`` (the caller
+        keeps closing it). With ``metrics``, KMS calls and the cache are
+        recorded too. The other arguments are the constructor's.
         """
-        metrics: MetricsHooks = options.get("metrics") or NULL_METRICS
-        owned = AliyunKms.from_settings(settings)
-        kms = KeepAliveProvider(metrics.instrument_provider(owned))
+        hooks = NULL_METRICS if metrics is None else metrics
+        owned: AliyunKms | None = None
+        if provider is None:
+            provider = owned = AliyunKms.from_settings(settings)
+        kms = KeepAliveProvider(hooks.instrument_provider(provider))
         cache = UnwrapCache(
             kms,
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
-        metrics.watch_cache(cache)
+        hooks.watch_cache(cache)
         try:
             consumer = cls(
                 settings.rabbitmq_urls,
                 topology,
                 Opener(cache),
                 handler,
+                prefetch=prefetch,
+                ack_batch=ack_batch,
+                max_deliveries=max_deliveries,
+                policy=policy,
+                kms_backoff=kms_backoff,
+                reconnect_backoff=reconnect_backoff,
+                connection_options=connection_options,
                 keep_alive=kms,
-                **options,
+                max_age=max_age,
+                dedup_window=dedup_window,
+                metrics=metrics,
             )
         except BaseException:
-            owned.close()
+            if owned is not None:
+                owned.close()
             raise
-        consumer._owned_kms = owned  # its sockets are released when run() ends
+        consumer._owned_kms = owned  # its sockets are released by close()
         return consumer
 
     @property
     def topology(self) -> Topology:
         """What this consumer declares and consumes."""
         return self._topology
+
+    def connect(self) -> Self:
+        """Connect, declare the topology and start consuming; returns the consumer.
+
+        Does nothing when already connected.
+
+        Raises:
+            BrokerUnavailableError: no broker could be reached.
+            BrokerError: the topology could not be declared (e.g. a queue
+                exists with other arguments).
+        """
+        if self._connected:
+            return self
+        self._transport.open()
+        self._connected = True
+        self._connected_at = time.monotonic()
+        self._metrics.broker_connected(_COMPONENT, reconnect=False)
+        return self
+
+    def close(self) -> None:
+        """Requeue what is held but unhandled, disconnect, release the KMS client.
+
+        Never raises; idempotent. A later :meth:`connect` or :meth:`run`
+        connects again.
+        """
+        was_connected, self._connected = self._connected, False
+        self._transport.close()
+        if self._owned_kms is not None:
+            # Releases the KMS client's pooled sockets; a later run() opens
+            # new ones.
+            self._owned_kms.close()
+        if was_connected:
+            self._metrics.stopped(_COMPONENT)
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def stop(self) -> None:
         """Ask :meth:`run` to return: the message in hand finishes, the rest requeue.
@@ -196,6 +274,9 @@ class EncryptedConsumer:
     def run(self, count: int | None = None) -> ConsumerStats:
         """Consume until :meth:`stop`, or until ``count`` messages were handled.
 
+        Connects first when not connected (see :meth:`connect`), and then
+        disconnects when it returns.
+
         Raises:
             BrokerUnavailableError: the first connection could not be made.
             BrokerError: the topology could not be declared (e.g. a queue exists
@@ -203,13 +284,12 @@ class EncryptedConsumer:
         """
         self._limit = None if count is None else self.stats.handled + count
         transport = self._transport
+        connected_here = not self._connected
         try:
-            transport.open()
+            self.connect()
         except BaseException:
             self._stopping = False
             raise
-        self._connected_at = time.monotonic()
-        self._metrics.broker_connected(_COMPONENT, reconnect=False)
         if self._keep_alive is not None:
             self._keep_alive.attach(transport.pump)
         try:
@@ -236,12 +316,10 @@ class EncryptedConsumer:
         finally:
             if self._keep_alive is not None:
                 self._keep_alive.attach(None)
-            transport.close()
-            if self._owned_kms is not None:
-                # Releases the KMS client's pooled sockets; a later run() opens
-                # new ones.
-                self._owned_kms.close()
-            self._metrics.stopped(_COMPONENT)
+            # A connection lost and not regained (stop() came first) is closed,
+            # so that the next run() connects again.
+            if connected_here or not transport.consuming:
+                self.close()
             self._stopping = False  # a stop() before run() still counts; now reset
         return self.stats
 

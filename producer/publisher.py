@@ -18,7 +18,11 @@ from envelope_mq.producer.transport import (
 from envelope_mq.shared.amqp import DEFAULT_EXCHANGE, ConnectionOptions, Topology
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import DataKeySource, MessageMeta, Sealer
-from envelope_mq.shared.errors import ConfigError, PublishNotConfirmedError
+from envelope_mq.shared.errors import (
+    BrokerError,
+    ConfigError,
+    PublishNotConfirmedError,
+)
 from envelope_mq.shared.keycache import DataKeyCache
 from envelope_mq.shared.kms import AliyunKms, KeyProvider
 from envelope_mq.shared.observability import NULL_METRICS, MessageSealer, MetricsHooks
@@ -47,11 +51,12 @@ class EncryptedPublisher:
     MessageNackedError / MessageUnroutableError. Nothing is ever published
     unsealed: if no data key can be had, :meth:`publish` raises the KmsError.
 
-    The constructor connects (trying ``urls`` in order), opens a confirm-mode
-    channel and declares ``topology``; it raises BrokerError when it cannot.
-    After a connection loss it reconnects by itself and publishes every
-    unconfirmed message again, unchanged. Thread-safe; use it as a context
-    manager, or call :meth:`close`.
+    The constructor does no I/O. :meth:`connect` (or entering the ``with``
+    block) connects, trying ``urls`` in order, opens a confirm-mode channel and
+    declares ``topology``; it raises BrokerError when it cannot, and the
+    publisher is then closed. After a connection loss it reconnects by itself
+    and publishes every unconfirmed message again, unchanged. Thread-safe; use
+    it as a context manager, or call :meth:`connect` and :meth:`close`.
 
     ``metrics`` (a ``shared.observability.Metrics``) records what happens;
     without it nothing is recorded and nothing is spent on it.
@@ -95,23 +100,27 @@ class EncryptedPublisher:
             connection_options=connection_options,
             metrics=self._metrics,
         )
-        self._transport.start()
+        self._connected = False
+        self._closed = False
 
     @classmethod
     def from_settings(
         cls,
         settings: Settings,
-        *,
         topology: Topology | None = None,
+        *,
         exchange: str | None = None,
         key_id: str | None = None,
         context: Mapping[str, str] | None = None,
         provider: KeyProvider | None = None,
         options: TransportOptions | None = None,
+        connection_options: ConnectionOptions | None = None,
         metrics: MetricsHooks | None = None,
     ) -> EncryptedPublisher:
         """Build a publisher from ``settings``: KMS client, key cache, broker URLs.
 
+        Does no I/O; :meth:`connect` or ``with`` connects. ``provider`` replaces
+        the KMS client made from ``settings`` (the caller keeps closing it).
         With ``metrics``, every KMS call is counted and timed too.
         """
         master = key_id or settings.kms_key_id
@@ -138,6 +147,7 @@ class EncryptedPublisher:
                 exchange=exchange,
                 context=context,
                 options=options,
+                connection_options=connection_options,
                 metrics=metrics,
             )
         except BaseException:
@@ -146,6 +156,28 @@ class EncryptedPublisher:
             raise
         publisher._owned_kms = owned  # closed with the publisher
         return publisher
+
+    def connect(self) -> Self:
+        """Connect, open a confirm-mode channel and declare the topology.
+
+        Returns the publisher; does nothing when already connected.
+
+        Raises:
+            BrokerError: no broker could be reached within
+                ``TransportOptions.connect_timeout``, or the topology could not
+                be declared. The publisher is then closed: make a new one.
+        """
+        if self._connected:
+            return self
+        if self._closed:
+            raise BrokerError("the publisher is closed")
+        try:
+            self._transport.start()
+        except BaseException:
+            self.close()
+            raise
+        self._connected = True
+        return self
 
     @property
     def exchange(self) -> str:
@@ -177,6 +209,13 @@ class EncryptedPublisher:
             SealingError: invalid input.
             BrokerError: the publisher is closed or gave up reconnecting.
         """
+        if not self._connected:
+            raise BrokerError(
+                "the publisher is closed"
+                if self._closed
+                else "the publisher is not connected: call connect() or use it "
+                "as a context manager"
+            )
         key = routing_key if routing_key is not None else self._default_routing_key
         if key is None:
             raise ConfigError("a routing key is required when no queue is configured")
@@ -233,7 +272,12 @@ class EncryptedPublisher:
         return self._transport.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, then disconnect. Raises PublishNotConfirmedError on timeout."""
+        """Flush, then disconnect. Raises PublishNotConfirmedError on timeout.
+
+        Idempotent; a publisher never connected closes without I/O.
+        """
+        self._connected = False
+        self._closed = True
         try:
             self._transport.close(timeout)
         finally:
@@ -261,7 +305,7 @@ class EncryptedPublisher:
         )
 
     def __enter__(self) -> Self:
-        return self
+        return self.connect()
 
     def __exit__(
         self,

@@ -17,7 +17,7 @@ from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import ConnectionOptions, Topology
 from envelope_mq.shared.config import Settings
-from envelope_mq.shared.errors import BrokerUnavailableError
+from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
 from procfs import sockets_to
 
 from envelope_mq.testing.faultproxy import FaultProxy, ResetPeer
@@ -150,3 +150,33 @@ def test_a_connection_reset_during_set_up_is_retried_like_a_lost_one(
     assert bodies[-1] == b"after the cut"
     assert faults.calls == 3
     assert consumer.stats.reconnects == 1
+
+
+def test_both_sides_connect_explicitly_and_stay_connected_until_closed(
+    emq_kms: KmsFixture,
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+) -> None:
+    kms_port = int(emq_kms.emulator.port)
+    bodies: list[bytes] = []
+    publisher = EncryptedPublisher.from_settings(
+        emq_producer_settings, emq_amqp_topology
+    )
+    consumer = EncryptedConsumer.from_settings(
+        emq_consumer_settings,
+        emq_amqp_topology,
+        lambda message: bodies.append(message.body),
+    )
+    with publisher, consumer:
+        publisher.send(b"one")
+        publisher.send(b"two")
+        consumer.run(count=1)
+        # Still connected between runs: the KMS client is kept, and the second
+        # run takes the next message from the same connection.
+        assert sockets_to(kms_port) >= 1
+        consumer.run(count=1)
+    assert bodies == [b"one", b"two"]
+    assert sockets_to(kms_port) == 0  # close() released the KMS client
+    with pytest.raises(BrokerError, match="closed"):
+        publisher.publish(b"after close")

@@ -141,14 +141,14 @@ class _Sides:
                 lab.key_id,
                 topology=topologies[SEALED],
                 context=CONTEXT,
-            ),
+            ).connect(),
             UNSEALED: _UnsealedPublisher(
                 broker.urls,
                 lab.data_keys,
                 lab.key_id,
                 topology=topologies[UNSEALED],
                 context=CONTEXT,
-            ),
+            ).connect(),
         }
         unsealed_seen = _Consumed()
         consumers = {
