@@ -8,6 +8,7 @@ decided by the pure :func:`handle` and applied to the broker by the transport.
 from __future__ import annotations
 
 from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.decisions import Reject, Retry
 from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import Outcome, Reason, Verdict, handle
@@ -26,7 +27,9 @@ __all__ = [
     "Outcome",
     "Reason",
     "ReceivedMessage",
+    "Reject",
     "ReplayResult",
+    "Retry",
     "StoredMessage",
     "Verdict",
     "handle",

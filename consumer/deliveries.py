@@ -31,6 +31,9 @@ class DeliveryCounter:
             raise ValueError("max_entries must be at least 1")
         self._max_entries = max_entries
         self._failures: OrderedDict[str, int] = OrderedDict()
+        # Deliveries the handler sent back with Retry: not failures, so they
+        # are taken off the broker's count (same LRU bound, same keys).
+        self._retries: OrderedDict[str, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._failures)
@@ -45,6 +48,7 @@ class DeliveryCounter:
         if type(broker_count) is int and broker_count + 1 > number:
             number = broker_count + 1
         if delivery.message_id is not None:
+            number -= self._retries.get(delivery.message_id, 0)
             failed = self._failures.get(delivery.message_id, 0)
             if failed + 1 > number:
                 number = failed + 1
@@ -59,7 +63,19 @@ class DeliveryCounter:
         while len(self._failures) > self._max_entries:
             self._failures.popitem(last=False)
 
+    def retried(self, delivery: Delivery) -> None:
+        """Record that the handler sent ``delivery`` back with Retry (no failure)."""
+        if delivery.message_id is None:
+            return
+        self._retries[delivery.message_id] = (
+            self._retries.get(delivery.message_id, 0) + 1
+        )
+        self._retries.move_to_end(delivery.message_id)
+        while len(self._retries) > self._max_entries:
+            self._retries.popitem(last=False)
+
     def settled(self, delivery: Delivery) -> None:
         """Forget a message that was acknowledged or quarantined."""
         if delivery.redelivered and delivery.message_id is not None:
             self._failures.pop(delivery.message_id, None)
+            self._retries.pop(delivery.message_id, None)

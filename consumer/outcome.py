@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from envelope_mq.consumer.decisions import Reject, Retry
 from envelope_mq.consumer.freshness import Admission, ReplayGuard
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.policy import ContextPolicy
@@ -29,6 +30,7 @@ __all__ = [
     "ACK",
     "DUPLICATE",
     "REQUEUE",
+    "RETRY",
     "RETRY_LATER",
     "EnvelopeOpener",
     "Handler",
@@ -61,7 +63,9 @@ class Verdict(enum.Enum):
     """How a delivery ends."""
 
     ACK = "ack"  # handled: acknowledge
-    REQUEUE = "requeue"  # the handler failed: deliver it again
+    DUPLICATE = "duplicate"  # handled before (replay protection): acknowledge
+    REQUEUE = "requeue"  # the handler failed: deliver it again, counted
+    RETRY = "retry"  # the handler raised Retry: deliver it again, not counted
     QUARANTINE = "quarantine"  # move it to <queue>.quarantine, then acknowledge
     RETRY_LATER = "retry-later"  # KMS is down: hold it unacknowledged, retry
 
@@ -74,6 +78,7 @@ class Reason(enum.StrEnum):
     CONTEXT_DENIED = "context-denied"  # outside the allowed-context policy
     KMS_REJECTED = "kms-rejected"  # KMS refused to unwrap the data key
     HANDLER_ERROR = "handler-error"  # the handler failed max_deliveries times
+    REJECTED = "rejected"  # the handler raised Reject(reason)
     EXPIRED = "expired"  # older than max_age (replay protection, freshness.py)
     KEY_MISMATCH = "key-mismatch"  # x-emq-key-id is not the key KMS unwrapped with
 
@@ -85,16 +90,17 @@ class Outcome:
     verdict: Verdict
     reason: Reason | None = None
     kms_code: str = ""  # the KMS error Code behind kms-rejected; never key material
+    detail: str = ""  # the handler's Reject reason behind rejected
 
 
 # Shared instances: the hot path allocates no outcome.
 ACK = Outcome(Verdict.ACK)
 REQUEUE = Outcome(Verdict.REQUEUE)
+RETRY = Outcome(Verdict.RETRY)
 RETRY_LATER = Outcome(Verdict.RETRY_LATER)
 # Replay protection (freshness.py): handled already within the de-duplication
-# window, so acknowledged without calling the handler. The worker tells it from
-# ACK by identity, to count it apart.
-DUPLICATE = Outcome(Verdict.ACK)
+# window, so acknowledged without calling the handler.
+DUPLICATE = Outcome(Verdict.DUPLICATE)
 _EXPIRED = Outcome(Verdict.QUARANTINE, Reason.EXPIRED)
 _MALFORMED = Outcome(Verdict.QUARANTINE, Reason.MALFORMED)
 _UNDECRYPTABLE = Outcome(Verdict.QUARANTINE, Reason.UNDECRYPTABLE)
@@ -173,6 +179,16 @@ def handle(
     )
     try:
         handler(message)
+    except Reject as decision:
+        logger.info(
+            "handler rejected message %s: %s",
+            message_id,
+            decision.reason,
+            extra={"event": "handler_rejected", "message_id": message_id},
+        )
+        return Outcome(Verdict.QUARANTINE, Reason.REJECTED, detail=decision.reason)
+    except Retry:
+        return RETRY
     except Exception as exc:  # the one boundary around user code
         # Type and place only: the text of a handler's exception (and so its
         # traceback) may quote the plaintext, which never goes to a log.

@@ -29,6 +29,7 @@ from envelope_mq.shared.amqp import (
 from envelope_mq.shared.errors import BrokerUnavailableError
 
 __all__ = [
+    "QUARANTINE_DETAIL_HEADER",
     "QUARANTINE_HEADER_PREFIX",
     "QUARANTINE_KMS_CODE_HEADER",
     "QUARANTINE_QUEUE_HEADER",
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 QUARANTINE_HEADER_PREFIX = "x-emq-quarantine-"
 QUARANTINE_REASON_HEADER = "x-emq-quarantine-reason"
 QUARANTINE_KMS_CODE_HEADER = "x-emq-quarantine-kms-code"
+QUARANTINE_DETAIL_HEADER = "x-emq-quarantine-detail"  # a handler's Reject reason
 QUARANTINE_QUEUE_HEADER = "x-emq-quarantine-queue"
 QUARANTINE_TIME_HEADER = "x-emq-quarantine-time"
 
@@ -256,6 +258,8 @@ def quarantine_properties(
     headers[QUARANTINE_REASON_HEADER] = str(outcome.reason)
     if outcome.kms_code:
         headers[QUARANTINE_KMS_CODE_HEADER] = outcome.kms_code
+    if outcome.detail:
+        headers[QUARANTINE_DETAIL_HEADER] = outcome.detail
     headers[QUARANTINE_QUEUE_HEADER] = queue
     headers[QUARANTINE_TIME_HEADER] = int(now)
     return copy_properties(original, headers)

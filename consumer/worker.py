@@ -4,7 +4,9 @@ The loop pulls deliveries off the transport in order, asks
 :func:`~consumer.outcome.handle` how each ends, and applies that:
 
 - ACK: acknowledged (in small ``multiple`` batches, after the handler returned);
+- DUPLICATE: acknowledged without calling the handler (replay protection);
 - REQUEUE: nacked back to the queue, counted against ``max_deliveries``;
+- RETRY (the handler raised ``Retry``): nacked back to the queue, not counted;
 - QUARANTINE: copied to ``<queue>.quarantine`` with a reason header,
   confirmed, then acknowledged — never requeued, never a hot loop;
 - RETRY_LATER (KMS unavailable): held unacknowledged while the loop backs off,
@@ -30,14 +32,12 @@ from envelope_mq.consumer.freshness import ReplayGuard
 from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.outcome import (
-    ACK,
-    DUPLICATE,
-    REQUEUE,
     RETRY_LATER,
     EnvelopeOpener,
     Handler,
     Outcome,
     Reason,
+    Verdict,
     handle,
 )
 from envelope_mq.consumer.policy import ContextPolicy
@@ -71,6 +71,7 @@ class ConsumerStats:
     kms_retries: int = 0
     reconnects: int = 0
     duplicates_dropped: int = 0  # replay protection: seen within the window
+    retried: int = 0  # requeued because the handler raised Retry (not counted)
 
 
 class EncryptedConsumer:
@@ -78,7 +79,10 @@ class EncryptedConsumer:
 
     ``handler(message)`` gets a :class:`~consumer.message.ReceivedMessage`; the
     delivery is acknowledged after it returns, requeued when it raises (up to
-    ``max_deliveries`` deliveries, then quarantined as handler-error). Run the
+    ``max_deliveries`` deliveries, then quarantined as handler-error). The
+    handler decides otherwise by raising :class:`~consumer.decisions.Reject`
+    (quarantine now) or :class:`~consumer.decisions.Retry` (requeue, not
+    counted). Run the
     loop with :meth:`run`; :meth:`stop` ends it gracefully from a signal
     handler, another thread or the handler itself.
 
@@ -349,15 +353,16 @@ class EncryptedConsumer:
         self._metrics.consumed()
         deliveries = self._counter.deliveries(delivery) if delivery.redelivered else 1
         outcome = self._outcome(delivery, deliveries)
-        if outcome is ACK:
+        verdict = outcome.verdict
+        if verdict is Verdict.ACK:
             transport.ack(delivery)
             self.stats.handled += 1
             self._metrics.handled()
             if delivery.redelivered:
                 self._counter.settled(delivery)
-        elif outcome is RETRY_LATER:
+        elif verdict is Verdict.RETRY_LATER:
             outcome = self._hold(transport, delivery, deliveries)
-            if outcome is not RETRY_LATER:  # else: stopping, leave it unacked
+            if outcome.verdict is not Verdict.RETRY_LATER:  # else: stopping
                 self._apply_settled(transport, delivery, deliveries, outcome)
         else:
             self._apply_settled(transport, delivery, deliveries, outcome)
@@ -380,20 +385,26 @@ class EncryptedConsumer:
         deliveries: int,
         outcome: Outcome,
     ) -> None:
-        if outcome is ACK:
+        verdict = outcome.verdict
+        if verdict is Verdict.ACK:
             transport.ack(delivery)
             self.stats.handled += 1
             self._metrics.handled()
             self._counter.settled(delivery)
-        elif outcome is DUPLICATE:  # replay protection: done before, drop it
+        elif verdict is Verdict.DUPLICATE:  # replay protection: done before
             transport.ack(delivery)
             self.stats.duplicates_dropped += 1
             self._metrics.duplicate_dropped()
             self._counter.settled(delivery)
-        elif outcome is REQUEUE:
+        elif verdict is Verdict.REQUEUE:
             self._counter.failed(delivery, deliveries)
             transport.requeue(delivery)
             self.stats.requeued += 1
+            self._metrics.requeued()
+        elif verdict is Verdict.RETRY:
+            self._counter.retried(delivery)
+            transport.requeue(delivery)
+            self.stats.retried += 1
             self._metrics.requeued()
         else:
             reason = outcome.reason or Reason.MALFORMED
@@ -405,12 +416,15 @@ class EncryptedConsumer:
             }
             if outcome.kms_code:
                 fields["kms_code"] = outcome.kms_code
+            if outcome.detail:
+                fields["detail"] = outcome.detail
+            why = outcome.kms_code or outcome.detail
             logger.warning(
                 "quarantining message %s from %r: %s%s",
                 delivery.message_id,
                 self._topology.queue,
                 reason,
-                f" ({outcome.kms_code})" if outcome.kms_code else "",
+                f" ({why})" if why else "",
                 extra=fields,
             )
             transport.quarantine(delivery, outcome)
@@ -445,7 +459,7 @@ class EncryptedConsumer:
             self.stats.kms_retries += 1
             self._metrics.kms_retry()
             outcome = self._outcome(delivery, deliveries)
-            if outcome is not RETRY_LATER:
+            if outcome.verdict is not Verdict.RETRY_LATER:
                 logger.info(
                     "KMS answers again; resuming",
                     extra={"event": "kms_recovered", "queue": self._topology.queue},

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from envelope_mq.consumer.backoff import Backoff
+    from envelope_mq.consumer.decisions import Reject, Retry
     from envelope_mq.consumer.message import ReceivedMessage
     from envelope_mq.consumer.policy import ContextPolicy
     from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
@@ -79,6 +80,8 @@ __all__ = [
     "Metrics",
     "PublishNotConfirmedError",
     "ReceivedMessage",
+    "Reject",
+    "Retry",
     "SealingError",
     "Settings",
     "Topology",
@@ -113,6 +116,8 @@ _HOMES = {
     "Metrics": "envelope_mq.shared.observability",
     "PublishNotConfirmedError": _ERRORS,
     "ReceivedMessage": "envelope_mq.consumer.message",
+    "Reject": "envelope_mq.consumer.decisions",
+    "Retry": "envelope_mq.consumer.decisions",
     "SealingError": _ERRORS,
     "Settings": "envelope_mq.shared.config",
     "Topology": "envelope_mq.shared.amqp",

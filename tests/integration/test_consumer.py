@@ -12,11 +12,13 @@ from typing import Any
 
 import pika
 import pytest
+from envelope_mq.consumer.decisions import Reject, Retry
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.outcome import Reason
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.replay import replay_quarantine
 from envelope_mq.consumer.transport import (
+    QUARANTINE_DETAIL_HEADER,
     QUARANTINE_KMS_CODE_HEADER,
     QUARANTINE_QUEUE_HEADER,
     QUARANTINE_REASON_HEADER,
@@ -486,3 +488,51 @@ def test_slow_kms_does_not_cost_the_broker_connection(
 
     assert consumer.stats.reconnects == 0
     assert handler.calls == {next(iter(publisher.published.bodies)): 1}
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_the_handler_decides_with_reject_and_retry(
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+    emq_rabbitmq_url: str,
+    queue_type: str,
+) -> None:
+    topology = Topology(
+        queue=emq_amqp_topology.queue,
+        exchange=emq_amqp_topology.exchange,
+        queue_type=queue_type,  # type: ignore[arg-type]
+        queue_arguments=emq_amqp_topology.queue_arguments,
+        exchange_auto_delete=True,
+    )
+    publisher = TestPublisher(emq_producer_settings, topology)
+    try:
+        poison = publisher.send(b"refers to no customer")
+        later = publisher.send(b"needs the database")
+    finally:
+        publisher.close()
+    calls: dict[str, int] = {}
+    handled: list[bytes] = []
+
+    def handler(message: ReceivedMessage) -> None:
+        calls[message.message_id] = calls.get(message.message_id, 0) + 1
+        if message.message_id == poison:
+            raise Reject("no such customer")
+        if calls[later] <= 4:  # more times than max_deliveries allows failures
+            raise Retry
+        handled.append(message.body)
+
+    consumer = EncryptedConsumer.from_settings(
+        emq_consumer_settings, topology, handler, max_deliveries=2
+    )
+    with running(consumer):
+        wait_for(lambda: handled == [b"needs the database"], "the retried one")
+        wait_for(lambda: consumer.stats.quarantined["rejected"] == 1, "the poison")
+
+    assert calls == {poison: 1, later: 5}
+    assert consumer.stats.retried == 4
+    assert consumer.stats.requeued == 0
+    [(props, _body)] = drain(emq_rabbitmq_url, topology.quarantine_queue)
+    assert props.message_id == poison
+    assert props.headers[QUARANTINE_REASON_HEADER] == "rejected"
+    assert props.headers[QUARANTINE_DETAIL_HEADER] == "no such customer"

@@ -122,7 +122,7 @@ def test_a_repeat_within_the_window_is_dropped_without_the_handler(
     )
     assert first is ACK
     assert again is DUPLICATE
-    assert again.verdict is Verdict.ACK
+    assert again.verdict is Verdict.DUPLICATE  # acknowledged, counted apart
     assert received == []
 
 

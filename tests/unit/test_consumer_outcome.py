@@ -6,9 +6,11 @@ import dataclasses
 from collections.abc import Mapping
 
 import pytest
+from envelope_mq.consumer.decisions import MAX_REASON_CHARS, Reject, Retry
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import (
     ACK,
+    DUPLICATE,
     REQUEUE,
     RETRY_LATER,
     Reason,
@@ -362,3 +364,43 @@ def test_the_handler_sees_the_key_id_kms_reported_not_the_headers_spelling() -> 
     [message] = handler.received
     assert message.headers["x-emq-key-id"] == arn
     assert message.key_id == "key-a"
+
+
+def test_a_handler_that_raises_reject_quarantines_at_once_with_its_reason(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    def poison(message: ReceivedMessage) -> None:
+        raise Reject("order 42 refers to no customer")
+
+    outcome = handle(
+        seal(provider), opener, poison, policy=OPEN_POLICY, max_deliveries=5
+    )
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.REJECTED
+    assert outcome.detail == "order 42 refers to no customer"
+
+
+def test_a_reject_reason_is_bounded() -> None:
+    assert len(Reject("x" * 10_000).reason) == MAX_REASON_CHARS
+
+
+def test_a_handler_that_raises_retry_is_requeued_uncounted_even_on_the_last_delivery(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    def later(message: ReceivedMessage) -> None:
+        raise Retry
+
+    outcome = handle(
+        seal(provider),
+        opener,
+        later,
+        policy=OPEN_POLICY,
+        deliveries=3,
+        max_deliveries=3,
+    )
+    assert outcome.verdict is Verdict.RETRY
+
+
+def test_a_duplicate_has_a_verdict_of_its_own() -> None:
+    assert DUPLICATE.verdict is Verdict.DUPLICATE
+    assert DUPLICATE.verdict is not ACK.verdict

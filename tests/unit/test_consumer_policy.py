@@ -102,3 +102,20 @@ def test_counter_is_bounded_and_forgets_the_oldest() -> None:
     assert len(counter) == 2
     assert counter.deliveries(delivery("a", redelivered=True)) == 2
     assert counter.deliveries(delivery("c", redelivered=True)) == 4
+
+
+def test_retried_deliveries_do_not_count_against_the_limit() -> None:
+    counter = DeliveryCounter()
+    counter.retried(delivery())  # first delivery: the handler raised Retry
+    assert counter.deliveries(delivery(redelivered=True)) == 1
+    counter.retried(delivery(redelivered=True))
+    counter.failed(delivery(redelivered=True), 1)  # then a real failure
+    assert counter.deliveries(delivery(redelivered=True)) == 2
+
+
+def test_retries_are_taken_off_the_quorum_delivery_count() -> None:
+    counter = DeliveryCounter()
+    for _ in range(3):
+        counter.retried(delivery(redelivered=True))
+    d = delivery(redelivered=True, headers={"x-delivery-count": 3})
+    assert counter.deliveries(d) == 1

@@ -40,6 +40,8 @@ PINNED = [
     "Metrics",
     "PublishNotConfirmedError",
     "ReceivedMessage",
+    "Reject",
+    "Retry",
     "SealingError",
     "Settings",
     "Topology",
