@@ -37,6 +37,8 @@ if TYPE_CHECKING:
         BrokerUnavailableError,
         ConfigError,
         DecryptionError,
+        KeyMismatchError,
+        KmsCallerError,
         KmsError,
         KmsRequestError,
         KmsUnavailableError,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         DataKey,
         InMemoryKeyProvider,
         KeyProvider,
+        UnwrappedKey,
     )
     from envelope_mq.shared.observability import Metrics
 
@@ -70,7 +73,9 @@ __all__ = [
     "EncryptedConsumer",
     "EncryptedPublisher",
     "InMemoryKeyProvider",
+    "KeyMismatchError",
     "KeyProvider",
+    "KmsCallerError",
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
@@ -87,6 +92,7 @@ __all__ = [
     "Topology",
     "TransportOptions",
     "TransportStats",
+    "UnwrappedKey",
     "__version__",
 ]
 
@@ -106,7 +112,9 @@ _HOMES = {
     "EncryptedConsumer": "envelope_mq.consumer.worker",
     "EncryptedPublisher": "envelope_mq.producer.publisher",
     "InMemoryKeyProvider": "envelope_mq.shared.kms",
+    "KeyMismatchError": _ERRORS,
     "KeyProvider": "envelope_mq.shared.kms",
+    "KmsCallerError": _ERRORS,
     "KmsError": _ERRORS,
     "KmsRequestError": _ERRORS,
     "KmsUnavailableError": _ERRORS,
@@ -123,6 +131,7 @@ _HOMES = {
     "Topology": "envelope_mq.shared.amqp",
     "TransportOptions": "envelope_mq.producer.options",
     "TransportStats": "envelope_mq.producer.options",
+    "UnwrappedKey": "envelope_mq.shared.kms",
 }
 
 

@@ -30,7 +30,9 @@ PINNED = [
     "EncryptedConsumer",
     "EncryptedPublisher",
     "InMemoryKeyProvider",
+    "KeyMismatchError",
     "KeyProvider",
+    "KmsCallerError",
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
@@ -47,6 +49,7 @@ PINNED = [
     "Topology",
     "TransportOptions",
     "TransportStats",
+    "UnwrappedKey",
     "__version__",
 ]
 
