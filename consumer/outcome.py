@@ -37,6 +37,8 @@ __all__ = [
     "Outcome",
     "Reason",
     "Verdict",
+    "admit",
+    "after_handler",
     "handle",
 ]
 
@@ -126,6 +128,30 @@ def handle(
     ``guard`` (replay protection) may refuse an opened message as expired or
     drop it as a duplicate before the handler sees it.
     """
+    admitted = admit(delivery, opener, policy=policy, guard=guard)
+    if isinstance(admitted, Outcome):
+        return admitted
+    try:
+        handler(admitted)
+    except Exception as exc:  # the one boundary around user code
+        return after_handler(
+            admitted, exc, deliveries=deliveries, max_deliveries=max_deliveries
+        )
+    return after_handler(admitted, None, guard=guard)
+
+
+def admit(
+    delivery: Delivery,
+    opener: EnvelopeOpener,
+    *,
+    policy: ContextPolicy,
+    guard: ReplayGuard | None = None,
+) -> ReceivedMessage | Outcome:
+    """The first half of :func:`handle`: the message for the handler, or its end.
+
+    For callers that run the handler themselves (the asyncio consumer awaits
+    it); they then ask :func:`after_handler` how the delivery ends.
+    """
     try:
         header = opener.parse(delivery.headers)
     except DecryptionError:
@@ -169,7 +195,7 @@ def handle(
             return _EXPIRED
         if admission is Admission.DUPLICATE:
             return DUPLICATE
-    message = ReceivedMessage(
+    return ReceivedMessage(
         opened.plaintext,
         meta,
         delivery.headers,
@@ -177,19 +203,33 @@ def handle(
         opened.key_id,
         delivery.redelivered,
     )
-    try:
-        handler(message)
-    except Reject as decision:
+
+
+def after_handler(
+    message: ReceivedMessage,
+    error: Exception | None,
+    *,
+    deliveries: int = 1,
+    max_deliveries: int = 5,
+    guard: ReplayGuard | None = None,
+) -> Outcome:
+    """The second half of :func:`handle`: how a delivery ends once its handler ran.
+
+    ``error`` is what the handler raised (Reject and Retry included), None
+    when it returned.
+    """
+    message_id = message.message_id
+    if isinstance(error, Reject):
         logger.info(
             "handler rejected message %s: %s",
             message_id,
-            decision.reason,
+            error.reason,
             extra={"event": "handler_rejected", "message_id": message_id},
         )
-        return Outcome(Verdict.QUARANTINE, Reason.REJECTED, detail=decision.reason)
-    except Retry:
+        return Outcome(Verdict.QUARANTINE, Reason.REJECTED, detail=error.reason)
+    if isinstance(error, Retry):
         return RETRY
-    except Exception as exc:  # the one boundary around user code
+    if error is not None:
         # Type and place only: the text of a handler's exception (and so its
         # traceback) may quote the plaintext, which never goes to a log.
         logger.warning(
@@ -197,8 +237,8 @@ def handle(
             message_id,
             deliveries,
             max_deliveries,
-            type(exc).__name__,
-            _where(exc),
+            type(error).__name__,
+            _where(error),
             extra={
                 "event": "handler_failed",
                 "message_id": message_id,

@@ -37,6 +37,7 @@ __all__ = [
     "QUARANTINE_TIME_HEADER",
     "BlockingTransport",
     "copy_properties",
+    "quarantine_headers",
     "quarantine_properties",
 ]
 
@@ -250,19 +251,26 @@ def quarantine_properties(
     """
     if not isinstance(original, pika.BasicProperties):
         raise TypeError("quarantine needs the delivery's pika properties")
-    headers: dict[str, Any] = {
-        k: v
-        for k, v in (original.headers or {}).items()
-        if not k.startswith(QUARANTINE_HEADER_PREFIX)
+    return copy_properties(
+        original, quarantine_headers(original.headers or {}, outcome, queue, now)
+    )
+
+
+def quarantine_headers(
+    headers: Mapping[str, Any], outcome: Outcome, queue: str, now: float
+) -> dict[str, Any]:
+    """``headers`` with the quarantine headers of ``outcome`` (any client library)."""
+    result: dict[str, Any] = {
+        k: v for k, v in headers.items() if not k.startswith(QUARANTINE_HEADER_PREFIX)
     }
-    headers[QUARANTINE_REASON_HEADER] = str(outcome.reason)
+    result[QUARANTINE_REASON_HEADER] = str(outcome.reason)
     if outcome.kms_code:
-        headers[QUARANTINE_KMS_CODE_HEADER] = outcome.kms_code
+        result[QUARANTINE_KMS_CODE_HEADER] = outcome.kms_code
     if outcome.detail:
-        headers[QUARANTINE_DETAIL_HEADER] = outcome.detail
-    headers[QUARANTINE_QUEUE_HEADER] = queue
-    headers[QUARANTINE_TIME_HEADER] = int(now)
-    return copy_properties(original, headers)
+        result[QUARANTINE_DETAIL_HEADER] = outcome.detail
+    result[QUARANTINE_QUEUE_HEADER] = queue
+    result[QUARANTINE_TIME_HEADER] = int(now)
+    return result
 
 
 def copy_properties(

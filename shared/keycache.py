@@ -123,6 +123,20 @@ class DataKeyCache:
             self._misses += 1
         return self._replace(key, key_id, context)
 
+    def acquire_cached(self, key_id: str, context: Mapping[str, str]) -> DataKey | None:
+        """Like :meth:`acquire` on a hit; None instead of a KMS call on a miss.
+
+        Never blocks on KMS, nor on another thread's KMS call: an event loop
+        calls this first and takes a miss to a worker thread.
+        """
+        key = _cache_key(key_id, context)
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None and self._take(lease):
+                self._hits += 1
+                return lease.data_key
+        return None
+
     def stats(self) -> DataKeyCacheStats:
         """A snapshot of the counters."""
         with self._lock:
@@ -274,6 +288,21 @@ class UnwrapCache:
         if not leader:
             return _wait(flight)
         return self._fetch(key, flight, wrapped, context)
+
+    def unwrap_cached(self, wrapped: str, context: Mapping[str, str]) -> bytes | None:
+        """Like :meth:`unwrap` on a hit; None on a miss or a remembered refusal.
+
+        Never blocks on KMS, nor on another thread's KMS call (see
+        :meth:`DataKeyCache.acquire_cached`).
+        """
+        key = _cache_key(wrapped, context)
+        with self._lock:
+            found = self._keys.get(key)
+            if found is not None and self._clock() < found[1]:
+                self._keys.move_to_end(key)
+                self._hits += 1
+                return found[0]
+        return None
 
     def stats(self) -> UnwrapCacheStats:
         """A snapshot of the counters."""

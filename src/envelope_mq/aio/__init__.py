@@ -1,0 +1,11 @@
+"""asyncio: an aio-pika publisher and consumer on the same envelope core.
+
+Install with ``pip install 'envelope-mq[aio]'``. See docs/asyncio.md.
+"""
+
+from __future__ import annotations
+
+from envelope_mq.aio.consumer import AsyncEncryptedConsumer, AsyncHandler
+from envelope_mq.aio.publisher import AsyncEncryptedPublisher
+
+__all__ = ["AsyncEncryptedConsumer", "AsyncEncryptedPublisher", "AsyncHandler"]

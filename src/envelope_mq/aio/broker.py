@@ -1,0 +1,150 @@
+"""The aio-pika boundary: connect, declare, and convert messages both ways.
+
+Only this module and the publisher/consumer modules beside it touch aio-pika
+types; errors leave as :mod:`~envelope_mq.shared.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
+
+from envelope_mq.consumer.message import Delivery
+from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url
+from envelope_mq.shared.envelope import SealedMessage
+from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "connect",
+    "declare",
+    "delivery_of",
+    "outgoing_message",
+    "quarantine_message",
+]
+
+# What a lost connection or channel looks like from aio-pika and aiormq.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ConnectionClosed,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aiormq: "Connection closed" / writer gone
+)
+
+
+async def connect(
+    url: str, options: ConnectionOptions
+) -> aio_pika.abc.AbstractConnection:
+    """Open one (non-robust: we reconnect ourselves) connection to ``url``.
+
+    Raises BrokerUnavailableError; the text names the URL without password.
+    """
+    try:
+        return await aio_pika.connect(
+            url,
+            timeout=options.socket_timeout,
+            client_properties={"connection_name": options.connection_name},
+            heartbeat=options.heartbeat,
+        )
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise BrokerUnavailableError(
+            f"cannot connect to RabbitMQ at {redact_url(url)}: access refused"
+        ) from exc
+    except CONNECTION_ERRORS as exc:
+        raise BrokerUnavailableError(
+            f"cannot connect to RabbitMQ at {redact_url(url)}: {type(exc).__name__}"
+        ) from exc
+
+
+async def declare(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> None:
+    """Declare what ``Topology.declare`` declares, on an aio-pika channel.
+
+    Raises BrokerError when the broker refuses (say, a queue exists with other
+    arguments).
+    """
+    try:
+        exchange = await channel.declare_exchange(
+            topology.exchange,
+            aio_pika.ExchangeType.TOPIC,
+            durable=True,
+            auto_delete=topology.exchange_auto_delete,
+        )
+        arguments = topology.queue_declare_arguments()
+        queue = await channel.declare_queue(
+            topology.queue, durable=True, arguments=arguments
+        )
+        await channel.declare_queue(
+            topology.quarantine_queue, durable=True, arguments=arguments
+        )
+        await queue.bind(exchange, routing_key=topology.binding_key)
+    except aiormq.exceptions.ChannelClosed as exc:
+        raise BrokerError(f"declare queue {topology.queue!r}: {exc}") from exc
+
+
+def outgoing_message(sealed: SealedMessage) -> aio_pika.Message:
+    """The persistent AMQP message of ``sealed``, properties exactly as bound."""
+    meta = sealed.meta
+    return aio_pika.Message(
+        sealed.body,
+        headers=dict(sealed.headers),
+        message_id=meta.message_id,
+        timestamp=meta.timestamp,
+        content_type=meta.content_type,
+        content_encoding=meta.content_encoding,
+        type=meta.type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def delivery_of(message: aio_pika.abc.AbstractIncomingMessage, raw: object) -> Delivery:
+    """The consumer's view of one delivery; ``raw`` is the caller's handle on it."""
+    return Delivery(
+        body=message.body,
+        headers=dict(message.headers or {}),
+        message_id=message.message_id,
+        timestamp=_seconds(message.timestamp),
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        type=message.type,
+        redelivered=bool(message.redelivered),
+        delivery_tag=message.delivery_tag or 0,
+        raw=raw,
+    )
+
+
+def _seconds(value: datetime | None) -> int | None:
+    # pamqp decodes the AMQP timestamp (whole seconds) to an aware datetime.
+    return None if value is None else int(value.timestamp())
+
+
+def quarantine_message(
+    original: aio_pika.abc.AbstractIncomingMessage, headers: Mapping[str, Any]
+) -> aio_pika.Message:
+    """``original`` with ``headers``, persistent, without expiration and user_id.
+
+    The same properties ``consumer.transport.copy_properties`` keeps.
+    """
+    return aio_pika.Message(
+        original.body,
+        headers=dict(headers),
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        type=original.type,
+        app_id=original.app_id,
+    )

@@ -1,0 +1,603 @@
+"""AsyncEncryptedConsumer: consume, open, hand over and settle, on aio-pika.
+
+The same decision as the sync consumer (``consumer.outcome.admit`` and
+``after_handler``), the same quarantine (``<queue>.quarantine``, the same
+reason headers, confirmed before the original is acknowledged), the same
+KMS-transient hold, replay guard and metrics; only the I/O is asyncio.
+Deliveries are taken one at a time, in order; acknowledgements go out in
+``multiple`` batches, and at once whenever the queue runs dry.
+
+Two forms::
+
+    async with consumer:
+        async for message in consumer:   # acknowledged when you ask for the next
+            ...
+
+    await consumer.run(handler)           # handler may be async or not
+
+A lost connection is re-established with backoff through the URL list; what
+was unacknowledged comes back from the broker (at-least-once). :meth:`stop`,
+cancellation, or SIGTERM/SIGINT (``run(..., stop_on_signals=True)``) end it
+gracefully: what was handled is acknowledged, the rest is requeued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
+
+from envelope_mq.aio.broker import (
+    CONNECTION_ERRORS,
+    connect,
+    declare,
+    delivery_of,
+    quarantine_message,
+)
+from envelope_mq.aio.offload import (
+    DEFAULT_KMS_THREADS,
+    CachedKeyUnwrapper,
+    KmsOffload,
+    NeedsKms,
+    loop_openers,
+)
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.deliveries import DeliveryCounter
+from envelope_mq.consumer.freshness import ReplayGuard
+from envelope_mq.consumer.message import Delivery, ReceivedMessage
+from envelope_mq.consumer.outcome import (
+    ACK,
+    DUPLICATE,
+    REQUEUE,
+    RETRY_LATER,
+    EnvelopeOpener,
+    Outcome,
+    Reason,
+    admit,
+    after_handler,
+)
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.transport import quarantine_headers
+from envelope_mq.consumer.worker import ConsumerStats
+from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    MessageNackedError,
+    MessageUnroutableError,
+)
+from envelope_mq.shared.keycache import UnwrapCache
+from envelope_mq.shared.kms import AliyunKms, KeyProvider
+from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
+
+__all__ = ["AsyncEncryptedConsumer", "AsyncHandler"]
+
+_log = logging.getLogger(__name__)
+_COMPONENT = "consumer"
+_STOP = object()  # put in the inbox by stop()
+_LOST = object()  # put in the inbox when the connection goes
+
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    aiormq.exceptions.AMQPError,
+)
+
+AsyncHandler = Callable[[ReceivedMessage], Awaitable[object] | object]
+
+
+class _InHand:
+    """A delivery with the connection generation it came on (acks die with it)."""
+
+    __slots__ = ("generation", "message")
+
+    def __init__(
+        self, message: aio_pika.abc.AbstractIncomingMessage, generation: int
+    ) -> None:
+        self.message = message
+        self.generation = generation
+
+
+class AsyncEncryptedConsumer:
+    """Consumes ``topology.queue``, decrypting each message, on asyncio.
+
+    In the handler form the delivery is acknowledged after the handler returns
+    and requeued when it raises (up to ``max_deliveries``, then quarantined as
+    handler-error), exactly as the sync consumer. In the iterator form a
+    message is acknowledged when the loop asks for the next one; leaving the
+    loop (break, an exception) leaves the message in hand unacknowledged, and
+    closing the consumer requeues it.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        topology: Topology,
+        keys: CachedKeyUnwrapper,
+        *,
+        prefetch: int = 1000,
+        ack_batch: int = 50,
+        max_deliveries: int = 5,
+        policy: ContextPolicy | None = None,
+        kms_backoff: Backoff | None = None,
+        reconnect_backoff: Backoff | None = None,
+        connection_options: ConnectionOptions | None = None,
+        max_age: float | None = None,
+        dedup_window: int = 0,
+        metrics: MetricsHooks | None = None,
+        kms_threads: int = DEFAULT_KMS_THREADS,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        if prefetch < 1 or ack_batch < 1:
+            raise ValueError("prefetch and ack_batch must be at least 1")
+        self._urls = split_urls(urls)
+        self._topology = topology
+        self._metrics = NULL_METRICS if metrics is None else metrics
+        fast, slow = loop_openers(keys)
+        self._fast: EnvelopeOpener = self._metrics.time_opener(fast)
+        self._slow: EnvelopeOpener = self._metrics.time_opener(slow)
+        self._offload = KmsOffload(kms_threads)
+        self._prefetch = prefetch
+        # a batch never holds back more than a quarter of the window
+        self._ack_batch = max(1, min(ack_batch, prefetch // 4))
+        self._max_deliveries = max_deliveries
+        self._policy = policy or ContextPolicy()
+        self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
+        self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
+        self._connection_options = connection_options or ConnectionOptions()
+        guard = ReplayGuard(max_age=max_age, dedup_window=dedup_window)
+        self._guard = guard if guard.enabled else None
+        self._counter = DeliveryCounter()
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._quarantine: aio_pika.abc.AbstractExchange | None = None
+        self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._generation = 0
+        self._unacked: _InHand | None = None
+        self._unacked_count = 0
+        self._stopping = False
+        self._owned_kms: AliyunKms | None = None
+        self.stats = ConsumerStats()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        topology: Topology,
+        *,
+        provider: KeyProvider | None = None,
+        **options: Any,
+    ) -> AsyncEncryptedConsumer:
+        """Wire the KMS client and the unwrap cache from ``settings``."""
+        metrics: MetricsHooks = options.get("metrics") or NULL_METRICS
+        owned: AliyunKms | None = None
+        if provider is None:
+            provider = owned = AliyunKms.from_settings(settings)
+        cache = UnwrapCache(
+            metrics.instrument_provider(provider),
+            max_entries=settings.key_cache_size,
+            ttl=settings.key_cache_ttl,
+        )
+        metrics.watch_cache(cache)
+        consumer = cls(settings.rabbitmq_urls, topology, cache, **options)
+        consumer._owned_kms = owned
+        return consumer
+
+    @property
+    def topology(self) -> Topology:
+        """What this consumer declares and consumes."""
+        return self._topology
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (first URL that answers), declare and start consuming.
+
+        Raises:
+            BrokerUnavailableError: no broker URL answered.
+            BrokerError: the topology could not be declared.
+        """
+        if self._connection is not None:
+            return
+        last: BrokerError | None = None
+        for index in range(len(self._urls)):
+            try:
+                await self._open(index)
+                self._metrics.broker_connected(_COMPONENT, reconnect=False)
+                return
+            except BrokerUnavailableError as exc:
+                last = exc
+        assert last is not None  # noqa: S101 - at least one URL
+        raise last
+
+    def stop(self) -> None:
+        """Ask the consumer to end: the message in hand finishes, the rest requeue.
+
+        Call it on the loop (a signal handler installed with
+        ``loop.add_signal_handler`` is); from another thread use
+        ``loop.call_soon_threadsafe(consumer.stop)``.
+        """
+        self._stopping = True
+        self._inbox.put_nowait(_STOP)
+
+    async def close(self) -> None:
+        """Acknowledge what was handled, requeue the rest, disconnect."""
+        with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+            await self._flush_acks()
+        connection, self._connection = self._connection, None
+        self._generation += 1  # whatever the old connection still says is stale
+        if connection is not None:
+            # Closing the channel requeues every unacknowledged delivery.
+            with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                await connection.close()
+        self._offload.close()
+        if self._owned_kms is not None:
+            self._owned_kms.close()
+        self._metrics.stopped(_COMPONENT)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---- the two forms --------------------------------------------------------
+
+    async def __aiter__(self) -> AsyncIterator[ReceivedMessage]:
+        """Decrypted messages; each is acknowledged when the next is asked for."""
+        await self.start()
+        while True:
+            delivery = await self._next()
+            if delivery is None:
+                return
+            message = await self._admitted(delivery)
+            if message is None:
+                continue
+            yield message
+            await self._apply(
+                delivery, 1, after_handler(message, None, guard=self._guard)
+            )
+
+    async def run(
+        self,
+        handler: AsyncHandler,
+        count: int | None = None,
+        *,
+        stop_on_signals: bool = False,
+    ) -> ConsumerStats:
+        """Consume until :meth:`stop` (or a signal), or ``count`` messages handled.
+
+        The handler may be a coroutine function or a plain one (keep plain ones
+        quick: they run on the loop). Cancelling the task running this ends it
+        like stop(), except that the message in hand is requeued.
+        """
+        limit = None if count is None else self.stats.handled + count
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if stop_on_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
+                    installed.append(sig)
+        try:
+            await self.start()
+            while limit is None or self.stats.handled < limit:
+                delivery = await self._next()
+                if delivery is None:
+                    break
+                await self._one(delivery, handler)
+            with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                await self._flush_acks()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        self._stopping = False
+        return self.stats
+
+    async def _one(self, delivery: Delivery, handler: AsyncHandler) -> None:
+        deliveries = self._counter.deliveries(delivery)
+        message = await self._admitted(delivery)
+        if message is None:
+            return
+        error: Exception | None = None
+        try:
+            result = handler(message)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # the one boundary around user code
+            error = exc
+        outcome = after_handler(
+            message,
+            error,
+            deliveries=deliveries,
+            max_deliveries=self._max_deliveries,
+            guard=self._guard,
+        )
+        await self._apply(delivery, deliveries, outcome)
+
+    # ---- one delivery ---------------------------------------------------------
+
+    async def _admitted(self, delivery: Delivery) -> ReceivedMessage | None:
+        """The opened message for the handler, or None once the delivery is settled."""
+        self._metrics.consumed()
+        decision = await self._admit(delivery)
+        if decision is RETRY_LATER:
+            decision = await self._hold(delivery)
+            if decision is RETRY_LATER:
+                return None  # stopping: left unacknowledged, requeued on close
+        if isinstance(decision, ReceivedMessage):
+            return decision
+        await self._apply(delivery, 1, decision)
+        return None
+
+    async def _admit(self, delivery: Delivery) -> ReceivedMessage | Outcome:
+        try:
+            return admit(delivery, self._fast, policy=self._policy, guard=self._guard)
+        except NeedsKms:
+            pass  # the unwrap cache missed: KMS, in a thread
+        return await self._offload.run(
+            functools.partial(
+                admit, delivery, self._slow, policy=self._policy, guard=self._guard
+            )
+        )
+
+    async def _hold(self, delivery: Delivery) -> ReceivedMessage | Outcome:
+        """Retry ``delivery`` with backoff while KMS is unavailable (held, unacked)."""
+        await self._flush_acks()  # what was handled before the outage is done
+        _log.warning(
+            "KMS unavailable; holding message %s and retrying with backoff",
+            delivery.message_id,
+            extra={
+                "event": "kms_unavailable",
+                "queue": self._topology.queue,
+                "message_id": delivery.message_id,
+            },
+        )
+        decision: ReceivedMessage | Outcome = RETRY_LATER
+        for delay in self._kms_backoff.delays():
+            self._metrics.alive(_COMPONENT)  # held, not stuck
+            await self._sleep(delay)
+            if self._stopping:
+                break
+            self.stats.kms_retries += 1
+            self._metrics.kms_retry()
+            decision = await self._admit(delivery)
+            if decision is not RETRY_LATER:
+                _log.info(
+                    "KMS answers again; resuming",
+                    extra={"event": "kms_recovered", "queue": self._topology.queue},
+                )
+                break
+        return decision
+
+    async def _apply(
+        self, delivery: Delivery, deliveries: int, outcome: Outcome
+    ) -> None:
+        held = delivery.raw
+        assert isinstance(held, _InHand)  # noqa: S101
+        if self._stale(held):
+            return  # its channel is gone: the broker delivers it again
+        try:
+            if outcome is ACK or outcome is DUPLICATE:
+                await self._ack(held)
+                self._counter.settled(delivery)
+                if outcome is ACK:
+                    self.stats.handled += 1
+                    self._metrics.handled()
+                else:
+                    self.stats.duplicates_dropped += 1
+                    self._metrics.duplicate_dropped()
+            elif outcome is REQUEUE:
+                self._counter.failed(delivery, deliveries)
+                await held.message.nack(requeue=True)
+                self.stats.requeued += 1
+                self._metrics.requeued()
+            else:
+                await self._quarantine_one(delivery, held, outcome)
+        except CONNECTION_ERRORS as exc:
+            self._lose(exc)  # unsettled: it comes back after the reconnect
+
+    async def _quarantine_one(
+        self,
+        delivery: Delivery,
+        held: _InHand,
+        outcome: Outcome,
+    ) -> None:
+        message = held.message
+        reason = outcome.reason or Reason.MALFORMED
+        fields: dict[str, object] = {
+            "event": "message_quarantined",
+            "queue": self._topology.queue,
+            "message_id": delivery.message_id,
+            "reason": str(reason),
+        }
+        if outcome.kms_code:
+            fields["kms_code"] = outcome.kms_code
+        _log.warning(
+            "quarantining message %s from %r: %s%s",
+            delivery.message_id,
+            self._topology.queue,
+            reason,
+            f" ({outcome.kms_code})" if outcome.kms_code else "",
+            extra=fields,
+        )
+        headers = quarantine_headers(
+            message.headers or {}, outcome, self._topology.queue, time.time()
+        )
+        exchange = self._quarantine
+        assert exchange is not None  # noqa: S101 - set with the connection
+        try:
+            await exchange.publish(
+                quarantine_message(message, headers),
+                self._topology.quarantine_queue,
+                mandatory=True,
+            )
+        except aiormq.exceptions.PublishError as exc:
+            raise MessageUnroutableError(
+                f"quarantine {delivery.message_id}: no quarantine queue"
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise MessageNackedError(
+                f"quarantine {delivery.message_id}: the broker nacked the copy"
+            ) from exc
+        # Confirmed: now the original may go.
+        await self._ack(held)
+        self._counter.settled(delivery)
+        self.stats.quarantined[str(reason)] += 1
+        self._metrics.quarantined(str(reason))
+
+    # ---- acknowledgements -----------------------------------------------------
+
+    async def _ack(self, held: _InHand) -> None:
+        self._unacked = held
+        self._unacked_count += 1
+        if self._unacked_count >= self._ack_batch:
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        held, self._unacked = self._unacked, None
+        self._unacked_count = 0
+        if held is not None and not self._stale(held):
+            await held.message.ack(multiple=True)
+
+    def _stale(self, held: _InHand) -> bool:
+        return held.generation != self._generation
+
+    # ---- the connection -------------------------------------------------------
+
+    async def _next(self) -> Delivery | None:
+        """The next delivery in order; None once stopping."""
+        while not self._stopping:
+            try:
+                item = self._inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                # The queue ran dry: nothing handled may wait for a batch.
+                try:
+                    await self._flush_acks()
+                except CONNECTION_ERRORS as exc:
+                    self._lose(exc)
+                self._metrics.alive(_COMPONENT)
+                item = await self._inbox.get()
+            if item is _STOP:
+                break
+            if item is _LOST:
+                await self._reconnect()
+                continue
+            assert isinstance(item, _InHand)  # noqa: S101
+            if self._stale(item):
+                continue  # from a connection already lost: it is redelivered
+            return delivery_of(item.message, item)
+        return None
+
+    async def _open(self, index: int) -> None:
+        url = self._urls[index]
+        connection = await connect(url, self._connection_options)
+        generation = self._generation + 1
+        try:
+            channel = await connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self._prefetch)
+            await declare(channel, self._topology)
+            confirms = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            queue = await channel.get_queue(self._topology.queue, ensure=False)
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                self._inbox.put_nowait(_InHand(message, generation))
+
+            await queue.consume(on_message, no_ack=False)
+        except BaseException:
+            with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                await connection.close()
+            raise
+        self._generation = generation
+        self._connection = connection
+        self._quarantine = confirms.default_exchange
+        connection.close_callbacks.add(
+            lambda _conn, exc=None: self._lose(exc, generation)
+        )
+
+    def _lose(self, error: BaseException | None, generation: int | None = None) -> None:
+        if generation is not None and generation != self._generation:
+            return
+        if self._connection is None:
+            return
+        self._connection = None
+        self._generation += 1  # every delivery in hand is now stale
+        self._unacked, self._unacked_count = None, 0
+        self._metrics.broker_lost(_COMPONENT, type(error).__name__ if error else "")
+        _log.warning(
+            "lost the connection to RabbitMQ; reconnecting",
+            extra={"event": "broker_lost", "component": _COMPONENT},
+        )
+        self._inbox.put_nowait(_LOST)
+
+    async def _reconnect(self) -> None:
+        if self._connection is not None:
+            return  # a _LOST already dealt with
+        # Deliveries of the old connection still queued are stale: drop them.
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is _STOP:
+                self._stopping = True
+        where = ", ".join(redact_url(u) for u in self._urls)
+        index = 0
+        for delay in self._reconnect_backoff.delays():
+            if self._stopping:
+                return
+            try:
+                await self._open(index % len(self._urls))
+            except BrokerUnavailableError as exc:
+                index += 1
+                _log.warning(
+                    "reconnect failed (%s); retrying in %.1fs",
+                    exc,
+                    delay,
+                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
+                )
+                await self._sleep(delay)
+                continue
+            except _BROKER_ERRORS as exc:
+                index += 1
+                _log.warning(
+                    "reconnect failed (%s); retrying in %.1fs",
+                    type(exc).__name__,
+                    delay,
+                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
+                )
+                await self._sleep(delay)
+                continue
+            self.stats.reconnects += 1
+            self._metrics.broker_connected(_COMPONENT, reconnect=True)
+            _log.info(
+                "reconnected to %s",
+                where,
+                extra={"event": "broker_reconnected", "component": _COMPONENT},
+            )
+            return
+
+    async def _sleep(self, seconds: float) -> None:
+        # Short naps, so that stop() is seen within a tenth of a second.
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(0.1, left))
+
+    def __repr__(self) -> str:
+        return f"AsyncEncryptedConsumer(queue={self._topology.queue!r})"
