@@ -289,7 +289,9 @@ class UnwrapCache:
             return _wait(flight)
         return self._fetch(key, flight, wrapped, context)
 
-    def unwrap_cached(self, wrapped: str, context: Mapping[str, str]) -> bytes | None:
+    def unwrap_cached(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey | None:
         """Like :meth:`unwrap` on a hit; None on a miss or a remembered refusal.
 
         Never blocks on KMS, nor on another thread's KMS call (see

@@ -94,31 +94,37 @@ def _consume_sync(
 
 
 def test_async_publisher_to_sync_consumer_delivers_every_message(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     bodies = _bodies(300)
-    publisher = asyncio.run(_publish_async(producer_settings, amqp_topology, bodies))
+    publisher = asyncio.run(
+        _publish_async(emq_producer_settings, emq_amqp_topology, bodies)
+    )
     assert publisher.stats().confirmed == 300
 
-    received, consumer = _consume_sync(consumer_settings, amqp_topology, 300)
+    received, consumer = _consume_sync(emq_consumer_settings, emq_amqp_topology, 300)
 
     assert received == {k: _digest(v) for k, v in bodies.items()}
     assert not consumer.stats.quarantined
 
 
 def test_sync_publisher_to_async_consumer_delivers_every_message(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     bodies = _bodies(300)
     with EncryptedPublisher.from_settings(
-        producer_settings, topology=amqp_topology, context={"tenant": "a"}
+        emq_producer_settings, topology=emq_amqp_topology, context={"tenant": "a"}
     ) as publisher:
         for message_id, body in bodies.items():
             publisher.publish(body, message_id=message_id, content_type="x/y")
         assert publisher.flush(timeout=TIMEOUT)
 
     received, consumer = asyncio.run(
-        _consume_async(consumer_settings, amqp_topology, 300)
+        _consume_async(emq_consumer_settings, emq_amqp_topology, 300)
     )
 
     assert received == {k: _digest(v) for k, v in bodies.items()}
@@ -127,15 +133,17 @@ def test_sync_publisher_to_async_consumer_delivers_every_message(
 
 
 def test_async_iteration_yields_every_message_and_acknowledges_them(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     bodies = _bodies(50)
-    asyncio.run(_publish_async(producer_settings, amqp_topology, bodies))
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, bodies))
 
     async def iterate() -> dict[str, bytes]:
         received: dict[str, bytes] = {}
         async with AsyncEncryptedConsumer.from_settings(
-            consumer_settings, amqp_topology
+            emq_consumer_settings, emq_amqp_topology
         ) as consumer:
             async with asyncio.timeout(TIMEOUT):
                 async for message in consumer:
@@ -146,19 +154,21 @@ def test_async_iteration_yields_every_message_and_acknowledges_them(
 
     assert asyncio.run(iterate()) == {k: _digest(v) for k, v in bodies.items()}
     # Every one was acknowledged: nothing is left for a second consumer.
-    assert _queue_depth(consumer_settings, amqp_topology.queue) == 0
+    assert _queue_depth(emq_consumer_settings, emq_amqp_topology.queue) == 0
 
 
 def test_leaving_the_loop_requeues_the_message_in_hand(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     bodies = _bodies(5)
-    asyncio.run(_publish_async(producer_settings, amqp_topology, bodies))
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, bodies))
 
     async def take_two() -> list[str]:
         seen: list[str] = []
         async with AsyncEncryptedConsumer.from_settings(
-            consumer_settings, amqp_topology, prefetch=10
+            emq_consumer_settings, emq_amqp_topology, prefetch=10
         ) as consumer:
             async for message in consumer:
                 seen.append(message.message_id)
@@ -168,29 +178,36 @@ def test_leaving_the_loop_requeues_the_message_in_hand(
 
     seen = asyncio.run(take_two())
     # The first was acknowledged, the second (in hand at the break) was not.
-    assert _queue_depth(consumer_settings, amqp_topology.queue) == 4
-    received, _ = asyncio.run(_consume_async(consumer_settings, amqp_topology, 4))
+    assert _queue_depth(emq_consumer_settings, emq_amqp_topology.queue) == 4
+    received, _ = asyncio.run(
+        _consume_async(emq_consumer_settings, emq_amqp_topology, 4)
+    )
     assert seen[1] in received
     assert seen[0] not in received
 
 
 def test_tampered_and_denied_messages_go_to_quarantine_with_the_sync_reasons(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
     good = _bodies(3)
     # The bad ones first: the consumer stops after the third good one.
     asyncio.run(
         _publish_async(
-            producer_settings, amqp_topology, _bodies(1), context={"tenant": "b"}
+            emq_producer_settings,
+            emq_amqp_topology,
+            _bodies(1),
+            context={"tenant": "b"},
         )
     )
-    _publish_tampered(producer_settings, amqp_topology)
-    asyncio.run(_publish_async(producer_settings, amqp_topology, good))
+    _publish_tampered(emq_producer_settings, emq_amqp_topology)
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, good))
 
     received, consumer = asyncio.run(
         _consume_async(
-            consumer_settings,
-            amqp_topology,
+            emq_consumer_settings,
+            emq_amqp_topology,
             3,
             policy=ContextPolicy.parse(["tenant=a"]),
         )
@@ -198,18 +215,22 @@ def test_tampered_and_denied_messages_go_to_quarantine_with_the_sync_reasons(
 
     assert received == {k: _digest(v) for k, v in good.items()}
     assert consumer.stats.quarantined == {"context-denied": 1, "undecryptable": 1}
-    quarantined = _drain(consumer_settings, amqp_topology.quarantine_queue)
+    quarantined = _drain(emq_consumer_settings, emq_amqp_topology.quarantine_queue)
     assert sorted(h[QUARANTINE_REASON_HEADER] for h in quarantined) == [
         "context-denied",
         "undecryptable",
     ]
-    assert {h[QUARANTINE_QUEUE_HEADER] for h in quarantined} == {amqp_topology.queue}
+    assert {h[QUARANTINE_QUEUE_HEADER] for h in quarantined} == {
+        emq_amqp_topology.queue
+    }
 
 
 def test_a_failing_handler_is_retried_then_quarantined(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
-    asyncio.run(_publish_async(producer_settings, amqp_topology, _bodies(1)))
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, _bodies(1)))
     calls = 0
 
     async def run() -> AsyncEncryptedConsumer:
@@ -221,7 +242,7 @@ def test_a_failing_handler_is_retried_then_quarantined(
             raise ValueError("no")
 
         consumer = AsyncEncryptedConsumer.from_settings(
-            consumer_settings, amqp_topology, max_deliveries=3
+            emq_consumer_settings, emq_amqp_topology, max_deliveries=3
         )
         async with consumer:
             async with asyncio.timeout(TIMEOUT):
@@ -235,9 +256,11 @@ def test_a_failing_handler_is_retried_then_quarantined(
 
 
 def test_cancelling_run_requeues_the_message_in_hand(
-    producer_settings: Settings, consumer_settings: Settings, amqp_topology: Topology
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
 ) -> None:
-    asyncio.run(_publish_async(producer_settings, amqp_topology, _bodies(3)))
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, _bodies(3)))
 
     async def run() -> None:
         started = asyncio.Event()
@@ -247,7 +270,7 @@ def test_cancelling_run_requeues_the_message_in_hand(
             await asyncio.sleep(3600)
 
         async with AsyncEncryptedConsumer.from_settings(
-            consumer_settings, amqp_topology
+            emq_consumer_settings, emq_amqp_topology
         ) as consumer:
             task = asyncio.create_task(consumer.run(handler))
             await asyncio.wait_for(started.wait(), TIMEOUT)
@@ -256,7 +279,7 @@ def test_cancelling_run_requeues_the_message_in_hand(
                 await task
 
     asyncio.run(run())
-    assert _queue_depth(consumer_settings, amqp_topology.queue) == 3
+    assert _queue_depth(emq_consumer_settings, emq_amqp_topology.queue) == 3
 
 
 def _publish_tampered(settings: Settings, topology: Topology) -> None:

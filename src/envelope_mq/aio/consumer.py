@@ -32,7 +32,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import aio_pika
 import aio_pika.abc
@@ -57,13 +57,11 @@ from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.freshness import ReplayGuard
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import (
-    ACK,
-    DUPLICATE,
-    REQUEUE,
     RETRY_LATER,
     EnvelopeOpener,
     Outcome,
     Reason,
+    Verdict,
     admit,
     after_handler,
 )
@@ -177,20 +175,49 @@ class AsyncEncryptedConsumer:
         topology: Topology,
         *,
         provider: KeyProvider | None = None,
-        **options: Any,
+        prefetch: int = 1000,
+        ack_batch: int = 50,
+        max_deliveries: int = 5,
+        policy: ContextPolicy | None = None,
+        kms_backoff: Backoff | None = None,
+        reconnect_backoff: Backoff | None = None,
+        connection_options: ConnectionOptions | None = None,
+        max_age: float | None = None,
+        dedup_window: int = 0,
+        metrics: MetricsHooks | None = None,
+        kms_threads: int = DEFAULT_KMS_THREADS,
     ) -> AsyncEncryptedConsumer:
-        """Wire the KMS client and the unwrap cache from ``settings``."""
-        metrics: MetricsHooks = options.get("metrics") or NULL_METRICS
+        """Wire the KMS client and the unwrap cache from ``settings``; no I/O.
+
+        ``provider`` replaces the KMS client made from ``settings`` (the caller
+        keeps closing it). The other arguments are the constructor's.
+        """
+        hooks = NULL_METRICS if metrics is None else metrics
         owned: AliyunKms | None = None
         if provider is None:
             provider = owned = AliyunKms.from_settings(settings)
         cache = UnwrapCache(
-            metrics.instrument_provider(provider),
+            hooks.instrument_provider(provider),
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
-        metrics.watch_cache(cache)
-        consumer = cls(settings.rabbitmq_urls, topology, cache, **options)
+        hooks.watch_cache(cache)
+        consumer = cls(
+            settings.rabbitmq_urls,
+            topology,
+            cache,
+            prefetch=prefetch,
+            ack_batch=ack_batch,
+            max_deliveries=max_deliveries,
+            policy=policy,
+            kms_backoff=kms_backoff,
+            reconnect_backoff=reconnect_backoff,
+            connection_options=connection_options,
+            max_age=max_age,
+            dedup_window=dedup_window,
+            metrics=metrics,
+            kms_threads=kms_threads,
+        )
         consumer._owned_kms = owned
         return consumer
 
@@ -394,20 +421,27 @@ class AsyncEncryptedConsumer:
         assert isinstance(held, _InHand)  # noqa: S101
         if self._stale(held):
             return  # its channel is gone: the broker delivers it again
+        verdict = outcome.verdict
         try:
-            if outcome is ACK or outcome is DUPLICATE:
+            if verdict is Verdict.ACK:
                 await self._ack(held)
                 self._counter.settled(delivery)
-                if outcome is ACK:
-                    self.stats.handled += 1
-                    self._metrics.handled()
-                else:
-                    self.stats.duplicates_dropped += 1
-                    self._metrics.duplicate_dropped()
-            elif outcome is REQUEUE:
+                self.stats.handled += 1
+                self._metrics.handled()
+            elif verdict is Verdict.DUPLICATE:  # replay protection: done before
+                await self._ack(held)
+                self._counter.settled(delivery)
+                self.stats.duplicates_dropped += 1
+                self._metrics.duplicate_dropped()
+            elif verdict is Verdict.REQUEUE:
                 self._counter.failed(delivery, deliveries)
                 await held.message.nack(requeue=True)
                 self.stats.requeued += 1
+                self._metrics.requeued()
+            elif verdict is Verdict.RETRY:  # the handler raised Retry: not counted
+                self._counter.retried(delivery)
+                await held.message.nack(requeue=True)
+                self.stats.retried += 1
                 self._metrics.requeued()
             else:
                 await self._quarantine_one(delivery, held, outcome)
@@ -430,6 +464,8 @@ class AsyncEncryptedConsumer:
         }
         if outcome.kms_code:
             fields["kms_code"] = outcome.kms_code
+        if outcome.detail:
+            fields["detail"] = outcome.detail
         _log.warning(
             "quarantining message %s from %r: %s%s",
             delivery.message_id,

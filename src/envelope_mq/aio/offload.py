@@ -24,7 +24,7 @@ from envelope_mq.shared.envelope import (
     SealedMessage,
     Sealer,
 )
-from envelope_mq.shared.kms import DataKey
+from envelope_mq.shared.kms import DataKey, UnwrappedKey
 from envelope_mq.shared.observability import MessageSealer, MetricsHooks
 
 __all__ = [
@@ -57,8 +57,10 @@ class CachedDataKeySource(DataKeySource, Protocol):
 class CachedKeyUnwrapper(KeyUnwrapper, Protocol):
     """A key unwrapper that can answer from its cache alone (UnwrapCache)."""
 
-    def unwrap_cached(self, wrapped: str, context: Mapping[str, str]) -> bytes | None:
-        """The plaintext key on a hit, None otherwise; never calls KMS."""
+    def unwrap_cached(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey | None:
+        """The unwrapped key on a hit, None otherwise; never calls KMS."""
         ...
 
 
@@ -81,7 +83,7 @@ class _CacheOnlyUnwrap:
     def __init__(self, cache: CachedKeyUnwrapper) -> None:
         self._cache = cache
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> bytes:
+    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         key = self._cache.unwrap_cached(wrapped, context)
         if key is None:
             raise NeedsKms
