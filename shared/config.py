@@ -15,6 +15,7 @@ from envelope_mq.shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RABBITMQ_URL",
+    "CredentialSettings",
     "MAX_DATA_KEY_MESSAGES",
     "Settings",
 ]
@@ -25,6 +26,57 @@ DEFAULT_REGION_ID = "cn-hangzhou"
 # NIST SP 800-38D §8.3: at most 2^32 invocations of GCM with random 96-bit nonces
 # per key. The limit is not configurable above it.
 MAX_DATA_KEY_MESSAGES = 2**32
+
+
+@dataclass(frozen=True)
+class CredentialSettings:
+    """Where the credential chain looks, beside an AccessKey in Settings.
+
+    The names are alibabacloud-credentials' own environment variables, read
+    here once so that the library's chain is built from them (the library
+    itself would read them only once, when first imported), plus
+    ``ALIBABA_CLOUD_STS_ENDPOINT``: the STS that OIDC and RAM roles ask.
+    """
+
+    role_arn: str | None = None
+    oidc_provider_arn: str | None = None
+    oidc_token_file: str | None = None
+    role_session_name: str | None = None
+    sts_endpoint: str | None = None
+    profile: str | None = None
+    credentials_file: str | None = None
+    cli_profile_disabled: bool = False
+    ecs_role_name: str | None = None
+    ecs_metadata_disabled: bool = False
+    imds_v1_disabled: bool = False
+    credentials_uri: str | None = None
+    home: str | None = None  # where ~/.aliyun and ~/.alibabacloud are
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CredentialSettings:
+        """Read the ``ALIBABA_CLOUD_*`` variables of the chain from ``env``."""
+
+        def text(name: str) -> str | None:
+            return env.get(f"ALIBABA_CLOUD_{name}") or None
+
+        def flag(name: str) -> bool:
+            return (env.get(f"ALIBABA_CLOUD_{name}") or "").lower() == "true"
+
+        return cls(
+            role_arn=text("ROLE_ARN"),
+            oidc_provider_arn=text("OIDC_PROVIDER_ARN"),
+            oidc_token_file=text("OIDC_TOKEN_FILE"),
+            role_session_name=text("ROLE_SESSION_NAME"),
+            sts_endpoint=text("STS_ENDPOINT"),
+            profile=text("PROFILE"),
+            credentials_file=text("CREDENTIALS_FILE"),
+            cli_profile_disabled=flag("CLI_PROFILE_DISABLED"),
+            ecs_role_name=text("ECS_METADATA"),
+            ecs_metadata_disabled=flag("ECS_METADATA_DISABLED"),
+            imds_v1_disabled=flag("IMDSV1_DISABLED"),
+            credentials_uri=text("CREDENTIALS_URI"),
+            home=env.get("HOME") or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -41,6 +93,9 @@ class Settings:
     region_id: str = DEFAULT_REGION_ID
     access_key_id: str | None = None
     access_key_secret: str | None = field(default=None, repr=False)
+    security_token: str | None = field(default=None, repr=False)
+    # Without an AccessKey above: the rest of the alibabacloud-credentials chain.
+    credential_chain: CredentialSettings = field(default_factory=CredentialSettings)
     data_key_max_age: float = 300.0
     data_key_max_messages: int = 2**24
     key_cache_size: int = 1024
@@ -79,6 +134,8 @@ class Settings:
             region_id=env.get("ALIBABA_CLOUD_REGION_ID") or DEFAULT_REGION_ID,
             access_key_id=env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None,
             access_key_secret=env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None,
+            security_token=env.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None,
+            credential_chain=CredentialSettings.from_env(env),
             data_key_max_age=_number(env, "EMQ_DATA_KEY_MAX_AGE", 300.0),
             data_key_max_messages=_integer(env, "EMQ_DATA_KEY_MAX_MESSAGES", 2**24),
             key_cache_size=_integer(env, "EMQ_KEY_CACHE_SIZE", 1024),
