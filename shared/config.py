@@ -15,8 +15,8 @@ from envelope_mq.shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RABBITMQ_URL",
-    "CredentialSettings",
     "MAX_DATA_KEY_MESSAGES",
+    "CredentialSettings",
     "Settings",
 ]
 

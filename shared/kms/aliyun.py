@@ -20,6 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
+from aliyunsdkcore.auth.credentials import AccessKeyCredential, StsTokenCredential
+from aliyunsdkcore.auth.signers.access_key_signer import AccessKeySigner
+from aliyunsdkcore.auth.signers.signer import Signer
+from aliyunsdkcore.auth.signers.sts_token_signer import StsTokenSigner
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkcore.http import protocol_type
 from aliyunsdkcore.request import RpcRequest
@@ -29,7 +33,12 @@ from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
     GenerateDataKeyRequest,
 )
 from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
-from envelope_mq.shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
+from envelope_mq.shared.kms.credentials import CREDENTIALS_UNAVAILABLE, Credentials
 from envelope_mq.shared.kms.datakey import (
     DATA_KEY_SIZE,
     DataKey,
@@ -82,14 +91,19 @@ class AliyunKms:
     ``ca_bundle`` names a PEM file of CAs to trust instead of the system's (a
     KMS 3.0 dedicated gateway presents a certificate of the instance's own CA);
     certificate verification is never turned off.
+
+    Credentials: an AccessKey pair, or ``credentials`` (a refreshable source,
+    see :mod:`envelope_mq.shared.kms.credentials`) asked again for every
+    request, so that STS tokens renewed by the library are used at once.
     """
 
     def __init__(
         self,
-        access_key_id: str,
-        access_key_secret: str,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
         region_id: str = DEFAULT_REGION_ID,
         *,
+        credentials: Credentials | None = None,
         endpoint: str | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
@@ -99,14 +113,20 @@ class AliyunKms:
         sleep: Callable[[float], None] = time.sleep,
         ca_bundle: str | None = None,
     ) -> None:
-        if not access_key_id or not access_key_secret:
-            raise ConfigError(
-                "KMS needs ALIBABA_CLOUD_ACCESS_KEY_ID and "
-                "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
-            )
+        if credentials is None:
+            if not access_key_id or not access_key_secret:
+                raise ConfigError(
+                    "KMS needs ALIBABA_CLOUD_ACCESS_KEY_ID and "
+                    "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+                )
+            credentials = Credentials.static(access_key_id, access_key_secret)
+        elif access_key_id or access_key_secret:
+            raise ConfigError("give KMS an AccessKey pair or credentials, not both")
+        self.credentials = credentials
         if max_attempts < 1 or connect_timeout <= 0 or read_timeout <= 0:
             raise ConfigError("KMS timeouts must be positive and max_attempts >= 1")
         self._endpoint = _parse_endpoint(endpoint) if endpoint else None
+        self._where = _where(self._endpoint, region_id)
         self._region_id = region_id
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -120,9 +140,8 @@ class AliyunKms:
         # auto_retry=False: retries are ours, and only on transient errors.
         # verify=True (not None): with None the SDK would take the CA bundle
         # from the environment at every request, behind the caller's back.
-        self._client = AcsClient(
-            access_key_id,
-            access_key_secret,
+        self._client = _Client(
+            _CurrentCredentialSigner(credentials),
             region_id,
             auto_retry=False,
             pool_size=32,
@@ -131,11 +150,14 @@ class AliyunKms:
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> AliyunKms:
-        """Build a client from region, credentials and endpoint in ``settings``."""
+        """A client for the region, endpoint and credentials in ``settings``.
+
+        An AccessKey in ``settings`` (with its security token, if any) is
+        used as it is; without one, the alibabacloud-credentials chain.
+        """
         return cls(
-            settings.access_key_id or "",
-            settings.access_key_secret or "",
-            settings.region_id,
+            region_id=settings.region_id,
+            credentials=Credentials.from_settings(settings),
             endpoint=settings.kms_endpoint,
             ca_bundle=settings.kms_ca_file,
             **options,
@@ -256,7 +278,7 @@ class AliyunKms:
                 request.set_protocol_type(_PROTOCOLS[scheme])
                 request.set_endpoint(f"{scheme}://{host}")
             try:
-                with _translate(action):
+                with _translate(action, self._where):
                     raw = self._client.do_action_with_exception(request)
             except KmsUnavailableError as err:
                 # A certificate does not become trusted by asking again.
@@ -282,9 +304,50 @@ class AliyunKms:
             return _json_body(raw, action)
 
 
+class _CurrentCredentialSigner(Signer):  # type: ignore[misc]
+    """Signs each request with the credential current at that moment.
+
+    The SDK's own signers hold one credential for the client's lifetime; this
+    one asks :class:`Credentials` every time (the library refreshes temporary
+    credentials before they expire) and signs with one consistent snapshot.
+    """
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    def sign(self, region_id: str, request: Any) -> Any:
+        key = self._credentials.current()
+        if key.security_token:
+            signer: Signer = StsTokenSigner(
+                StsTokenCredential(
+                    key.access_key_id, key.access_key_secret, key.security_token
+                )
+            )
+        else:
+            signer = AccessKeySigner(
+                AccessKeyCredential(key.access_key_id, key.access_key_secret)
+            )
+        return signer.sign(region_id, request)
+
+
+class _Client(AcsClient):  # type: ignore[misc]
+    """AcsClient with our signer (its constructor only takes fixed credentials).
+
+    The placeholder pair only satisfies that constructor, and keeps it from
+    looking for ALIYUN_ACCESS_KEY_ID in the environment behind our back.
+    """
+
+    def __init__(self, signer: Signer, region_id: str, **options: Any) -> None:
+        super().__init__("unused", "unused", region_id, **options)
+        self._signer = signer
+
+
 @contextmanager
-def _translate(action: str) -> Iterator[None]:
-    """Map SDK and socket exceptions of one KMS call into shared.errors."""
+def _translate(action: str, where: str = "") -> Iterator[None]:
+    """Map SDK and socket exceptions of one KMS call into shared.errors.
+
+    ``where`` (scheme://host:port) is named when KMS could not be reached.
+    """
     try:
         yield
     except ServerException as exc:
@@ -318,10 +381,12 @@ def _translate(action: str) -> Iterator[None]:
         # Chained as a copy without that text, for the same reason as above.
         cause = ClientException(sdk_code, code)
         hint = _HINTS.get(code, "")
-        raise kind(f"KMS {action} failed: {code}{hint}", code=code) from cause
+        at = f" at {where}" if network and where else ""
+        raise kind(f"KMS {action} failed{at}: {code}{hint}", code=code) from cause
     except OSError as exc:
+        at = f" at {where}" if where else ""
         raise KmsUnavailableError(
-            f"KMS {action} failed: {_HTTP_ERROR}", code=_HTTP_ERROR
+            f"KMS {action} failed{at}: {_HTTP_ERROR}", code=_HTTP_ERROR
         ) from exc
 
 
@@ -372,11 +437,23 @@ def _network_code(text: str) -> str:
     return _HTTP_ERROR
 
 
+def _where(endpoint: tuple[str, str] | None, region_id: str) -> str:
+    """scheme://host:port of the KMS this client calls, for error messages."""
+    scheme, host = endpoint or ("https", f"kms.{region_id}.aliyuncs.com")
+    port = urlsplit(f"//{host}").port
+    return f"{scheme}://{host}" if port else f"{scheme}://{host}:{_PORTS[scheme]}"
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
 def _is_throttling(code: str) -> bool:
     return code.startswith(("Throttling", "Rejected.Throttling"))
 
 
 def _surely_not_processed(code: str) -> bool:
+    if code == CREDENTIALS_UNAVAILABLE:  # nothing was sent
+        return True
     return code in (_CONNECT_FAILED, _CONNECT_TIMEOUT) or _is_throttling(code)
 
 

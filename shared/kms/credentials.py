@@ -43,7 +43,7 @@ from alibabacloud_credentials.provider import (
 )
 from alibabacloud_credentials_api import ICredentialsProvider
 from envelope_mq.shared.config import CredentialSettings, Settings
-from envelope_mq.shared.errors import ConfigError, KmsUnavailableError
+from envelope_mq.shared.errors import ConfigError, KmsCallerError, KmsUnavailableError
 
 __all__ = ["AccessKey", "Credentials", "parse_sts_endpoint"]
 
@@ -84,17 +84,19 @@ class Credentials:
         Raises:
             KmsUnavailableError: temporary credentials could not be fetched now
                 (STS, instance metadata or the credentials URI did not answer
-                as expected), or no source in the chain has any
-                (``EMQ.NoCredentials``: nothing is at fault but the set-up).
+                as expected); the same call may succeed later.
+            KmsCallerError: no source in the chain has any credentials
+                (``EMQ.NoCredentials``): nothing is at fault but the set-up.
         """
         try:
             found = self._provider.get_credentials()
         except _NoSource as exc:
-            raise KmsUnavailableError(str(exc), code=NO_CREDENTIALS) from None
+            raise KmsCallerError(
+                str(exc), code=NO_CREDENTIALS, cause="no credentials configured"
+            ) from None
         except (CredentialException, ValueError, OSError) as exc:
             raise KmsUnavailableError(
-                f"KMS credentials from {self.source} are unavailable: "
-                f"{_reason(exc)}",
+                f"KMS credentials from {self.source} are unavailable: {_reason(exc)}",
                 code=CREDENTIALS_UNAVAILABLE,
             ) from None
         key_id, secret = found.get_access_key_id(), found.get_access_key_secret()
@@ -145,7 +147,11 @@ class Credentials:
         """The default chain without its first step (an AccessKey)."""
         home = Path(settings.home) if settings.home else Path.home()
         steps: list[tuple[str, Callable[[], ICredentialsProvider]]] = []
-        if settings.role_arn and settings.oidc_provider_arn and settings.oidc_token_file:
+        if (
+            settings.role_arn
+            and settings.oidc_provider_arn
+            and settings.oidc_token_file
+        ):
             steps.append(("OIDC (RRSA)", lambda: cls._oidc(settings)._provider))
         if not settings.cli_profile_disabled:
             steps.append(
@@ -180,7 +186,10 @@ class Credentials:
         if settings.credentials_uri:
             uri = settings.credentials_uri
             steps.append(
-                ("ALIBABA_CLOUD_CREDENTIALS_URI", lambda: URLCredentialsProvider(uri=uri))
+                (
+                    "ALIBABA_CLOUD_CREDENTIALS_URI",
+                    lambda: URLCredentialsProvider(uri=uri),
+                )
             )
         return cls(_Chain(steps), "the default credential chain")
 
@@ -282,7 +291,7 @@ def parse_sts_endpoint(endpoint: str | None) -> str | None:
     return host
 
 
-class _NoSource(CredentialException):
+class _NoSource(CredentialException):  # type: ignore[misc]
     """No source of the chain had credentials."""
 
 

@@ -1,20 +1,22 @@
-"""KMS credentials, region and endpoint, resolved the way the official tools do.
+"""A KMS client for a command line: its flags, then the environment.
 
-Order, first match wins, for each of the three things:
+Credentials, first match wins:
 
-- access key (id and secret, always from one place): ``--access-key-id`` and
-  ``--access-key-secret``; the profile named by ``--profile``;
-  ``ALIBABA_CLOUD_ACCESS_KEY_ID`` and ``ALIBABA_CLOUD_ACCESS_KEY_SECRET``; the
-  current profile of the aliyun CLI's ``~/.aliyun/config.json``;
-- region: ``--region``; ``ALIBABA_CLOUD_REGION_ID``; the profile's
-  ``region_id``; ``cn-hangzhou``;
-- endpoint: ``--endpoint``; ``KMS_ENDPOINT``; none (the regional endpoint);
-- CA bundle for an https endpoint: ``--ca-file``; ``KMS_CA_FILE``; the system's.
+1. flags, as the aliyun CLI spells them: ``--access-key-id`` and
+   ``--access-key-secret`` (with ``--sts-token``: mode StsToken), or
+   ``--mode RamRoleArn|EcsRamRole|OIDC|CredentialsURI`` with that mode's flags,
+   or ``--profile NAME`` (a profile of ``~/.aliyun/config.json``, any mode);
+2. the alibabacloud-credentials default chain
+   (:mod:`envelope_mq.shared.kms.credentials`): ``ALIBABA_CLOUD_ACCESS_KEY_ID``
+   and ``_SECRET`` (+ ``ALIBABA_CLOUD_SECURITY_TOKEN``); OIDC/RRSA; the CLI's
+   current profile; the INI file; the ECS RAM role; ``ALIBABA_CLOUD_CREDENTIALS_URI``.
 
-An explicit ``--profile`` is a flag, so it beats the environment, as the AWS
-and aliyun CLIs have it. Only ``AK`` profiles are supported. Secrets never
-appear in a repr or an error text. The caller passes the environment and the
-home directory in, so this module reads neither on its own.
+Region: ``--region``; ``ALIBABA_CLOUD_REGION_ID``; the CLI profile's
+``region_id``; ``cn-hangzhou``. Endpoint: ``--endpoint``; ``KMS_ENDPOINT``; the
+region's. CA bundle for an https endpoint: ``--ca-file``; ``KMS_CA_FILE``; the
+system's. STS for roles: ``--sts-endpoint``; ``ALIBABA_CLOUD_STS_ENDPOINT``.
+Secrets never appear in a repr or an error text. The caller passes the
+environment in, so this module reads it only through :class:`Settings`.
 """
 
 from __future__ import annotations
@@ -22,72 +24,54 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from envelope_mq.shared.config import DEFAULT_REGION_ID
+from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError
 from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.kms.credentials import Credentials
 
-__all__ = [
-    "Credentials",
-    "Flags",
-    "add_arguments",
-    "connect",
-    "flags_from_args",
-    "resolve",
-]
+__all__ = ["CHAIN_HELP", "MODES", "add_arguments", "connect", "credentials_from_args"]
 
-ID_ENV = "ALIBABA_CLOUD_ACCESS_KEY_ID"
-SECRET_ENV = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"  # noqa: S105 (a variable name)
-REGION_ENV = "ALIBABA_CLOUD_REGION_ID"
-ENDPOINT_ENV = "KMS_ENDPOINT"
-CA_FILE_ENV = "KMS_CA_FILE"
 CONFIG_PATH = Path(".aliyun") / "config.json"  # under the home directory
-
-
-@dataclass(frozen=True)
-class Flags:
-    """What the command line said (None: not given)."""
-
-    access_key_id: str | None = None
-    access_key_secret: str | None = field(default=None, repr=False)
-    region: str | None = None
-    endpoint: str | None = None
-    profile: str | None = None
-    ca_file: str | None = None
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Everything needed to reach KMS; ``source`` says where the key came from."""
-
-    access_key_id: str
-    access_key_secret: str = field(repr=False)
-    region_id: str
-    endpoint: str | None
-    source: str
-    ca_file: str | None = None
+MODES = ("AK", "StsToken", "RamRoleArn", "EcsRamRole", "OIDC", "CredentialsURI")
+CHAIN_HELP = (
+    "Credentials, first match wins: the flags below; then the environment "
+    "(ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET, ALIBABA_CLOUD_SECURITY_TOKEN); "
+    "OIDC/RRSA (ALIBABA_CLOUD_ROLE_ARN, _OIDC_PROVIDER_ARN, _OIDC_TOKEN_FILE); "
+    "the aliyun CLI's ~/.aliyun/config.json (ALIBABA_CLOUD_PROFILE or its current "
+    "profile, any mode); ~/.alibabacloud/credentials.ini; the ECS instance's RAM "
+    "role; ALIBABA_CLOUD_CREDENTIALS_URI. Temporary credentials are renewed "
+    "before they expire."
+)
+# --mode: the flags each mode needs (as the aliyun CLI names them).
+_NEEDS = {
+    "AK": ("access_key_id", "access_key_secret"),
+    "StsToken": ("access_key_id", "access_key_secret", "sts_token"),
+    "RamRoleArn": ("access_key_id", "access_key_secret", "ram_role_arn"),
+    "EcsRamRole": (),
+    "OIDC": ("ram_role_arn", "oidc_provider_arn", "oidc_token_file"),
+    "CredentialsURI": ("credentials_uri",),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """Add --endpoint, --region, --access-key-id, --access-key-secret, --profile.
+    """Add the endpoint and credential flags (the aliyun CLI's spelling).
 
     ``suppress=True`` leaves unset flags out of the namespace, so a subcommand
     can repeat the options of its parent without overwriting them.
     """
     default = argparse.SUPPRESS if suppress else None
-    group = parser.add_argument_group(
-        "credentials and endpoint",
-        "flags, then ALIBABA_CLOUD_* / KMS_ENDPOINT, then ~/.aliyun/config.json",
-    )
-    group.add_argument(
+    where = parser.add_argument_group("endpoint")
+    where.add_argument(
         "--endpoint",
         default=default,
-        help="KMS endpoint: host:port (plain HTTP, e.g. the emulator) or https://host",
+        help="KMS endpoint: host:port (plain HTTP on loopback, e.g. the emulator) "
+        "or https://host[:port]; default KMS_ENDPOINT, else the region's",
     )
-    group.add_argument(
+    where.add_argument(
         "--ca-file",
         default=default,
         metavar="PEM",
@@ -95,7 +79,22 @@ def add_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) ->
         "system's (a dedicated gateway's CA, the emulator's --tls CA); "
         "default KMS_CA_FILE",
     )
-    group.add_argument("--region", default=default, help="region id, e.g. cn-hangzhou")
+    where.add_argument(
+        "--region",
+        default=default,
+        help="region id, e.g. cn-hangzhou (default ALIBABA_CLOUD_REGION_ID, "
+        "the profile's, cn-hangzhou)",
+    )
+    group = parser.add_argument_group("credentials", CHAIN_HELP)
+    group.add_argument(
+        "--mode", default=default, choices=MODES, help="credential type, as aliyun's"
+    )
+    group.add_argument(
+        "--profile",
+        default=default,
+        metavar="NAME",
+        help="profile of ~/.aliyun/config.json, in any of its modes",
+    )
     group.add_argument("--access-key-id", default=default, help="AccessKey ID")
     group.add_argument(
         "--access-key-secret",
@@ -104,149 +103,126 @@ def add_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) ->
         "flags show up in the process list)",
     )
     group.add_argument(
-        "--profile",
+        "--sts-token", default=default, help="STS security token (mode StsToken)"
+    )
+    group.add_argument(
+        "--ram-role-arn", default=default, help="role to assume (RamRoleArn, OIDC)"
+    )
+    group.add_argument(
+        "--role-session-name", default=default, help="session name for the role"
+    )
+    group.add_argument(
+        "--ram-role-name", default=default, help="ECS instance RAM role (EcsRamRole)"
+    )
+    group.add_argument("--oidc-provider-arn", default=default, help="mode OIDC")
+    group.add_argument(
+        "--oidc-token-file", default=default, help="OIDC token file (mode OIDC)"
+    )
+    group.add_argument("--credentials-uri", default=default, help="mode CredentialsURI")
+    group.add_argument(
+        "--sts-endpoint",
         default=default,
-        metavar="NAME",
-        help="profile of ~/.aliyun/config.json (default: its current profile)",
+        help="STS host[:port] for RamRoleArn and OIDC, always over HTTPS "
+        "(default ALIBABA_CLOUD_STS_ENDPOINT, else the library's)",
     )
 
 
-def flags_from_args(args: argparse.Namespace) -> Flags:
-    """The credential flags of a parsed command line."""
-    return Flags(
-        access_key_id=getattr(args, "access_key_id", None),
-        access_key_secret=getattr(args, "access_key_secret", None),
-        region=getattr(args, "region", None),
-        endpoint=getattr(args, "endpoint", None),
-        profile=getattr(args, "profile", None),
-        ca_file=getattr(args, "ca_file", None),
-    )
-
-
-def resolve(flags: Flags, environ: Mapping[str, str], home: Path) -> Credentials:
-    """Resolve credentials, region and endpoint; see the module docstring.
-
-    Raises:
-        ConfigError: no access key anywhere, half of one, a missing or
-            unsupported profile, or an unreadable config file.
-    """
-    profiles = _Profiles(home / CONFIG_PATH, flags.profile)
-    if flags.access_key_id or flags.access_key_secret:
-        key_id, secret = _pair(
-            flags.access_key_id,
-            flags.access_key_secret,
-            "--access-key-id",
-            "--access-key-secret",
+def connect(
+    args: argparse.Namespace, environ: Mapping[str, str], **options: Any
+) -> AliyunKms:
+    """An AliyunKms client for the command line ``args`` over ``environ``."""
+    settings = Settings.from_env(environ)
+    sts = _flag(args, "sts_endpoint")
+    if sts:
+        settings = replace(
+            settings,
+            credential_chain=replace(settings.credential_chain, sts_endpoint=sts),
         )
-        source = "command-line flags"
-    elif flags.profile is not None:
-        key_id, secret, source = profiles.access_key()
-    elif environ.get(ID_ENV) or environ.get(SECRET_ENV):
-        key_id, secret = _pair(
-            environ.get(ID_ENV), environ.get(SECRET_ENV), ID_ENV, SECRET_ENV
-        )
-        source = "environment"
-    elif profiles.exists():
-        key_id, secret, source = profiles.access_key()
-    else:
-        raise ConfigError(
-            "no KMS credentials: pass --access-key-id and --access-key-secret, set "
-            f"{ID_ENV} and {SECRET_ENV}, or configure a profile in ~/{CONFIG_PATH} "
-            "(aliyun configure)"
-        )
-    region = flags.region or environ.get(REGION_ENV) or profiles.region()
-    endpoint = flags.endpoint or environ.get(ENDPOINT_ENV) or None
-    return Credentials(
-        access_key_id=key_id,
-        access_key_secret=secret,
-        region_id=region or DEFAULT_REGION_ID,
-        endpoint=endpoint,
-        source=source,
-        ca_file=flags.ca_file or environ.get(CA_FILE_ENV) or None,
-    )
-
-
-def connect(credentials: Credentials, **options: Any) -> AliyunKms:
-    """An AliyunKms client for ``credentials`` (options go to its constructor)."""
     return AliyunKms(
-        credentials.access_key_id,
-        credentials.access_key_secret,
-        credentials.region_id,
-        endpoint=credentials.endpoint,
-        ca_bundle=credentials.ca_file,
+        region_id=_region(args, environ, settings),
+        credentials=credentials_from_args(args, settings),
+        endpoint=_flag(args, "endpoint") or settings.kms_endpoint,
+        ca_bundle=_flag(args, "ca_file") or settings.kms_ca_file,
         **options,
     )
 
 
-def _pair(
-    key_id: str | None, secret: str | None, id_name: str, secret_name: str
-) -> tuple[str, str]:
-    if not key_id or not secret:
-        raise ConfigError(f"{id_name} and {secret_name} go together: set both")
-    return key_id, secret
-
-
-class _Profiles:
-    """The aliyun CLI's config file, read at most once and only when needed."""
-
-    def __init__(self, path: Path, name: str | None) -> None:
-        self._path = path
-        self._name = name
-        self._loaded: dict[str, Any] | None = None
-
-    def exists(self) -> bool:
-        return self._path.is_file()
-
-    def access_key(self) -> tuple[str, str, str]:
-        profile = self._profile(required=True)
-        name = profile.get("name", "")
-        mode = profile.get("mode") or "AK"
-        if mode != "AK":
-            raise ConfigError(
-                f"profile {name!r} in ~/{CONFIG_PATH} uses mode {mode!r}; "
-                "only AK profiles are supported"
-            )
-        key_id, secret = profile.get("access_key_id"), profile.get("access_key_secret")
-        if (
-            not isinstance(key_id, str)
-            or not isinstance(secret, str)
-            or not key_id
-            or not secret
-        ):
-            raise ConfigError(
-                f"profile {name!r} in ~/{CONFIG_PATH} has no access_key_id and "
-                "access_key_secret"
-            )
-        return key_id, secret, f"profile {name!r} in ~/{CONFIG_PATH}"
-
-    def region(self) -> str | None:
-        if self._name is None and not self.exists():
-            return None
-        region = self._profile(required=self._name is not None).get("region_id")
-        return region if isinstance(region, str) and region else None
-
-    def _profile(self, *, required: bool) -> dict[str, Any]:
-        config = self._config()
-        wanted = (
-            self._name if self._name is not None else config.get("current") or "default"
+def credentials_from_args(args: argparse.Namespace, settings: Settings) -> Credentials:
+    """Credentials from the flags, else from ``settings`` (module docstring)."""
+    sts = settings.credential_chain.sts_endpoint
+    profile = _flag(args, "profile")
+    mode = _flag(args, "mode")
+    if mode is None:
+        if _flag(args, "access_key_id") or _flag(args, "access_key_secret"):
+            mode = "StsToken" if _flag(args, "sts_token") else "AK"
+        elif profile is not None:
+            return Credentials.profile(profile, _home(settings))
+        else:
+            return Credentials.from_settings(settings)
+    missing = [f"--{n.replace('_', '-')}" for n in _NEEDS[mode] if not _flag(args, n)]
+    if missing:
+        raise ConfigError(f"--mode {mode} needs {' and '.join(missing)}")
+    if mode in ("AK", "StsToken"):
+        return Credentials.static(
+            _flag(args, "access_key_id") or "",
+            _flag(args, "access_key_secret") or "",
+            _flag(args, "sts_token") or "" if mode == "StsToken" else "",
         )
-        for profile in config.get("profiles") or []:
-            if isinstance(profile, dict) and profile.get("name") == wanted:
-                return profile
-        if required:
-            raise ConfigError(f"no profile {wanted!r} in ~/{CONFIG_PATH}")
-        return {}
+    if mode == "RamRoleArn":
+        base = Credentials.static(
+            _flag(args, "access_key_id") or "", _flag(args, "access_key_secret") or ""
+        )
+        return Credentials.ram_role(
+            base,
+            _flag(args, "ram_role_arn") or "",
+            session_name=_flag(args, "role_session_name"),
+            sts_endpoint=sts,
+        )
+    if mode == "EcsRamRole":
+        return Credentials.ecs_role(_flag(args, "ram_role_name"))
+    if mode == "OIDC":
+        return Credentials.oidc(
+            _flag(args, "ram_role_arn") or "",
+            _flag(args, "oidc_provider_arn") or "",
+            _flag(args, "oidc_token_file") or "",
+            session_name=_flag(args, "role_session_name"),
+            sts_endpoint=sts,
+        )
+    return Credentials.credentials_uri(_flag(args, "credentials_uri") or "")
 
-    def _config(self) -> dict[str, Any]:
-        if self._loaded is None:
-            try:
-                loaded = json.loads(self._path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ConfigError(f"~/{CONFIG_PATH} does not exist") from None
-            except (OSError, ValueError) as exc:
-                # Never the content: the file holds secrets.
-                raise ConfigError(f"~/{CONFIG_PATH} cannot be read as JSON") from exc
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"~/{CONFIG_PATH} is not a JSON object")
-            self._loaded = loaded
-        return self._loaded
+
+def _flag(args: argparse.Namespace, name: str) -> str | None:
+    value = getattr(args, name, None)
+    return value if isinstance(value, str) and value else None
+
+
+def _home(settings: Settings) -> Path:
+    home = settings.credential_chain.home
+    return Path(home) if home else Path.home()
+
+
+def _region(
+    args: argparse.Namespace, environ: Mapping[str, str], settings: Settings
+) -> str:
+    """--region, ALIBABA_CLOUD_REGION_ID, the CLI profile's region_id, default."""
+    region = _flag(args, "region") or environ.get("ALIBABA_CLOUD_REGION_ID")
+    if region:
+        return region
+    name = _flag(args, "profile") or settings.credential_chain.profile
+    return _profile_region(_home(settings) / CONFIG_PATH, name) or settings.region_id
+
+
+def _profile_region(path: Path, name: str | None) -> str | None:
+    """The profile's region_id: the one thing the credential library never reads."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the credential chain reports an unusable file
+    if not isinstance(config, dict):
+        return None
+    wanted = name or config.get("current")
+    for profile in config.get("profiles") or []:
+        if isinstance(profile, dict) and profile.get("name") == wanted:
+            region = profile.get("region_id")
+            return region if isinstance(region, str) and region else None
+    return None

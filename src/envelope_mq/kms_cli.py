@@ -18,7 +18,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from envelope_mq import credentials, kms_output
@@ -329,10 +328,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, p.name) is not None
     }
     try:
-        found = credentials.resolve(
-            credentials.flags_from_args(args), os.environ, Path.home()
-        )
-        kms = credentials.connect(found)
+        kms = credentials.connect(args, os.environ)
         body = kms.call(command.action, params, idempotent=command.idempotent)
     except KmsError as err:
         print_kms_error(err)

@@ -154,10 +154,7 @@ def _run(
 
 
 def _kms(args: argparse.Namespace) -> AliyunKms:
-    found = credentials.resolve(
-        credentials.flags_from_args(args), os.environ, Path.home()
-    )
-    return credentials.connect(found)
+    return credentials.connect(args, os.environ)
 
 
 def _output(
