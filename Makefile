@@ -14,7 +14,7 @@ $(shell mkdir -p $(VENV) && find src shared producer consumer kms_emulator \
   rm -f $(MODULES).new)
 EDITABLE := -e . --config-settings editable_mode=strict
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean containers containers-down
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV) || \
@@ -34,7 +34,16 @@ test: $(TREE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	scripts/containers.sh run -- $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The container engine of the container tests (scripts/containers.sh): a Docker
+# engine when one answers, else podman installed and configured (root on Debian).
+# `make containers` leaves podman's API socket running and prints its variables.
+containers:
+	scripts/containers.sh up
+
+containers-down:
+	scripts/containers.sh down
 
 bench: $(TREE)
 	$(VENV)/bin/python -m pip install --quiet '.[test,bench]' $(EDITABLE)

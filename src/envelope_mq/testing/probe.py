@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
+import os
 import random
 import socket
 import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 __all__ = ["amqp_answers", "docker_answers", "free_port", "wait_for_amqp"]
 
@@ -59,17 +60,36 @@ def free_port(exclude: frozenset[int] = frozenset()) -> int:
     raise RuntimeError("no free TCP port found for a private RabbitMQ node")
 
 
-def docker_answers(timeout: float = 2.0) -> bool:
-    """True when a Docker engine answers a ping (never raises)."""
+def docker_answers(
+    timeout: float = 2.0, environ: Mapping[str, str] | None = None
+) -> bool:
+    """True when a Docker API (Docker, or podman's compatible socket) answers a
+    ping at ``DOCKER_HOST`` (default ``unix:///var/run/docker.sock``); never raises.
+
+    A raw HTTP/1.0 ping, not docker-py: its client leaves a socket open when the
+    engine is absent, which an unraisable ResourceWarning would report later.
+    """
+    env = os.environ if environ is None else environ
+    host = env.get("DOCKER_HOST", "").strip() or "unix:///var/run/docker.sock"
+    parts = urlsplit(host)
     try:
-        # Imported by name: docker ships no type stubs, and only this ping uses it.
-        docker = importlib.import_module("docker")
-    except ImportError:
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(parts.path)
+            except OSError:
+                sock.close()
+                raise
+        elif parts.scheme in ("tcp", "http") and parts.hostname:
+            sock = socket.create_connection(
+                (parts.hostname, parts.port or 2375), timeout=timeout
+            )
+        else:
+            return False  # https/ssh engines: leave them to docker-py itself
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+    except OSError:
         return False
-    with contextlib.suppress(Exception):  # any failure means "no usable engine"
-        client = docker.from_env(timeout=int(max(timeout, 1)))
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    return False
+    return reply.startswith(b"HTTP/1.") and reply[9:12] == b"200"
