@@ -1,5 +1,8 @@
 # One image for every envelope-mq service: producer, consumer and the KMS emulator.
-FROM python:3.11-slim
+# PYTHON_IMAGE: any image with python3.11 and pip first on PATH and useradd; CI
+# points it at one built from Debian's packages (scripts/containers.sh).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -11,7 +11,11 @@ from typing import Any, BinaryIO
 
 from envelope_mq.producer.publisher import EncryptedPublisher
 from envelope_mq.shared.amqp import redact_url
-from envelope_mq.shared.cli_args import add_topology_arguments, topology_from_args
+from envelope_mq.shared.cli_args import (
+    add_topology_arguments,
+    positive_float,
+    topology_from_args,
+)
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError, MessagingError
 from envelope_mq.shared.observability import (
@@ -57,6 +61,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--size", type=int, default=100, help="bytes per generated message (100)"
     )
+    parser.add_argument(
+        "--linger",
+        type=positive_float,
+        metavar="SECONDS",
+        help=(
+            "with --metrics-port: keep serving /metrics, /healthz and /readyz for "
+            "SECONDS after the last confirm, so that a scraper sees the final "
+            "counts (default: exit at once)"
+        ),
+    )
     add_observability_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -65,9 +79,17 @@ def run(args: argparse.Namespace) -> int:
     """Publish every message, wait for every confirm, print a summary to stderr."""
     try:
         with observability(args, _PROG) as observed:
-            return _produce(
+            status = _produce(
                 args, Settings.from_env(), sys.stdin.buffer, observed.metrics
             )
+            if observed.server is not None and args.linger:
+                print(
+                    f"{_PROG}: serving metrics for {args.linger:g} s more",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(args.linger)
+            return status
     except MessagingError as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1

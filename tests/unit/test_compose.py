@@ -26,11 +26,39 @@ SHARED_ENV = (
 )
 
 
+# ${NAME:-default}: images and host ports are variables (CI sets them); the file
+# is checked with every variable at its default, as `docker compose up` sees it.
+VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?P<op>:-)?(?P<default>[^}]*)\}")
+
+
+def with_defaults(text: str) -> str:
+    return VARIABLE.sub(lambda m: m["default"], text)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    loaded = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    loaded = yaml.safe_load(with_defaults(COMPOSE.read_text(encoding="utf-8")))
     assert isinstance(loaded, dict)
     return loaded
+
+
+def test_every_compose_variable_is_ours_and_has_a_default() -> None:
+    found = list(VARIABLE.finditer(COMPOSE.read_text(encoding="utf-8")))
+    assert found
+    for match in found:
+        assert match["name"].startswith("EMQ_"), match[0]
+        assert match["op"] == ":-", match[0]
+        assert match["default"], match[0]
+
+
+def test_the_images_are_variables_with_the_official_images_as_defaults() -> None:
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "${EMQ_RABBITMQ_IMAGE:-rabbitmq:" in text
+    assert "${EMQ_PROMETHEUS_IMAGE:-prom/prometheus:" in text
+    assert "PYTHON_IMAGE: ${EMQ_PYTHON_IMAGE:-python:3.11-slim}" in text
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", dockerfile, re.M)
+    assert re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.M) == ["${PYTHON_IMAGE}"]
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +259,9 @@ def test_seed_is_accepted_by_the_emulator() -> None:
 
 def test_dockerfile_builds_on_python_311_slim_and_installs_the_project() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
-    froms = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
-    assert froms == ["python:3.11-slim"]
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, flags=re.MULTILINE)
+    assert base is not None
+    assert base[1] == "python:3.11-slim"
     assert re.search(r"^RUN pip install \.", text, flags=re.MULTILINE)
     assert re.search(r"^USER\s+(?!root)\S+", text, flags=re.MULTILINE)
     assert re.search(r'^CMD \["envelope-mq"', text, flags=re.MULTILINE)
@@ -242,7 +271,11 @@ def test_app_services_build_from_the_one_dockerfile(services: dict[str, Any]) ->
     images = {services[n]["image"] for n in ("kms-emulator", *APP_SERVICES)}
     assert len(images) == 1
     for name in ("kms-emulator", *APP_SERVICES):
-        assert services[name].get("build") in (".", {"context": "."})
+        build = services[name].get("build")
+        assert build == {
+            "context": ".",
+            "args": {"PYTHON_IMAGE": "python:3.11-slim"},
+        }
 
 
 @pytest.mark.parametrize("name", ["kms-emulator", *APP_SERVICES])

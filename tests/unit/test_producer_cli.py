@@ -68,3 +68,10 @@ def test_message_ids_are_random_version_4_uuids() -> None:
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == value
+
+
+def test_linger_is_off_unless_given_and_must_be_positive() -> None:
+    assert parse("--queue", "q").linger is None
+    assert parse("--queue", "q", "--linger", "2.5").linger == 2.5
+    with pytest.raises(SystemExit):
+        parse("--queue", "q", "--linger", "0")
