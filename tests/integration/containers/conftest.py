@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
+from container_kit import missing
 from scenario_kit import ledger_report_hooks
 
 from envelope_mq.testing.broker import Broker
@@ -27,13 +27,6 @@ from envelope_mq.testing.containers import (
 )
 
 pytest_runtest_logreport, pytest_terminal_summary = ledger_report_hooks("container")
-
-
-def missing(reason: str) -> NoReturn:
-    """Skip, or fail when CI=true: a CI run must never pass by skipping containers."""
-    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
