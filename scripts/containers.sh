@@ -26,7 +26,7 @@ CONF=$STATE/containers.conf
 SOCK_DIR=/run/envelope-mq-containers
 # "up" serves the API on one fixed socket; each "run" on its own, so that runs of
 # several users of this machine never stop each other's service.
-SOCK_NAME=podman
+SOCK_NAME=${EMQ_CONTAINERS_SOCKET:-podman}
 set_socket() {
   SOCK=$SOCK_DIR/$1.sock
   PIDFILE=$SOCK_DIR/$1.pid
@@ -304,21 +304,22 @@ case "${1:-}" in
     shift
     [[ ${1:-} == -- ]] && shift
     [[ $# -gt 0 ]] || { echo "usage: $0 run -- CMD..." >&2; exit 2; }
-    set_socket "run-$$"
+    # Set up in a process of its own, so that errexit stops the set-up at its first
+    # failure (bash ignores it inside an `if` condition).
+    export EMQ_CONTAINERS_SOCKET=run-$$
+    set_socket "$EMQ_CONTAINERS_SOCKET"
     started=
-    if env_text=$(up); then
+    if env_text=$(bash "$0" up); then
       eval "$env_text"
       [[ ${EMQ_CONTAINER_ENGINE} == podman ]] && started=yes
     else
       log "running without containers: the container tests will skip (fail under CI=true)"
     fi
+    # The tests remove what they create; reap_dead catches what a killed run left.
+    # On EXIT, so that an interrupted run stops its service too.
+    [[ -z $started ]] || trap 'reap_dead; stop_service' EXIT
     status=0
     "$@" || status=$?
-    if [[ -n $started ]]; then
-      # The tests remove what they create; this catches what a killed run left.
-      reap_dead
-      stop_service
-    fi
     exit "$status"
     ;;
   *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;

@@ -3,7 +3,7 @@ compose stack. The engine is whatever answers the Docker API: Docker, or the pod
 socket of ``scripts/containers.sh`` (which ``make test`` runs the suite under).
 
 In this directory the session broker is a RabbitMQ container, so the usual fixtures
-(``rabbitmq_url``, ``amqp_names``, ``producer_settings``...) point at it. Without an
+(``emq_rabbitmq_url``, ``emq_amqp_names``, ``emq_kms``...) point at it. Without an
 engine the group is skipped, and under ``CI=true`` it fails: CI must never pass by
 skipping it. Containers are labelled with this process as their owner; the session
 removes the leftovers of dead runs at its start and its own at its end.
@@ -50,7 +50,7 @@ def rabbitmq_container(container_engine: None) -> Iterator[RabbitContainer]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_broker(rabbitmq_container: RabbitContainer) -> Broker:
+def emq_rabbitmq_broker(rabbitmq_container: RabbitContainer) -> Broker:
     """This directory's session broker: the container, not the local one."""
     return Broker(urls=(rabbitmq_container.url,), kind="container")
 

@@ -33,7 +33,7 @@ MESSAGES = 3_000
 
 
 def test_broker_container_stopped_and_started_loses_nothing(
-    kms: KmsFixture, own_rabbitmq_container: RabbitContainer
+    emq_kms: KmsFixture, own_rabbitmq_container: RabbitContainer
 ) -> None:
     broker = own_rabbitmq_container
     ledger = MessageLedger("RabbitMQ container with a quorum queue stopped and started")
@@ -41,7 +41,7 @@ def test_broker_container_stopped_and_started_loses_nothing(
         "emq-restart", "emq-restart-x", queue_type="quorum", expires=False
     )
     urls = [broker.url]
-    consumer, publisher = scenario_clients(kms, urls, topology, ledger)
+    consumer, publisher = scenario_clients(emq_kms, urls, topology, ledger)
     # About 500 messages/s: the stream spans the stop and the start.
     producer, sent = stream_in_background(
         publisher,

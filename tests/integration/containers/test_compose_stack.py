@@ -141,7 +141,8 @@ def test_the_compose_stack_runs_end_to_end(project: ComposeProject) -> None:
         data_key = producer_kms.generate_data_key(key_id, {})
         with pytest.raises(KmsRequestError) as refused:
             producer_kms.decrypt_data_key(data_key.wrapped, {})
-        assert consumer_kms.decrypt_data_key(data_key.wrapped, {}) == data_key.plaintext
+        unwrapped = consumer_kms.decrypt_data_key(data_key.wrapped, {})
+        assert unwrapped.plaintext == data_key.plaintext
     assert "Forbidden" in refused.value.code
 
     # Both services' /metrics, scraped from the host through the published ports.

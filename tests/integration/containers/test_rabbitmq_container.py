@@ -35,18 +35,20 @@ pytestmark = [pytest.mark.container, pytest.mark.integration]
 
 
 def test_the_session_broker_is_the_container_not_the_local_one(
-    rabbitmq_url: str, rabbitmq_container: RabbitContainer
+    emq_rabbitmq_url: str, rabbitmq_container: RabbitContainer
 ) -> None:
-    assert rabbitmq_url == rabbitmq_container.url
+    assert emq_rabbitmq_url == rabbitmq_container.url
     assert rabbitmq_container.host_port != 5672
 
 
 def test_messages_round_trip_through_a_broker_in_a_container(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("round trip through RabbitMQ in a container")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    consumer, publisher = scenario_clients(kms, [rabbitmq_url], topology, ledger)
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    consumer, publisher = scenario_clients(
+        emq_kms, [emq_rabbitmq_url], topology, ledger
+    )
     with publisher:
         sent = publish_stream(publisher, ledger, count=2_000, size=512, tag="trip")
         assert confirm_all(publisher, ledger, sent) == []
@@ -59,13 +61,18 @@ def test_messages_round_trip_through_a_broker_in_a_container(
 
 
 def test_the_consumer_quarantines_damaged_messages_in_a_container_broker(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("quarantine in a container broker")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    urls = [rabbitmq_url]
-    consumer, _ = scenario_clients(kms, urls, topology, ledger)
-    with RawPublisher(kms.settings("producer", urls), topology) as raw:
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
+    consumer = EncryptedConsumer.from_settings(
+        emq_kms.settings("consumer", urls),
+        topology,
+        ledger_handler(ledger),
+        reconnect_backoff=FAST_RECONNECT,
+    )
+    with RawPublisher(emq_kms.settings("producer", urls), topology) as raw:
         for index in range(50):
             message_id = f"good-{index}"
             body = f"good {index}".encode()
@@ -87,22 +94,22 @@ def test_the_consumer_quarantines_damaged_messages_in_a_container_broker(
 
 
 def test_a_kms_outage_holds_messages_in_a_container_broker_and_loses_none(
-    kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("KMS outage with RabbitMQ in a container")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    urls = [rabbitmq_url]
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
     consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", urls),
+        emq_kms.settings("consumer", urls),
         topology,
         ledger_handler(ledger),
         reconnect_backoff=FAST_RECONNECT,
         kms_backoff=Backoff(initial=0.2, cap=1.0),
     )
-    with scenario_publisher(kms, urls, topology) as publisher:
+    with scenario_publisher(emq_kms, urls, topology) as publisher:
         sent = publish_stream(publisher, ledger, count=500, size=256, tag="before")
         assert confirm_all(publisher, ledger, sent) == []
-        kms.emulator.faults.set(outage_seconds=3600)  # ended by clear() below
+        emq_kms.emulator.faults.set(outage_seconds=3600)  # ended by clear() below
         ledger.fault("KMS outage", 1)
         with QuarantineWatcher(urls, topology, ledger), ConsumerThread(consumer):
             # The publisher's cached data key carries it through the outage.
@@ -116,7 +123,7 @@ def test_a_kms_outage_holds_messages_in_a_container_broker_and_loses_none(
             # Held: nothing handled and nothing quarantined while KMS is away.
             assert consumer.stats.kms_retries > 0
             assert consumer.stats.handled == 0
-            kms.emulator.faults.clear()
+            emq_kms.emulator.faults.clear()
             settle(ledger)
     report = ledger.check()
     assert report["handled"] == 1_000
