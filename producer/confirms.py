@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future
 
+from envelope_mq.producer.failures import FailureLedger, PublishHandle, cause_of
 from envelope_mq.producer.window import InFlightWindow
 from envelope_mq.shared.errors import (
     BrokerError,
@@ -50,7 +51,7 @@ class Outgoing:
         self.header = header  # content header payload (properties)
         self.body = body
         self.message_id = message_id
-        self.future: Future[str] = Future()
+        self.future: Future[str] = PublishHandle()
         self.sent = 0  # times published; more than once after a reconnect
 
 
@@ -66,6 +67,7 @@ class ConfirmTracker:
         self._returned: set[bytes] = set()
         self._next_tag = 1
         self.published = self.republished = self.confirmed = self.failed = 0
+        self.failures = FailureLedger()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -129,6 +131,12 @@ class ConfirmTracker:
                 message_id=out.message_id,
             )
         self.failed += 1
+        self._fail_one(out, error)
+
+    def _fail_one(self, out: Outgoing, error: BrokerError) -> None:
+        self.failures.failed(
+            out.future, error, cause_of(error, out.exchange, out.routing_key)
+        )
         out.future.set_exception(error)
 
     def take_unconfirmed(self) -> list[Outgoing]:
@@ -150,7 +158,7 @@ class ConfirmTracker:
             failure.__cause__ = error.__cause__
             if isinstance(failure, PublishNotConfirmedError):
                 failure.message_id = out.message_id
-            out.future.set_exception(failure)
+            self._fail_one(out, failure)
             count += 1
         self.failed += count
         self._window.release(count)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
+from envelope_mq.producer.failures import unseen_failures_error
 from envelope_mq.producer.transport import (
     ConfirmingTransport,
+    Declare,
     TransportOptions,
     TransportStats,
 )
@@ -33,6 +36,13 @@ _ContextKey = tuple[tuple[str, str], ...]
 _CLOSE_TIMEOUT_ON_ERROR = 30.0
 
 
+def _check_exchange(exchange: str, channel: Any, on_done: Callable[[], None]) -> None:
+    """Declare nothing, but fail the connect when ``exchange`` does not exist."""
+    channel.exchange_declare(
+        exchange=exchange, passive=True, callback=lambda _frame: on_done()
+    )
+
+
 def new_message_id() -> str:
     """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but 3x cheaper."""
     raw = bytearray(os.urandom(16))
@@ -50,6 +60,18 @@ class EncryptedPublisher:
     message_id once the broker confirms the message, or fails with
     MessageNackedError / MessageUnroutableError. Nothing is ever published
     unsealed: if no data key can be had, :meth:`publish` raises the KmsError.
+
+    No failure is silent: the first failed publish of each cause is logged at
+    WARNING, every one is counted (``stats().failed``, and the metrics), and
+    :meth:`flush` and :meth:`close` raise PublishNotConfirmedError for failed
+    messages whose Future the caller never looked at (``result()``,
+    ``exception()``, ``add_done_callback()``; :meth:`send` looks for you).
+
+    Without a ``topology`` the publisher declares nothing: it publishes to
+    ``exchange`` (``envelope-mq`` by default), which :meth:`connect` checks
+    exists (a missing one fails it with BrokerError, 404), and a message that
+    matches no queue bound there fails as MessageUnroutableError. Give the
+    consumer's topology to have the exchange, queue and binding declared.
 
     The constructor does no I/O. :meth:`connect` (or entering the ``with``
     block) connects, trying ``urls`` in order, opens a confirm-mode channel and
@@ -93,9 +115,15 @@ class EncryptedPublisher:
         self._sealers: dict[_ContextKey, MessageSealer] = {}
         self._sealers_lock = threading.Lock()
         self._owned_kms: AliyunKms | None = None
+        if topology is not None:
+            declare: Declare | None = topology.declare_async
+        elif self._exchange:  # the default exchange "" always exists
+            declare = functools.partial(_check_exchange, self._exchange)
+        else:
+            declare = None
         self._transport = ConfirmingTransport(
             urls,
-            declare=topology.declare_async if topology else None,
+            declare=declare,
             options=options,
             connection_options=connection_options,
             metrics=self._metrics,
@@ -268,14 +296,28 @@ class EncryptedPublisher:
             ) from None
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every message published so far is confirmed or failed."""
-        return self._transport.flush(timeout)
+        """Wait until every message published so far is confirmed or failed.
+
+        Returns False when ``timeout`` passed first.
+
+        Raises:
+            PublishNotConfirmedError: messages failed whose Future nobody
+                looked at (each such failure is reported once).
+        """
+        done = self._transport.flush(timeout)
+        self._report_unseen()
+        return done
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, then disconnect. Raises PublishNotConfirmedError on timeout.
+        """Flush, then disconnect; idempotent, and without I/O if never connected.
 
-        Idempotent; a publisher never connected closes without I/O.
+        Raises:
+            PublishNotConfirmedError: messages were still unconfirmed at the
+                deadline, or failed with nobody looking at their Futures.
         """
+        self._close(timeout, report=True)
+
+    def _close(self, timeout: float | None, *, report: bool) -> None:
         self._connected = False
         self._closed = True
         try:
@@ -283,6 +325,13 @@ class EncryptedPublisher:
         finally:
             if self._owned_kms is not None:
                 self._owned_kms.close()
+        if report:
+            self._report_unseen()
+
+    def _report_unseen(self) -> None:
+        unseen = self._transport.take_unseen_failures()
+        if unseen:
+            raise unseen_failures_error(unseen)
 
     def stats(self) -> TransportStats:
         """Publishing counters (published, confirmed, failed, republished...)."""
@@ -313,8 +362,12 @@ class EncryptedPublisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Leaving on an error must not hang on confirms that may never come.
-        self.close(None if exc is None else _CLOSE_TIMEOUT_ON_ERROR)
+        if exc is None:
+            self.close()
+        else:
+            # Leaving on an error must not hang on confirms that may never
+            # come, nor hide that error behind failures already logged.
+            self._close(_CLOSE_TIMEOUT_ON_ERROR, report=False)
 
     def __repr__(self) -> str:
         return (

@@ -27,7 +27,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -58,7 +58,7 @@ from envelope_mq.shared.errors import (
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 from pika.adapters.select_connection import IOLoop
 
-__all__ = ["ConfirmingTransport", "TransportOptions", "TransportStats"]
+__all__ = ["ConfirmingTransport", "Declare", "TransportOptions", "TransportStats"]
 
 _log = logging.getLogger(__name__)
 
@@ -188,6 +188,10 @@ class ConfirmingTransport:
             raise PublishNotConfirmedError(
                 f"{left} message(s) were not confirmed before close"
             )
+
+    def take_unseen_failures(self) -> Counter[str]:
+        """Failed publishes whose Future nobody looked at, by cause (once each)."""
+        return self._confirms.failures.take_unseen()
 
     def stats(self) -> TransportStats:
         """A snapshot of the counters."""

@@ -22,7 +22,7 @@ from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology, connect_blocking
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Sealer
-from envelope_mq.shared.errors import MessageUnroutableError
+from envelope_mq.shared.errors import MessageUnroutableError, PublishNotConfirmedError
 from envelope_mq.shared.keycache import DataKeyCache
 from envelope_mq.shared.kms import AliyunKms
 from envelope_mq.shared.observability import HealthState, Metrics
@@ -134,7 +134,8 @@ def test_metric_values_match_the_ledger(
         unroutable = publisher.publish(
             b"to nowhere", routing_key=f"nowhere-{uuid.uuid4().hex}"
         )
-        publisher.flush()
+        with pytest.raises(PublishNotConfirmedError, match="1 x matched no queue"):
+            publisher.flush()
         assert all(f.exception() is None for f in futures)
         assert isinstance(unroutable.exception(), MessageUnroutableError)
 

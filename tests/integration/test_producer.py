@@ -20,6 +20,7 @@ from envelope_mq.shared.errors import (
     KmsError,
     KmsRequestError,
     MessageUnroutableError,
+    PublishNotConfirmedError,
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import AliyunKms, InMemoryKeyProvider
@@ -470,3 +471,38 @@ def test_an_error_escaping_the_io_loop_does_not_stop_the_publisher(
     finally:
         transport.close(timeout=60)
     assert transport.connects == 3
+
+
+def test_without_a_topology_a_missing_exchange_fails_the_connect(
+    emq_producer_settings: Settings,
+) -> None:
+    missing = f"emq-test-missing-{time.monotonic_ns()}"
+    with (
+        pytest.raises(BrokerError, match=f"404.*{missing}"),
+        EncryptedPublisher.from_settings(emq_producer_settings, exchange=missing),
+    ):
+        pass
+
+
+def test_failures_nobody_looked_at_are_logged_once_and_raised_by_close(
+    emq_producer_settings: Settings,
+    emq_amqp_topology: Topology,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connection = connect_blocking(emq_producer_settings.rabbitmq_urls)
+    emq_amqp_topology.declare(connection.channel())
+    connection.close()
+    # No topology: the exchange exists, but nothing is bound to this key.
+    publisher = EncryptedPublisher.from_settings(
+        emq_producer_settings, exchange=emq_amqp_topology.exchange
+    )
+    with caplog.at_level("WARNING", logger="envelope_mq.producer"):
+        publisher.connect()
+        for n in range(3):
+            publisher.publish(b"lost %d" % n, routing_key="nowhere")  # unlooked
+        with pytest.raises(PublishNotConfirmedError, match="3 x matched no queue"):
+            publisher.close()
+    logged = [r for r in caplog.records if "publish failed" in r.getMessage()]
+    assert len(logged) == 1
+    assert "routing key 'nowhere'" in logged[0].getMessage()
+    assert publisher.stats().failed == 3
