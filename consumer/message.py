@@ -15,7 +15,9 @@ class Delivery:
     """One delivery as the broker handed it over, still sealed; no pika types.
 
     ``raw`` is the transport's own handle on the delivery (opaque here): the
-    transport needs it to acknowledge or quarantine the message.
+    transport needs it to acknowledge or quarantine the message. ``defects``
+    names what of the content header could not be decoded (and was left out
+    of the fields above): a delivery with defects is malformed.
     """
 
     body: bytes = field(repr=False)
@@ -28,6 +30,7 @@ class Delivery:
     redelivered: bool
     delivery_tag: int
     raw: object = field(repr=False, compare=False, default=None)
+    defects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,8 @@ def admit(
     For callers that run the handler themselves (the asyncio consumer awaits
     it); they then ask :func:`after_handler` how the delivery ends.
     """
+    if delivery.defects:  # the content header itself could not be decoded
+        return _MALFORMED
     try:
         header = opener.parse(delivery.headers)
     except DecryptionError:

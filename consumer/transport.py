@@ -5,6 +5,11 @@ acks, a prefetch window) and a confirm-mode channel for quarantine publishes, so
 that a quarantined message is acknowledged only after the broker has confirmed
 its copy. pika types never leave this module: deliveries become
 :class:`~consumer.message.Delivery` values as they arrive.
+
+Content headers are decoded by our own decoder (consumer/header_frames.py),
+which never fails: what it cannot decode becomes the delivery's ``defects``,
+and the quarantine copy carries only values pika can encode again, within
+the frame size, so that no delivery can stop the consumer or block the queue.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from typing import Any
 
 import pika
 import pika.spec
+from envelope_mq.consumer.header_frames import (
+    SafeHeaderConnection,
+    header_frame_budget,
+    negotiated_frame_max,
+)
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.outcome import Outcome
 from envelope_mq.shared.amqp import (
@@ -26,9 +36,11 @@ from envelope_mq.shared.amqp import (
     broker_errors,
     connect_blocking,
 )
+from envelope_mq.shared.content_header import ContentProperties
 from envelope_mq.shared.errors import BrokerUnavailableError
 
 __all__ = [
+    "QUARANTINE_DEFECTS_HEADER",
     "QUARANTINE_DETAIL_HEADER",
     "QUARANTINE_HEADER_PREFIX",
     "QUARANTINE_KMS_CODE_HEADER",
@@ -49,6 +61,10 @@ QUARANTINE_KMS_CODE_HEADER = "x-emq-quarantine-kms-code"
 QUARANTINE_DETAIL_HEADER = "x-emq-quarantine-detail"  # a handler's Reject reason
 QUARANTINE_QUEUE_HEADER = "x-emq-quarantine-queue"
 QUARANTINE_TIME_HEADER = "x-emq-quarantine-time"
+# What was dropped or rewritten on the way to quarantine (a malformed header).
+QUARANTINE_DEFECTS_HEADER = "x-emq-quarantine-defects"
+_MAX_DEFECTS_SHOWN = 10
+_MAX_DEFECTS_TEXT = 1000  # characters
 
 
 class BlockingTransport:
@@ -78,6 +94,7 @@ class BlockingTransport:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._confirm_channel: Any = None
+        self._header_budget = header_frame_budget(4096)
         self._unacked_tag = 0  # highest processed tag not yet acked on the wire
         self._unacked = 0
         #: Deliveries received and not yet processed, oldest first.
@@ -94,7 +111,9 @@ class BlockingTransport:
 
         On failure nothing stays open; raises BrokerError.
         """
-        connection = connect_blocking(self._urls, self._options)
+        connection = connect_blocking(
+            self._urls, self._options, connection_class=SafeHeaderConnection
+        )
         try:
             with self.errors("open"):
                 channel = connection.channel()
@@ -115,12 +134,13 @@ class BlockingTransport:
             raise
         self._connection = connection
         self._channel, self._confirm_channel = channel, confirm
+        self._header_budget = header_frame_budget(negotiated_frame_max(connection))
 
     def _on_message(
         self,
         _channel: object,
         method: pika.spec.Basic.Deliver,
-        properties: pika.spec.BasicProperties,
+        properties: ContentProperties,
         body: bytes,
     ) -> None:
         # The hot path: one allocation, no logging.
@@ -136,6 +156,7 @@ class BlockingTransport:
                 method.redelivered,
                 method.delivery_tag,
                 properties,
+                properties.defects,
             )
         )
 
@@ -192,7 +213,11 @@ class BlockingTransport:
         when the broker does not take the copy; the original stays unacked.
         """
         properties = quarantine_properties(
-            delivery.raw, outcome, self._topology.queue, time.time()
+            delivery.raw,
+            outcome,
+            self._topology.queue,
+            time.time(),
+            budget=self._header_budget,
         )
         self._confirm_channel.basic_publish(
             "",
@@ -242,18 +267,68 @@ class BlockingTransport:
 
 
 def quarantine_properties(
-    original: object, outcome: Outcome, queue: str, now: float
+    original: object,
+    outcome: Outcome,
+    queue: str,
+    now: float,
+    *,
+    budget: int = header_frame_budget(4096),
 ) -> pika.BasicProperties:
     """The original properties with the quarantine headers added, persistent.
 
     ``expiration`` is dropped (a quarantined message waits for a human) and
     ``user_id`` too (the broker checks it against the publishing user).
+    Header values pika cannot encode (floats) are written as text, and when
+    the copy's property list would exceed ``budget`` bytes (one frame) the
+    original headers are dropped; ``x-emq-quarantine-defects`` says what was
+    dropped or rewritten, the decoder's ``defects`` first.
     """
-    if not isinstance(original, pika.BasicProperties):
-        raise TypeError("quarantine needs the delivery's pika properties")
-    return copy_properties(
-        original, quarantine_headers(original.headers or {}, outcome, queue, now)
-    )
+    if not isinstance(original, ContentProperties | pika.BasicProperties):
+        raise TypeError("quarantine needs the delivery's properties")
+    notes = list(original.defects) if isinstance(original, ContentProperties) else []
+    kept: dict[str, Any] = {}
+    for name, value in (original.headers or {}).items():
+        if isinstance(name, str) and not name.startswith(QUARANTINE_HEADER_PREFIX):
+            kept[name] = _encodable(value, f"headers[{name!r}]", notes)
+    ours = quarantine_headers({}, outcome, queue, now)
+    properties = copy_properties(original, {**kept, **ours, **_described(notes)})
+    if kept and _encoded_size(properties) > budget:
+        notes.append(
+            f"headers: all {len(kept)} dropped, the copy would not fit in one frame"
+        )
+        properties = copy_properties(original, {**ours, **_described(notes)})
+    return properties
+
+
+def _encodable(value: object, where: str, notes: list[str]) -> object:
+    """``value`` as pika can encode it: floats (which pika cannot) become text."""
+    if isinstance(value, float):
+        notes.append(f"{where}: float written as text")
+        return repr(value)
+    if isinstance(value, dict):
+        return {
+            k: _encodable(v, f"{where}[{k!r}]", notes)
+            for k, v in value.items()
+            if isinstance(k, str)
+        }
+    if isinstance(value, list):
+        return [_encodable(v, f"{where}[{i}]", notes) for i, v in enumerate(value)]
+    return value
+
+
+def _described(notes: list[str]) -> dict[str, str]:
+    if not notes:
+        return {}
+    text = "; ".join(notes[:_MAX_DEFECTS_SHOWN])
+    if len(notes) > _MAX_DEFECTS_SHOWN:
+        text += f"; and {len(notes) - _MAX_DEFECTS_SHOWN} more"
+    if len(text) > _MAX_DEFECTS_TEXT:
+        text = text[: _MAX_DEFECTS_TEXT - 3] + "..."
+    return {QUARANTINE_DEFECTS_HEADER: text}
+
+
+def _encoded_size(properties: pika.BasicProperties) -> int:
+    return sum(len(piece) for piece in properties.encode())
 
 
 def quarantine_headers(
@@ -274,7 +349,7 @@ def quarantine_headers(
 
 
 def copy_properties(
-    original: pika.BasicProperties, headers: Mapping[str, Any]
+    original: pika.BasicProperties | ContentProperties, headers: Mapping[str, Any]
 ) -> pika.BasicProperties:
     """``original`` with other ``headers``, persistent, without expiration/user_id."""
     return pika.BasicProperties(

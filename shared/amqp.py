@@ -113,9 +113,15 @@ def _parameters(url: str, opts: ConnectionOptions) -> pika.URLParameters:
 
 
 def connect_blocking(
-    urls: str | Sequence[str], options: ConnectionOptions | None = None
+    urls: str | Sequence[str],
+    options: ConnectionOptions | None = None,
+    *,
+    connection_class: type[pika.SelectConnection] | None = None,
 ) -> pika.BlockingConnection:
     """Open a blocking connection to the first broker of the list that answers.
+
+    ``connection_class`` replaces pika's ``SelectConnection`` underneath (the
+    consumer's decodes content headers itself).
 
     Raises BrokerUnavailableError when none does, including when a connection
     is reset while being set up.
@@ -124,7 +130,10 @@ def connect_blocking(
     where = ", ".join(redact_url(u) for u in split_urls(urls))
     with broker_errors(f"cannot connect to RabbitMQ at {where}"):
         try:
-            return pika.BlockingConnection(params)
+            return pika.BlockingConnection(
+                params,
+                _impl_class=connection_class,
+            )
         except ValueError as exc:
             # pika raises ValueError out of its I/O loop when a connection is
             # reset during set-up ("Expected connected socket, but

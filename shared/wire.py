@@ -252,7 +252,9 @@ def _read_headers(headers: object) -> ReceivedEnvelope:
     if missing:
         raise ValueError(f"missing headers: {', '.join(missing)}")
     version = headers[VERSION_HEADER]
-    # bool is an int subclass; and a header never chooses the algorithm.
+    # bool is an int subclass; and a header never chooses the algorithm. The
+    # consumer's decoder (content_header.py) gives an int only for the AMQP
+    # integer type codes, so a float or decimal 1 is refused here too.
     if type(version) is not int or version != VERSION:
         raise ValueError("unsupported x-emq-version")
     if type(headers[ALG_HEADER]) is not str or headers[ALG_HEADER] != ALGORITHM:

@@ -197,6 +197,20 @@ def test_missing_bound_property_is_malformed(
     assert provider.decrypt_calls == 0
 
 
+def test_a_content_header_with_defects_is_malformed_even_if_it_would_open(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    delivery = dataclasses.replace(
+        seal(provider), defects=("headers['x']: unknown field type 'Z'",)
+    )
+    handler = Recorder()
+    outcome = handle(delivery, opener, handler, policy=OPEN_POLICY)
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is Reason.MALFORMED
+    assert handler.received == []
+    assert provider.decrypt_calls == 0
+
+
 def test_context_outside_the_policy_is_denied_before_any_kms_call(
     provider: InMemoryKeyProvider, opener: Opener
 ) -> None:

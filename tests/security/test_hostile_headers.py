@@ -1,0 +1,299 @@
+"""Content headers written byte by byte that used to kill or stall the consumer.
+
+Each case publishes, with the hand-written client of tests/rawamqp.py, a
+message whose content header the broker accepts but pika cannot decode (or
+decodes into values it cannot encode again), then a valid message behind it.
+The hostile one must end in quarantine as ``malformed`` (or, for the float
+version, as ``malformed`` through the strict version check), the valid one
+must be handled, and the consumer must still be running.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pytest
+from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared import wire
+from rawamqp import RawAmqpPublisher, basic_properties, field, longstr, shortstr, table
+from scenario_kit import (
+    FAST_RECONNECT,
+    TRACE_HEADER,
+    ConsumerThread,
+    QuarantineWatcher,
+    RawMessage,
+    RawPublisher,
+    ledger_handler,
+    payload,
+    scenario_topology,
+    settle,
+)
+
+from envelope_mq.testing.kms import KmsFixture
+from envelope_mq.testing.ledger import MessageLedger
+from envelope_mq.testing.plugin import AmqpNames
+
+pytestmark = [pytest.mark.security]
+
+# How long a case may take; a stalled consumer is what these tests look for.
+SETTLE_SECONDS = 60.0
+
+
+def nested(code: bytes, depth: int) -> bytes:
+    value = b"V"
+    for _ in range(depth):
+        value = code + (table([(b"a", value)]) if code == b"F" else longstr(value))
+    return value
+
+
+# The broker's frame_max (and pika's): a content header frame of 8 bytes of
+# framing, 12 of class, weight and body size, then the property list.
+FRAME_MAX = 131072
+ROOM_LEFT = 40  # bytes a frame could still take: less than the quarantine headers
+
+
+def filling(fields: dict[str, bytes]) -> dict[str, bytes]:
+    """``fields`` with a header added that leaves ROOM_LEFT bytes in the frame."""
+    target = FRAME_MAX - 8 - 12 - ROOM_LEFT
+    pad = target - len(basic_properties(with_extra(fields, [(b"pad", field(""))])))
+    return with_extra(fields, [(b"pad", field("p" * pad))])
+
+
+# case -> (extra header fields, whether the body stays valid, the quarantine
+# reason, what is asserted on the quarantined copy's headers)
+Check = Callable[[dict[str, Any]], None]
+
+
+def described(text: str) -> Check:
+    def check(headers: dict[str, Any]) -> None:
+        assert text in headers[QUARANTINE_DEFECTS_HEADER]
+
+    return check
+
+
+CASES: dict[str, tuple[list[tuple[bytes, bytes]], bool, str, Check]] = {
+    # pika hands the name over as bytes; building the quarantine copy raised
+    # TypeError and the consumer died.
+    "name-not-utf8": (
+        [(b"\xff\xfe-name", field(1))],
+        False,
+        "malformed",
+        described("name is not UTF-8; dropped"),
+    ),
+    # pika made the double a 301-digit int; re-encoding it raised struct.error.
+    "huge-double": (
+        [(b"x-huge", b"d" + struct.pack(">d", 1e300))],
+        False,
+        "undecryptable",
+        described("x-huge']: float written as text"),
+    ),
+    # pika fails to decode the content header at all: the consumer reconnected
+    # forever with the message at the head of the queue.
+    "timestamp-past-9999": (
+        [(b"x-when", b"T" + struct.pack(">Q", 2**63))],
+        True,
+        "malformed",
+        described("past year 9999; dropped"),
+    ),
+    "tables-nested-5000-deep": (
+        [(b"x-deep", nested(b"F", 5000))],
+        True,
+        "malformed",
+        described("nested deeper than"),
+    ),
+    "arrays-nested-20000-deep": (
+        [(b"x-deep", nested(b"A", 20000))],
+        True,
+        "malformed",
+        described("nested deeper than"),
+    ),
+    # A copy with the quarantine headers added would not fit in one frame:
+    # the broker closed the connection on every try.
+    "headers-filling-the-frame": (
+        [],  # see filling()
+        False,
+        "undecryptable",
+        described("the copy would not fit in one frame"),
+    ),
+}
+
+
+def raw_fields(message: RawMessage, trace: str) -> dict[str, bytes]:
+    headers = [(name.encode(), field(value)) for name, value in message.headers.items()]
+    headers.append((TRACE_HEADER.encode(), field(trace)))
+    props = message.properties
+    fields = {
+        "content_type": shortstr(props["content_type"].encode()),
+        "headers": table(headers),
+        "delivery_mode": b"\x02",
+        "message_id": shortstr(props["message_id"].encode()),
+        "timestamp": struct.pack(">Q", props["timestamp"]),
+    }
+    return fields
+
+
+def with_extra(
+    fields: dict[str, bytes], extra: list[tuple[bytes, bytes]]
+) -> dict[str, bytes]:
+    body = fields["headers"][4:] + b"".join(shortstr(n) + v for n, v in extra)
+    return {**fields, "headers": longstr(body)}
+
+
+def run_case(
+    kms: KmsFixture,
+    url: str,
+    names: AmqpNames,
+    hostile: dict[str, bytes],
+    hostile_body: bytes,
+    *,
+    reason: str,
+    check: Check,
+) -> None:
+    ledger = MessageLedger("hostile header")
+    topology = scenario_topology(names.queue, names.exchange)
+    good_body = payload("good", 0, 64)
+    with RawPublisher(kms.settings("producer", [url]), topology) as sealer:
+        good = sealer.seal(good_body, "good-0")
+    ledger.published("hostile", b"", expect="quarantined")
+    ledger.published("good-0", good_body)
+    with RawAmqpPublisher(url) as raw:
+        raw.publish(
+            1, names.exchange, names.queue, basic_properties(hostile), hostile_body
+        )
+        raw.publish(
+            2,
+            names.exchange,
+            names.queue,
+            basic_properties(raw_fields(good, "good-0")),
+            good.body,
+        )
+        verdicts = raw.sync()
+    assert sorted(verdicts.acked) == [1, 2], verdicts.refused
+    consumer = EncryptedConsumer.from_settings(
+        kms.settings("consumer", [url]),
+        topology,
+        ledger_handler(ledger),
+        reconnect_backoff=FAST_RECONNECT,
+    )
+    watcher = QuarantineWatcher([url], topology, ledger)
+    with watcher, ConsumerThread(consumer):
+        settle(ledger, SETTLE_SECONDS)
+    report = ledger.check()
+    assert report["handled"] == 1
+    assert watcher.reasons == {"hostile": reason}
+    check(watcher.headers["hostile"])
+    assert consumer.stats.reconnects == 0
+    assert queue_depth(url, names.queue) == 0
+
+
+def queue_depth(url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        declared = connection.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_hostile_content_header_is_quarantined_and_the_queue_flows(
+    case: str, kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+) -> None:
+    extra, body_valid, reason, check = CASES[case]
+    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
+    with RawPublisher(kms.settings("producer", [rabbitmq_url]), topology) as sealer:
+        sealed = sealer.seal(payload("hostile", 0, 64), "hostile")
+    fields = with_extra(raw_fields(sealed, "hostile"), extra)
+    if case == "headers-filling-the-frame":
+        fields = filling(fields)
+    body = sealed.body if body_valid else b"not a sealed body"
+    run_case(kms, rabbitmq_url, amqp_names, fields, body, reason=reason, check=check)
+
+
+@pytest.mark.parametrize("code", ["f", "d"])
+def test_a_float_version_is_not_version_one(
+    code: str, kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+) -> None:
+    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
+    with RawPublisher(kms.settings("producer", [rabbitmq_url]), topology) as sealer:
+        sealed = sealer.seal(payload("hostile", 0, 64), "hostile")
+    fields = raw_fields(sealed, "hostile")
+    packed = struct.pack(">f" if code == "f" else ">d", 1.0)
+    version = wire.VERSION_HEADER.encode()
+    # the same table with the version written as a float
+    headers = [
+        (
+            name.encode(),
+            code.encode() + packed if name == wire.VERSION_HEADER else field(value),
+        )
+        for name, value in sealed.headers.items()
+    ]
+    headers.append((TRACE_HEADER.encode(), field("hostile")))
+    assert any(name == version for name, _ in headers)
+    fields["headers"] = table(headers)
+    run_case(
+        kms,
+        rabbitmq_url,
+        amqp_names,
+        fields,
+        sealed.body,
+        reason="malformed",
+        check=described("x-emq-version']: float written as text"),
+    )
+
+
+INTEGER_ONE = {
+    "b": b"\x01",
+    "B": b"\x01",
+    "s": b"\x00\x01",
+    "u": b"\x00\x01",
+    "U": b"\x00\x01",
+    "i": b"\x00\x00\x00\x01",
+    "I": b"\x00\x00\x00\x01",
+    "l": b"\x00" * 7 + b"\x01",
+    "L": b"\x00" * 7 + b"\x01",
+}
+
+
+# RabbitMQ refuses a table holding "U" (541 INTERNAL_ERROR, it reads "s" as the
+# signed short), so no consumer ever receives one; the decoder's unit tests
+# cover it.
+@pytest.mark.parametrize("code", sorted(set(INTEGER_ONE) - {"U"}))
+def test_version_one_is_read_from_every_integer_type_code(
+    code: str, kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+) -> None:
+    ledger = MessageLedger("integer version")
+    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
+    body = payload("version", 0, 64)
+    with RawPublisher(kms.settings("producer", [rabbitmq_url]), topology) as sealer:
+        sealed = sealer.seal(body, "version-1")
+    headers = [
+        (
+            name.encode(),
+            code.encode() + INTEGER_ONE[code]
+            if name == wire.VERSION_HEADER
+            else field(value),
+        )
+        for name, value in sealed.headers.items()
+    ]
+    fields = {**raw_fields(sealed, "version-1"), "headers": table(headers)}
+    ledger.published("version-1", body)
+    with RawAmqpPublisher(rabbitmq_url) as raw:
+        raw.publish(
+            1,
+            amqp_names.exchange,
+            amqp_names.queue,
+            basic_properties(fields),
+            sealed.body,
+        )
+        assert raw.sync().acked == [1]
+    consumer = EncryptedConsumer.from_settings(
+        kms.settings("consumer", [rabbitmq_url]), topology, ledger_handler(ledger)
+    )
+    with QuarantineWatcher([rabbitmq_url], topology, ledger), ConsumerThread(consumer):
+        settle(ledger, SETTLE_SECONDS)
+    assert ledger.check()["handled"] == 1
