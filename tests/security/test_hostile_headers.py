@@ -201,25 +201,37 @@ def queue_depth(url: str, queue: str) -> int:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_hostile_content_header_is_quarantined_and_the_queue_flows(
-    case: str, kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    case: str, emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     extra, body_valid, reason, check = CASES[case]
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with RawPublisher(kms.settings("producer", [rabbitmq_url]), topology) as sealer:
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with RawPublisher(
+        emq_kms.settings("producer", [emq_rabbitmq_url]), topology
+    ) as sealer:
         sealed = sealer.seal(payload("hostile", 0, 64), "hostile")
     fields = with_extra(raw_fields(sealed, "hostile"), extra)
     if case == "headers-filling-the-frame":
         fields = filling(fields)
     body = sealed.body if body_valid else b"not a sealed body"
-    run_case(kms, rabbitmq_url, amqp_names, fields, body, reason=reason, check=check)
+    run_case(
+        emq_kms,
+        emq_rabbitmq_url,
+        emq_amqp_names,
+        fields,
+        body,
+        reason=reason,
+        check=check,
+    )
 
 
 @pytest.mark.parametrize("code", ["f", "d"])
 def test_a_float_version_is_not_version_one(
-    code: str, kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    code: str, emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
-    with RawPublisher(kms.settings("producer", [rabbitmq_url]), topology) as sealer:
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with RawPublisher(
+        emq_kms.settings("producer", [emq_rabbitmq_url]), topology
+    ) as sealer:
         sealed = sealer.seal(payload("hostile", 0, 64), "hostile")
     fields = raw_fields(sealed, "hostile")
     packed = struct.pack(">f" if code == "f" else ">d", 1.0)
@@ -236,9 +248,9 @@ def test_a_float_version_is_not_version_one(
     assert any(name == version for name, _ in headers)
     fields["headers"] = table(headers)
     run_case(
-        kms,
-        rabbitmq_url,
-        amqp_names,
+        emq_kms,
+        emq_rabbitmq_url,
+        emq_amqp_names,
         fields,
         sealed.body,
         reason="malformed",
@@ -264,12 +276,14 @@ INTEGER_ONE = {
 # cover it.
 @pytest.mark.parametrize("code", sorted(set(INTEGER_ONE) - {"U"}))
 def test_version_one_is_read_from_every_integer_type_code(
-    code: str, kms: KmsFixture, rabbitmq_url: str, amqp_names: AmqpNames
+    code: str, emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("integer version")
-    topology = scenario_topology(amqp_names.queue, amqp_names.exchange)
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
     body = payload("version", 0, 64)
-    with RawPublisher(kms.settings("producer", [rabbitmq_url]), topology) as sealer:
+    with RawPublisher(
+        emq_kms.settings("producer", [emq_rabbitmq_url]), topology
+    ) as sealer:
         sealed = sealer.seal(body, "version-1")
     headers = [
         (
@@ -282,18 +296,23 @@ def test_version_one_is_read_from_every_integer_type_code(
     ]
     fields = {**raw_fields(sealed, "version-1"), "headers": table(headers)}
     ledger.published("version-1", body)
-    with RawAmqpPublisher(rabbitmq_url) as raw:
+    with RawAmqpPublisher(emq_rabbitmq_url) as raw:
         raw.publish(
             1,
-            amqp_names.exchange,
-            amqp_names.queue,
+            emq_amqp_names.exchange,
+            emq_amqp_names.queue,
             basic_properties(fields),
             sealed.body,
         )
         assert raw.sync().acked == [1]
     consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", [rabbitmq_url]), topology, ledger_handler(ledger)
+        emq_kms.settings("consumer", [emq_rabbitmq_url]),
+        topology,
+        ledger_handler(ledger),
     )
-    with QuarantineWatcher([rabbitmq_url], topology, ledger), ConsumerThread(consumer):
+    with (
+        QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
+        ConsumerThread(consumer),
+    ):
         settle(ledger, SETTLE_SECONDS)
     assert ledger.check()["handled"] == 1
