@@ -18,6 +18,7 @@ from envelope_mq.shared.observability.logs import (
     LOG_FIELDS,
     JsonFormatter,
     RedactBytesFilter,
+    TextFormatter,
     configure_logging,
     logging_configured,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "ObservabilityServer",
     "RedactBytesFilter",
     "Tally",
+    "TextFormatter",
     "TimedOpener",
     "TimedSealer",
     "add_observability_arguments",

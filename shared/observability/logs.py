@@ -22,6 +22,13 @@ the SDK's) replace its bytes-like arguments with ``<N bytes>`` as it is created,
 before any handler sees it, since data keys and plaintexts are bytes; and an
 exception's text is never written (a handler's exception may quote the
 message), only its type and frames.
+
+One record is one line, in both formats, whatever a publisher put in a
+``message_id`` or a header: :class:`TextFormatter` escapes control characters
+and Unicode line breaks (newline, ESC, U+2028... as ``\\n``, ``\\x1b``,
+``\\u2028``), and
+:class:`JsonFormatter` escapes the line breaks JSON itself leaves raw
+(U+0085, U+2028, U+2029), which line-splitting readers would split on.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "LOG_LEVELS",
     "JsonFormatter",
     "RedactBytesFilter",
+    "TextFormatter",
     "configure_logging",
     "logging_configured",
 ]
@@ -74,6 +82,21 @@ _SCALARS = (str, int, float, bool, type(None))
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 # Marks the handler configure_logging installed, so a second call replaces it.
 _OURS = "_envelope_mq_handler"
+# Every character str.splitlines() breaks on, and the other C0/C1 controls
+# (an ESC starts terminal escape sequences), as Python escapes them.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_CONTROLS = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]
+_TEXT_ESCAPES = str.maketrans(
+    {
+        chr(c): _NAMED_ESCAPES.get(chr(c))
+        or (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+        for c in _CONTROLS
+    }
+)
+# json.dumps escapes C0 controls but leaves these raw when ensure_ascii=False.
+_JSON_ESCAPES = str.maketrans(
+    {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
 
 def _redact(value: object) -> object:
@@ -126,7 +149,43 @@ class JsonFormatter(logging.Formatter):
                 f"{frame.filename}:{frame.lineno} {frame.name}"
                 for frame in traceback.extract_tb(error.__traceback__)
             ]
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return json.dumps(line, ensure_ascii=False, default=str).translate(
+            _JSON_ESCAPES
+        )
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message`` on one line, control characters escaped.
+
+    An exception is written as its type and frames on the same line, never
+    its text, as in the JSON format.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of text."""
+        _GUARD.filter(record)  # even when the handler has no guard of its own
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            frames = " < ".join(
+                f"{frame.filename}:{frame.lineno} {frame.name}"
+                for frame in reversed(traceback.extract_tb(error.__traceback__))
+            )
+            line += f" [{type(error).__name__}{' at ' if frames else ''}{frames}]"
+        if record.stack_info:
+            line += " " + record.stack_info
+        return escape_controls(line)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters and line breaks written as escapes."""
+    return text.translate(_TEXT_ESCAPES)
 
 
 def _field(value: object) -> object:
@@ -167,9 +226,7 @@ def configure_logging(
     if not isinstance(numeric, int):
         raise ValueError(f"log level must be one of {LOG_LEVELS}")
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RedactBytesFilter())
     setattr(handler, _OURS, True)
     _redact_at_creation()

@@ -243,3 +243,65 @@ def test_a_scoped_configuration_is_undone_on_exit(stream: io.StringIO) -> None:
     assert after == before
     [line] = lines(stream)
     assert line["message"] == "inside <32 bytes>"
+
+
+# What a publisher may put in a message_id: each of these starts a new line for
+# some reader (str.splitlines() breaks on all of them; a terminal obeys ESC).
+FORGERIES = [
+    "m-1\n2026-01-01 00:00:00,000 WARNING envelope_mq: forged",
+    "m-1\r2026-01-01 00:00:00,000 WARNING forged",
+    "m-1\x1b[2Kforged",
+    "m-1\x0bforged",
+    "m-1\x1cforged",
+    "m-1\x85forged",
+    "m-1\u2028forged",
+    "m-1\u2029forged",
+]
+
+
+@pytest.mark.parametrize("message_id", FORGERIES)
+def test_a_message_id_cannot_forge_a_text_line(
+    stream: io.StringIO, message_id: str
+) -> None:
+    configure_logging("text", "info", stream=stream)
+    logging.getLogger("envelope_mq.consumer.worker").warning(
+        "quarantining message %s", message_id
+    )
+    [line] = stream.getvalue().splitlines()
+    assert "forged" in line
+    assert not any(c in line for c in "\x1b\x0b\x1c\x85\u2028\u2029\r")
+
+
+def test_text_escapes_are_readable(stream: io.StringIO) -> None:
+    configure_logging("text", "info", stream=stream)
+    logging.getLogger("x").warning("id %s", "a\nb\tc\x1bd\u2028e")
+    assert stream.getvalue().rstrip("\n").endswith(r"id a\nb\tc\x1bd\u2028e")
+
+
+@pytest.mark.parametrize("message_id", FORGERIES)
+def test_a_message_id_cannot_forge_a_json_line(
+    stream: io.StringIO, message_id: str
+) -> None:
+    configure_logging("json", "info", stream=stream)
+    logging.getLogger("envelope_mq.consumer.worker").warning(
+        "quarantining message %s",
+        message_id,
+        extra={"event": "message_quarantined", "message_id": message_id},
+    )
+    [entry] = lines(stream)
+    assert entry["message_id"] == message_id  # escaped, not lost
+    assert entry["message"] == f"quarantining message {message_id}"
+
+
+def test_text_exceptions_are_one_line_with_type_and_frames_not_text(
+    stream: io.StringIO,
+) -> None:
+    configure_logging("text", "info", stream=stream)
+    try:
+        raise ValueError("secret\nforged line")
+    except ValueError:
+        logging.getLogger("x").exception("failed")
+    [line] = stream.getvalue().splitlines()
+    assert "secret" not in line
+    assert "[ValueError at " in line
+    assert "test_logging.py:" in line
