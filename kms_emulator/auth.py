@@ -161,8 +161,10 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.time,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        tokens: Callable[[str], Principal | None] | None = None,
     ) -> None:
         self._lookup = lookup
+        self._tokens = tokens
         self._clock = clock
         self._window = window_seconds
         self.nonces = NonceCache(window_seconds)
@@ -186,7 +188,7 @@ class Authenticator:
             raise _unsupported("SignatureVersion", params.get("SignatureVersion"))
         nonce = _required(params, "SignatureNonce")
         signed_at = _parse_timestamp(_required(params, "Timestamp"), "Timestamp")
-        principal = self._principal(access_key_id)
+        principal = self._principal(access_key_id, params.get("SecurityToken"))
         self._check_window(signed_at)
         string_to_sign = v1_string_to_sign(request.method, params)
         expected = v1_signature(principal.access_key_secret, string_to_sign)
@@ -211,15 +213,19 @@ class Authenticator:
         # The date, the nonce and (when it names the action) x-acs-action must be
         # covered by the signature, or they could be altered in flight.
         must_sign = {"x-acs-date", "x-acs-signature-nonce"}
-        if "x-acs-action" in request.headers:
-            must_sign.add("x-acs-action")
+        for optional in ("x-acs-action", "x-acs-security-token"):
+            if optional in request.headers:
+                must_sign.add(optional)
         if not must_sign.issubset(signed_headers):
             raise _incomplete_signature()
         nonce = _required(request.headers, "x-acs-signature-nonce")
         signed_at = _parse_timestamp(
             _required(request.headers, "x-acs-date"), "x-acs-date"
         )
-        principal = self._principal(access_key_id)
+        token = request.headers.get("x-acs-security-token") or request.params.get(
+            "SecurityToken"
+        )
+        principal = self._principal(access_key_id, token)
         self._check_window(signed_at)
         # The body as received, not the declared x-acs-content-sha256: a body
         # altered after signing then fails as a signature mismatch.
@@ -235,13 +241,41 @@ class Authenticator:
         self._check_nonce(access_key_id, nonce, signed_at)
         return principal
 
-    def _principal(self, access_key_id: str) -> Principal:
+    def _principal(self, access_key_id: str, token: str | None) -> Principal:
+        """The signer; a SecurityToken must name the temporary key it came with."""
+        if token:
+            holder = self._tokens(token) if self._tokens is not None else None
+            if holder is None:
+                raise ApiError(
+                    400,
+                    "InvalidSecurityToken.Malformed",
+                    "Specified SecurityToken is malformed.",
+                )
+            if holder.access_key_id != access_key_id:
+                raise ApiError(
+                    400,
+                    "InvalidSecurityToken.MismatchWithAccessKey",
+                    "Specified SecurityToken mismatch with the AccessKey.",
+                )
+            if holder.expires is not None and self._clock() >= holder.expires:
+                raise ApiError(
+                    400,
+                    "InvalidSecurityToken.Expired",
+                    "Specified SecurityToken is expired.",
+                )
+            return holder
         principal = self._lookup(access_key_id)
         if principal is None:
             raise ApiError(
                 404,
                 "InvalidAccessKeyId.NotFound",
                 "The AccessKey ID provided does not exist in our records.",
+            )
+        if principal.security_token is not None:
+            raise ApiError(
+                400,
+                "MissingSecurityToken",
+                "SecurityToken is mandatory for temporary credentials.",
             )
         return principal
 

@@ -94,6 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="another DNS name or IP for the generated certificate (repeatable)",
     )
     parser.add_argument(
+        "--sts-lifetime",
+        type=float,
+        metavar="SECONDS",
+        help="every STS credential lives this long, whatever DurationSeconds "
+        "asks (short for tests of expiry and refresh)",
+    )
+    parser.add_argument(
         "--clock-offset",
         type=float,
         default=0.0,
@@ -140,6 +147,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
     secret = environ.get(ACCESS_KEY_SECRET_ENV, "")
     if bool(access_key_id) != bool(secret):
         return _fail(f"set both {ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}")
+    if args.sts_lifetime is not None and not 0 < args.sts_lifetime < 86400:
+        return _fail("--sts-lifetime must be between 0 and 86400 seconds")
     if not math.isfinite(args.clock_offset):
         return _fail("--clock-offset must be a finite number of seconds")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -187,6 +196,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         tls_ca_out=args.tls_ca_out,
         admin_token=admin_token,
         admin_hosts=args.admin_host,
+        sts_lifetime=args.sts_lifetime,
     )
     try:
         emulator.start()
@@ -246,6 +256,12 @@ def _banner(
         lines.append(f"  KMS_CA_FILE={emulator.ca_file}")
     if key_line:
         lines.append(f"  {key_line}")
+    seed = emulator.service.seed
+    for role in seed.roles if seed else ():
+        if role.credentials_uri:
+            lines.append(
+                f"  ALIBABA_CLOUD_CREDENTIALS_URI={emulator.credentials_uri(role.name)}"
+            )
     if args.admin:
         if environ_token:
             where = f"the value of {ADMIN_TOKEN_ENV}"

@@ -19,8 +19,10 @@ from envelope_mq.kms_emulator.admin import AdminAccess
 from envelope_mq.kms_emulator.auth import Authenticator
 from envelope_mq.kms_emulator.faults import Faults
 from envelope_mq.kms_emulator.gateway import Gateway
+from envelope_mq.kms_emulator.policy import Principal
 from envelope_mq.kms_emulator.server import KmsHttpServer
 from envelope_mq.kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.sts import StsService
 from envelope_mq.kms_emulator.tls import TlsFiles, generate, server_context
 
 __all__ = ["AuthMode", "Emulator"]
@@ -39,6 +41,8 @@ class Emulator:
             emulator's own (its address, the loopback names when bound there
             or to every interface, ``tls_names`` and ``admin_hosts``).
         admin_token: that token; None makes a random one (``emu.admin_token``).
+        sts_lifetime: seconds every STS credential lives, whatever its
+            DurationSeconds (tests of expiry and refresh); None: as requested.
         data: a data directory (persistent), or None for in-memory state.
         host, port: where to listen; port 0 picks a free port.
         region_id: the region the emulator pretends to be.
@@ -70,6 +74,7 @@ class Emulator:
         tls_ca_out: str | os.PathLike[str] | None = None,
         admin_token: str | None = None,
         admin_hosts: Sequence[str] = (),
+        sts_lifetime: float | None = None,
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -87,6 +92,8 @@ class Emulator:
             raise ValueError("admin_token must have at least 16 characters")
         self._admin_token = admin_token or secrets.token_urlsafe(24)
         self._admin_hosts = tuple(admin_hosts)
+        self._sts_lifetime = sts_lifetime
+        self._sts: StsService | None = None
         self._tls = tls
         self._tls_given = (
             TlsFiles(Path(tls_cert), Path(tls_key))
@@ -113,8 +120,15 @@ class Emulator:
             self._data, seed=self._seed, region_id=self._region_id, clock=self.now
         )
         try:
+            sts = StsService(
+                service.seed, service.account_id, self.now, lifetime=self._sts_lifetime
+            )
+
+            def lookup(access_key_id: str) -> Principal | None:
+                return service.principal(access_key_id) or sts.principal(access_key_id)
+
             authenticator = (
-                Authenticator(service.principal, clock=self.now)
+                Authenticator(lookup, clock=self.now, tokens=sts.holder)
                 if self._auth == "strict"
                 else None
             )
@@ -124,6 +138,7 @@ class Emulator:
                 faults=self.faults,
                 admin=self._admin,
                 region_id=self._region_id,
+                sts=sts,
             )
             server = KmsHttpServer(self._address, gateway, self._ssl_context())
         except BaseException:
@@ -137,6 +152,7 @@ class Emulator:
             "https" if self._tls else "http",
         )
         self._service, self._gateway, self._server = service, gateway, server
+        self._sts = sts
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -226,6 +242,17 @@ class Emulator:
     def scheme(self) -> str:
         """``https`` when serving TLS, else ``http``."""
         return "https" if self._tls else "http"
+
+    @property
+    def sts(self) -> StsService:
+        """The STS (2015-04-01) served on the same port, for the seed's roles."""
+        if self._sts is None:
+            raise RuntimeError("the emulator is not running")
+        return self._sts
+
+    def credentials_uri(self, role_name: str) -> str:
+        """What ALIBABA_CLOUD_CREDENTIALS_URI takes for a role with credentials_uri."""
+        return f"{self.url}/sts/credentials/{role_name}?token={self.sts.uri_token}"
 
     @property
     def admin_token(self) -> str:

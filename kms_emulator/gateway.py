@@ -6,6 +6,7 @@ and a body and returns a ``Reply``, so the HTTP layer stays a thin adapter.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from envelope_mq.kms_emulator.faults import Faults, Outcome
 from envelope_mq.kms_emulator.policy import Principal
 from envelope_mq.kms_emulator.reply import Reply, error_reply
 from envelope_mq.kms_emulator.service import KmsService
+from envelope_mq.kms_emulator.sts import STS_VERSION, StsService
 
 __all__ = ["API_VERSION", "Gateway"]
 
@@ -34,6 +36,7 @@ API_VERSION = "2016-01-20"
 # Parameters every RPC request carries that are not the operation's own.
 _COMMON = SIGNATURE_PARAMS | {"Action", "Version", "Format", "RegionId"}
 _MAX_FIELDS = 256
+_URI_PREFIX = "/sts/credentials/"
 _MAX_ACTIONS = 128
 _LOG = logging.getLogger("envelope_mq.kms_emulator.server")
 
@@ -49,8 +52,10 @@ class Gateway:
         faults: Faults,
         admin: bool,
         region_id: str,
+        sts: StsService | None = None,
     ) -> None:
         self.service = service
+        self.sts = sts
         self.authenticator = authenticator
         self.faults = faults
         self.host_id = f"kms.{region_id}.aliyuncs.com"
@@ -100,9 +105,25 @@ class Gateway:
             return self._rpc(method, parts.query, headers, body)
         if parts.path == "/healthz" and method == "GET":
             return Reply(200, {"Status": "OK"})
+        if parts.path.startswith(_URI_PREFIX) and self.sts is not None:
+            return self._credentials_uri(self.sts, method, parts.path, parts.query)
         if self._admin is not None and parts.path.startswith("/admin/"):
             return self._admin.handle(method, parts.path, headers, body)
         return self.error(404, "NotFound", "The requested path is not served.")
+
+    def _credentials_uri(
+        self, sts: StsService, method: str, path: str, query: str
+    ) -> Reply:
+        """GET /sts/credentials/<role>?token=...: what a credentials URI answers."""
+        if method != "GET":
+            return self.error(405, "MethodNotAllowed", "Use GET on this path.")
+        given = dict(parse_qsl(query)).get("token", "")
+        if not hmac.compare_digest(given.encode(), sts.uri_token.encode()):
+            return self.error(403, "Forbidden", "The credentials URI token is wrong.")
+        try:
+            return Reply(200, sts.credentials_for_uri(path[len(_URI_PREFIX) :]))
+        except ApiError as exc:
+            return self.error(exc.status, exc.code, exc.message)
 
     def _rpc(
         self, method: str, query_text: str, headers: Mapping[str, str], body: bytes
@@ -137,14 +158,21 @@ class Gateway:
             version = params.get("Version") or headers.get("x-acs-version")
             if not version:
                 raise missing_parameter("Version")
-            if version != API_VERSION:
+            sts = version == STS_VERSION and self.sts is not None
+            if version != API_VERSION and not sts:
                 raise invalid_parameter("Version", f"Only {API_VERSION} is served.")
-            if self.authenticator is not None:
+            # AssumeRoleWithOIDC is unsigned: the OIDC token is the credential.
+            if self.authenticator is not None and not (
+                sts and action == "AssumeRoleWithOIDC"
+            ):
                 principal = self.authenticator.authenticate(
                     SignedRequest(method, params, query, headers, body)
                 )
             api_params = {k: v for k, v in params.items() if k not in _COMMON}
-            answer = self.service.call(action, api_params, principal)
+            if sts and self.sts is not None:
+                answer = self.sts.call(action, api_params, principal)
+            else:
+                answer = self.service.call(action, api_params, principal)
             reply = Reply(200, {"RequestId": request_id, **answer})
             code = "OK"
         except ApiError as exc:

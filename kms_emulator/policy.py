@@ -28,6 +28,11 @@ class Principal:
     access_key_secret: str = field(repr=False)
     actions: frozenset[str] = frozenset({"*"})
     keys: frozenset[str] = frozenset({"*"})
+    # Temporary credentials issued by STS: the token that must come with them
+    # and when they stop working (emulator clock); None for AccessKeys.
+    security_token: str | None = field(default=None, repr=False)
+    expires: float | None = None
+    role_arn: str | None = None
 
     def may_call(self, action: str) -> bool:
         """Whether the principal may call ``action`` at all."""

@@ -24,11 +24,13 @@ from envelope_mq.kms_emulator.actions import ACTIONS
 from envelope_mq.kms_emulator.alias_ops import ALIAS_NAME
 from envelope_mq.kms_emulator.errors import ApiError, SeedError
 from envelope_mq.kms_emulator.model import KEY_STATES, SYMMETRIC_SPECS, Key, KeyVersion
+from envelope_mq.kms_emulator.oidc import OidcProvider, audiences, public_keys
 from envelope_mq.kms_emulator.params import parse_date, parse_interval
 from envelope_mq.kms_emulator.policy import Principal
 
-__all__ = ["KeySeed", "Seed", "VersionSeed", "load_seed"]
+__all__ = ["KeySeed", "RoleSeed", "Seed", "VersionSeed", "load_seed"]
 
+_ROLE_ARN = re.compile(r"acs:ram::\d+:role/[A-Za-z0-9._-]{1,64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NAMESPACE = uuid.UUID("5f0b7a55-6a4e-4d0c-9a43-7d1f2b8e6c01")
 _DEFAULT_PENDING_WINDOW = 30 * 86400
@@ -90,12 +92,40 @@ class KeySeed:
 
 
 @dataclass(frozen=True)
+class RoleSeed:
+    """A RAM role STS may issue temporary credentials for.
+
+    ``actions``/``keys`` are what its sessions may do (as a principal's);
+    ``assumable_by`` the AccessKey ids allowed to AssumeRole it ("*": any);
+    ``oidc_provider`` the provider whose tokens AssumeRoleWithOIDC accepts,
+    restricted to ``oidc_subjects`` when given; ``credentials_uri`` serves it
+    on the emulator's credentials-URI endpoint.
+    """
+
+    arn: str
+    actions: frozenset[str]
+    keys: frozenset[str]
+    assumable_by: frozenset[str]
+    oidc_provider: str | None
+    oidc_subjects: frozenset[str]
+    credentials_uri: bool
+    max_session_duration: int
+
+    @property
+    def name(self) -> str:
+        """The role's name: the ARN's last part."""
+        return self.arn.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
 class Seed:
-    """A parsed seed: where it came from, its principals and its keys."""
+    """A parsed seed: where it came from, its principals, keys, roles, providers."""
 
     source: str
     principals: tuple[Principal, ...]
     keys: tuple[KeySeed, ...]
+    roles: tuple[RoleSeed, ...] = ()
+    oidc_providers: tuple[OidcProvider, ...] = ()
 
     def error(self, line: int | None, reason: str) -> SeedError:
         """A SeedError about this seed."""
@@ -135,9 +165,10 @@ class _Lines:
 
 
 class _Parser:
-    def __init__(self, source: str, lines: _Lines) -> None:
+    def __init__(self, source: str, lines: _Lines, base: Path | None = None) -> None:
         self.source = source
         self.lines = lines
+        self.base = base  # relative jwks_file paths start here
 
     def fail(self, path: _Path, reason: str) -> SeedError:
         where = ".".join(str(p) for p in path) or "document"
@@ -295,22 +326,119 @@ class _Parser:
             self.lines(path),
         )  # fmt: skip
 
+    def actions(self, value: Any, path: _Path) -> frozenset[str]:
+        actions = self.strings(value, path)
+        for i, action in enumerate(actions):
+            if action != "*" and action not in ACTIONS:
+                raise self.fail((*path, i), f"unknown action {action!r}")
+        return frozenset(actions)
+
+    def role(self, value: Any, path: _Path) -> RoleSeed:
+        fields = (
+            "arn", "actions", "keys", "assumable_by", "oidc_provider",
+            "oidc_subjects", "credentials_uri", "max_session_duration",
+        )  # fmt: skip
+        item = self.mapping(value, path, fields)
+        for name in ("arn", "actions"):
+            if name not in item:
+                raise self.fail(path, f"missing field {name!r}")
+        arn = self.text(item["arn"], (*path, "arn"))
+        if not _ROLE_ARN.fullmatch(arn):
+            raise self.fail((*path, "arn"), "expected acs:ram::<account>:role/<name>")
+        uri = item.get("credentials_uri", False)
+        if not isinstance(uri, bool):
+            raise self.fail((*path, "credentials_uri"), "expected true or false")
+        longest = item.get("max_session_duration", 3600)
+        if not isinstance(longest, int) or not 900 <= longest <= 43200:
+            raise self.fail((*path, "max_session_duration"), "expected 900 to 43200")
+        provider = item.get("oidc_provider")
+        return RoleSeed(
+            arn=arn,
+            actions=self.actions(item["actions"], (*path, "actions")),
+            keys=frozenset(self.strings(item.get("keys", ["*"]), (*path, "keys"))),
+            assumable_by=frozenset(
+                self.strings(item.get("assumable_by", []), (*path, "assumable_by"))
+            ),
+            oidc_provider=(
+                None
+                if provider is None
+                else self.text(provider, (*path, "oidc_provider"))
+            ),
+            oidc_subjects=frozenset(
+                self.strings(item.get("oidc_subjects", []), (*path, "oidc_subjects"))
+            ),
+            credentials_uri=uri,
+            max_session_duration=longest,
+        )
+
+    def oidc_provider(self, value: Any, path: _Path) -> OidcProvider:
+        fields = ("arn", "issuer", "client_ids", "jwks", "jwks_file")
+        item = self.mapping(value, path, fields)
+        for name in ("arn", "issuer"):
+            if name not in item:
+                raise self.fail(path, f"missing field {name!r}")
+        if ("jwks" in item) == ("jwks_file" in item):
+            raise self.fail(path, "give exactly one of 'jwks' and 'jwks_file'")
+        jwks = item.get("jwks")
+        if "jwks_file" in item:
+            given = Path(self.text(item["jwks_file"], (*path, "jwks_file")))
+            if not given.is_absolute() and self.base is not None:
+                given = self.base / given
+            try:
+                jwks = json.loads(given.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise self.fail((*path, "jwks_file"), f"cannot read: {exc}") from exc
+        try:
+            keys = public_keys(jwks if isinstance(jwks, dict) else {})
+        except ValueError as exc:
+            raise self.fail((*path, "jwks"), str(exc)) from exc
+        return OidcProvider(
+            arn=self.text(item["arn"], (*path, "arn")),
+            issuer=self.text(item["issuer"], (*path, "issuer")),
+            audiences=audiences(
+                self.strings(item.get("client_ids", []), (*path, "client_ids"))
+            ),
+            keys=keys,
+        )
+
     def seed(self, document: Any) -> Seed:
         if document is None:
             document = {}
-        top = self.mapping(document, (), ("principals", "keys"))
-        principals = top.get("principals") or []
-        keys = top.get("keys") or []
-        for name, value in (("principals", principals), ("keys", keys)):
+        top = self.mapping(
+            document, (), ("principals", "keys", "roles", "oidc_providers")
+        )
+        sections = {
+            name: top.get(name) or []
+            for name in ("principals", "keys", "roles", "oidc_providers")
+        }
+        for name, value in sections.items():
             if not isinstance(value, list):
                 raise self.fail((name,), "expected a list")
         seed = Seed(
             self.source,
             tuple(
-                self.principal(p, ("principals", i)) for i, p in enumerate(principals)
+                self.principal(p, ("principals", i))
+                for i, p in enumerate(sections["principals"])
             ),
-            tuple(self.key(k, ("keys", i)) for i, k in enumerate(keys)),
+            tuple(self.key(k, ("keys", i)) for i, k in enumerate(sections["keys"])),
+            tuple(self.role(r, ("roles", i)) for i, r in enumerate(sections["roles"])),
+            tuple(
+                self.oidc_provider(o, ("oidc_providers", i))
+                for i, o in enumerate(sections["oidc_providers"])
+            ),
         )
+        self.unique(
+            [(r.arn, ("roles", i)) for i, r in enumerate(seed.roles)], "role arn"
+        )
+        self.unique(
+            [(r.name, ("roles", i)) for i, r in enumerate(seed.roles)], "role name"
+        )
+        known = {o.arn for o in seed.oidc_providers}
+        for i, role in enumerate(seed.roles):
+            if role.oidc_provider is not None and role.oidc_provider not in known:
+                raise self.fail(
+                    ("roles", i, "oidc_provider"), "no such entry in oidc_providers"
+                )
         self.unique(
             [(p.access_key_id, ("principals", i, "access_key_id"))
              for i, p in enumerate(seed.principals)], "access_key_id",
@@ -370,4 +498,4 @@ def load_seed(seed: str | os.PathLike[str] | Mapping[str, Any]) -> Seed:
         return _Parser("<seed>", _Lines(None)).seed(dict(seed))
     path = Path(seed)
     document, lines = _read(path)
-    return _Parser(str(path), lines).seed(document)
+    return _Parser(str(path), lines, path.parent).seed(document)

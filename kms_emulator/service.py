@@ -99,6 +99,11 @@ class KmsService:
         """The account UID in ARNs and Creator."""
         return self._ring.account_id
 
+    @property
+    def seed(self) -> Seed | None:
+        """The seed loaded at open (principals, keys, roles, OIDC providers)."""
+        return self._seed
+
     def principal(self, access_key_id: str) -> Principal | None:
         """The principal of ``access_key_id``, or None if unknown."""
         return self._principals.get(access_key_id)

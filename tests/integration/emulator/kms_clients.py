@@ -48,6 +48,7 @@ class KmsTransportError(Exception):
 class Credentials:
     access_key_id: str
     access_key_secret: str = field(repr=False)
+    security_token: str | None = field(default=None, repr=False)  # STS only
 
 
 class KmsClient(Protocol):
@@ -78,17 +79,28 @@ class OldSdkClient:
         *,
         ca: str | None = None,
     ) -> None:
+        from aliyunsdkcore.auth.credentials import StsTokenCredential
         from aliyunsdkcore.client import AcsClient
 
         # verify: a CA bundle path, or True (the system's); never None, with
         # which the SDK would read ALIBABA_CLOUD_CA_BUNDLE at every request.
-        self._client = AcsClient(
-            creds.access_key_id,
-            creds.access_key_secret,
-            region,
-            timeout=10,
-            verify=ca or True,
-        )
+        if creds.security_token:
+            self._client = AcsClient(
+                region_id=region,
+                timeout=10,
+                verify=ca or True,
+                credential=StsTokenCredential(
+                    creds.access_key_id, creds.access_key_secret, creds.security_token
+                ),
+            )
+        else:
+            self._client = AcsClient(
+                creds.access_key_id,
+                creds.access_key_secret,
+                region,
+                timeout=10,
+                verify=ca or True,
+            )
         self._endpoint = endpoint
         self._protocol = protocol
 
@@ -152,6 +164,7 @@ class NewSdkClient:
         config = Config(
             access_key_id=creds.access_key_id,
             access_key_secret=creds.access_key_secret,
+            security_token=creds.security_token,
             region_id=region,
             endpoint=endpoint,
             protocol=protocol,
