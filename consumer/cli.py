@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.output import JsonLinesWriter
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.replay import replay_quarantine
@@ -89,6 +90,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     parser.add_argument(
+        "--allow-key",
+        action="append",
+        default=[],
+        metavar="KEY[@K=V,...]",
+        help=(
+            "accept only messages that KMS unwrapped with master key KEY (key id, "
+            "alias/NAME or ARN; resolved once at start by DescribeKey), and, "
+            "with @K=V,..., only for those contexts; repeat for more keys or "
+            "alternatives; others are quarantined (key-denied, context-denied)"
+        ),
+    )
+    parser.add_argument(
         "--max-deliveries",
         type=positive_int,
         default=5,
@@ -127,6 +140,7 @@ def run_consume(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         policy = ContextPolicy.parse(args.allow_context)
+        key_policy = KeyPolicy.parse(args.allow_key)
         with (
             observability(args, "envelope-mq consume") as observed,
             _output(args.output) as stream,
@@ -139,6 +153,7 @@ def run_consume(args: argparse.Namespace) -> int:
                 prefetch=args.prefetch,
                 max_deliveries=args.max_deliveries,
                 policy=policy,
+                key_policy=key_policy,
                 max_age=args.max_age,
                 dedup_window=args.dedup_window,
                 metrics=observed.metrics,
@@ -189,7 +204,8 @@ def register_replay(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="REASON",
         help=(
             "move only messages quarantined for REASON (malformed, undecryptable, "
-            "context-denied, kms-rejected, handler-error); repeatable"
+            "context-denied, key-denied, key-mismatch, kms-rejected, "
+            "handler-error, expired); repeatable"
         ),
     )
     parser.set_defaults(run=run_replay)

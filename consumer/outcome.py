@@ -16,15 +16,18 @@ from typing import Protocol
 
 from envelope_mq.consumer.decisions import Reject, Retry
 from envelope_mq.consumer.freshness import Admission, ReplayGuard
+from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
 from envelope_mq.shared.errors import (
     DecryptionError,
     KeyMismatchError,
+    KmsCallerError,
     KmsRequestError,
     KmsUnavailableError,
 )
+from envelope_mq.shared.kms import is_permission_refusal
 
 __all__ = [
     "ACK",
@@ -70,6 +73,9 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # the handler raised Retry: deliver it again, not counted
     QUARANTINE = "quarantine"  # move it to <queue>.quarantine, then acknowledge
     RETRY_LATER = "retry-later"  # KMS is down: hold it unacknowledged, retry
+    # KMS refuses the consumer itself (credentials, clock, RAM policy for a key
+    # it is meant to read): stop consuming, leave every message in the queue.
+    HALT = "halt"
 
 
 class Reason(enum.StrEnum):
@@ -83,6 +89,7 @@ class Reason(enum.StrEnum):
     REJECTED = "rejected"  # the handler raised Reject(reason)
     EXPIRED = "expired"  # older than max_age (replay protection, freshness.py)
     KEY_MISMATCH = "key-mismatch"  # x-emq-key-id is not the key KMS unwrapped with
+    KEY_DENIED = "key-denied"  # under a master key the allowed-key policy omits
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,7 @@ class Outcome:
     reason: Reason | None = None
     kms_code: str = ""  # the KMS error Code behind kms-rejected; never key material
     detail: str = ""  # the handler's Reject reason behind rejected
+    cause: str = ""  # HALT: the likely cause, in an operator's words
 
 
 # Shared instances: the hot path allocates no outcome.
@@ -108,6 +116,7 @@ _MALFORMED = Outcome(Verdict.QUARANTINE, Reason.MALFORMED)
 _UNDECRYPTABLE = Outcome(Verdict.QUARANTINE, Reason.UNDECRYPTABLE)
 _KEY_MISMATCH = Outcome(Verdict.QUARANTINE, Reason.KEY_MISMATCH)
 _CONTEXT_DENIED = Outcome(Verdict.QUARANTINE, Reason.CONTEXT_DENIED)
+_KEY_DENIED = Outcome(Verdict.QUARANTINE, Reason.KEY_DENIED)
 _HANDLER_ERROR = Outcome(Verdict.QUARANTINE, Reason.HANDLER_ERROR)
 
 
@@ -117,6 +126,7 @@ def handle(
     handler: Handler,
     *,
     policy: ContextPolicy,
+    key_policy: KeyPolicy | None = None,
     deliveries: int = 1,
     max_deliveries: int = 5,
     guard: ReplayGuard | None = None,
@@ -126,9 +136,12 @@ def handle(
     ``deliveries`` is this delivery's number (1 for the first); a handler that
     fails on delivery ``max_deliveries`` gets its message quarantined.
     ``guard`` (replay protection) may refuse an opened message as expired or
-    drop it as a duplicate before the handler sees it.
+    drop it as a duplicate before the handler sees it. ``key_policy`` (a
+    resolved :class:`KeyPolicy`) says which master keys may send, and what.
     """
-    admitted = admit(delivery, opener, policy=policy, guard=guard)
+    admitted = admit(
+        delivery, opener, policy=policy, key_policy=key_policy, guard=guard
+    )
     if isinstance(admitted, Outcome):
         return admitted
     try:
@@ -145,6 +158,7 @@ def admit(
     opener: EnvelopeOpener,
     *,
     policy: ContextPolicy,
+    key_policy: KeyPolicy | None = None,
     guard: ReplayGuard | None = None,
 ) -> ReceivedMessage | Outcome:
     """The first half of :func:`handle`: the message for the handler, or its end.
@@ -165,6 +179,12 @@ def admit(
         return _MALFORMED
     if policy and not policy.permits(header.context):
         return _CONTEXT_DENIED
+    # On the header's claim first: what could only be refused costs no Decrypt.
+    if key_policy:
+        if not key_policy.lists(header.key_id):
+            return _KEY_DENIED
+        if not key_policy.permits(header.key_id, header.context):
+            return _CONTEXT_DENIED
     meta = MessageMeta(
         message_id,
         timestamp,
@@ -188,8 +208,23 @@ def admit(
         return _UNDECRYPTABLE
     except KmsUnavailableError:
         return RETRY_LATER
+    except KmsCallerError as exc:  # no message's fault: stop, lose nothing
+        return Outcome(Verdict.HALT, kms_code=exc.code, cause=exc.cause)
     except KmsRequestError as exc:
+        # Refused for a key this consumer is meant to read: its own RAM policy
+        # is wrong. For any other key the message is the odd one out, so no
+        # publisher can halt a consumer by wrapping under a foreign key.
+        if key_policy and is_permission_refusal(exc.code):
+            return Outcome(
+                Verdict.HALT,
+                kms_code=exc.code,
+                cause=f"this consumer may not Decrypt under {header.key_id}, "
+                "a key its --allow-key policy lists (RAM policy)",
+            )
         return Outcome(Verdict.QUARANTINE, Reason.KMS_REJECTED, exc.code)
+    # What counts is the key KMS reported, not the header's claim.
+    if key_policy and not key_policy.permits(opened.key_id, opened.context):
+        return _KEY_DENIED
     # Replay protection, on the now authenticated message_id and timestamp.
     if guard is not None:
         admission = guard.admit(message_id, timestamp)

@@ -9,6 +9,9 @@ The loop pulls deliveries off the transport in order, asks
 - RETRY (the handler raised ``Retry``): nacked back to the queue, not counted;
 - QUARANTINE: copied to ``<queue>.quarantine`` with a reason header,
   confirmed, then acknowledged — never requeued, never a hot loop;
+- HALT (KMS refuses the consumer itself: credentials, clock, permission for a
+  key its policy lists): the loop stops and run() raises KmsCallerError;
+  every message not handled stays in the queue, nothing is quarantined;
 - RETRY_LATER (KMS unavailable): held unacknowledged while the loop backs off,
   servicing heartbeats, and retries the same message until KMS answers.
 
@@ -24,12 +27,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.freshness import ReplayGuard
 from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.outcome import (
     RETRY_LATER,
@@ -45,7 +49,12 @@ from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import Opener
-from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
+from envelope_mq.shared.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigError,
+    KmsCallerError,
+)
 from envelope_mq.shared.keycache import UnwrapCache
 from envelope_mq.shared.kms import AliyunKms, KeyProvider
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
@@ -115,6 +124,8 @@ class EncryptedConsumer:
         ack_batch: int = 50,
         max_deliveries: int = 5,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
+        key_resolver: KeyResolver | None = None,
         kms_backoff: Backoff | None = None,
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
@@ -133,6 +144,14 @@ class EncryptedConsumer:
         self._handler = handler
         self._max_deliveries = max_deliveries
         self._policy = policy or ContextPolicy()
+        if key_policy and not key_policy.resolved and key_resolver is None:
+            raise ConfigError(
+                "an allowed-key policy needs a key_resolver (DescribeKey), "
+                "or resolve it first (KeyPolicy.resolve)"
+            )
+        # Resolved once, at the first connect (DescribeKey for each key named).
+        self._key_policy = key_policy if key_policy else None
+        self._key_resolver = key_resolver
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
         self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
         self._transport = BlockingTransport(
@@ -168,6 +187,7 @@ class EncryptedConsumer:
         ack_batch: int = 50,
         max_deliveries: int = 5,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
         kms_backoff: Backoff | None = None,
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
@@ -203,6 +223,8 @@ class EncryptedConsumer:
                 ack_batch=ack_batch,
                 max_deliveries=max_deliveries,
                 policy=policy,
+                key_policy=key_policy,
+                key_resolver=provider if isinstance(provider, KeyResolver) else None,
                 kms_backoff=kms_backoff,
                 reconnect_backoff=reconnect_backoff,
                 connection_options=connection_options,
@@ -229,12 +251,22 @@ class EncryptedConsumer:
         Does nothing when already connected.
 
         Raises:
+            KmsError: a key of the allowed-key policy could not be resolved
+                (DescribeKey: no such key, or the credentials are refused).
             BrokerUnavailableError: no broker could be reached.
             BrokerError: the topology could not be declared (e.g. a queue
                 exists with other arguments).
         """
         if self._connected:
             return self
+        resolver = self._key_resolver
+        if self._key_policy and not self._key_policy.resolved and resolver:
+            self._key_policy = self._key_policy.resolve(resolver)
+            logger.info(
+                "allowed master keys: %s",
+                ", ".join(self._key_policy.key_ids()),
+                extra={"event": "key_policy", "queue": self._topology.queue},
+            )
         self._transport.open()
         self._connected = True
         self._connected_at = time.monotonic()
@@ -282,6 +314,9 @@ class EncryptedConsumer:
         disconnects when it returns.
 
         Raises:
+            KmsCallerError: KMS refuses this consumer itself (credentials,
+                clock, or no permission for a key its policy lists); every
+                message not handled stays in the queue.
             BrokerUnavailableError: the first connection could not be made.
             BrokerError: the topology could not be declared (e.g. a queue exists
                 with other arguments).
@@ -373,6 +408,7 @@ class EncryptedConsumer:
             self._opener,
             self._handler,
             policy=self._policy,
+            key_policy=self._key_policy,
             deliveries=deliveries,
             max_deliveries=self._max_deliveries,
             guard=self._guard,
@@ -406,6 +442,8 @@ class EncryptedConsumer:
             transport.requeue(delivery)
             self.stats.retried += 1
             self._metrics.requeued()
+        elif verdict is Verdict.HALT:
+            self._halt(transport, outcome)
         else:
             reason = outcome.reason or Reason.MALFORMED
             fields: dict[str, object] = {
@@ -431,6 +469,32 @@ class EncryptedConsumer:
             self._counter.settled(delivery)
             self.stats.quarantined[str(reason)] += 1
             self._metrics.quarantined(str(reason))
+
+    def _halt(self, transport: BlockingTransport, outcome: Outcome) -> NoReturn:
+        """Stop: KMS refuses this consumer, whichever message it is given.
+
+        What was handled is acknowledged; the message in hand and every other
+        one stay in the queue (run() closes the channel, which requeues them).
+        Quarantining would empty the live queue on one bad deploy.
+        """
+        transport.flush_acks()
+        queue = self._topology.queue
+        text = (
+            f"KMS refuses this consumer: {outcome.kms_code} "
+            f"(likely cause: {outcome.cause or 'its configuration'}); "
+            f"stopped, every message left in {queue!r}"
+        )
+        logger.error(
+            text,
+            extra={
+                "event": "consumer_halted",
+                "queue": queue,
+                "kms_code": outcome.kms_code,
+                "cause": outcome.cause,
+            },
+        )
+        self._metrics.halted(_COMPONENT, f"{outcome.kms_code}: {outcome.cause}")
+        raise KmsCallerError(text, code=outcome.kms_code, cause=outcome.cause)
 
     def _hold(
         self, transport: BlockingTransport, delivery: Delivery, deliveries: int

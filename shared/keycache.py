@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from envelope_mq.shared.config import MAX_DATA_KEY_MESSAGES
-from envelope_mq.shared.errors import ConfigError, KmsError, KmsRequestError
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsCallerError,
+    KmsError,
+    KmsRequestError,
+)
 from envelope_mq.shared.kms import DataKey, KeyProvider, UnwrappedKey, replay_error
 
 __all__ = [
@@ -335,7 +340,13 @@ class UnwrapCache:
         except BaseException as exc:
             with self._lock:
                 del self._flights[key]
-                if isinstance(exc, KmsRequestError) and self._negative_ttl > 0:
+                # A refusal of the caller says nothing of this blob: the next
+                # try (with the configuration fixed) must reach KMS.
+                if (
+                    isinstance(exc, KmsRequestError)
+                    and not isinstance(exc, KmsCallerError)
+                    and self._negative_ttl > 0
+                ):
                     # A copy: the raised error's traceback will hold every frame
                     # it unwinds through, and the messages in them, alive.
                     refusal = replay_error(exc)

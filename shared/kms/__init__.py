@@ -17,6 +17,7 @@ from envelope_mq.shared.kms.datakey import (
     canonical_context,
     replay_error,
 )
+from envelope_mq.shared.kms.faults import caller_fault, is_permission_refusal
 from envelope_mq.shared.kms.keyref import key_id_of, same_key
 from envelope_mq.shared.kms.memory import InMemoryKeyProvider
 
@@ -27,7 +28,9 @@ __all__ = [
     "InMemoryKeyProvider",
     "KeyProvider",
     "UnwrappedKey",
+    "caller_fault",
     "canonical_context",
+    "is_permission_refusal",
     "key_id_of",
     "replay_error",
     "same_key",

@@ -35,6 +35,7 @@ from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
 from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import (
     ConfigError,
+    KmsCallerError,
     KmsRequestError,
     KmsUnavailableError,
 )
@@ -45,6 +46,7 @@ from envelope_mq.shared.kms.datakey import (
     UnwrappedKey,
     canonical_context,
 )
+from envelope_mq.shared.kms.faults import caller_fault
 
 __all__ = ["AliyunKms"]
 
@@ -363,11 +365,20 @@ def _translate(action: str, where: str = "") -> Iterator[None]:
             f": {head}" if head else ""
         )
         transient = (status or 0) >= 500 or status == 429 or _is_throttling(code)
-        kind = KmsUnavailableError if transient else KmsRequestError
         request_id = exc.get_request_id() or ""
         # Chained as a copy with only the text we kept: a printed traceback
         # shows the cause, and the original quotes every request parameter.
         cause = ServerException(code, head, http_status=status, request_id=request_id)
+        likely = None if transient else caller_fault(code)
+        if likely is not None:
+            raise KmsCallerError(
+                f"{text} (likely cause: {likely})",
+                code=code,
+                request_id=request_id,
+                http_status=status,
+                cause=likely,
+            ) from cause
+        kind = KmsUnavailableError if transient else KmsRequestError
         raise kind(
             text, code=code, request_id=request_id, http_status=status
         ) from cause

@@ -131,6 +131,10 @@ class MetricsHooks(Protocol):
         """``component`` stopped on purpose: drop it from health."""
         ...
 
+    def halted(self, component: str, detail: str) -> None:
+        """``component`` stopped because it is misconfigured: not ready, ``detail``."""
+        ...
+
 
 class NullMetrics:
     """Every hook a no-op: the library's default, so instrumentation costs nothing."""
@@ -199,6 +203,9 @@ class NullMetrics:
         """Nothing."""
 
     def stopped(self, component: str) -> None:
+        """Nothing."""
+
+    def halted(self, component: str, detail: str) -> None:
         """Nothing."""
 
 
@@ -451,3 +458,12 @@ class Metrics:
         if self.health is not None:
             self.health.forget(component)
             self.health.forget(f"{component}.broker")
+
+    def halted(self, component: str, detail: str) -> None:
+        """``component`` stopped on a fault of its own configuration: not ready.
+
+        Kept under a name of its own, which ``stopped`` does not forget: the
+        process stays not-ready until it is restarted with a fixed configuration.
+        """
+        if self.health is not None:
+            self.health.set_ready(f"{component}.configuration", False, detail)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 from envelope_mq.consumer.decisions import MAX_REASON_CHARS, Reject, Retry
+from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import (
     ACK,
@@ -19,7 +20,11 @@ from envelope_mq.consumer.outcome import (
 )
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
-from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.errors import (
+    KmsCallerError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
 from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 
 KEY_ID = "key-1"
@@ -418,3 +423,80 @@ def test_a_handler_that_raises_retry_is_requeued_uncounted_even_on_the_last_deli
 def test_a_duplicate_has_a_verdict_of_its_own() -> None:
     assert DUPLICATE.verdict is Verdict.DUPLICATE
     assert DUPLICATE.verdict is not ACK.verdict
+
+
+def _policy(provider: InMemoryKeyProvider, *specs: str) -> KeyPolicy:
+    return KeyPolicy.parse(specs).resolve(provider)
+
+
+def test_only_the_key_allowed_for_a_tenant_may_speak_for_it() -> None:
+    provider = InMemoryKeyProvider(["key-a", "key-b"])
+    policy = _policy(provider, "key-a@tenant=a", "key-b@tenant=b")
+    opener = Opener(ProviderUnwrapper(provider))
+    honest = sealed_by(ClaimingSource(provider, "key-a", "key-a"), {"tenant": "b"})
+    handler = Recorder()
+    outcome = handle(honest, opener, handler, policy=OPEN_POLICY, key_policy=policy)
+    assert outcome.reason is Reason.CONTEXT_DENIED
+    assert provider.decrypt_calls == 0  # refused on the claim, before KMS
+    spoof = sealed_by(ClaimingSource(provider, "key-a", "key-b"), {"tenant": "b"})
+    outcome = handle(spoof, opener, handler, policy=OPEN_POLICY, key_policy=policy)
+    assert outcome.reason is Reason.KEY_MISMATCH
+    real = sealed_by(ClaimingSource(provider, "key-b", "key-b"), {"tenant": "b"})
+    assert handle(real, opener, handler, policy=OPEN_POLICY, key_policy=policy) is ACK
+    assert [m.key_id for m in handler.received] == ["key-b"]
+
+
+def test_a_key_the_policy_omits_is_denied_before_any_kms_call() -> None:
+    provider = InMemoryKeyProvider(["key-a", "key-b"])
+    delivery = sealed_by(ClaimingSource(provider, "key-a", "key-a"), {})
+    outcome = handle(
+        delivery,
+        Opener(ProviderUnwrapper(provider)),
+        Recorder(),
+        policy=OPEN_POLICY,
+        key_policy=_policy(provider, "key-b"),
+    )
+    assert outcome.reason is Reason.KEY_DENIED
+    assert provider.decrypt_calls == 0
+
+
+@pytest.mark.parametrize("code", ["InvalidAccessKeySecret", "InvalidTimeStamp.Expired"])
+def test_kms_refusing_the_consumer_itself_halts_and_quarantines_nothing(
+    provider: InMemoryKeyProvider, opener: Opener, code: str
+) -> None:
+    delivery = seal(provider)
+    provider.fail_with(KmsCallerError("refused", code=code, cause="the cause"))
+    handler = Recorder()
+    outcome = handle(delivery, opener, handler, policy=OPEN_POLICY)
+    assert outcome.verdict is Verdict.HALT
+    assert (outcome.kms_code, outcome.cause) == (code, "the cause")
+    assert handler.received == []
+
+
+@pytest.mark.parametrize(("listed", "verdict"), [(True, Verdict.HALT), (False, None)])
+def test_a_permission_refusal_halts_only_for_a_key_the_policy_lists(
+    provider: InMemoryKeyProvider, opener: Opener, listed: bool, verdict: Verdict
+) -> None:
+    delivery = seal(provider)  # under KEY_ID
+    provider.fail_with(
+        KmsRequestError("refused", code="Forbidden.NoPermission", http_status=403)
+    )
+    other = InMemoryKeyProvider([KEY_ID, "other"])
+    key_policy = _policy(other, KEY_ID if listed else "other")
+    outcome = handle(
+        delivery, opener, Recorder(), policy=OPEN_POLICY, key_policy=key_policy
+    )
+    if listed:
+        assert outcome.verdict is Verdict.HALT
+        assert outcome.kms_code == "Forbidden.NoPermission"
+    else:  # denied on the claim before KMS, never a halt
+        assert outcome.reason is Reason.KEY_DENIED
+
+
+def test_without_a_key_policy_a_permission_refusal_is_quarantined(
+    provider: InMemoryKeyProvider, opener: Opener
+) -> None:
+    delivery = seal(provider)
+    provider.fail_with(KmsRequestError("refused", code="Forbidden.NoPermission"))
+    outcome = handle(delivery, opener, Recorder(), policy=OPEN_POLICY)
+    assert outcome.reason is Reason.KMS_REJECTED

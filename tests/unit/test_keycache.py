@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from envelope_mq.shared.errors import (
     ConfigError,
+    KmsCallerError,
     KmsError,
     KmsRequestError,
     KmsUnavailableError,
@@ -433,3 +434,15 @@ def test_a_cache_hit_names_the_key_id_kms_reported(clock: Clock) -> None:
     second = cache.unwrap(data_key.wrapped, {})
     assert provider.decrypt_calls == 1
     assert first.key_id == second.key_id == "key-a"
+
+
+def test_a_refusal_of_the_caller_is_not_remembered_against_the_blob(
+    clock: Clock,
+) -> None:
+    provider = InMemoryKeyProvider(["k"])
+    data_key = provider.generate_data_key("k", {})
+    cache = UnwrapCache(provider, negative_ttl=30.0, clock=clock)
+    provider.fail_with(KmsCallerError("no", code="InvalidAccessKeySecret"), times=1)
+    with pytest.raises(KmsCallerError):
+        cache.unwrap(data_key.wrapped, {})
+    assert cache.unwrap(data_key.wrapped, {}).plaintext == data_key.plaintext

@@ -15,6 +15,7 @@ import pytest
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import (
     ConfigError,
+    KmsCallerError,
     KmsError,
     KmsRequestError,
     KmsUnavailableError,
@@ -202,17 +203,45 @@ ERROR_BODIES = [
         'The specified parameter "CiphertextBlob" is not valid.',
         KmsRequestError,
     ),
-    (400, "SignatureDoesNotMatch", SIG_MISMATCH, KmsRequestError),
+    # The caller's own fault, whatever the request (shared/kms/faults.py).
+    (400, "SignatureDoesNotMatch", SIG_MISMATCH, KmsCallerError),
     (
         404,
         "InvalidAccessKeyId.NotFound",
         "The AccessKey ID provided does not exist in our records.",
-        KmsRequestError,
+        KmsCallerError,
     ),
     (
         400,
         "IncompleteSignature",
         "The request signature does not conform.",
+        KmsCallerError,
+    ),
+    (
+        400,
+        "InvalidTimeStamp.Expired",
+        "Specified time stamp or date value is expired.",
+        KmsCallerError,
+    ),
+    (
+        400,
+        "InvalidSecurityToken.Expired",
+        "Specified SecurityToken is expired.",
+        KmsCallerError,
+    ),
+    # Ambiguous: the consumer's key policy decides (consumer/outcome.py).
+    (
+        403,
+        "Forbidden.NoPermission",
+        "This operation is forbidden by permission system.",
+        KmsRequestError,
+    ),
+    # About the key of the message: a publisher could replay an old message
+    # under a disabled key, so this must never stop a consumer.
+    (
+        409,
+        "Rejected.PendingDeletion",
+        "The request was rejected because the key state is PendingDeletion.",
         KmsRequestError,
     ),
     (
@@ -260,6 +289,10 @@ def test_documented_error_bodies_map_to_the_error_tree(
     assert (err.code, err.http_status) == (code, status)
     assert isinstance(reply.body, dict)
     assert err.request_id == reply.body["RequestId"]
+    if expected is KmsCallerError:
+        assert isinstance(err, KmsCallerError)
+        assert err.cause  # the one line names it
+        assert err.cause in str(err)
     assert type(err.__cause__).__module__.startswith("aliyunsdkcore")
     assert code in str(err)
 
