@@ -353,3 +353,14 @@ def test_totals_sum_the_message_counters_over_their_labels() -> None:
     assert totals["quarantined"] == 2
     assert totals["handled"] == 0
     assert "kms_requests" not in totals
+
+
+def test_a_consumer_halted_by_its_own_configuration_stays_not_ready() -> None:
+    health = HealthState()
+    metrics = Metrics(health=health, process_metrics=False)
+    metrics.broker_connected("consumer", reconnect=False)
+    metrics.halted("consumer", "InvalidAccessKeySecret: wrong AccessKey secret")
+    metrics.stopped("consumer")  # run() ends after a halt: still not ready
+    report = health.readiness()
+    assert not report.ok
+    assert "wrong AccessKey secret" in str(report.to_json())
