@@ -1,0 +1,227 @@
+"""The connection-reset and consumer-kill scenarios, against the asyncio consumer.
+
+The same fault, publisher, quarantine watcher and ledger as
+test_network_faults.py and test_consumer_crash.py; the consumer is
+:class:`~envelope_mq.aio.AsyncEncryptedConsumer` (in a thread with its own
+event loop, or in a process of its own that is SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.shared.amqp import Topology
+from scenario_kit import (
+    FAST_RECONNECT,
+    PATIENCE,
+    QuarantineWatcher,
+    address_of,
+    confirm_all,
+    every,
+    publish_stream,
+    scenario_publisher,
+    scenario_topology,
+    settle,
+    stream_in_background,
+)
+
+from envelope_mq.aio import AsyncEncryptedConsumer
+from envelope_mq.testing.faultproxy import FaultProxy
+from envelope_mq.testing.kms import KmsFixture
+from envelope_mq.testing.ledger import MessageLedger
+from envelope_mq.testing.plugin import AmqpNames
+from tests.reliability.test_consumer_crash import OutputTail, wait_until
+
+pytestmark = pytest.mark.reliability
+
+PROCESS = Path(__file__).with_name("aio_consume_process.py")
+
+
+class AsyncConsumerThread:
+    """Runs an AsyncEncryptedConsumer on its own event loop in a thread."""
+
+    def __init__(self, consumer: AsyncEncryptedConsumer, ledger: MessageLedger):
+        self.consumer = consumer
+        self.error: BaseException | None = None
+        self._ledger = ledger
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="aio-consumer")
+
+    def _run(self) -> None:
+        async def handler(message: ReceivedMessage) -> None:
+            self._ledger.handled(message.message_id, message.body)
+
+        async def consume() -> None:
+            async with self.consumer:
+                await self.consumer.run(handler)
+
+        try:
+            self._loop.run_until_complete(consume())
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> AsyncConsumerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.consumer.stop)
+        self._thread.join(PATIENCE)
+        if self._thread.is_alive():
+            raise AssertionError("the consumer did not stop")
+        if self.error is not None:
+            raise AssertionError(f"the consumer died: {self.error!r}") from self.error
+
+
+def test_connection_reset_every_two_seconds_loses_nothing_with_asyncio(
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+) -> None:
+    ledger = MessageLedger("asyncio consumer; proxy resets both connections every 2 s")
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with FaultProxy(address_of(emq_rabbitmq_url), name="broker") as proxy:
+        url = proxy.rewrite(emq_rabbitmq_url)
+        consumer = AsyncEncryptedConsumer.from_settings(
+            emq_kms.settings("consumer", [url]),
+            topology,
+            reconnect_backoff=FAST_RECONNECT,
+        )
+        publisher = scenario_publisher(emq_kms, [url], topology)
+
+        def reset() -> int:
+            resets = proxy.reset_all()
+            ledger.fault("connection resets", resets)
+            return resets
+
+        with (
+            QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
+            AsyncConsumerThread(consumer, ledger),
+            every(2.0, reset, name="resetter"),
+        ):
+            with publisher:
+                # Paced at about 1,000 messages/s: some ten resets mid-stream.
+                sent = publish_stream(
+                    publisher,
+                    ledger,
+                    count=20_000,
+                    size=200,
+                    tag="reset",
+                    pause_every=100,
+                    pause=0.1,
+                )
+                errors = confirm_all(publisher, ledger, sent)
+            settle(ledger)
+    assert errors == []
+    ledger.fault("producer reconnects", publisher.stats().reconnects)
+    ledger.fault("consumer reconnects", consumer.stats.reconnects)
+    report = ledger.check()
+    assert report["quarantined"] == {}
+    # The premise: the resets did hit the consumer mid-stream.
+    assert consumer.stats.reconnects >= 5
+
+
+class _AioProcess:
+    """One asyncio consumer process writing to its own file."""
+
+    def __init__(self, env: dict[str, str], topology: Topology, out: Path) -> None:
+        self.output = out
+        self._log = out.with_suffix(".stderr").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(PROCESS), str(out), topology.queue, topology.exchange],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(PATIENCE)
+        self._log.close()
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(PATIENCE)
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def aio_processes() -> Iterator[list[_AioProcess]]:
+    started: list[_AioProcess] = []
+    yield started
+    for proc in started:  # a failed test must not leave consumers behind
+        if proc.process.poll() is None:
+            proc.kill()
+
+
+def test_asyncio_consumers_killed_three_times_lose_nothing(
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+    tmp_path: Path,
+    aio_processes: list[_AioProcess],
+) -> None:
+    messages, kills, lines_before_kill = 8_000, 3, 1_000
+    ledger = MessageLedger("asyncio consumer SIGKILLed 3 times mid-stream, restarted")
+    topology = scenario_topology(
+        emq_amqp_names.queue, emq_amqp_names.exchange, expires=False
+    )
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": emq_rabbitmq_url,
+        "KMS_ENDPOINT": emq_kms.endpoint,
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": emq_kms.consumer.access_key_id,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": emq_kms.consumer.access_key_secret,
+    }
+    tail = OutputTail(ledger)
+    publisher = scenario_publisher(emq_kms, [emq_rabbitmq_url], topology)
+    producer, sent = stream_in_background(
+        publisher,
+        ledger,
+        count=messages,
+        size=300,
+        tag="kill",
+        pause_every=100,
+        pause=0.1,
+    )
+    with QuarantineWatcher([emq_rabbitmq_url], topology, ledger), publisher:
+        producer.start()
+        for run in range(1, kills + 1):
+            out = tmp_path / f"run-{run}.jsonl"
+            proc = _AioProcess(env, topology, out)
+            aio_processes.append(proc)
+            wait_until(
+                lambda out=out: tail.lines_in(out) >= lines_before_kill,  # type: ignore[misc]
+                f"consumer {run} to write {lines_before_kill} lines",
+            )
+            proc.kill()
+            ledger.fault("consumer SIGKILLs", 1)
+        final = _AioProcess(env, topology, tmp_path / "run-last.jsonl")
+        aio_processes.append(final)
+        producer.join(PATIENCE)
+        errors = confirm_all(publisher, ledger, sent)
+
+        def all_handled() -> bool:
+            tail.poll(*tmp_path.glob("*.jsonl"))
+            return ledger.settled >= messages
+
+        wait_until(all_handled, "every message to be handled")
+        settle(ledger, timeout=5)
+        assert final.terminate() == 0
+    assert errors == []
+    report = ledger.check()
+    assert report["quarantined"] == {}
+    assert report["published"] == messages
