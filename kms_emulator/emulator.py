@@ -20,6 +20,7 @@ from envelope_mq.kms_emulator.auth import Authenticator
 from envelope_mq.kms_emulator.faults import Faults
 from envelope_mq.kms_emulator.gateway import Gateway
 from envelope_mq.kms_emulator.policy import Principal
+from envelope_mq.kms_emulator.quota import QpsLimiter
 from envelope_mq.kms_emulator.server import KmsHttpServer
 from envelope_mq.kms_emulator.service import KmsService
 from envelope_mq.kms_emulator.sts import StsService
@@ -43,6 +44,10 @@ class Emulator:
         admin_token: that token; None makes a random one (``emu.admin_token``).
         sts_lifetime: seconds every STS credential lives, whatever its
             DurationSeconds (tests of expiry and refresh); None: as requested.
+        qps_quota: the account's quota of symmetric cryptographic operations
+            per second (the shared gateway's is 1,000); over it, 429
+            ``Rejected.Throttling``. None: unmetered. ``quota_clock`` is the
+            meters' monotonic clock (tests freeze it).
         data: a data directory (persistent), or None for in-memory state.
         host, port: where to listen; port 0 picks a free port.
         region_id: the region the emulator pretends to be.
@@ -75,6 +80,8 @@ class Emulator:
         admin_token: str | None = None,
         admin_hosts: Sequence[str] = (),
         sts_lifetime: float | None = None,
+        qps_quota: float | None = None,
+        quota_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -93,6 +100,9 @@ class Emulator:
         self._admin_token = admin_token or secrets.token_urlsafe(24)
         self._admin_hosts = tuple(admin_hosts)
         self._sts_lifetime = sts_lifetime
+        self._quotas = (
+            (QpsLimiter(qps_quota, clock=quota_clock),) if qps_quota is not None else ()
+        )
         self._sts: StsService | None = None
         self._tls = tls
         self._tls_given = (
@@ -139,6 +149,7 @@ class Emulator:
                 admin=self._admin,
                 region_id=self._region_id,
                 sts=sts,
+                quotas=self._quotas,
             )
             server = KmsHttpServer(self._address, gateway, self._ssl_context())
         except BaseException:

@@ -20,7 +20,7 @@ class Outcome(enum.Enum):
     """What the fault layer decided for one API request."""
 
     SERVE = "serve"  # answer normally (possibly after a delay)
-    THROTTLE = "throttle"  # 400 Throttling, the real service's quota answer
+    THROTTLE = "throttle"  # 429 Rejected.Throttling, the gateways' quota answer
     UNAVAILABLE = "unavailable"  # HTTP 503 ServiceUnavailable
     OUTAGE = "outage"  # no answer at all: the connection is reset
 

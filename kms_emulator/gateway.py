@@ -26,6 +26,7 @@ from envelope_mq.kms_emulator.errors import (
 )
 from envelope_mq.kms_emulator.faults import Faults, Outcome
 from envelope_mq.kms_emulator.policy import Principal
+from envelope_mq.kms_emulator.quota import METERED_ACTIONS, QpsLimiter, throttled
 from envelope_mq.kms_emulator.reply import Reply, error_reply
 from envelope_mq.kms_emulator.service import KmsService
 from envelope_mq.kms_emulator.sts import STS_VERSION, StsService
@@ -53,9 +54,12 @@ class Gateway:
         admin: bool,
         region_id: str,
         sts: StsService | None = None,
+        quotas: tuple[QpsLimiter, ...] = (),
     ) -> None:
         self.service = service
         self.sts = sts
+        # Account-wide and, on a dedicated gateway, per-instance meters.
+        self.quotas = quotas
         self.authenticator = authenticator
         self.faults = faults
         self.host_id = f"kms.{region_id}.aliyuncs.com"
@@ -168,6 +172,12 @@ class Gateway:
                 principal = self.authenticator.authenticate(
                     SignedRequest(method, params, query, headers, body)
                 )
+            if not sts and action in METERED_ACTIONS:
+                # Every meter takes its token: the account's quota and the
+                # instance's both count a request.
+                spent = [quota.allow() for quota in self.quotas]
+                if not all(spent):
+                    raise throttled()
             api_params = {k: v for k, v in params.items() if k not in _COMMON}
             if sts and self.sts is not None:
                 answer = self.sts.call(action, api_params, principal)
@@ -197,9 +207,7 @@ class Gateway:
 
 def _raise_fault(outcome: Outcome) -> None:
     if outcome is Outcome.THROTTLE:
-        raise ApiError(
-            400, "Throttling", "Request was denied due to request throttling."
-        )
+        raise throttled()
     if outcome is Outcome.UNAVAILABLE:
         raise ApiError(
             503,

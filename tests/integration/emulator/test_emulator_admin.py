@@ -200,7 +200,8 @@ def test_throttling_reaches_the_sdks_as_the_documented_error(
     emulator.faults.set(throttle_ratio=1.0)
     with pytest.raises(KmsCallError) as caught:
         client.call("GenerateDataKey", KeyId=KEY_ID)
-    assert (caught.value.status, caught.value.code) == (400, "Throttling")
+    assert (caught.value.status, caught.value.code) == (429, "Rejected.Throttling")
+    assert caught.value.message == "QPS Limit Exceeded"
     emulator.faults.clear()
     assert client.call("GenerateDataKey", KeyId=KEY_ID)["KeyId"] == KEY_ID
 
@@ -275,3 +276,31 @@ def test_cleared_faults_serve_everything_at_once() -> None:
     faults.set(latency_ms=50, throttle_ratio=1.0, outage_seconds=30)
     faults.clear()
     assert {faults.decide() for _ in range(100)} == {(0.0, Outcome.SERVE)}
+
+
+class FrozenClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_qps_quota_answers_429_rejected_throttling_past_the_quota(
+    flavour: str, open_client: OpenClient
+) -> None:
+    clock = FrozenClock()
+    with Emulator(seed=SEED, qps_quota=3, quota_clock=clock) as emu:
+        client = open_client(flavour, emu.endpoint, AK, "cn-hangzhou", "http")
+        made = [client.call("GenerateDataKey", KeyId=KEY_ID) for _ in range(3)]
+        with pytest.raises(KmsCallError) as caught:
+            client.call("Decrypt", CiphertextBlob=made[0]["CiphertextBlob"])
+        # Key management is not metered by the crypto quota.
+        assert client.call("DescribeKey", KeyId=KEY_ID)["KeyMetadata"]
+        clock.now += 1.0  # a second later the quota is back
+        opened = client.call("Decrypt", CiphertextBlob=made[0]["CiphertextBlob"])
+    assert (caught.value.status, caught.value.code) == (429, "Rejected.Throttling")
+    assert opened["Plaintext"] == made[0]["Plaintext"]
