@@ -56,7 +56,7 @@ from envelope_mq.shared.errors import (
     KmsCallerError,
 )
 from envelope_mq.shared.keycache import UnwrapCache
-from envelope_mq.shared.kms import AliyunKms, KeyProvider
+from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConsumerStats", "EncryptedConsumer"]
@@ -164,7 +164,7 @@ class EncryptedConsumer:
         )
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
-        self._owned_kms: AliyunKms | None = None  # made by from_settings
+        self._owned_kms: KmsClient | None = None  # made by from_settings
         self._connected = False
         self._connected_at = 0.0
         self._short_lived = 0
@@ -203,9 +203,9 @@ class EncryptedConsumer:
         recorded too. The other arguments are the constructor's.
         """
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: AliyunKms | None = None
+        owned: KmsClient | None = None
         if provider is None:
-            provider = owned = AliyunKms.from_settings(settings)
+            provider = owned = kms_from_settings(settings)
         kms = KeepAliveProvider(hooks.instrument_provider(provider))
         cache = UnwrapCache(
             kms,

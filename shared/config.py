@@ -87,6 +87,9 @@ class Settings:
     rabbitmq_urls: tuple[str, ...] = field(default=(DEFAULT_RABBITMQ_URL,), repr=False)
     kms_endpoint: str | None = None
     kms_key_id: str | None = None
+    # A KMS 3.0 instance's dedicated gateway, used instead of kms_endpoint:
+    # https://<instance-id>.cryptoservice.kms.aliyuncs.com (its CA: kms_ca_file).
+    kms_instance_endpoint: str | None = None
     # PEM CA bundle to trust for the KMS endpoint instead of the system's
     # (a KMS 3.0 dedicated gateway, or the emulator with --tls).
     kms_ca_file: str | None = None
@@ -130,6 +133,7 @@ class Settings:
             rabbitmq_urls=urls,
             kms_endpoint=env.get("KMS_ENDPOINT") or None,
             kms_key_id=env.get("KMS_KEY_ID") or None,
+            kms_instance_endpoint=env.get("KMS_INSTANCE_ENDPOINT") or None,
             kms_ca_file=env.get("KMS_CA_FILE") or None,
             region_id=env.get("ALIBABA_CLOUD_REGION_ID") or DEFAULT_REGION_ID,
             access_key_id=env.get("ALIBABA_CLOUD_ACCESS_KEY_ID") or None,

@@ -6,18 +6,13 @@ that maps them (and socket errors) into :mod:`envelope_mq.shared.errors`.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
 import json
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.auth.credentials import AccessKeyCredential, StsTokenCredential
@@ -39,14 +34,22 @@ from envelope_mq.shared.errors import (
     KmsRequestError,
     KmsUnavailableError,
 )
-from envelope_mq.shared.kms.credentials import CREDENTIALS_UNAVAILABLE, Credentials
+from envelope_mq.shared.kms.answers import bad_response, data_key, text_field
+from envelope_mq.shared.kms.credentials import Credentials
 from envelope_mq.shared.kms.datakey import (
-    DATA_KEY_SIZE,
     DataKey,
     UnwrappedKey,
     canonical_context,
 )
+from envelope_mq.shared.kms.endpoint import parse_endpoint, where
+from envelope_mq.shared.kms.failures import (
+    HINTS,
+    HTTP_ERROR,
+    is_transient,
+    network_code,
+)
 from envelope_mq.shared.kms.faults import caller_fault
+from envelope_mq.shared.kms.retry import RetryPolicy
 
 __all__ = ["AliyunKms"]
 
@@ -59,24 +62,6 @@ _SDK_LOGGER = "aliyunsdkcore"
 _NOTHING = logging.CRITICAL + 1
 
 _API_VERSION = "2016-01-20"
-# Local codes for failures that never got an answer from KMS.
-_CONNECT_FAILED = "SDK.ConnectionFailed"
-_CONNECT_TIMEOUT = "SDK.ConnectTimeout"
-_READ_TIMEOUT = "SDK.ReadTimeout"
-_HTTP_ERROR = "SDK.HttpError"
-_BAD_RESPONSE = "EMQ.InvalidResponse"
-# TLS failures: the server's certificate is not trusted (wrong or missing
-# KMS_CA_FILE, or a name mismatch), or no TLS session could be set up at all
-# (e.g. an https:// endpoint in front of a plain-HTTP server). Nothing of the
-# request was sent in either case.
-_TLS_UNTRUSTED = "EMQ.TlsCertificateUntrusted"
-_TLS_FAILED = "EMQ.TlsHandshakeFailed"
-_HINTS = {
-    _TLS_UNTRUSTED: " (the server's TLS certificate is not trusted: give its CA "
-    "with KMS_CA_FILE, and check the endpoint's host name)",
-    _TLS_FAILED: " (no TLS session: is the endpoint really HTTPS?)",
-}
-_BAD_DATA_KEY = "EMQ.InvalidDataKey"
 
 
 class AliyunKms:
@@ -127,15 +112,12 @@ class AliyunKms:
         self.credentials = credentials
         if max_attempts < 1 or connect_timeout <= 0 or read_timeout <= 0:
             raise ConfigError("KMS timeouts must be positive and max_attempts >= 1")
-        self._endpoint = _parse_endpoint(endpoint) if endpoint else None
-        self._where = _where(self._endpoint, region_id)
+        self._endpoint = parse_endpoint(endpoint) if endpoint else None
+        self._where = where(*(self._endpoint or _regional(region_id)))
         self._region_id = region_id
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._max_attempts = max_attempts
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._sleep = sleep
+        self._retry = RetryPolicy(max_attempts, backoff, max_backoff, sleep)
         _silence_sdk_loggers()
         if ca_bundle is not None:
             _check_ca_bundle(ca_bundle)
@@ -197,9 +179,9 @@ class AliyunKms:
             return request
 
         body = self._send("GenerateDataKey", build, idempotent=True)
-        wrapped = _text_field(body, "CiphertextBlob", "GenerateDataKey")
-        master_key_id = _text_field(body, "KeyId", "GenerateDataKey")
-        plaintext = _data_key(body, "GenerateDataKey")
+        wrapped = text_field(body, "CiphertextBlob", "GenerateDataKey")
+        master_key_id = text_field(body, "KeyId", "GenerateDataKey")
+        plaintext = data_key(body, "GenerateDataKey")
         return DataKey(plaintext=plaintext, wrapped=wrapped, key_id=master_key_id)
 
     def decrypt_data_key(
@@ -220,8 +202,8 @@ class AliyunKms:
             return request
 
         body = self._send("Decrypt", build, idempotent=True)
-        key_id = _text_field(body, "KeyId", "Decrypt")
-        return UnwrappedKey(_data_key(body, "Decrypt"), key_id)
+        key_id = text_field(body, "KeyId", "Decrypt")
+        return UnwrappedKey(data_key(body, "Decrypt"), key_id)
 
     def describe_key_id(self, key: str) -> str:
         """The KeyId of ``key`` (a key id, ``alias/NAME`` or an ARN): DescribeKey.
@@ -233,8 +215,8 @@ class AliyunKms:
         body = self.call("DescribeKey", {"KeyId": key}, idempotent=True)
         metadata = body.get("KeyMetadata")
         if not isinstance(metadata, Mapping):
-            raise _bad_response("DescribeKey")
-        return _text_field(metadata, "KeyId", "DescribeKey")
+            raise bad_response("DescribeKey")
+        return text_field(metadata, "KeyId", "DescribeKey")
 
     def call(
         self,
@@ -267,8 +249,7 @@ class AliyunKms:
     def _send(
         self, action: str, build: Callable[[], RpcRequest], *, idempotent: bool
     ) -> dict[str, Any]:
-        attempt = 1
-        while True:
+        def attempt() -> bytes:
             request = build()  # a fresh request each time: new nonce, new signature
             request.set_connect_timeout(self._connect_timeout)
             request.set_read_timeout(self._read_timeout)
@@ -279,31 +260,13 @@ class AliyunKms:
                 # and the scheme in the host too, which its URL builder honours.
                 request.set_protocol_type(_PROTOCOLS[scheme])
                 request.set_endpoint(f"{scheme}://{host}")
-            try:
-                with _translate(action, self._where):
-                    raw = self._client.do_action_with_exception(request)
-            except KmsUnavailableError as err:
-                # A certificate does not become trusted by asking again.
-                repeatable = err.code not in _HINTS and (
-                    idempotent or _surely_not_processed(err.code)
-                )
-                if attempt >= self._max_attempts or not repeatable:
-                    raise
-                delay = random.uniform(
-                    0.0, min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                )
-                logger.warning(
-                    "KMS %s: %s, retry %d of %d in %.2fs",
-                    action,
-                    err.code,
-                    attempt,
-                    self._max_attempts - 1,
-                    delay,
-                )
-                self._sleep(delay)
-                attempt += 1
-                continue
-            return _json_body(raw, action)
+            with _translate(action, self._where):
+                raw: bytes = self._client.do_action_with_exception(request)
+            return raw
+
+        return _json_body(
+            self._retry.run(action, attempt, idempotent=idempotent), action
+        )
 
 
 class _CurrentCredentialSigner(Signer):  # type: ignore[misc]
@@ -364,7 +327,7 @@ def _translate(action: str, where: str = "") -> Iterator[None]:
         text = f"KMS {action} failed: {code} (HTTP {status})" + (
             f": {head}" if head else ""
         )
-        transient = (status or 0) >= 500 or status == 429 or _is_throttling(code)
+        transient = is_transient(status, code)
         request_id = exc.get_request_id() or ""
         # Chained as a copy with only the text we kept: a printed traceback
         # shows the cause, and the original quotes every request parameter.
@@ -384,20 +347,20 @@ def _translate(action: str, where: str = "") -> Iterator[None]:
         ) from cause
     except ClientException as exc:
         sdk_code = exc.get_error_code() or "SDK.ClientError"
-        network = sdk_code == _HTTP_ERROR
+        network = sdk_code == HTTP_ERROR
         # The SDK flattens the requests exception into text (the URL with every
         # parameter), so only a code read from its wording is kept.
-        code = _network_code(str(exc.get_error_msg())) if network else sdk_code
+        code = network_code(str(exc.get_error_msg())) if network else sdk_code
         kind = KmsUnavailableError if network else KmsRequestError
         # Chained as a copy without that text, for the same reason as above.
         cause = ClientException(sdk_code, code)
-        hint = _HINTS.get(code, "")
+        hint = HINTS.get(code, "")
         at = f" at {where}" if network and where else ""
         raise kind(f"KMS {action} failed{at}: {code}{hint}", code=code) from cause
     except OSError as exc:
         at = f" at {where}" if where else ""
         raise KmsUnavailableError(
-            f"KMS {action} failed{at}: {_HTTP_ERROR}", code=_HTTP_ERROR
+            f"KMS {action} failed{at}: {HTTP_ERROR}", code=HTTP_ERROR
         ) from exc
 
 
@@ -433,69 +396,12 @@ def _check_ca_bundle(path: str) -> None:
         ) from None
 
 
-def _network_code(text: str) -> str:
-    lowered = text.lower()
-    if "certificate verify failed" in lowered:
-        return _TLS_UNTRUSTED
-    if "sslerror" in lowered or "ssl:" in lowered:
-        return _TLS_FAILED
-    if "read timed out" in lowered:
-        return _READ_TIMEOUT
-    if "connecttimeout" in lowered or "connect timeout" in lowered:
-        return _CONNECT_TIMEOUT
-    if "newconnectionerror" in lowered or "connection refused" in lowered:
-        return _CONNECT_FAILED
-    return _HTTP_ERROR
-
-
-def _where(endpoint: tuple[str, str] | None, region_id: str) -> str:
-    """scheme://host:port of the KMS this client calls, for error messages."""
-    scheme, host = endpoint or ("https", f"kms.{region_id}.aliyuncs.com")
-    port = urlsplit(f"//{host}").port
-    return f"{scheme}://{host}" if port else f"{scheme}://{host}:{_PORTS[scheme]}"
-
-
-_PORTS = {"http": 80, "https": 443}
-
-
-def _is_throttling(code: str) -> bool:
-    return code.startswith(("Throttling", "Rejected.Throttling"))
-
-
-def _surely_not_processed(code: str) -> bool:
-    if code == CREDENTIALS_UNAVAILABLE:  # nothing was sent
-        return True
-    return code in (_CONNECT_FAILED, _CONNECT_TIMEOUT) or _is_throttling(code)
+def _regional(region_id: str) -> tuple[str, str]:
+    # Where the SDK's endpoint table sends KMS calls without an override.
+    return "https", f"kms.{region_id}.aliyuncs.com"
 
 
 _PROTOCOLS = {"http": protocol_type.HTTP, "https": protocol_type.HTTPS}
-
-
-def _parse_endpoint(endpoint: str) -> tuple[str, str]:
-    """Split an endpoint override into (protocol, host[:port])."""
-    scheme, sep, rest = endpoint.strip().partition("://")
-    if sep:
-        protocol, host = scheme.lower(), rest.rstrip("/")
-    else:
-        host = endpoint.strip().rstrip("/")
-        # Plain HTTP only where the traffic never leaves the machine (the local
-        # emulator); anywhere else a bare host means TLS (kms-api.md §8).
-        protocol = "http" if _is_loopback(host) else "https"
-    if protocol not in ("http", "https") or not host or "/" in host:
-        raise ConfigError(
-            "KMS_ENDPOINT must be host:port, http://host:port or https://host[:port]"
-        )
-    return protocol, host
-
-
-def _is_loopback(host: str) -> bool:
-    name = urlsplit(f"//{host}").hostname or ""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _param_text(value: object) -> str:
@@ -510,42 +416,7 @@ def _json_body(raw: bytes, action: str) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, TypeError) as exc:
-        raise _bad_response(action) from exc
+        raise bad_response(action) from exc
     if not isinstance(body, dict):
-        raise _bad_response(action)
+        raise bad_response(action)
     return body
-
-
-def _text_field(body: Mapping[str, Any], name: str, action: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise _bad_response(action)
-    return value
-
-
-def _data_key(body: Mapping[str, Any], action: str) -> bytes:
-    encoded = body.get("Plaintext")
-    if not isinstance(encoded, str):
-        raise _bad_response(action)
-    try:
-        key = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _bad_data_key(action) from exc
-    if len(key) != DATA_KEY_SIZE:
-        raise _bad_data_key(action)
-    return key
-
-
-def _bad_response(action: str) -> KmsUnavailableError:
-    return KmsUnavailableError(
-        f"KMS {action} failed: {_BAD_RESPONSE}", code=_BAD_RESPONSE
-    )
-
-
-def _bad_data_key(action: str) -> KmsRequestError:
-    # Permanent: the wrapped blob holds something that is not an AES-256 key,
-    # and asking again returns the same thing.
-    return KmsRequestError(
-        f"KMS {action} failed: {_BAD_DATA_KEY}: not a {DATA_KEY_SIZE}-byte key",
-        code=_BAD_DATA_KEY,
-    )

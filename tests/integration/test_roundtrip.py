@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import uuid
@@ -13,7 +14,7 @@ from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 
-from envelope_mq.testing.kms import KmsFixture
+from envelope_mq.testing.kms import KmsFixture, Role
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +120,25 @@ def test_round_trip_over_verified_tls_to_kms(
     answered = emq_kms_tls.emulator.request_count
     assert answered.get("GenerateDataKey") == 1
     assert answered.get("Decrypt") == 1
+
+
+def test_round_trip_through_a_dedicated_gateway_over_verified_tls(
+    emq_kms_tls: KmsFixture,
+    emq_rabbitmq_urls: tuple[str, ...],
+    emq_amqp_topology: Topology,
+) -> None:
+    # KMS_INSTANCE_ENDPOINT: both sides use DedicatedKms (alibabacloud-kms20160120).
+    def dedicated(role: Role) -> Settings:
+        settings = emq_kms_tls.settings(role, emq_rabbitmq_urls)
+        return dataclasses.replace(
+            settings, kms_endpoint=None, kms_instance_endpoint=settings.kms_endpoint
+        )
+
+    sent, received, consumer = _round_trip(
+        dedicated("producer"), dedicated("consumer"), emq_amqp_topology, 50
+    )
+
+    assert received == sent
+    assert not consumer.stats.quarantined
+    answered = emq_kms_tls.emulator.request_count
+    assert (answered.get("GenerateDataKey"), answered.get("Decrypt")) == (1, 1)

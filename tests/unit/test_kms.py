@@ -311,10 +311,13 @@ def test_signature_mismatch_text_leaves_out_the_string_to_sign(
 def test_connection_refused_is_unavailable_and_retried(
     make_kms: Callable[..., AliyunKms], sleeps: list[float]
 ) -> None:
-    kms = make_kms(endpoint=f"127.0.0.1:{_refused_port()}", max_attempts=3)
+    port = _refused_port()
+    kms = make_kms(endpoint=f"127.0.0.1:{port}", max_attempts=3)
     with pytest.raises(KmsUnavailableError) as caught:
         kms.generate_data_key("k", {})
     assert caught.value.code == "SDK.ConnectionFailed"
+    # The endpoint is named, scheme and port included: a typo shows as one.
+    assert f"http://127.0.0.1:{port}" in str(caught.value)
     assert type(caught.value.__cause__).__module__.startswith("aliyunsdkcore")
     assert len(sleeps) == 2
     assert "Signature" not in str(caught.value)
@@ -508,3 +511,12 @@ def test_describe_key_id_resolves_an_alias(
     assert make_kms().describe_key_id("alias/orders") == "k1"
     (seen,) = stub.requests
     assert (seen.action, seen.params["KeyId"]) == ("DescribeKey", "alias/orders")
+
+
+def test_the_regional_endpoint_is_named_when_it_cannot_be_reached() -> None:
+    # A region that does not exist: the SDK's endpoint table gives a host that
+    # does not resolve, and the error says which.
+    kms = AliyunKms("ak", SECRET, "xx-nowhere-9", max_attempts=1, connect_timeout=2)
+    with pytest.raises(KmsUnavailableError) as caught:
+        kms.generate_data_key("k", {})
+    assert "https://kms.xx-nowhere-9.aliyuncs.com:443" in str(caught.value)

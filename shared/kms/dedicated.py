@@ -1,0 +1,267 @@
+"""A KMS 3.0 instance's dedicated gateway through ``alibabacloud-kms20160120``.
+
+The dedicated gateway (``<instance-id>.cryptoservice.kms.aliyuncs.com``) serves
+the data plane only, over HTTPS with a certificate of the instance's own CA,
+and authenticates with RAM credentials through the current SDK generation.
+SDK exceptions never leave this module: :func:`_translate` is the one place
+that maps them into :mod:`envelope_mq.shared.errors`, with the same rules as
+:mod:`.aliyun` (:mod:`.failures`, :mod:`.retry`).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_credentials_api import ICredentialsProvider
+from alibabacloud_kms20160120 import models as kms_models
+from alibabacloud_kms20160120.client import Client
+from alibabacloud_tea_openapi.models import Config
+from darabonba.exceptions import ResponseException, UnretryableException
+from darabonba.runtime import RuntimeOptions
+from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
+from envelope_mq.shared.kms.answers import bad_response, data_key, text_field
+from envelope_mq.shared.kms.credentials import Credentials
+from envelope_mq.shared.kms.datakey import DataKey, UnwrappedKey, canonical_context
+from envelope_mq.shared.kms.endpoint import parse_endpoint, where
+from envelope_mq.shared.kms.failures import (
+    HINTS,
+    HTTP_ERROR,
+    is_transient,
+    network_code,
+)
+from envelope_mq.shared.kms.retry import RetryPolicy
+from Tea.exceptions import TeaException
+
+__all__ = ["DedicatedKms"]
+
+logger = logging.getLogger(__name__)
+# The SDK's own loggers print request URLs (every parameter) under DEBUG=sdk.
+_SDK_LOGGERS = ("darabonba", "Tea", "alibabacloud_tea_openapi", "credentials")
+_NOTHING = logging.CRITICAL + 1
+
+
+class DedicatedKms:
+    """GenerateDataKey and Decrypt on a KMS 3.0 instance's dedicated gateway.
+
+    ``endpoint`` is the gateway, ``https://<instance-id>.cryptoservice.kms.
+    aliyuncs.com`` (``host[:port]`` means HTTPS too: this gateway speaks
+    nothing else); ``ca_file`` the instance's CA certificate (PEM), trusted
+    beside the system's; verification is never off. Transient failures are
+    retried as :class:`.aliyun.AliyunKms` does (full jitter, idempotent calls).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        credentials: Credentials,
+        *,
+        ca_file: str | None = None,
+        region_id: str = DEFAULT_REGION_ID,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        scheme, host = parse_endpoint(endpoint, "KMS_INSTANCE_ENDPOINT")
+        if scheme != "https":
+            raise ConfigError(
+                "a dedicated KMS gateway speaks HTTPS only: KMS_INSTANCE_ENDPOINT "
+                "must be https://<instance-id>.cryptoservice.kms.aliyuncs.com"
+            )
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ConfigError("KMS timeouts must be positive")
+        if ca_file is not None:
+            _check_ca_file(ca_file)
+        for name in _SDK_LOGGERS:
+            logging.getLogger(name).setLevel(_NOTHING)
+        self.credentials = credentials
+        self._where = where(scheme, host)
+        self._retry = RetryPolicy(max_attempts, backoff, max_backoff, sleep)
+        self._runtime = RuntimeOptions(
+            autoretry=False,  # retries are ours, and only on transient errors
+            connect_timeout=int(connect_timeout * 1000),
+            read_timeout=int(read_timeout * 1000),
+        )
+        self._client = Client(
+            Config(
+                credential=CredentialClient(provider=_Provider(credentials)),
+                endpoint=host,
+                protocol="https",
+                region_id=region_id,
+                ca=ca_file,
+            )
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> DedicatedKms:
+        """The gateway of ``settings.kms_instance_endpoint`` and its CA."""
+        if not settings.kms_instance_endpoint:
+            raise ConfigError("KMS_INSTANCE_ENDPOINT names no dedicated gateway")
+        return cls(
+            settings.kms_instance_endpoint,
+            Credentials.from_settings(settings),
+            ca_file=settings.kms_ca_file,
+            region_id=settings.region_id,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return f"DedicatedKms({self._where})"
+
+    def close(self) -> None:
+        """Nothing to release: the SDK pools connections process-wide."""
+
+    def __enter__(self) -> DedicatedKms:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        """GenerateDataKey with KeySpec AES_256, bound to ``context``."""
+        request = kms_models.GenerateDataKeyRequest(
+            key_id=key_id,
+            key_spec="AES_256",
+            encryption_context=_context(context),
+        )
+        body = self._send(
+            "GenerateDataKey",
+            lambda: self._client.generate_data_key_with_options(request, self._runtime),
+        )
+        return DataKey(
+            plaintext=data_key(body, "GenerateDataKey"),
+            wrapped=text_field(body, "CiphertextBlob", "GenerateDataKey"),
+            key_id=text_field(body, "KeyId", "GenerateDataKey"),
+        )
+
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        """Decrypt a CiphertextBlob from GenerateDataKey under the same context."""
+        request = kms_models.DecryptRequest(
+            ciphertext_blob=wrapped, encryption_context=_context(context)
+        )
+        body = self._send(
+            "Decrypt", lambda: self._client.decrypt_with_options(request, self._runtime)
+        )
+        return UnwrappedKey(
+            data_key(body, "Decrypt"), text_field(body, "KeyId", "Decrypt")
+        )
+
+    def _send(self, action: str, call: Callable[[], Any]) -> dict[str, Any]:
+        def attempt() -> dict[str, Any]:
+            with _translate(action, self._where):
+                response = call()
+            body = getattr(response, "body", None)
+            answer = body.to_map() if body is not None else None
+            if not isinstance(answer, dict):
+                raise bad_response(action)
+            return answer
+
+        return self._retry.run(action, attempt, idempotent=True)
+
+
+class _Provider(ICredentialsProvider):  # type: ignore[misc]
+    """Our Credentials as the SDK's provider: asked once per request."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    def get_credentials(self) -> Any:
+        key = self._credentials.current()
+        return _Current(key.access_key_id, key.access_key_secret, key.security_token)
+
+    async def get_credentials_async(self) -> Any:
+        return self.get_credentials()
+
+    def get_provider_name(self) -> str:
+        return "envelope-mq"
+
+
+class _Current:
+    """One credential snapshot in the shape the SDK reads."""
+
+    def __init__(self, key_id: str, secret: str, token: str | None) -> None:
+        self._key_id, self._secret, self._token = key_id, secret, token
+
+    def __repr__(self) -> str:
+        return "_Current(...)"
+
+    def get_access_key_id(self) -> str:
+        return self._key_id
+
+    def get_access_key_secret(self) -> str:
+        return self._secret
+
+    def get_security_token(self) -> str | None:
+        return self._token
+
+    def get_provider_name(self) -> str:
+        return "envelope-mq"
+
+
+def _context(context: Mapping[str, str]) -> dict[str, str] | None:
+    # The SDK serialises the dict itself; canonical_context checks it is
+    # well formed (the same rules as the wire format) before anything is sent.
+    if not context:
+        return None
+    canonical_context(context)
+    return dict(context)
+
+
+@contextmanager
+def _translate(action: str, where: str) -> Iterator[None]:
+    """Map the SDK's exceptions of one call into shared.errors.
+
+    Texts are rebuilt from the code, status and request id only: the SDK's
+    own quote the request URL, with every parameter.
+    """
+    try:
+        yield
+    except ResponseException as exc:
+        code = str(getattr(exc, "code", "") or "SDK.UnknownServerError")
+        status = getattr(exc, "status_code", None) or getattr(exc, "statusCode", None)
+        data = getattr(exc, "data", None)
+        request_id = str(data.get("RequestId") or "") if isinstance(data, dict) else ""
+        message = str(data.get("Message") or "") if isinstance(data, dict) else ""
+        head = message.split(":", 1)[0].strip()[:200]
+        text = f"KMS {action} failed: {code} (HTTP {status})" + (
+            f": {head}" if head else ""
+        )
+        kind = KmsUnavailableError if is_transient(status, code) else KmsRequestError
+        raise kind(text, code=code, request_id=request_id, http_status=status) from None
+    except (UnretryableException, TeaException, OSError) as exc:
+        code = network_code(_inner_text(exc))
+        hint = HINTS.get(code, "")
+        raise KmsUnavailableError(
+            f"KMS {action} failed at {where}: {code}{hint}", code=code
+        ) from None
+
+
+def _inner_text(exc: BaseException) -> str:
+    inner = getattr(exc, "inner_exception", None) or getattr(exc, "message", None)
+    return f"{type(exc).__name__} {inner or exc}" if inner or str(exc) else HTTP_ERROR
+
+
+def _check_ca_file(path: str) -> None:
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or "not PEM"
+        raise ConfigError(
+            f"KMS CA file {path!r} cannot be used ({reason}): it must be a "
+            "readable PEM file of CA certificates"
+        ) from None
