@@ -15,6 +15,7 @@ from envelope_mq.shared.kms import (
     DedicatedKms,
     kms_from_settings,
 )
+
 from envelope_mq.testing.kms import KmsFixture
 
 pytestmark = pytest.mark.integration
