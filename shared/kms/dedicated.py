@@ -27,6 +27,7 @@ from darabonba.runtime import RuntimeOptions
 from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import (
     ConfigError,
+    KmsCallerError,
     KmsRequestError,
     KmsUnavailableError,
 )
@@ -40,6 +41,7 @@ from envelope_mq.shared.kms.failures import (
     is_transient,
     network_code,
 )
+from envelope_mq.shared.kms.faults import caller_fault
 from envelope_mq.shared.kms.retry import RetryPolicy
 from Tea.exceptions import TeaException
 
@@ -241,7 +243,17 @@ def _translate(action: str, where: str) -> Iterator[None]:
         text = f"KMS {action} failed: {code} (HTTP {status})" + (
             f": {head}" if head else ""
         )
-        kind = KmsUnavailableError if is_transient(status, code) else KmsRequestError
+        transient = is_transient(status, code)
+        likely = None if transient else caller_fault(code)
+        if likely is not None:
+            raise KmsCallerError(
+                f"{text} (likely cause: {likely})",
+                code=code,
+                request_id=request_id,
+                http_status=status,
+                cause=likely,
+            ) from None
+        kind = KmsUnavailableError if transient else KmsRequestError
         raise kind(text, code=code, request_id=request_id, http_status=status) from None
     except (UnretryableException, TeaException, OSError) as exc:
         code = network_code(_inner_text(exc))

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from envelope_mq.kms_emulator.tls import generate as generate_tls
 from envelope_mq.shared.config import Settings
-from envelope_mq.shared.errors import ConfigError, KmsRequestError, KmsUnavailableError
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsCallerError,
+    KmsRequestError,
+    KmsUnavailableError,
+)
 from envelope_mq.shared.kms import (
     AliyunKms,
     Credentials,
@@ -124,3 +129,18 @@ def test_without_an_instance_endpoint_the_shared_gateway_client_is_used() -> Non
         }
     )
     assert isinstance(kms_from_settings(settings), AliyunKms)
+
+
+def test_a_wrong_secret_is_the_callers_fault_on_the_gateway_too(
+    emq_kms_tls: KmsFixture,
+) -> None:
+    assert emq_kms_tls.ca_file is not None
+    client = DedicatedKms(
+        emq_kms_tls.endpoint,
+        Credentials.static(emq_kms_tls.producer.access_key_id, "wrong-secret"),
+        ca_file=emq_kms_tls.ca_file,
+    )
+    with pytest.raises(KmsCallerError) as caught:
+        client.generate_data_key(emq_kms_tls.alias, CONTEXT)
+    assert caught.value.cause == "wrong AccessKey secret"
+    assert "wrong-secret" not in str(caught.value)
