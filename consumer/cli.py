@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW
 from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.output import JsonLinesWriter
 from envelope_mq.consumer.policy import ContextPolicy
@@ -22,6 +23,7 @@ from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared.amqp import redact_url
 from envelope_mq.shared.cli_args import (
     add_topology_arguments,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -116,11 +118,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "is older than this",
     )
     parser.add_argument(
+        "--max-skew",
+        type=non_negative_float,
+        default=DEFAULT_MAX_SKEW,
+        metavar="SECONDS",
+        help="with --max-age, also quarantine (reason expired) messages stamped "
+        "more than this far in the future (default: %(default)s)",
+    )
+    parser.add_argument(
         "--dedup-window",
         type=non_negative_int,
         default=0,
         metavar="N",
-        help="remember the last N message ids handled and drop repeats (default: off)",
+        help="remember the last N messages handled (by sender key, context and "
+        "message id) and drop repeats (default: off)",
     )
     add_observability_arguments(parser)
     parser.set_defaults(run=run_consume)
@@ -155,6 +166,7 @@ def run_consume(args: argparse.Namespace) -> int:
                 policy=policy,
                 key_policy=key_policy,
                 max_age=args.max_age,
+                max_skew=args.max_skew,
                 dedup_window=args.dedup_window,
                 metrics=observed.metrics,
             )

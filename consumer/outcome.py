@@ -227,7 +227,7 @@ def admit(
         return _KEY_DENIED
     # Replay protection, on the now authenticated message_id and timestamp.
     if guard is not None:
-        admission = guard.admit(message_id, timestamp)
+        admission = guard.admit(opened.key_id, opened.context, message_id, timestamp)
         if admission is Admission.EXPIRED:
             return _EXPIRED
         if admission is Admission.DUPLICATE:
@@ -285,7 +285,7 @@ def after_handler(
         )
         return _HANDLER_ERROR if deliveries >= max_deliveries else REQUEUE
     if guard is not None:
-        guard.handled(message_id)
+        guard.handled(message.key_id, message.context, message_id)
     return ACK
 
 

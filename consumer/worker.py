@@ -31,7 +31,7 @@ from typing import NoReturn, Self
 
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.deliveries import DeliveryCounter
-from envelope_mq.consumer.freshness import ReplayGuard
+from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
 from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery
@@ -131,6 +131,7 @@ class EncryptedConsumer:
         connection_options: ConnectionOptions | None = None,
         keep_alive: KeepAliveProvider | None = None,
         max_age: float | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
     ) -> None:
@@ -172,7 +173,9 @@ class EncryptedConsumer:
         self._limit: int | None = None
         self.stats = ConsumerStats()
         # Replay protection (consumer/freshness.py); off unless asked for.
-        guard = ReplayGuard(max_age=max_age, dedup_window=dedup_window)
+        guard = ReplayGuard(
+            max_age=max_age, dedup_window=dedup_window, max_skew=max_skew
+        )
         self._guard = guard if guard.enabled else None
 
     @classmethod
@@ -192,6 +195,7 @@ class EncryptedConsumer:
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
         max_age: float | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
     ) -> EncryptedConsumer:
@@ -230,6 +234,7 @@ class EncryptedConsumer:
                 connection_options=connection_options,
                 keep_alive=kms,
                 max_age=max_age,
+                max_skew=max_skew,
                 dedup_window=dedup_window,
                 metrics=metrics,
             )

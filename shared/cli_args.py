@@ -9,6 +9,7 @@ from envelope_mq.shared.amqp import DEFAULT_EXCHANGE, Topology
 
 __all__ = [
     "add_topology_arguments",
+    "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -37,6 +38,14 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """Argparse type: a finite number of at least 0 (NaN and infinity refused)."""
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"cannot be negative, got {text}")
     return value
 
 

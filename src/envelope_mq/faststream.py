@@ -83,6 +83,9 @@ _log = logging.getLogger(__name__)
 # After a failed quarantine the message is requeued; this pause keeps a broker
 # that refuses the copy from becoming a hot loop.
 _QUARANTINE_RETRY_PAUSE = 1.0
+# A refused consumer (wrong credentials, clock skew) hands each message back
+# after this pause instead of quarantining it: nothing lost, no hot loop.
+_HALT_PAUSE = 5.0
 # What FastStream's decoder leaves as bytes.
 _OPAQUE = "application/octet-stream"
 
@@ -305,7 +308,9 @@ class EnvelopeMiddleware:
             msg.clear_cache()  # decode the plaintext, not what was cached before
             result = await call_next(msg)
             if self._guard is not None:
-                self._guard.handled(decision.message_id)
+                self._guard.handled(
+                    decision.key_id, decision.context, decision.message_id
+                )
             self._metrics.handled()
             return result
         verdict = decision.verdict
@@ -315,6 +320,22 @@ class EnvelopeMiddleware:
             raise AckMessage
         if verdict is Verdict.RETRY_LATER:
             self._metrics.requeued()
+            raise NackMessage(requeue=True)
+        if verdict is Verdict.HALT:
+            # KMS refuses this service, not the message: never quarantine it.
+            # FastStream gives a middleware no way to stop its subscriber, so
+            # the message goes back, after a pause that keeps this from
+            # becoming a hot loop; readiness says why until a restart.
+            _log.error(
+                "KMS refuses this consumer: %s (likely cause: %s); message %s "
+                "left in the queue",
+                decision.kms_code,
+                decision.cause or "its configuration",
+                delivery.message_id,
+                extra={"event": "consumer_halted", "kms_code": decision.kms_code},
+            )
+            self._metrics.halted("consumer", f"{decision.kms_code}: {decision.cause}")
+            await asyncio.sleep(_HALT_PAUSE)
             raise NackMessage(requeue=True)
         if queue is None:
             # A reply to broker.request(): no queue of ours to quarantine to.

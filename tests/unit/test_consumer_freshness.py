@@ -141,23 +141,23 @@ def test_a_failed_handling_is_not_remembered(provider: InMemoryKeyProvider) -> N
         guard=guard,
     )
     assert outcome is REQUEUE
-    assert guard.admit("m-1", SENT_AT) is Admission.FRESH
+    assert guard.admit(KEY_ID, {}, "m-1", SENT_AT) is Admission.FRESH
 
 
 def test_the_window_is_bounded_and_forgets_the_oldest() -> None:
     guard = ReplayGuard(dedup_window=2)
     for message_id in ("a", "b", "c"):
-        guard.handled(message_id)
-    assert guard.admit("a", SENT_AT) is Admission.FRESH
-    assert guard.admit("b", SENT_AT) is Admission.DUPLICATE
-    assert guard.admit("c", SENT_AT) is Admission.DUPLICATE
+        guard.handled(KEY_ID, {}, message_id)
+    assert guard.admit(KEY_ID, {}, "a", SENT_AT) is Admission.FRESH
+    assert guard.admit(KEY_ID, {}, "b", SENT_AT) is Admission.DUPLICATE
+    assert guard.admit(KEY_ID, {}, "c", SENT_AT) is Admission.DUPLICATE
 
 
 def test_the_guard_is_off_by_default() -> None:
     guard = ReplayGuard()
-    guard.handled("a")
+    guard.handled(KEY_ID, {}, "a")
     assert not guard.enabled
-    assert guard.admit("a", 0) is Admission.FRESH
+    assert guard.admit(KEY_ID, {}, "a", 0) is Admission.FRESH
 
 
 @pytest.mark.parametrize(
@@ -166,3 +166,50 @@ def test_the_guard_is_off_by_default() -> None:
 def test_invalid_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"max_age|dedup_window"):
         ReplayGuard(**kwargs)  # type: ignore[arg-type]
+
+
+def test_another_senders_message_with_the_same_id_is_not_a_duplicate() -> None:
+    # Issue 11: keyed by the bare message_id, a message from key B (or for
+    # another context) with an id key A used was acknowledged unhandled.
+    provider = InMemoryKeyProvider(["key-a", "key-b"])
+    guard = ReplayGuard(dedup_window=10)
+
+    def under(key_id: str, context: Mapping[str, str] | None = None) -> Delivery:
+        meta = MessageMeta("m-1", SENT_AT, "text/plain")
+        message = Sealer(Source(provider), key_id, context).seal(b"payload", meta)
+        return Delivery(
+            body=message.body,
+            headers=dict(message.headers),
+            message_id="m-1",
+            timestamp=SENT_AT,
+            content_type="text/plain",
+            content_encoding=None,
+            type=None,
+            redelivered=False,
+            delivery_tag=1,
+        )
+
+    assert run(under("key-a"), provider, guard)[0] is ACK
+    outcome, received = run(under("key-b"), provider, guard)
+    assert outcome is ACK
+    assert [m.key_id for m in received] == ["key-b"]
+    outcome, received = run(under("key-a", {"tenant": "b"}), provider, guard)
+    assert outcome is ACK
+    assert run(under("key-a"), provider, guard)[0] is DUPLICATE
+
+
+@pytest.mark.parametrize(
+    ("ahead", "expected"),
+    [(0, Admission.FRESH), (60, Admission.FRESH), (61, Admission.EXPIRED)],
+)
+def test_max_age_refuses_a_timestamp_more_than_max_skew_ahead(
+    ahead: int, expected: Admission
+) -> None:
+    guard = ReplayGuard(max_age=300, max_skew=60, clock=Clock(SENT_AT))
+    assert guard.admit(KEY_ID, {}, "m", SENT_AT + ahead) is expected
+
+
+def test_the_default_skew_is_a_minute() -> None:
+    guard = ReplayGuard(max_age=3600, clock=Clock(SENT_AT))
+    assert guard.max_skew == 60
+    assert guard.admit(KEY_ID, {}, "m", SENT_AT + 10**9) is Admission.EXPIRED

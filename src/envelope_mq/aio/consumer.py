@@ -73,6 +73,7 @@ from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
+    KmsCallerError,
     MessageNackedError,
     MessageUnroutableError,
 )
@@ -443,10 +444,31 @@ class AsyncEncryptedConsumer:
                 await held.message.nack(requeue=True)
                 self.stats.retried += 1
                 self._metrics.requeued()
+            elif verdict is Verdict.HALT:  # KMS refuses us, not the message
+                await held.message.nack(requeue=True)
+                raise self._halted(outcome)
             else:
                 await self._quarantine_one(delivery, held, outcome)
         except CONNECTION_ERRORS as exc:
             self._lose(exc)  # unsettled: it comes back after the reconnect
+
+    def _halted(self, outcome: Outcome) -> KmsCallerError:
+        """Say once why KMS refuses this consumer; the error run() raises."""
+        text = (
+            f"KMS refuses this consumer: {outcome.kms_code} "
+            f"(likely cause: {outcome.cause or 'its configuration'}); "
+            f"stopped, every message left in {self._topology.queue!r}"
+        )
+        _log.error(
+            text,
+            extra={
+                "event": "consumer_halted",
+                "queue": self._topology.queue,
+                "kms_code": outcome.kms_code,
+            },
+        )
+        self._metrics.halted(_COMPONENT, f"{outcome.kms_code}: {outcome.cause}")
+        return KmsCallerError(text, code=outcome.kms_code, cause=outcome.cause)
 
     async def _quarantine_one(
         self,
