@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW
 from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.output import JsonLinesWriter
@@ -118,6 +119,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "is older than this",
     )
     parser.add_argument(
+        "--max-decrypt-rate",
+        type=positive_float,
+        default=DEFAULT_DECRYPT_RATE,
+        metavar="N",
+        help="at most N KMS Decrypt calls per second for data keys not cached; "
+        "messages over it wait, unacknowledged (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-skew",
         type=non_negative_float,
         default=DEFAULT_MAX_SKEW,
@@ -167,6 +176,7 @@ def run_consume(args: argparse.Namespace) -> int:
                 key_policy=key_policy,
                 max_age=args.max_age,
                 max_skew=args.max_skew,
+                max_decrypt_rate=args.max_decrypt_rate,
                 dedup_window=args.dedup_window,
                 metrics=observed.metrics,
             )

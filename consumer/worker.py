@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import NoReturn, Self
 
 from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
 from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
 from envelope_mq.consumer.keepalive import KeepAliveProvider
@@ -198,21 +199,26 @@ class EncryptedConsumer:
         max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
+        max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
     ) -> EncryptedConsumer:
         """Wire the KMS client, the unwrap cache and the opener from ``settings``.
 
         Does no I/O; :meth:`connect`, ``with`` or :meth:`run` connects.
         ``provider`` replaces the KMS client made from ``settings`` (the caller
         keeps closing it). With ``metrics``, KMS calls and the cache are
-        recorded too. The other arguments are the constructor's.
+        recorded too. ``max_decrypt_rate`` bounds the KMS Decrypt calls per
+        second that data keys not in the cache may cost (consumer/budget.py).
+        The other arguments are the constructor's.
         """
         hooks = NULL_METRICS if metrics is None else metrics
         owned: KmsClient | None = None
         if provider is None:
             provider = owned = kms_from_settings(settings)
         kms = KeepAliveProvider(hooks.instrument_provider(provider))
+        # Only cache misses reach the budget: a flood of unknown wrapped keys
+        # waits its turn instead of spending the KMS quota (budget.py).
         cache = UnwrapCache(
-            kms,
+            DecryptBudget(kms, max_decrypt_rate),
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
