@@ -21,7 +21,12 @@ from typing import Any
 
 from envelope_mq import credentials
 from envelope_mq.kms_cli import json_context, print_kms_error
-from envelope_mq.shared.errors import DecryptionError, KmsError, MessagingError
+from envelope_mq.shared.errors import (
+    DecryptionError,
+    KeyMismatchError,
+    KmsError,
+    MessagingError,
+)
 from envelope_mq.shared.kms import AliyunKms
 from envelope_mq.shared.sealed_file import (
     DEFAULT_SEGMENT_SIZE,
@@ -37,7 +42,7 @@ SUFFIX = ".emq"
 STDIO = "-"
 _UNREADABLE = (
     "cannot be decrypted: it is damaged, truncated or not a sealed file, "
-    "or its context is not the expected one"
+    "or its context or master key is not the expected one"
 )
 
 
@@ -76,6 +81,14 @@ def register_unseal(subparsers: argparse._SubParsersAction[Any]) -> None:
         "segment by segment: check the exit status.",
     )
     _common(parser)
+    parser.add_argument(
+        "--expect-key",
+        action="append",
+        metavar="KEY",
+        help="refuse the file unless KMS unwraps it with master key KEY (key id, "
+        "alias/NAME or ARN, resolved by DescribeKey before anything is read); "
+        "repeat to accept any of several",
+    )
     parser.set_defaults(run=run_unseal)
 
 
@@ -123,7 +136,21 @@ def run_unseal(args: argparse.Namespace) -> int:
         )
 
     def work(src: BufferedReader, dst: BufferedWriter) -> None:
-        unseal_stream(src, dst, _kms(args), expected_context=args.encryption_context)
+        kms = _kms(args)
+        # The file's header names a key, but only KMS's answer proves it:
+        # unseal_stream holds the header against it, and against these.
+        expected = (
+            None
+            if args.expect_key is None
+            else {kms.describe_key_id(key) for key in args.expect_key}
+        )
+        unseal_stream(
+            src,
+            dst,
+            kms,
+            expected_context=args.encryption_context,
+            expected_key_ids=expected,
+        )
 
     return _run("unseal", args, output, work)
 
@@ -139,6 +166,12 @@ def _run(
     try:
         with _input(args.file) as src, _atomic_output(output) as dst:
             work(src, dst)
+    except KeyMismatchError as err:
+        return _fail(
+            command,
+            f"{args.file} names master key {err.claimed}, but KMS unwrapped it "
+            f"with {err.verified}: refused",
+        )
     except DecryptionError:
         return _fail(command, f"{args.file} {_UNREADABLE}")
     except KmsError as err:

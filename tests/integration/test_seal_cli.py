@@ -242,3 +242,30 @@ def test_unseal_to_stdout_of_a_cut_file_exits_non_zero(env: dict[str, str]) -> N
     )
     assert cut.returncode == 1
     assert b"cannot be decrypted" in cut.stderr
+
+
+def test_unseal_refuses_a_file_not_under_an_expected_key(
+    work: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = emulator.service.call("CreateKey", {}, None)["KeyMetadata"]["KeyId"]
+    (work / "a").write_bytes(b"secret")
+    assert cli("seal", str(work / "a")) == 0
+    sealed, out = str(work / "a.emq"), work / "a.out"
+    assert cli("unseal", sealed, "-o", str(out), "--expect-key", other) == 1
+    assert "master key is not the expected one" in capsys.readouterr().err
+    assert not out.exists()
+    # by alias, resolved with DescribeKey; any of several will do
+    assert (
+        cli(
+            "unseal",
+            sealed,
+            "-o",
+            str(out),
+            "--expect-key",
+            other,
+            "--expect-key",
+            ALIAS,
+        )
+        == 0
+    )
+    assert out.read_bytes() == b"secret"
