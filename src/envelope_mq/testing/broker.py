@@ -2,19 +2,24 @@
 
 1. ``RABBITMQ_URL`` when set (one URL or a comma-separated failover list);
 2. a broker on 127.0.0.1:5672 when one answers the AMQP protocol header;
-3. testcontainers' RabbitMqContainer with a pinned image when a Docker engine answers;
+3. a RabbitMQ container (``EMQ_RABBITMQ_IMAGE`` or a pinned image, labelled for
+   clean-up, see :mod:`envelope_mq.testing.containers`) when a Docker API answers;
 4. a private ``rabbitmq-server`` node when the binary is installed;
 5. otherwise :class:`NoBrokerError`, whose text says how to get one.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
+from envelope_mq.testing.containers import (
+    OFFICIAL_RABBITMQ_IMAGE,
+    RabbitContainer,
+    rabbitmq_image,
+)
 from envelope_mq.testing.probe import amqp_answers, docker_answers
 from envelope_mq.testing.rabbitmq_node import (
     RabbitNode,
@@ -32,7 +37,7 @@ __all__ = [
 ]
 
 # Pinned, never :latest: a new RabbitMQ release must not change a test run.
-PINNED_IMAGE = "rabbitmq:3.13-management"
+PINNED_IMAGE = OFFICIAL_RABBITMQ_IMAGE
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 BrokerKind = Literal["env", "local", "container", "node"]
@@ -80,10 +85,12 @@ class Broker:
 
 
 def start_broker(
-    environ: Mapping[str, str], *, image: str = PINNED_IMAGE, allow_start: bool = True
+    environ: Mapping[str, str], *, image: str | None = None, allow_start: bool = True
 ) -> Broker:
     """Return the first broker available in the documented order.
 
+    The container's image is ``image``, else ``EMQ_RABBITMQ_IMAGE``, else
+    :data:`PINNED_IMAGE`.
     ``allow_start=False`` stops after step 2 (use only what is already running).
     Raises NoBrokerError with every reason collected on the way.
     """
@@ -96,9 +103,9 @@ def start_broker(
     reasons = ["nothing answers AMQP on 127.0.0.1:5672"]
     if not allow_start:
         raise NoBrokerError(f"{HOW_TO_GET_ONE} ({'; '.join(reasons)})")
-    if docker_answers():
+    if docker_answers(environ=environ):
         try:
-            return _start_container(image)
+            return _start_container(image or rabbitmq_image(environ))
         except Exception as exc:  # any Docker failure falls through to the next way
             reasons.append(f"testcontainers failed: {type(exc).__name__}: {exc}")
     else:
@@ -119,14 +126,8 @@ def start_broker(
 
 
 def _start_container(image: str) -> Broker:
-    from testcontainers.community.rabbitmq import RabbitMqContainer
-
-    container = RabbitMqContainer(image)
-    with warnings.catch_warnings():
-        # testcontainers' readiness helpers warn about their own deprecations.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        container.start()
-    host = container.get_container_host_ip()
-    port = container.get_exposed_port(container.port)
-    url = f"amqp://{container.username}:{container.password}@{host}:{port}/%2F"
-    return Broker(urls=(url,), kind="container", _close=container.stop)
+    # Labelled with this process as owner and on a loopback port: reaped like
+    # every test container (envelope_mq.testing.containers), Ryuk or not.
+    container = RabbitContainer(image)
+    container.start()
+    return Broker(urls=(container.url,), kind="container", _close=container.close)

@@ -30,6 +30,7 @@ from envelope_mq.testing.probe import docker_answers, free_port, wait_for_amqp
 
 __all__ = [
     "LABEL",
+    "OFFICIAL_RABBITMQ_IMAGE",
     "OWNER_LABEL",
     "RabbitContainer",
     "container_engine_unavailable_reason",
@@ -39,7 +40,7 @@ __all__ = [
     "reap",
 ]
 
-# Pinned, never :latest (the same line as testing.broker.PINNED_IMAGE).
+# Pinned, never :latest: a new RabbitMQ release must not change a test run.
 OFFICIAL_RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 LABEL = "envelope-mq.test"
 OWNER_LABEL = "envelope-mq.test.owner"
