@@ -26,7 +26,7 @@ def test_bench_smoke_run_reports_every_section(
     emq_rabbitmq_url: str, tmp_path: Path
 ) -> None:
     results = tmp_path / "bench.json"
-    command = [sys.executable, "-c", "from shared.cli import main; main()"]
+    command = [sys.executable, "-c", "from envelope_mq.shared.cli import main; main()"]
     command += ["bench", "--messages", "500", "--rounds", "1", "--duration", "2"]
     command += ["--emulator-seconds", "1", "--file-size", "8", "--json", str(results)]
     done = subprocess.run(

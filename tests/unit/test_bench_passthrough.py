@@ -3,13 +3,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from bench_support.passthrough import PassThroughOpener, PassThroughSealer
 from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared import wire
 from envelope_mq.shared.envelope import MessageMeta, Sealer
 from envelope_mq.shared.keycache import DataKeyCache
 from envelope_mq.shared.kms import InMemoryKeyProvider
 
-from envelope_mq.bench.passthrough import PassThroughOpener, PassThroughSealer
+from envelope_mq.bench.unsealed import PASSTHROUGH, Unsealed, load_unsealed
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = {"app": "bench"}
@@ -39,12 +40,33 @@ def test_pass_through_opener_returns_the_body_as_plaintext() -> None:
     assert dict(opened.context) == CONTEXT
 
 
-def test_only_the_benchmark_imports_the_pass_through() -> None:
+def test_the_pass_through_lives_outside_every_package() -> None:
+    assert (ROOT / PASSTHROUGH).is_file()
+    for package in ("shared", "producer", "consumer", "kms_emulator", "src"):
+        assert not list((ROOT / package).rglob("passthrough*")), package
+
+
+def test_the_bench_loads_the_pass_through_from_a_checkout() -> None:
+    unsealed = load_unsealed()
+    assert isinstance(unsealed, Unsealed)
+    assert issubclass(unsealed.publisher_class, EncryptedPublisher)
+    assert unsealed.publisher_class._sealer_class.__name__ == "PassThroughSealer"
+    assert EncryptedPublisher._sealer_class is Sealer  # the seam stays private
+
+
+def test_without_a_checkout_the_bench_says_why_sealing_off_is_not_measured(
+    tmp_path: Path,
+) -> None:
+    why = load_unsealed(tmp_path)
+    assert isinstance(why, str)
+    assert "not measured" in why
+    assert str(PASSTHROUGH) in why
+
+
+def test_nothing_in_the_packages_imports_the_pass_through() -> None:
     importers = []
-    for package in ("shared", "producer", "consumer", "kms_emulator", "envelope_mq"):
+    for package in ("shared", "producer", "consumer", "kms_emulator", "src"):
         for path in (ROOT / package).rglob("*.py"):
-            if path.parent.name == "bench" and path.parent.parent.name == "envelope_mq":
-                continue
             tree = ast.parse(path.read_text(encoding="utf-8"))
             for node in ast.walk(tree):
                 if (

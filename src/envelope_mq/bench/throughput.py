@@ -5,7 +5,8 @@ Three sides, each with its own queue on the same broker:
 - plain pika: the baselines of :mod:`envelope_mq.bench.plain`;
 - envelope-mq: :class:`EncryptedPublisher` (sealing, confirms on, mandatory)
   and :class:`EncryptedConsumer` (opening, acking after the handler);
-- envelope-mq with sealing switched off, to tell crypto cost from client cost;
+- envelope-mq with sealing switched off, to tell crypto cost from client cost
+  (from a repository checkout only: see :mod:`envelope_mq.bench.unsealed`);
 - publish only, two references (:mod:`envelope_mq.bench.ceiling`):
   hand-written pika with pipelined confirms, sending the plain side's
   messages, then envelope-mq's very messages: what the broker allows with
@@ -19,7 +20,9 @@ round. Rates are per round; ratios are taken within a round, then the median.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -32,10 +35,10 @@ from envelope_mq.bench.ceiling import (
     sealed_message,
 )
 from envelope_mq.bench.lab import CONTEXT, Lab
-from envelope_mq.bench.passthrough import PassThroughOpener, PassThroughSealer
 from envelope_mq.bench.plain import PREFETCH, plain_consume, plain_publish
 from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
+from envelope_mq.bench.unsealed import Unsealed, load_unsealed
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
@@ -50,13 +53,6 @@ PLAIN, SEALED, UNSEALED = "plain pika", "envelope-mq", "envelope-mq, sealing off
 PLAIN_CONFIRMED = "pika, plain messages, pipelined confirms (reference)"
 REFERENCE = "pika, envelope-mq's messages, pipelined confirms (reference)"
 SIDES = (PLAIN, SEALED, UNSEALED)
-PUBLISH_SIDES = (*SIDES, PLAIN_CONFIRMED, REFERENCE)
-
-
-class _UnsealedPublisher(EncryptedPublisher):
-    """EncryptedPublisher with sealing switched off, through its private seam."""
-
-    _sealer_class = PassThroughSealer
 
 
 @dataclass
@@ -109,8 +105,12 @@ def _consume_ours(consumer: EncryptedConsumer, seen: _Consumed, count: int) -> f
 class _Sides:
     """Every side's queue, publisher and consumer, for the whole section."""
 
-    def __init__(self, lab: Lab, body: bytes, messages: int) -> None:
+    def __init__(
+        self, lab: Lab, body: bytes, messages: int, unsealed: Unsealed | None
+    ) -> None:
         broker = self._broker = lab.broker
+        self.sides = SIDES if unsealed else (PLAIN, SEALED)
+        self.publish_sides = (*self.sides, PLAIN_CONFIRMED, REFERENCE)
         self.keys_seen = _KeysSeen()
         plain = broker.plain_queue("plain")
         confirmed = broker.plain_queue("plain-confirmed")
@@ -121,6 +121,7 @@ class _Sides:
                 (UNSEALED, "unsealed"),
                 (REFERENCE, "reference"),
             )
+            if side in self.publish_sides
         }
         self.queues = {
             PLAIN: plain,
@@ -142,13 +143,6 @@ class _Sides:
                 topology=topologies[SEALED],
                 context=CONTEXT,
             ).connect(),
-            UNSEALED: _UnsealedPublisher(
-                broker.urls,
-                lab.data_keys,
-                lab.key_id,
-                topology=topologies[UNSEALED],
-                context=CONTEXT,
-            ).connect(),
         }
         unsealed_seen = _Consumed()
         consumers = {
@@ -159,14 +153,22 @@ class _Sides:
                 self.keys_seen,
                 prefetch=PREFETCH,
             ),
-            UNSEALED: EncryptedConsumer(
+        }
+        if unsealed is not None:
+            self.publishers[UNSEALED] = unsealed.publisher_class(
+                broker.urls,
+                lab.data_keys,
+                lab.key_id,
+                topology=topologies[UNSEALED],
+                context=CONTEXT,
+            ).connect()
+            consumers[UNSEALED] = EncryptedConsumer(
                 broker.urls,
                 topologies[UNSEALED],
-                PassThroughOpener(lab.key_id, CONTEXT),
+                unsealed.opener(lab.key_id, CONTEXT),
                 unsealed_seen,
                 prefetch=PREFETCH,
-            ),
-        }
+            )
         url, n = broker.url, messages
         self.publish: dict[str, Callable[[], float]] = {
             PLAIN: lambda: plain_publish(url, plain, body, n),
@@ -204,15 +206,20 @@ def run_throughput(
 ) -> None:
     """Measure publish and consume rates of every side; add figures and targets."""
     broker = lab.broker
-    sides = _Sides(lab, os.urandom(size), messages)
-    published: dict[str, list[float]] = {side: [] for side in PUBLISH_SIDES}
-    received: dict[str, list[float]] = {side: [] for side in SIDES}
+    unsealed = load_unsealed()
+    if isinstance(unsealed, str):
+        print(f"bench: sealing off {unsealed}", file=sys.stderr)
+    sides = _Sides(
+        lab, os.urandom(size), messages, None if isinstance(unsealed, str) else unsealed
+    )
+    published: dict[str, list[float]] = {side: [] for side in sides.publish_sides}
+    received: dict[str, list[float]] = {side: [] for side in sides.sides}
     try:
         with Progress(
             "throughput", rounds * (len(published) + len(received)), announce=True
         ) as bar:
             for r in range(rounds):
-                for side in _rotated(PUBLISH_SIDES, r):
+                for side in _rotated(sides.publish_sides, r):
                     seconds = sides.publish[side]()
                     # A round ends when the broker holds every message.
                     broker.wait_for_count(sides.queues[side], messages)
@@ -220,7 +227,7 @@ def run_throughput(
                     bar.advance()
                 for side in (PLAIN_CONFIRMED, REFERENCE):  # nobody consumes these
                     broker.purge(sides.queues[side])
-                for side in _rotated(SIDES, r):
+                for side in _rotated(sides.sides, r):
                     received[side].append(rate(messages, sides.consume[side]()))
                     # Acks are asynchronous: let the queue show empty, then
                     # make sure it is before the next round.
@@ -230,8 +237,9 @@ def run_throughput(
     finally:
         sides.close()
     lab.keys_seen["throughput consumer"] = len(sides.keys_seen.keys)
-    _report_publish(report, published)
-    _report_sides(report, "consume, msg/s", received, "consume")
+    absent = unsealed if isinstance(unsealed, str) else ""
+    _report_publish(report, published, absent)
+    _report_sides(report, "consume, msg/s", received, "consume", absent)
     report.check(
         "consume ratio (envelope-mq ÷ plain)",
         median(round_ratios(received[SEALED], received[PLAIN])),
@@ -241,8 +249,10 @@ def run_throughput(
     )
 
 
-def _report_publish(report: Report, published: dict[str, list[float]]) -> None:
-    section = _report_sides(report, "publish, msg/s", published, "publish")
+def _report_publish(
+    report: Report, published: dict[str, list[float]], absent: str
+) -> None:
+    section = _report_sides(report, "publish, msg/s", published, "publish", absent)
     premise = round_ratios(published[PLAIN_CONFIRMED], published[PLAIN])
     report.add(
         section,
@@ -271,19 +281,36 @@ def _report_publish(report: Report, published: dict[str, list[float]]) -> None:
 
 
 def _report_sides(
-    report: Report, what: str, rates: dict[str, list[float]], verb: str
+    report: Report, what: str, rates: dict[str, list[float]], verb: str, absent: str
 ) -> str:
+    """``absent``: why the sealing-off side was not measured ("" when it was)."""
     section = f"throughput: {what}"
+    if absent:  # its rows stay in the table, saying why they are empty
+        rates = {**rates, UNSEALED: []}
     for side in rates:
-        report.add(section, side, median(rates[side]), "msg/s", rounds=rates[side])
+        value = median(rates[side]) if rates[side] else math.nan
+        report.add(
+            section,
+            side,
+            value,
+            "msg/s",
+            rounds=rates[side],
+            note=absent if side == UNSEALED else "",
+        )
     for side in (SEALED, UNSEALED):
-        ratios = round_ratios(rates[side], rates[PLAIN])
-        report.add(section, f"{side} ÷ plain pika", median(ratios), "x", rounds=ratios)
-    crypto = round_ratios(rates[SEALED], rates[UNSEALED])
+        ratios = round_ratios(rates[side], rates[PLAIN]) if rates[side] else []
+        report.add(
+            section,
+            f"{side} ÷ plain pika",
+            median(ratios) if ratios else math.nan,
+            "x",
+            rounds=ratios,
+        )
+    crypto = round_ratios(rates[SEALED], rates[UNSEALED]) if rates[UNSEALED] else []
     report.add(
         section,
         "sealing on ÷ sealing off",
-        median(crypto),
+        median(crypto) if crypto else math.nan,
         "x",
         rounds=crypto,
         note=f"what the crypto costs the {verb} side",

@@ -2,10 +2,12 @@
 
 :class:`PassThroughSealer` publishes the plaintext with the five x-emq-*
 headers a real sealer would attach (same sizes, same frames), and
-:class:`PassThroughOpener` hands the body over as it came. They exist only
-here, in the benchmark, and reach the producer only through
-``EncryptedPublisher._sealer_class``, a private seam that a subclass in
-:mod:`envelope_mq.bench.throughput` overrides. No argument, setting,
+:class:`PassThroughOpener` hands the body over as it came. They live here, in
+the repository and outside every package, so that no wheel ever ships a sealer
+that does not encrypt. ``envelope-mq bench`` run from a checkout loads this
+file by path (:mod:`envelope_mq.bench.unsealed`) and reaches the producer only
+through ``EncryptedPublisher._sealer_class``, a private seam; from an installed
+wheel its "sealing off" rows say they were not measured. No argument, setting,
 environment variable or message header can switch sealing off.
 """
 
