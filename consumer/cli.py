@@ -165,43 +165,55 @@ def run_consume(args: argparse.Namespace) -> int:
             observability(args, "envelope-mq consume") as observed,
             _output(args.output) as stream,
         ):
-            writer = JsonLinesWriter(stream)
-            consumer = EncryptedConsumer.from_settings(
-                settings,
-                topology_from_args(args),
-                writer,
-                prefetch=args.prefetch,
-                max_deliveries=args.max_deliveries,
-                policy=policy,
-                key_policy=key_policy,
-                max_age=args.max_age,
-                max_skew=args.max_skew,
-                max_decrypt_rate=args.max_decrypt_rate,
-                dedup_window=args.dedup_window,
-                metrics=observed.metrics,
-            )
-            writer.on_error = consumer.stop
-            print(
-                f"envelope-mq consume: consuming {args.queue!r} "
-                f"({args.queue_type}) from "
-                f"{', '.join(redact_url(u) for u in settings.rabbitmq_urls)}; "
-                "SIGTERM or Ctrl-C stops",
-                file=sys.stderr,
-                flush=True,
-            )
-            with stop_on_signals(consumer.stop):
-                stats = consumer.run(count=args.count)
-    except MessagingError as exc:
+            try:
+                writer = JsonLinesWriter(stream)
+                consumer = EncryptedConsumer.from_settings(
+                    settings,
+                    topology_from_args(args),
+                    writer,
+                    prefetch=args.prefetch,
+                    max_deliveries=args.max_deliveries,
+                    policy=policy,
+                    key_policy=key_policy,
+                    max_age=args.max_age,
+                    max_skew=args.max_skew,
+                    max_decrypt_rate=args.max_decrypt_rate,
+                    dedup_window=args.dedup_window,
+                    metrics=observed.metrics,
+                )
+                writer.on_error = consumer.stop
+                observed.say(
+                    f"envelope-mq consume: consuming {args.queue!r} "
+                    f"({args.queue_type}) from "
+                    f"{', '.join(redact_url(u) for u in settings.rabbitmq_urls)}; "
+                    "SIGTERM or Ctrl-C stops",
+                    event="consumer_started",
+                    queue=args.queue,
+                )
+                with stop_on_signals(consumer.stop):
+                    stats = consumer.run(count=args.count)
+            except MessagingError as exc:
+                observed.say(
+                    f"envelope-mq consume: {exc}", event="command_failed", level="error"
+                )
+                return 1
+    except MessagingError as exc:  # before logging was set up
         print(f"envelope-mq consume: {exc}", file=sys.stderr)
         return 1
     quarantined = ", ".join(f"{n} {r}" for r, n in sorted(stats.quarantined.items()))
-    print(
+    observed.say(
         f"envelope-mq consume: {stats.handled} message(s) from {args.queue!r}; "
         f"quarantined: {quarantined or 'none'}; requeued: {stats.requeued}",
-        file=sys.stderr,
+        event="consumer_stopped",
+        queue=args.queue,
+        count=stats.handled,
     )
     if writer.failed:
-        print("envelope-mq consume: the output failed; stopped", file=sys.stderr)
+        observed.say(
+            "envelope-mq consume: the output failed; stopped",
+            event="output_failed",
+            level="error",
+        )
         return 1
     return 0
 

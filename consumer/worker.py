@@ -563,7 +563,7 @@ class EncryptedConsumer:
             pause = 0.0
             for _ in range(min(self._short_lived, 32)):
                 pause = next(delays)
-            logger.warning(
+            logger.info(
                 "connection lost soon after connecting; waiting %.1fs",
                 pause,
                 extra={"event": "reconnect_delayed", "delay": round(pause, 3)},

@@ -19,7 +19,8 @@ from envelope_mq.shared.cli_args import (
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError, MessagingError
 from envelope_mq.shared.observability import (
-    MetricsHooks,
+    NULL_METRICS,
+    Observability,
     add_observability_arguments,
     observability,
 )
@@ -79,18 +80,22 @@ def run(args: argparse.Namespace) -> int:
     """Publish every message, wait for every confirm, print a summary to stderr."""
     try:
         with observability(args, _PROG) as observed:
-            status = _produce(
-                args, Settings.from_env(), sys.stdin.buffer, observed.metrics
-            )
+            try:
+                status = _produce(args, Settings.from_env(), sys.stdin.buffer, observed)
+            except MessagingError as exc:
+                observed.say(
+                    f"{_PROG}: error: {exc}", event="command_failed", level="error"
+                )
+                return 1
             if observed.server is not None and args.linger:
-                print(
+                observed.say(
                     f"{_PROG}: serving metrics for {args.linger:g} s more",
-                    file=sys.stderr,
-                    flush=True,
+                    event="metrics_linger",
+                    seconds=args.linger,
                 )
                 time.sleep(args.linger)
             return status
-    except MessagingError as exc:
+    except MessagingError as exc:  # before logging was set up
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
 
@@ -99,8 +104,9 @@ def _produce(
     args: argparse.Namespace,
     settings: Settings,
     stdin: BinaryIO,
-    metrics: MetricsHooks | None = None,
+    observed: Observability | None = None,
 ) -> int:
+    observed = observed or Observability(NULL_METRICS)
     context = parse_context(args.context)
     topology = topology_from_args(args) if args.queue else None
     if topology is None and not args.routing_key:
@@ -115,7 +121,7 @@ def _produce(
         exchange=None if topology else args.exchange,
         key_id=args.key_id,
         context=context,
-        metrics=metrics,
+        metrics=observed.metrics,
     ) as publisher:
         for body in messages:
             future = publisher.publish(
@@ -129,14 +135,20 @@ def _produce(
     where = ", ".join(redact_url(u) for u in settings.rabbitmq_urls)
     route = args.routing_key or (topology.binding_key if topology else "")
     confirmed = count - len(failures)
-    print(
+    observed.say(
         f"{_PROG}: {confirmed} of {count} message(s), {size} bytes, confirmed by "
         f"{where} (exchange {publisher.exchange!r}, routing key {route!r}) in "
         f"{elapsed:.2f} s ({confirmed / elapsed:.0f} msg/s)",
-        file=sys.stderr,
+        event="produce_finished",
+        count=confirmed,
+        exchange=publisher.exchange,
+        routing_key=route,
+        seconds=round(elapsed, 3),
     )
     if failures:
-        print(f"{_PROG}: error: {failures[0]}", file=sys.stderr)
+        observed.say(
+            f"{_PROG}: error: {failures[0]}", event="publish_failed", level="error"
+        )
         return 1
     return 0
 

@@ -45,6 +45,7 @@ from envelope_mq.producer.window import InFlightWindow
 from envelope_mq.shared.amqp import (
     ConnectionOptions,
     connection_parameters,
+    describe_error,
     redact_url,
     split_urls,
 )
@@ -446,7 +447,7 @@ class ConfirmingTransport:
                 _translate(error, f"cannot connect to RabbitMQ at {self._where}")
             )
             return
-        self._schedule_reconnect()
+        self._schedule_reconnect(error)
 
     def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
         if self._closing:
@@ -469,7 +470,7 @@ class ConfirmingTransport:
         )
         _log.warning(
             "lost the RabbitMQ connection (%s); %d message(s) unconfirmed",
-            type(reason).__name__,
+            describe_error(reason),
             len(self._confirms),
             extra={
                 "event": "broker_lost",
@@ -482,14 +483,29 @@ class ConfirmingTransport:
         self._reconnect.lost(reason)  # the next URL: its node may be the one up
         self._schedule_reconnect()
 
-    def _schedule_reconnect(self) -> None:
+    def _schedule_reconnect(self, failed: BaseException | None = None) -> None:
+        """Try again after the backoff; ``failed``: why the last attempt failed
+        (one warning per attempt, with its cause; pika's own lines stay quiet)."""
         error = self._reconnect.expired()
         if error is not None:
             self._failed = error
             self._fail_everything(error)
             self._ioloop.stop()
             return
-        self._ioloop.call_later(self._reconnect.backoff(), self._connect)
+        delay = self._reconnect.backoff()
+        if failed is not None:
+            _log.warning(
+                "reconnect to %s failed (%s); retrying in %.1fs",
+                self._where,
+                describe_error(failed),
+                delay,
+                extra={
+                    "event": "reconnect_failed",
+                    "component": _COMPONENT,
+                    "delay": round(delay, 3),
+                },
+            )
+        self._ioloop.call_later(delay, self._connect)
 
     def _fail_start(self, error: BrokerError) -> None:
         self._failed = error

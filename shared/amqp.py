@@ -33,6 +33,7 @@ __all__ = [
     "broker_errors",
     "connect_blocking",
     "connection_parameters",
+    "describe_error",
     "redact_url",
     "split_urls",
     "translate_error",
@@ -245,10 +246,39 @@ def translate_error(exc: BaseException, doing: str) -> BrokerError:
         return MessageNackedError(f"{doing}: the broker nacked the message")
     if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
         return BrokerError(f"{doing}: {exc.reply_code} {exc.reply_text}")
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    detail = describe_error(exc)
     if isinstance(exc, pika.exceptions.AMQPConnectionError | OSError):
         return BrokerUnavailableError(f"{doing}: {detail}")
     return BrokerError(f"{doing}: {detail}")
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: text`` of the cause under pika's wrappers, for one log line."""
+    cause = _root_cause(exc)
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The socket error under pika's wrappers: an outage says why, in one line.
+
+    pika wraps a refused connection as AMQPConnectionError(AMQPConnection-
+    WorkflowFailed(... AMQPConnectorSocketConnectError(ConnectionRefusedError)));
+    none of these texts carries a URL or a password.
+    """
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        attempts = getattr(exc, "exceptions", None)  # a workflow: the last try
+        wrapped = getattr(exc, "exception", None)  # one phase of the workflow
+        if isinstance(attempts, list | tuple) and attempts:
+            exc = attempts[-1]
+        elif isinstance(wrapped, BaseException):
+            exc = wrapped
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            break
+    return exc
 
 
 @contextlib.contextmanager

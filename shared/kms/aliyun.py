@@ -27,6 +27,7 @@ from aliyunsdkkms.request.v20160120.DecryptRequest import DecryptRequest
 from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
     GenerateDataKeyRequest,
 )
+from envelope_mq.shared import thirdparty_logs
 from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import (
     ConfigError,
@@ -54,6 +55,8 @@ from envelope_mq.shared.kms.retry import RetryPolicy
 __all__ = ["AliyunKms"]
 
 logger = logging.getLogger(__name__)
+# The SDKs imported above attach stream handlers of their own: route them.
+thirdparty_logs.route_third_party_loggers()
 # The SDK logs every response body at DEBUG (GenerateDataKey's and Decrypt's
 # carry the plaintext data key), every request parameter (Encrypt's Plaintext)
 # at DEBUG, and server messages that may quote them at ERROR. _translate says

@@ -13,7 +13,12 @@ Our log calls say what happened with a stable ``event`` name and the fields of
 ``extra`` event name, else the message template, which is stable too),
 ``message`` (the rendered text), then any of :data:`LOG_FIELDS` the call gave,
 then ``error_type`` and ``stack`` (file:line function frames) when an exception
-is logged.
+is logged (``stack`` at ``--log-level debug`` only).
+
+Quiet by default: below DEBUG, no traceback is written (the text format names
+the exception's type instead) and third-party loggers (pika, the Alibaba SDKs)
+speak only at CRITICAL, since our code logs each failure once with its cause;
+see :mod:`envelope_mq.shared.thirdparty_logs`.
 
 No key material and no plaintext, by construction: any other ``extra`` key is
 dropped; a field value that is not str, int, float, bool or None is written
@@ -41,6 +46,8 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, Final
+
+from envelope_mq.shared import thirdparty_logs
 
 __all__ = [
     "LOG_FIELDS",
@@ -127,7 +134,15 @@ _GUARD = RedactBytesFilter()
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, with the stable keys of this module's doc."""
+    """One JSON object per record, with the stable keys of this module's doc.
+
+    ``tracebacks`` adds the ``stack`` of a logged exception (``error_type`` is
+    always there).
+    """
+
+    def __init__(self, *, tracebacks: bool = True) -> None:
+        super().__init__()
+        self._tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
@@ -145,10 +160,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             line["error_type"] = type(error).__name__
-            line["stack"] = [
-                f"{frame.filename}:{frame.lineno} {frame.name}"
-                for frame in traceback.extract_tb(error.__traceback__)
-            ]
+            if self._tracebacks:
+                line["stack"] = [
+                    f"{frame.filename}:{frame.lineno} {frame.name}"
+                    for frame in traceback.extract_tb(error.__traceback__)
+                ]
         return json.dumps(line, ensure_ascii=False, default=str).translate(
             _JSON_ESCAPES
         )
@@ -157,12 +173,14 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger: message`` on one line, control characters escaped.
 
-    An exception is written as its type and frames on the same line, never
-    its text, as in the JSON format.
+    An exception is written as its type on the same line, never its text, as
+    in the JSON format; with ``tracebacks`` (``--log-level debug``) its frames
+    follow, innermost first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, tracebacks: bool = True) -> None:
         super().__init__(_TEXT_FORMAT)
+        self._tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of text."""
@@ -173,12 +191,16 @@ class TextFormatter(logging.Formatter):
         line = self.formatMessage(record)
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
-            frames = " < ".join(
-                f"{frame.filename}:{frame.lineno} {frame.name}"
-                for frame in reversed(traceback.extract_tb(error.__traceback__))
+            frames = (
+                " < ".join(
+                    f"{frame.filename}:{frame.lineno} {frame.name}"
+                    for frame in reversed(traceback.extract_tb(error.__traceback__))
+                )
+                if self._tracebacks
+                else ""
             )
             line += f" [{type(error).__name__}{' at ' if frames else ''}{frames}]"
-        if record.stack_info:
+        if record.stack_info and self._tracebacks:
             line += " " + record.stack_info
         return escape_controls(line)
 
@@ -213,8 +235,8 @@ def configure_logging(
 
     Installs one handler on the root logger, replacing one installed earlier
     by this function; the bytes guard sits on the handler, so it also covers
-    third-party loggers. pika is kept at WARNING unless ``level`` is DEBUG:
-    its INFO lines narrate every connection and channel.
+    third-party loggers. Unless ``level`` is DEBUG, tracebacks are left out
+    and third-party loggers are held at CRITICAL (module docstring).
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {LOG_FORMATS}")
@@ -226,7 +248,12 @@ def configure_logging(
     if not isinstance(numeric, int):
         raise ValueError(f"log level must be one of {LOG_LEVELS}")
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    debug = numeric <= logging.DEBUG
+    handler.setFormatter(
+        JsonFormatter(tracebacks=debug)
+        if log_format == "json"
+        else TextFormatter(tracebacks=debug)
+    )
     handler.addFilter(RedactBytesFilter())
     setattr(handler, _OURS, True)
     _redact_at_creation()
@@ -236,9 +263,7 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(numeric)
-    logging.getLogger("pika").setLevel(
-        logging.NOTSET if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
-    )
+    thirdparty_logs.set_policy(logging.NOTSET if debug else logging.CRITICAL)
     return handler
 
 
@@ -274,8 +299,8 @@ def logging_configured(
     A command run in-process (by a test, say) leaves the logging set-up as it
     found it: handler, levels and record factory.
     """
-    root, pika = logging.getLogger(), logging.getLogger("pika")
-    saved_levels = (root.level, pika.level)
+    root = logging.getLogger()
+    saved_level, saved_policy = root.level, thirdparty_logs.policy()
     saved_handlers = [h for h in root.handlers if getattr(h, _OURS, False)]
     saved_factory = logging.getLogRecordFactory()
     handler = configure_logging(log_format, level, stream=stream)
@@ -286,6 +311,6 @@ def logging_configured(
         root.removeHandler(handler)
         for old in saved_handlers:
             root.addHandler(old)
-        root.setLevel(saved_levels[0])
-        pika.setLevel(saved_levels[1])
+        root.setLevel(saved_level)
+        thirdparty_logs.set_policy(saved_policy)
         logging.setLogRecordFactory(saved_factory)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from envelope_mq.shared.observability.health import HealthState
 from envelope_mq.shared.observability.logs import (
     LOG_FORMATS,
     LOG_LEVELS,
+    JsonFormatter,
     logging_configured,
 )
 from envelope_mq.shared.observability.metrics import NULL_METRICS, Metrics, MetricsHooks
@@ -70,11 +72,36 @@ def add_observability_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Observability:
-    """What a command hands to the library: metrics hooks and health state."""
+    """What a command hands to the library: metrics hooks and health state;
+    and how it writes its own status lines to stderr."""
 
     metrics: MetricsHooks
     health: HealthState | None = None
     server: ObservabilityServer | None = None
+    log_format: str = "text"
+    stream: IO[str] | None = None
+
+    def say(self, text: str, *, event: str, level: str = "info", **fields: Any) -> None:
+        """Write a command's status line: ``text`` as is, or under ``--log-format
+        json`` one JSON line with ``event`` and ``fields`` (of LOG_FIELDS).
+
+        Whatever the log level, as the line a command prints always was; usable
+        after the ``observability`` block too.
+        """
+        if self.log_format == "json":
+            record = logging.LogRecord(
+                "envelope_mq.cli",
+                logging.getLevelNamesMapping()[level.upper()],
+                __file__,
+                0,
+                text,
+                None,
+                None,
+            )
+            record.__dict__.update(fields, event=event)
+            text = JsonFormatter().format(record)
+        stream = sys.stderr if self.stream is None else self.stream
+        print(text, file=stream, flush=True)
 
 
 @contextlib.contextmanager
@@ -89,30 +116,30 @@ def observability(
         ConfigError: the metrics port cannot be bound.
     """
     err = sys.stderr if stderr is None else stderr
+    log_format = getattr(args, "log_format", "text")
     with logging_configured(
-        getattr(args, "log_format", "text"),
-        getattr(args, "log_level", "warning"),
-        stream=err,
+        log_format, getattr(args, "log_level", "warning"), stream=err
     ):
         port: int | None = getattr(args, "metrics_port", None)
         if port is None:
-            yield Observability(NULL_METRICS)
+            yield Observability(NULL_METRICS, log_format=log_format, stream=err)
         else:
-            with _serving(args, prog, port, err) as served:
+            with _serving(args, prog, port, log_format, err) as served:
                 yield served
 
 
 @contextlib.contextmanager
 def _serving(
-    args: argparse.Namespace, prog: str, port: int, err: IO[str]
+    args: argparse.Namespace, prog: str, port: int, log_format: str, err: IO[str]
 ) -> Iterator[Observability]:
     health = HealthState()
     metrics = Metrics(health=health)
     host = getattr(args, "metrics_host", DEFAULT_HOST)
     with ObservabilityServer(health, metrics.registry, port=port, host=host) as server:
-        print(
+        observed = Observability(metrics, health, server, log_format, err)
+        observed.say(
             f"{prog}: metrics at {server.url} (health: /healthz, readiness: /readyz)",
-            file=err,
-            flush=True,
+            event="metrics_serving",
+            url=server.url,
         )
-        yield Observability(metrics, health, server)
+        yield observed

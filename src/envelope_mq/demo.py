@@ -124,7 +124,9 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _broker(settings: Settings) -> Iterator[tuple[tuple[str, ...], str]]:
+def _broker(
+    settings: Settings, observed: Observability
+) -> Iterator[tuple[tuple[str, ...], str]]:
     urls = settings.rabbitmq_urls
     if any(_answers(url) for url in urls):
         yield urls, ", ".join(redact_url(u) for u in urls)
@@ -134,9 +136,9 @@ def _broker(settings: Settings) -> Iterator[tuple[tuple[str, ...], str]]:
             "no RabbitMQ answers at RABBITMQ_URL "
             f"({', '.join(redact_url(u) for u in urls)}); {HOW_TO_GET_A_BROKER}"
         )
-    print(
+    observed.say(
         "envelope-mq demo: no RabbitMQ on localhost; starting a throwaway one...",
-        file=sys.stderr,
+        event="demo_broker_starting",
     )
     try:
         broker = start_broker({})
@@ -150,20 +152,26 @@ def run(args: argparse.Namespace) -> int:
     """Run ``envelope-mq demo``; 0 only when every message was verified."""
     try:
         settings = Settings.from_env()
-        with (
-            observability(args, "envelope-mq demo") as observed,
-            _broker(settings) as (urls, broker),
-            _kms(settings) as kms,
-        ):
-            result = run_demo(
-                urls,
-                kms.roles,
-                messages=args.messages,
-                size=args.size,
-                metrics=observed.metrics,
-            )
-            calls = kms.calls()
-    except MessagingError as exc:
+        with observability(args, "envelope-mq demo") as observed:
+            try:
+                with (
+                    _broker(settings, observed) as (urls, broker),
+                    _kms(settings) as kms,
+                ):
+                    result = run_demo(
+                        urls,
+                        kms.roles,
+                        messages=args.messages,
+                        size=args.size,
+                        metrics=observed.metrics,
+                    )
+                    calls = kms.calls()
+            except MessagingError as exc:
+                observed.say(
+                    f"envelope-mq demo: {exc}", event="command_failed", level="error"
+                )
+                return 1
+    except MessagingError as exc:  # before logging was set up
         print(f"envelope-mq demo: {exc}", file=sys.stderr)
         return 1
     print(

@@ -21,6 +21,10 @@ from envelope_mq.shared.errors import (
     MessageNackedError,
     MessageUnroutableError,
 )
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectionWorkflowFailed,
+    AMQPConnectorSocketConnectError,
+)
 
 
 class RecordingChannel:
@@ -205,3 +209,15 @@ def test_broker_errors_translates_and_chains() -> None:
         raise cause
     assert caught.value.__cause__ is cause
     assert "406 PRECONDITION_FAILED" in str(caught.value)
+
+
+def test_a_refused_connection_is_described_by_its_socket_error() -> None:
+    refused = ConnectionRefusedError(111, "Connection refused")
+    wrapped = pika.exceptions.AMQPConnectionError(
+        AMQPConnectionWorkflowFailed([AMQPConnectorSocketConnectError(refused)] * 3)
+    )
+    error = translate_error(wrapped, "cannot connect to RabbitMQ at amqp://h/")
+    assert str(error) == (
+        "cannot connect to RabbitMQ at amqp://h/: "
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    )

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from envelope_mq.shared import thirdparty_logs
 from envelope_mq.shared.observability import (
     LOG_FIELDS,
     JsonFormatter,
@@ -33,14 +34,14 @@ def stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
     saved_factory = logging.getLogRecordFactory()
-    pika_level = logging.getLogger("pika").level
+    saved_policy = thirdparty_logs.policy()
     buffer = io.StringIO()
     yield buffer
     for handler in list(root.handlers):
         if handler not in saved_handlers:
             root.removeHandler(handler)
     root.setLevel(saved_level)
-    logging.getLogger("pika").setLevel(pika_level)
+    thirdparty_logs.set_policy(saved_policy)
     logging.setLogRecordFactory(saved_factory)
 
 
@@ -151,7 +152,7 @@ def test_formatter_redacts_even_without_the_handler_filter() -> None:
 def test_exception_text_is_never_written_only_type_and_frames(
     stream: io.StringIO,
 ) -> None:
-    configure_logging("json", "info", stream=stream)
+    configure_logging("json", "debug", stream=stream)
     try:
         raise ValueError("the plaintext was: attack at dawn")
     except ValueError:
@@ -162,6 +163,22 @@ def test_exception_text_is_never_written_only_type_and_frames(
     stack = line["stack"]
     assert isinstance(stack, list)
     assert any("test_logging.py" in frame for frame in stack)
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_below_debug_a_logged_exception_is_its_type_without_a_traceback(
+    stream: io.StringIO, log_format: str
+) -> None:
+    configure_logging(log_format, "info", stream=stream)
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except ConnectionRefusedError:
+        logging.getLogger("app").exception("could not connect")
+    [line] = stream.getvalue().splitlines()
+    assert "Traceback" not in line
+    assert "ConnectionRefusedError" in line
+    if log_format == "json":
+        assert "stack" not in json.loads(line)
 
 
 def test_every_documented_field_is_written(stream: io.StringIO) -> None:
@@ -184,11 +201,33 @@ def test_level_filters_and_reconfiguring_replaces_the_handler(
     assert [line["message"] for line in lines(stream)] == ["shown"]
 
 
-def test_pika_stays_at_warning_unless_debugging(stream: io.StringIO) -> None:
+@pytest.mark.parametrize(
+    "name",
+    ["pika", "pika.adapters.blocking_connection", "aliyunsdkcore", "credentials"],
+)
+def test_third_party_loggers_speak_only_at_critical_unless_debugging(
+    stream: io.StringIO, name: str
+) -> None:
     configure_logging("text", "info", stream=stream)
-    assert logging.getLogger("pika").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger(name).getEffectiveLevel() == logging.CRITICAL
+    logging.getLogger(name).error("Socket failed to connect")
+    assert stream.getvalue() == ""
     configure_logging("text", "debug", stream=stream)
-    assert logging.getLogger("pika").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger(name).getEffectiveLevel() == logging.DEBUG
+
+
+def test_an_sdks_own_stream_handler_is_routed_through_ours(
+    stream: io.StringIO,
+) -> None:
+    private = io.StringIO()
+    sdk = logging.getLogger("alibabacloud-tea")
+    sdk.setLevel(logging.DEBUG)  # as Tea does when imported
+    sdk.addHandler(logging.StreamHandler(private))
+    configure_logging("json", "debug", stream=stream)
+    sdk.debug("a request")
+    assert private.getvalue() == ""
+    [line] = lines(stream)
+    assert line["logger"] == "alibabacloud-tea"
 
 
 def test_text_format_has_time_level_and_logger(stream: io.StringIO) -> None:
