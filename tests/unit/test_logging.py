@@ -335,7 +335,7 @@ def test_a_message_id_cannot_forge_a_json_line(
 def test_text_exceptions_are_one_line_with_type_and_frames_not_text(
     stream: io.StringIO,
 ) -> None:
-    configure_logging("text", "info", stream=stream)
+    configure_logging("text", "debug", stream=stream)  # frames at debug only
     try:
         raise ValueError("secret\nforged line")
     except ValueError:
