@@ -28,7 +28,7 @@ from envelope_mq.producer import EncryptedPublisher, TransportOptions
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Sealer
-from envelope_mq.shared.errors import MessageNackedError
+from envelope_mq.shared.errors import KmsUnavailableError, MessageNackedError
 from envelope_mq.shared.keycache import DataKeyCache
 from envelope_mq.shared.kms import AliyunKms
 
@@ -139,6 +139,31 @@ def publish_stream(
         if pause_every and index % pause_every == pause_every - 1:
             time.sleep(pause)
     return sent
+
+
+def publish_retrying(
+    publisher: EncryptedPublisher,
+    ledger: MessageLedger,
+    *,
+    count: int,
+    tag: str,
+) -> tuple[list[Sent], int]:
+    """Publish, retrying a message whose seal KMS refused for now; (sent, refusals)."""
+    sent, refusals = [], 0
+    for index in range(count):
+        body = payload(tag, index, 256)
+        message_id = f"{tag}-{index:06d}"
+        ledger.published(message_id, body)
+        while True:
+            try:
+                future = publisher.publish(body, message_id=message_id)
+            except KmsUnavailableError:
+                refusals += 1
+                time.sleep(0.05)
+                continue
+            sent.append(Sent(message_id, body, future))
+            break
+    return sent, refusals
 
 
 def confirm_all(

@@ -20,10 +20,9 @@ from scenario_kit import (
     FAST_RECONNECT,
     ConsumerThread,
     QuarantineWatcher,
-    Sent,
     confirm_all,
     ledger_handler,
-    payload,
+    publish_retrying,
     publish_stream,
     quick_publisher_options,
     scenario_topology,
@@ -38,31 +37,6 @@ pytestmark = pytest.mark.reliability
 
 OUTAGE_SECONDS = 10.0
 ROTATE_EVERY = 100  # a new data key every 100 messages: many keys to unwrap
-
-
-def publish_retrying(
-    publisher: EncryptedPublisher,
-    ledger: MessageLedger,
-    *,
-    count: int,
-    tag: str,
-) -> tuple[list[Sent], int]:
-    """Publish, retrying a message whose seal KMS refused for now; (sent, refusals)."""
-    sent, refusals = [], 0
-    for index in range(count):
-        body = payload(tag, index, 256)
-        message_id = f"{tag}-{index:06d}"
-        ledger.published(message_id, body)
-        while True:
-            try:
-                future = publisher.publish(body, message_id=message_id)
-            except KmsUnavailableError:
-                refusals += 1
-                time.sleep(0.05)
-                continue
-            sent.append(Sent(message_id, body, future))
-            break
-    return sent, refusals
 
 
 def test_kms_outage_and_throttling_lose_and_quarantine_nothing(
