@@ -59,8 +59,11 @@ class DedicatedKms:
     ``endpoint`` is the gateway, ``https://<instance-id>.cryptoservice.kms.
     aliyuncs.com`` (``host[:port]`` means HTTPS too: this gateway speaks
     nothing else); ``ca_file`` the instance's CA certificate (PEM), trusted
-    beside the system's; verification is never off. Transient failures are
-    retried as :class:`.aliyun.AliyunKms` does (full jitter, idempotent calls).
+    beside the system's; verification is never off. ``https_proxy`` (or the
+    environment's ``HTTPS_PROXY``) is an HTTP CONNECT proxy to reach it through:
+    the certificate is still checked against the gateway's own name. Transient
+    failures are retried as :class:`.aliyun.AliyunKms` does (full jitter,
+    idempotent calls only).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class DedicatedKms:
         credentials: Credentials,
         *,
         ca_file: str | None = None,
+        https_proxy: str | None = None,
         region_id: str = DEFAULT_REGION_ID,
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
@@ -104,6 +108,8 @@ class DedicatedKms:
                 protocol="https",
                 region_id=region_id,
                 ca=ca_file,
+                # None: the SDK takes HTTPS_PROXY from the environment itself.
+                https_proxy=https_proxy,
             )
         )
 
