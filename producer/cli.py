@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from envelope_mq.producer.publisher import EncryptedPublisher
@@ -28,6 +30,7 @@ from envelope_mq.shared.observability import (
 __all__ = ["register", "run"]
 
 _PROG = "envelope-mq produce"
+_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -37,12 +40,29 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="encrypt and publish messages",
         description=(
             "Encrypt messages with a KMS data key and publish them with publisher "
-            "confirms. Messages come from the arguments, else from --count, else "
-            "one per line from stdin. Configuration: RABBITMQ_URL, KMS_ENDPOINT, "
+            "confirms. Messages come from the arguments, else from --file, else "
+            "from --count, else one per line from stdin (blank lines skipped, and "
+            "counted in the summary). Ctrl-C stops: it says how many messages were "
+            "confirmed and exits 130. Configuration: RABBITMQ_URL, KMS_ENDPOINT, "
             "KMS_KEY_ID, ALIBABA_CLOUD_* (see the README)."
         ),
     )
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="message text")
+    parser.add_argument(
+        "--file",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="publish the file's bytes as one message (repeatable)",
+    )
+    parser.add_argument(
+        "--lines",
+        action="store_true",
+        help=(
+            "with --file: one message per line instead (line ends removed; a "
+            "blank line is an empty message, never dropped)"
+        ),
+    )
     add_topology_arguments(
         parser,
         queue_help="queue to declare and bind (and route to)",
@@ -77,16 +97,30 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Publish every message, wait for every confirm, print a summary to stderr."""
+    """Publish every message, wait for every confirm, print a summary to stderr.
+
+    Ctrl-C (SIGINT) stops publishing: what was published gets up to 30 s for
+    its confirms (a second Ctrl-C stops waiting), then the command says how
+    many were confirmed and exits 130, without a traceback.
+    """
+    tally = Tally()
     try:
         with observability(args, _PROG) as observed:
             try:
-                status = _produce(args, Settings.from_env(), sys.stdin.buffer, observed)
+                try:
+                    status = _produce(
+                        args, Settings.from_env(), sys.stdin.buffer, observed, tally
+                    )
+                except KeyboardInterrupt:
+                    _interrupted(observed, tally)
+                    return _INTERRUPTED
             except MessagingError as exc:
                 observed.say(
                     f"{_PROG}: error: {exc}", event="command_failed", level="error"
                 )
                 return 1
+            except KeyboardInterrupt:  # a second Ctrl-C, while reporting
+                return _INTERRUPTED
             if observed.server is not None and args.linger:
                 observed.say(
                     f"{_PROG}: serving metrics for {args.linger:g} s more",
@@ -98,6 +132,48 @@ def run(args: argparse.Namespace) -> int:
     except MessagingError as exc:  # before logging was set up
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before logging was set up
+        print(f"{_PROG}: interrupted; nothing was published", file=sys.stderr)
+        return _INTERRUPTED
+
+
+class Tally:
+    """Messages handed to the publisher, and their fates (any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.published = self.confirmed = 0
+        self.blank_lines = 0  # stdin lines skipped
+        self.failures: list[BaseException] = []
+
+    def sent(self, future: Future[str]) -> None:
+        """Count one publish; its confirm or failure is counted when it comes."""
+        self.published += 1  # the publishing thread only
+        future.add_done_callback(self._settled)
+
+    def settled(self) -> tuple[int, int]:
+        """How many were confirmed and how many failed, so far."""
+        with self._lock:
+            return self.confirmed, len(self.failures)
+
+    def _settled(self, future: Future[str]) -> None:
+        error = future.exception()
+        with self._lock:
+            if error is None:
+                self.confirmed += 1
+            else:
+                self.failures.append(error)
+
+
+def _interrupted(observed: Observability, tally: Tally) -> None:
+    confirmed, failed = tally.settled()
+    observed.say(
+        f"{_PROG}: interrupted: {confirmed} of {tally.published} message(s) "
+        f"confirmed" + (f", {failed} failed" if failed else ""),
+        event="produce_interrupted",
+        level="warning",
+        count=confirmed,
+    )
 
 
 def _produce(
@@ -105,16 +181,17 @@ def _produce(
     settings: Settings,
     stdin: BinaryIO,
     observed: Observability | None = None,
+    tally: Tally | None = None,
 ) -> int:
     observed = observed or Observability(NULL_METRICS)
+    tally = tally or Tally()
     context = parse_context(args.context)
     topology = topology_from_args(args) if args.queue else None
     if topology is None and not args.routing_key:
         raise ConfigError("give --queue NAME or --routing-key KEY")
-    messages = _messages(args, stdin)
+    messages = _messages(args, stdin, tally)
     started = time.perf_counter()
-    count = size = 0
-    failures: list[BaseException] = []
+    size = 0
     with EncryptedPublisher.from_settings(
         settings,
         topology=topology,
@@ -124,21 +201,24 @@ def _produce(
         metrics=observed.metrics,
     ) as publisher:
         for body in messages:
-            future = publisher.publish(
-                body, routing_key=args.routing_key, content_type=args.content_type
+            tally.sent(
+                publisher.publish(
+                    body, routing_key=args.routing_key, content_type=args.content_type
+                )
             )
-            future.add_done_callback(_collect(failures))
-            count += 1
             size += len(body)
         publisher.flush()
     elapsed = max(time.perf_counter() - started, 1e-9)
     where = ", ".join(redact_url(u) for u in settings.rabbitmq_urls)
     route = args.routing_key or (topology.binding_key if topology else "")
+    count, failures = tally.published, tally.failures
     confirmed = count - len(failures)
+    blank = tally.blank_lines
+    skipped = f"; skipped {blank} blank stdin line(s)" if blank else ""
     observed.say(
         f"{_PROG}: {confirmed} of {count} message(s), {size} bytes, confirmed by "
         f"{where} (exchange {publisher.exchange!r}, routing key {route!r}) in "
-        f"{elapsed:.2f} s ({confirmed / elapsed:.0f} msg/s)",
+        f"{elapsed:.2f} s ({confirmed / elapsed:.0f} msg/s){skipped}",
         event="produce_finished",
         count=confirmed,
         exchange=publisher.exchange,
@@ -153,15 +233,6 @@ def _produce(
     return 0
 
 
-def _collect(failures: list[BaseException]) -> Callable[[Future[str]], None]:
-    def done(future: Future[str]) -> None:
-        error = future.exception()
-        if error is not None:
-            failures.append(error)  # list.append is atomic: safe from the I/O thread
-
-    return done
-
-
 def parse_context(items: Iterable[str]) -> dict[str, str]:
     """Turn ``["tenant=a", "app=b"]`` into ``{"tenant": "a", "app": "b"}``."""
     context: dict[str, str] = {}
@@ -173,16 +244,46 @@ def parse_context(items: Iterable[str]) -> dict[str, str]:
     return context
 
 
-def _messages(args: argparse.Namespace, stdin: BinaryIO) -> Iterator[bytes]:
+def _messages(
+    args: argparse.Namespace, stdin: BinaryIO, tally: Tally
+) -> Iterator[bytes]:
+    files: list[Path] = args.file or []
+    sources = [bool(args.messages), bool(files), args.count is not None]
+    if sum(sources) > 1:
+        raise ConfigError("give messages as arguments, --file or --count, not several")
+    if args.lines and not files:
+        raise ConfigError("--lines goes with --file")
     if args.messages:
         return (m.encode("utf-8") for m in args.messages)
+    if files:
+        unreadable = [str(p) for p in files if not p.is_file()]
+        if unreadable:
+            raise ConfigError(f"--file: not a readable file: {', '.join(unreadable)}")
+        return _file_lines(files) if args.lines else (p.read_bytes() for p in files)
     if args.count is not None:
         if args.count < 0 or args.size < 0:
             raise ConfigError("--count and --size must not be negative")
         return generated(args.count, args.size)
     # Streamed line by line, so `... | envelope-mq produce` publishes as lines come.
-    lines = (line.rstrip(b"\r\n") for line in stdin)
-    return (line for line in lines if line)
+    return _stdin_lines(stdin, tally)
+
+
+def _file_lines(files: Iterable[Path]) -> Iterator[bytes]:
+    """Every line of every file, line ends removed; blank lines are messages too."""
+    for path in files:
+        with path.open("rb") as stream:
+            for line in stream:
+                yield line.rstrip(b"\r\n")
+
+
+def _stdin_lines(stdin: BinaryIO, tally: Tally) -> Iterator[bytes]:
+    """Non-blank stdin lines; the blank ones are counted for the summary."""
+    for raw in stdin:
+        line = raw.rstrip(b"\r\n")
+        if line:
+            yield line
+        else:
+            tally.blank_lines += 1
 
 
 def generated(count: int, size: int) -> Iterator[bytes]:

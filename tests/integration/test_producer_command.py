@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pika.exceptions
 import pytest
 from envelope_mq.shared.amqp import connect_blocking
 from envelope_mq.shared.config import Settings
@@ -84,6 +87,7 @@ def test_stdin_lines_are_messages_and_blank_lines_are_skipped(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "3 of 3 message(s)" in done.stderr
+    assert "skipped 1 blank stdin line(s)" in done.stderr  # skipped, not silently
     assert depth(emq_producer_settings, emq_amqp_names.queue) == 3
 
 
@@ -121,3 +125,59 @@ def test_no_broker_exits_1_with_a_clear_message_and_no_secret(
     )
     assert "hunter2" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_files_are_messages_one_each_or_one_per_line(
+    emq_producer_settings: Settings, emq_amqp_names: AmqpNames, tmp_path: Path
+) -> None:
+    whole, lines = tmp_path / "order.json", tmp_path / "orders.txt"
+    whole.write_bytes(b'{"order": 1}\n')
+    lines.write_bytes(b"first\n\nthird\n")
+    route = ["--queue", emq_amqp_names.queue, "--exchange", emq_amqp_names.exchange]
+    done = produce(emq_producer_settings, *route, "--file", str(whole))
+    assert done.returncode == 0, done.stderr
+    assert "1 of 1 message(s), 13 bytes" in done.stderr
+    done = produce(emq_producer_settings, *route, "--file", str(lines), "--lines")
+    assert done.returncode == 0, done.stderr
+    assert "3 of 3 message(s), 10 bytes" in done.stderr  # the blank line too
+    assert depth(emq_producer_settings, emq_amqp_names.queue) == 4
+
+
+def test_ctrl_c_says_how_many_were_confirmed_and_exits_130(
+    emq_producer_settings: Settings, emq_amqp_names: AmqpNames
+) -> None:
+    command = [ENVELOPE_MQ, "produce", "--queue", emq_amqp_names.queue]
+    command += ["--exchange", emq_amqp_names.exchange]
+    producer = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment(emq_producer_settings),
+        text=True,
+    )
+    try:
+        assert producer.stdin is not None
+        producer.stdin.write("".join(f"line {n}\n" for n in range(5)))
+        producer.stdin.flush()  # then stdin stays open: produce waits for more
+        deadline = time.monotonic() + 60
+        while depth_or_zero(emq_producer_settings, emq_amqp_names.queue) < 5:
+            assert time.monotonic() < deadline, "the five lines never arrived"
+            time.sleep(0.1)
+        producer.send_signal(signal.SIGINT)
+        _, stderr = producer.communicate(timeout=60)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+    assert producer.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    assert "interrupted: 5 of 5 message(s) confirmed" in stderr
+
+
+def depth_or_zero(settings: Settings, queue: str) -> int:
+    """The queue's depth, 0 while it does not exist yet."""
+    try:
+        return depth(settings, queue)
+    except pika.exceptions.ChannelClosedByBroker:  # 404 NOT_FOUND
+        return 0

@@ -3,10 +3,18 @@ from __future__ import annotations
 import argparse
 import io
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
-from envelope_mq.producer.cli import _produce, generated, parse_context, register
+from envelope_mq.producer.cli import (
+    Tally,
+    _messages,
+    _produce,
+    generated,
+    parse_context,
+    register,
+)
 from envelope_mq.producer.publisher import new_message_id
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError
@@ -75,3 +83,48 @@ def test_linger_is_off_unless_given_and_must_be_positive() -> None:
     assert parse("--queue", "q", "--linger", "2.5").linger == 2.5
     with pytest.raises(SystemExit):
         parse("--queue", "q", "--linger", "0")
+
+
+def messages_of(args: argparse.Namespace, stdin: bytes = b"") -> list[bytes]:
+    return list(_messages(args, io.BytesIO(stdin), Tally()))
+
+
+def test_each_file_is_one_message_with_its_bytes_unchanged(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.json", tmp_path / "b.bin"
+    first.write_bytes(b'{"order": 1}\n')
+    second.write_bytes(b"\x00\xff\n\n")
+    args = parse("--file", str(first), "--file", str(second))
+    assert messages_of(args) == [b'{"order": 1}\n', b"\x00\xff\n\n"]
+
+
+def test_with_lines_each_line_is_a_message_and_blank_lines_are_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "orders.txt"
+    path.write_bytes(b"first\n\nsecond\r\n\nthird")
+    args = parse("--file", str(path), "--lines")
+    assert messages_of(args) == [b"first", b"", b"second", b"", b"third"]
+
+
+def test_blank_stdin_lines_are_skipped_and_counted() -> None:
+    tally = Tally()
+    args = parse()
+    lines = list(_messages(args, io.BytesIO(b"a\n\n\r\nb\n"), tally))
+    assert lines == [b"a", b"b"]
+    assert tally.blank_lines == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("hello", "--file", "x"), ("--count", "2", "--file", "x"), ("--lines",)],
+)
+def test_message_sources_do_not_mix_and_lines_needs_a_file(argv: tuple[str]) -> None:
+    with pytest.raises(ConfigError):
+        messages_of(parse(*argv))
+
+
+def test_a_missing_file_is_refused_before_anything_is_published(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="not a readable file"):
+        messages_of(parse("--file", str(tmp_path / "nope")))
