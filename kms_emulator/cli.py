@@ -93,6 +93,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="another DNS name or IP for the generated certificate (repeatable)",
     )
+    gateway = parser.add_argument_group("dedicated gateway (KMS 3.0 instance)")
+    gateway.add_argument(
+        "--instance-id",
+        metavar="kst-...",
+        help="act as this instance's dedicated gateway: HTTPS only (implies "
+        "--tls), <id>.cryptoservice.kms.aliyuncs.com in the certificate, "
+        "data-plane operations only, an instance QPS quota, and a CONNECT "
+        "proxy that resolves the instance host name here",
+    )
+    gateway.add_argument(
+        "--instance-qps",
+        type=float,
+        default=1000.0,
+        metavar="QPS",
+        help="the instance's spec (1000, 2000 or 4000); over it: 429 "
+        "Rejected.Throttling (default 1000)",
+    )
     parser.add_argument(
         "--qps-quota",
         type=float,
@@ -157,6 +174,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return _fail(f"set both {ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}")
     if args.sts_lifetime is not None and not 0 < args.sts_lifetime < 86400:
         return _fail("--sts-lifetime must be between 0 and 86400 seconds")
+    if args.instance_id is not None:
+        args.tls = True
+    if not 0 < args.instance_qps < 1e9:
+        return _fail("--instance-qps must be a positive number")
     if args.qps_quota is not None and not 0 < args.qps_quota < 1e9:
         return _fail("--qps-quota must be a positive number")
     if not math.isfinite(args.clock_offset):
@@ -208,6 +229,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         admin_hosts=args.admin_host,
         sts_lifetime=args.sts_lifetime,
         qps_quota=args.qps_quota,
+        instance_id=args.instance_id,
+        instance_qps=args.instance_qps,
     )
     try:
         emulator.start()
@@ -265,6 +288,11 @@ def _banner(
     ]
     if emulator.ca_file is not None:
         lines.append(f"  KMS_CA_FILE={emulator.ca_file}")
+    if emulator.instance_host is not None:
+        lines.append(
+            f"  dedicated gateway https://{emulator.instance_host}: reach it through "
+            f"HTTPS_PROXY={emulator.gateway_proxy} (a CONNECT proxy to this port)"
+        )
     if key_line:
         lines.append(f"  {key_line}")
     seed = emulator.service.seed

@@ -19,12 +19,18 @@ from envelope_mq.kms_emulator.admin import AdminAccess
 from envelope_mq.kms_emulator.auth import Authenticator
 from envelope_mq.kms_emulator.faults import Faults
 from envelope_mq.kms_emulator.gateway import Gateway
+from envelope_mq.kms_emulator.instance import (
+    DEFAULT_INSTANCE_QPS,
+    INSTANCE_ID,
+    instance_host,
+)
 from envelope_mq.kms_emulator.policy import Principal
 from envelope_mq.kms_emulator.quota import QpsLimiter
 from envelope_mq.kms_emulator.server import KmsHttpServer
 from envelope_mq.kms_emulator.service import KmsService
 from envelope_mq.kms_emulator.sts import StsService
 from envelope_mq.kms_emulator.tls import TlsFiles, generate, server_context
+from envelope_mq.kms_emulator.tunnel import ConnectTunnel
 
 __all__ = ["AuthMode", "Emulator"]
 
@@ -48,6 +54,12 @@ class Emulator:
             per second (the shared gateway's is 1,000); over it, 429
             ``Rejected.Throttling``. None: unmetered. ``quota_clock`` is the
             meters' monotonic clock (tests freeze it).
+        instance_id: act as the dedicated gateway of this KMS 3.0 instance
+            (``kst-...``): HTTPS only (``tls`` is implied), a certificate for
+            ``<instance_id>.cryptoservice.kms.aliyuncs.com``, data-plane
+            operations only, an instance quota of ``instance_qps`` (the
+            instance spec: 1,000 by default), and a CONNECT proxy at
+            ``gateway_proxy`` that resolves the instance host name to it.
         data: a data directory (persistent), or None for in-memory state.
         host, port: where to listen; port 0 picks a free port.
         region_id: the region the emulator pretends to be.
@@ -82,6 +94,8 @@ class Emulator:
         sts_lifetime: float | None = None,
         qps_quota: float | None = None,
         quota_clock: Callable[[], float] = time.monotonic,
+        instance_id: str | None = None,
+        instance_qps: float = DEFAULT_INSTANCE_QPS,
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -91,6 +105,13 @@ class Emulator:
         self._data = data
         self._address = (host, port)
         self._region_id = region_id
+        if instance_id is not None:
+            if not INSTANCE_ID.fullmatch(instance_id):
+                raise ValueError(f"not a KMS instance id (kst-...): {instance_id!r}")
+            tls = True  # a dedicated gateway speaks HTTPS only
+            tls_names = (*tls_names, instance_host(instance_id))
+        self._instance_id = instance_id
+        self._tunnel: ConnectTunnel | None = None
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if not tls and (tls_cert is not None or tls_ca_out is not None or tls_names):
@@ -100,9 +121,10 @@ class Emulator:
         self._admin_token = admin_token or secrets.token_urlsafe(24)
         self._admin_hosts = tuple(admin_hosts)
         self._sts_lifetime = sts_lifetime
-        self._quotas = (
-            (QpsLimiter(qps_quota, clock=quota_clock),) if qps_quota is not None else ()
-        )
+        quotas = [QpsLimiter(qps_quota, clock=quota_clock)] if qps_quota else []
+        if instance_id is not None:
+            quotas.append(QpsLimiter(instance_qps, clock=quota_clock))
+        self._quotas = tuple(quotas)
         self._sts: StsService | None = None
         self._tls = tls
         self._tls_given = (
@@ -150,6 +172,7 @@ class Emulator:
                 region_id=self._region_id,
                 sts=sts,
                 quotas=self._quotas,
+                instance_id=self._instance_id,
             )
             server = KmsHttpServer(self._address, gateway, self._ssl_context())
         except BaseException:
@@ -164,6 +187,11 @@ class Emulator:
         )
         self._service, self._gateway, self._server = service, gateway, server
         self._sts = sts
+        if self._instance_id is not None:
+            self._tunnel = ConnectTunnel(
+                instance_host(self._instance_id),
+                (str(server.server_address[0]), int(server.server_address[1])),
+            )
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -185,6 +213,9 @@ class Emulator:
             thread.join()
         if service is not None:
             service.close()
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
         self._drop_tls_dir()
 
     def _own_names(self, bound: str) -> list[str]:
@@ -253,6 +284,17 @@ class Emulator:
     def scheme(self) -> str:
         """``https`` when serving TLS, else ``http``."""
         return "https" if self._tls else "http"
+
+    @property
+    def instance_host(self) -> str | None:
+        """``<instance-id>.cryptoservice.kms.aliyuncs.com`` in gateway mode."""
+        return instance_host(self._instance_id) if self._instance_id else None
+
+    @property
+    def gateway_proxy(self) -> str | None:
+        """The CONNECT proxy (``http://127.0.0.1:<port>``) that resolves
+        :attr:`instance_host` to this emulator; None in shared mode."""
+        return self._tunnel.url if self._tunnel is not None else None
 
     @property
     def sts(self) -> StsService:

@@ -25,6 +25,11 @@ from envelope_mq.kms_emulator.errors import (
     missing_parameter,
 )
 from envelope_mq.kms_emulator.faults import Faults, Outcome
+from envelope_mq.kms_emulator.instance import (
+    DATA_PLANE_ACTIONS,
+    instance_host,
+    unsupported_here,
+)
 from envelope_mq.kms_emulator.policy import Principal
 from envelope_mq.kms_emulator.quota import METERED_ACTIONS, QpsLimiter, throttled
 from envelope_mq.kms_emulator.reply import Reply, error_reply
@@ -55,6 +60,7 @@ class Gateway:
         region_id: str,
         sts: StsService | None = None,
         quotas: tuple[QpsLimiter, ...] = (),
+        instance_id: str | None = None,
     ) -> None:
         self.service = service
         self.sts = sts
@@ -62,7 +68,12 @@ class Gateway:
         self.quotas = quotas
         self.authenticator = authenticator
         self.faults = faults
-        self.host_id = f"kms.{region_id}.aliyuncs.com"
+        self.instance_id = instance_id
+        self.host_id = (
+            instance_host(instance_id)
+            if instance_id is not None
+            else f"kms.{region_id}.aliyuncs.com"
+        )
         self._admin = AdminRoutes(self) if admin else None
         # Set by the server's owner once the address is known.
         self.admin_access: AdminAccess | None = None
@@ -172,6 +183,12 @@ class Gateway:
                 principal = self.authenticator.authenticate(
                     SignedRequest(method, params, query, headers, body)
                 )
+            if (
+                not sts
+                and self.instance_id is not None
+                and action not in DATA_PLANE_ACTIONS
+            ):
+                raise unsupported_here(action)
             if not sts and action in METERED_ACTIONS:
                 # Every meter takes its token: the account's quota and the
                 # instance's both count a request.

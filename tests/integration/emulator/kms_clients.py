@@ -157,6 +157,7 @@ class NewSdkClient:
         *,
         v1: bool = False,
         ca: str | None = None,
+        https_proxy: str | None = None,
     ) -> None:
         from alibabacloud_kms20160120.client import Client
         from alibabacloud_tea_openapi.models import Config
@@ -172,6 +173,7 @@ class NewSdkClient:
             connect_timeout=5000,
             # The PEM file of CAs to trust over https (both sync and async forms).
             ca=ca,
+            https_proxy=https_proxy,
         )
         if v1:
             config.signature_algorithm = "v2"

@@ -6,6 +6,8 @@ import os
 import queue
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -193,6 +195,26 @@ def test_admin_token_from_the_environment_is_never_printed() -> None:
         )
         raw.close()
     assert answer.status == 200
+
+
+def test_instance_id_flag_serves_a_dedicated_gateway(tmp_path: Path) -> None:
+    instance = "kst-hzzclitest0001"
+    ca = tmp_path / "instance-ca.pem"
+    args = ("--auth=off", f"--instance-id={instance}", f"--tls-ca-out={ca}")
+    with _emulator_process(*args) as (_, banner):
+        assert _endpoint(banner).startswith("https://")
+        proxy = re.search(r"HTTPS_PROXY=(\S+)", banner)
+        assert proxy is not None
+        assert f"https://{instance}.cryptoservice.kms.aliyuncs.com" in banner
+        host, port = proxy.group(1).removeprefix("http://").split(":")
+        context = ssl.create_default_context(cafile=str(ca))
+        target = f"{instance}.cryptoservice.kms.aliyuncs.com"
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"CONNECT {target}:443 HTTP/1.1\r\n\r\n".encode())
+            assert sock.recv(64).startswith(b"HTTP/1.1 200")
+            with context.wrap_socket(sock, server_hostname=target) as tls:
+                tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert b'"Status":"OK"' in tls.recv(4096)
 
 
 def test_the_compose_seed_serves_the_producer_and_consumer(
