@@ -87,9 +87,13 @@ def field(value: object) -> bytes:
     raise TypeError(f"no plain AMQP encoding for {type(value).__name__}")
 
 
-def basic_properties(fields: dict[str, bytes]) -> bytes:
-    """A Basic property list: flags, then each given field's encoded bytes in order."""
-    flags = 0
+def basic_properties(fields: dict[str, bytes], *, extra_flags: int = 0) -> bytes:
+    """A Basic property list: flags, then each given field's encoded bytes in order.
+
+    ``extra_flags`` sets flag bits no property uses (bit 1; bit 0 would say
+    another flag word follows).
+    """
+    flags = extra_flags
     parts = []
     for name, bit in _FLAGS.items():
         if name in fields:
@@ -218,8 +222,13 @@ class RawAmqpPublisher:
         body: bytes,
         *,
         class_id: int = _BASIC,
+        body_frame: int | None = None,
     ) -> None:
-        """Send ``basic.publish`` (mandatory) with a hand-made property list."""
+        """Send ``basic.publish`` (mandatory) with a hand-made property list.
+
+        The body goes in frames of ``body_frame`` bytes (the largest allowed
+        by default).
+        """
         self._method(
             self._channel,
             _BASIC,
@@ -231,7 +240,7 @@ class RawAmqpPublisher:
         )
         header = struct.pack(">HHQ", class_id, 0, len(body)) + properties
         self._send(_HEADER, self._channel, header)
-        step = self._frame_max - 8
+        step = min(body_frame or self._frame_max, self._frame_max - 8)
         for start in range(0, len(body), step):
             self._send(_BODY, self._channel, body[start : start + step])
         self._seq += 1

@@ -290,13 +290,20 @@ class QuarantineWatcher:
     """Consumes ``<queue>.quarantine`` in a thread and books each message.
 
     A message is identified by its message_id property, or by the
-    ``x-test-trace`` header when a test damaged the properties themselves.
-    Reconnects through the URL list when a broker goes away.
+    ``x-test-trace`` header when a test damaged the properties themselves, or
+    by ``identify(body)`` when given (a test that damaged everything but the
+    body). Reconnects through the URL list when a broker goes away.
     """
 
     def __init__(
-        self, urls: Sequence[str], topology: Topology, ledger: MessageLedger
+        self,
+        urls: Sequence[str],
+        topology: Topology,
+        ledger: MessageLedger,
+        *,
+        identify: Callable[[bytes], str | None] | None = None,
     ) -> None:
+        self._identify = identify
         self._urls = list(urls)
         self._queue = topology.quarantine_queue
         self._topology = topology
@@ -337,11 +344,13 @@ class QuarantineWatcher:
         self._topology.declare(channel)
         channel.basic_qos(prefetch_count=500)
 
-        def on_message(ch: Any, method: Any, props: Any, _body: bytes) -> None:
+        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
             headers = dict(props.headers or {})
             trace = headers.get(TRACE_HEADER)
             key = trace.decode() if isinstance(trace, bytes) else trace
-            if not isinstance(key, str):
+            if self._identify is not None:
+                key = self._identify(body)
+            elif not isinstance(key, str):
                 mid = props.message_id
                 key = mid if isinstance(mid, str) else None
             reason = headers.get(QUARANTINE_REASON_HEADER)
