@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from envelope_mq.consumer.decisions import Reject, Retry
 from envelope_mq.consumer.freshness import Admission, ReplayGuard
 from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.policy import ContextPolicy
-from envelope_mq.shared.envelope import EnvelopeHeader, MessageMeta, OpenedMessage
+from envelope_mq.shared.envelope import (
+    EnvelopeOpener,
+    MessageMeta,
+)
 from envelope_mq.shared.errors import (
     DecryptionError,
     KeyMismatchError,
@@ -48,20 +50,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[ReceivedMessage], object]
-
-
-class EnvelopeOpener(Protocol):
-    """What :func:`handle` needs of ``shared.envelope.Opener``."""
-
-    def parse(self, headers: Mapping[str, object]) -> EnvelopeHeader:
-        """Validate the x-emq-* headers; raise DecryptionError."""
-        ...
-
-    def open(
-        self, body: bytes, header: EnvelopeHeader, meta: MessageMeta
-    ) -> OpenedMessage:
-        """Unwrap the data key and decrypt; raise DecryptionError or KmsError."""
-        ...
 
 
 class Verdict(enum.Enum):

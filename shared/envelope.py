@@ -24,6 +24,7 @@ from envelope_mq.shared.kms import DataKey, UnwrappedKey, same_key
 __all__ = [
     "DataKeySource",
     "EnvelopeHeader",
+    "EnvelopeOpener",
     "KeyUnwrapper",
     "MessageMeta",
     "OpenedMessage",
@@ -53,6 +54,20 @@ class KeyUnwrapper(Protocol):
 
     def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         """Return the plaintext of ``wrapped`` and the KeyId KMS reported."""
+        ...
+
+
+class EnvelopeOpener(Protocol):
+    """What a consumer needs of :class:`Opener` (a timed wrapper is one too)."""
+
+    def parse(self, headers: Mapping[str, object]) -> EnvelopeHeader:
+        """Validate the x-emq-* headers; raise DecryptionError."""
+        ...
+
+    def open(
+        self, body: bytes, header: EnvelopeHeader, meta: MessageMeta
+    ) -> OpenedMessage:
+        """Unwrap the data key and decrypt; raise DecryptionError or KmsError."""
         ...
 
 

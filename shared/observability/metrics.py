@@ -1,10 +1,11 @@
 """The envelope-mq metric set, and the no-op stand-in the library uses by default.
 
 Producer and consumer take an optional ``metrics`` object and call its hooks
-(:class:`MetricsHooks`) as things happen. Without one they get
-:data:`NULL_METRICS`, whose hooks do nothing. :class:`Metrics` records into a
-``CollectorRegistry`` of its own, never prometheus-client's global one, so
-several services (or tests) in one process never collide.
+(:class:`MetricsHooks`, a base class whose every hook does nothing) as things
+happen. Without one they get :data:`NULL_METRICS`, the base's no-ops.
+:class:`Metrics` records into a ``CollectorRegistry`` of its own, never
+prometheus-client's global one, so several services (or tests) in one process
+never collide.
 
 What each hook costs, measured on this project's 2-core machine: a per-message
 count is a :class:`~shared.observability.tally.Tally` increment (about 0.06 µs,
@@ -16,8 +17,6 @@ caches at scrape time.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from envelope_mq.shared.kms import KeyProvider
 from envelope_mq.shared.observability.caches import CacheCollector, WatchedCache
@@ -45,175 +44,97 @@ KMS_BUCKETS = (
 KMS_COMPONENT = "kms"
 
 
-class MetricsHooks(Protocol):
-    """What producer and consumer report; both :class:`Metrics` and the null one."""
+class MetricsHooks:
+    """What producer and consumer report, every hook a no-op by default.
+
+    The one definition of the port (as httpx's ``BaseTransport`` or FastStream's
+    ``BaseMiddleware``): :class:`Metrics` overrides what it records, and a
+    user's own hooks subclass this and override only what they need. The
+    library's default, :data:`NULL_METRICS`, is an instance of it.
+    """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
     # producer
     def published(self) -> None:
         """One message handed to the broker by publish() (re-publications excluded)."""
-        ...
 
     def confirmed(self, count: int) -> None:
         """``count`` messages acknowledged by the broker."""
-        ...
 
     def nacked(self, count: int) -> None:
         """``count`` messages refused by the broker (basic.nack)."""
-        ...
 
     def returned(self) -> None:
         """One mandatory message matched no queue (basic.return)."""
-        ...
 
     def republished(self, count: int) -> None:
         """``count`` unconfirmed messages sent again after a reconnect."""
-        ...
 
     def publish_failed(self, count: int) -> None:
         """``count`` messages failed without a nack or return (closed, gave up)."""
-        ...
 
     def time_sealer(self, sealer: MessageSealer) -> MessageSealer:
         """``sealer``, or a wrapper that samples its timings."""
-        ...
+        return sealer
 
     # consumer
     def consumed(self) -> None:
         """One delivery taken from the queue (redeliveries included)."""
-        ...
 
     def handled(self) -> None:
         """One message the handler took; acknowledged."""
-        ...
 
     def requeued(self) -> None:
         """One message returned to its queue after the handler failed."""
-        ...
 
     def quarantined(self, reason: str) -> None:
         """One message moved to the quarantine queue for ``reason``."""
-        ...
 
     def duplicate_dropped(self) -> None:
         """One delivery acknowledged unhandled: replay protection saw it before."""
-        ...
 
     def kms_retry(self) -> None:
         """One retry of a message held while KMS was unavailable."""
-        ...
 
     def time_opener(self, opener: MessageOpener) -> MessageOpener:
         """``opener``, or a wrapper that samples its timings."""
-        ...
+        return opener
 
     # both
     def instrument_provider(self, provider: KeyProvider) -> KeyProvider:
         """``provider``, or a wrapper that records every KMS call."""
-        ...
-
-    def watch_cache(self, cache: WatchedCache) -> None:
-        """Report ``cache``'s hits, misses, evictions and size."""
-        ...
-
-    def broker_connected(self, component: str, *, reconnect: bool) -> None:
-        """``component`` (publisher, consumer) has a working broker connection."""
-        ...
-
-    def broker_lost(self, component: str, detail: str = "") -> None:
-        """``component`` lost its broker connection (``detail``: no secrets)."""
-        ...
-
-    def alive(self, loop: str) -> None:
-        """``loop`` is still turning (liveness)."""
-        ...
-
-    def stopped(self, component: str) -> None:
-        """``component`` stopped on purpose: drop it from health."""
-        ...
-
-    def halted(self, component: str, detail: str) -> None:
-        """``component`` stopped because it is misconfigured: not ready, ``detail``."""
-        ...
-
-
-class NullMetrics:
-    """Every hook a no-op: the library's default, so instrumentation costs nothing."""
-
-    def __repr__(self) -> str:
-        return "NullMetrics()"
-
-    def published(self) -> None:
-        """Nothing."""
-
-    def confirmed(self, count: int) -> None:
-        """Nothing."""
-
-    def nacked(self, count: int) -> None:
-        """Nothing."""
-
-    def returned(self) -> None:
-        """Nothing."""
-
-    def republished(self, count: int) -> None:
-        """Nothing."""
-
-    def publish_failed(self, count: int) -> None:
-        """Nothing."""
-
-    def time_sealer(self, sealer: MessageSealer) -> MessageSealer:
-        """``sealer`` itself."""
-        return sealer
-
-    def consumed(self) -> None:
-        """Nothing."""
-
-    def handled(self) -> None:
-        """Nothing."""
-
-    def requeued(self) -> None:
-        """Nothing."""
-
-    def quarantined(self, reason: str) -> None:
-        """Nothing."""
-
-    def duplicate_dropped(self) -> None:
-        """Nothing."""
-
-    def kms_retry(self) -> None:
-        """Nothing."""
-
-    def time_opener(self, opener: MessageOpener) -> MessageOpener:
-        """``opener`` itself."""
-        return opener
-
-    def instrument_provider(self, provider: KeyProvider) -> KeyProvider:
-        """``provider`` itself."""
         return provider
 
     def watch_cache(self, cache: WatchedCache) -> None:
-        """Nothing."""
+        """Report ``cache``'s hits, misses, evictions and size."""
 
     def broker_connected(self, component: str, *, reconnect: bool) -> None:
-        """Nothing."""
+        """``component`` (publisher, consumer) has a working broker connection."""
 
     def broker_lost(self, component: str, detail: str = "") -> None:
-        """Nothing."""
+        """``component`` lost its broker connection (``detail``: no secrets)."""
 
     def alive(self, loop: str) -> None:
-        """Nothing."""
+        """``loop`` is still turning (liveness)."""
 
     def stopped(self, component: str) -> None:
-        """Nothing."""
+        """``component`` stopped on purpose: drop it from health."""
 
     def halted(self, component: str, detail: str) -> None:
-        """Nothing."""
+        """``component`` stopped because it is misconfigured: not ready, ``detail``."""
+
+
+class NullMetrics(MetricsHooks):
+    """Every hook a no-op: the library's default, so instrumentation costs nothing."""
 
 
 #: The shared no-op instance.
 NULL_METRICS = NullMetrics()
 
 
-class Metrics:
+class Metrics(MetricsHooks):
     """Prometheus metrics of one service instance, in a registry of its own.
 
     With a ``health`` state, connection and KMS events also feed readiness

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from envelope_mq.shared.envelope import (
     EnvelopeHeader,
+    EnvelopeOpener,
     MessageMeta,
     OpenedMessage,
     SealedMessage,
@@ -34,18 +35,8 @@ class MessageSealer(Protocol):
         ...
 
 
-class MessageOpener(Protocol):
-    """What the consumer needs of ``shared.envelope.Opener``."""
-
-    def parse(self, headers: Mapping[str, object]) -> EnvelopeHeader:
-        """Validate the x-emq-* headers."""
-        ...
-
-    def open(
-        self, body: bytes, header: EnvelopeHeader, meta: MessageMeta
-    ) -> OpenedMessage:
-        """Unwrap the data key and decrypt."""
-        ...
+# The opener port is defined once, beside the Opener it describes.
+MessageOpener = EnvelopeOpener
 
 
 def _sampler(every: int) -> Callable[[], int]:
