@@ -119,6 +119,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Default: unmetered",
     )
     parser.add_argument(
+        "--ecs-role",
+        metavar="ROLE",
+        help="serve this seeded role's credentials as an ECS instance's metadata "
+        "service does (IMDSv2 only) on --ecs-metadata-address",
+    )
+    parser.add_argument(
+        "--ecs-metadata-address",
+        default="100.100.100.200:80",
+        metavar="HOST:PORT",
+        help="where the metadata service listens (default 100.100.100.200:80, "
+        "the real address: give it to a loopback in a network namespace)",
+    )
+    parser.add_argument(
         "--sts-lifetime",
         type=float,
         metavar="SECONDS",
@@ -174,6 +187,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return _fail(f"set both {ACCESS_KEY_ID_ENV} and {ACCESS_KEY_SECRET_ENV}")
     if args.sts_lifetime is not None and not 0 < args.sts_lifetime < 86400:
         return _fail("--sts-lifetime must be between 0 and 86400 seconds")
+    meta_host, _, meta_port = args.ecs_metadata_address.rpartition(":")
+    if not meta_host or not meta_port.isdigit():
+        return _fail("--ecs-metadata-address must be HOST:PORT")
+    metadata_address = (meta_host.strip("[]"), int(meta_port))
     if args.instance_id is not None:
         args.tls = True
     if not 0 < args.instance_qps < 1e9:
@@ -231,12 +248,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         qps_quota=args.qps_quota,
         instance_id=args.instance_id,
         instance_qps=args.instance_qps,
+        ecs_role=args.ecs_role,
+        ecs_metadata_address=metadata_address,
     )
     try:
         emulator.start()
         if args.admin and args.admin_token_file and admin_token is None:
             _write_private(args.admin_token_file, emulator.admin_token + "\n")
-    except (EmulatorError, OSError) as exc:  # ssl.SSLError is an OSError
+    except (EmulatorError, OSError, ValueError) as exc:  # SSLError is an OSError
         emulator.stop()
         return _fail(str(exc))
     try:

@@ -24,6 +24,7 @@ from envelope_mq.kms_emulator.instance import (
     INSTANCE_ID,
     instance_host,
 )
+from envelope_mq.kms_emulator.metadata import MetadataServer
 from envelope_mq.kms_emulator.policy import Principal
 from envelope_mq.kms_emulator.quota import QpsLimiter
 from envelope_mq.kms_emulator.server import KmsHttpServer
@@ -60,6 +61,8 @@ class Emulator:
             operations only, an instance quota of ``instance_qps`` (the
             instance spec: 1,000 by default), and a CONNECT proxy at
             ``gateway_proxy`` that resolves the instance host name to it.
+        ecs_role: serve the ECS metadata service's RAM-role credentials
+            (IMDSv2) for this seeded role on ``ecs_metadata_address``.
         data: a data directory (persistent), or None for in-memory state.
         host, port: where to listen; port 0 picks a free port.
         region_id: the region the emulator pretends to be.
@@ -96,6 +99,8 @@ class Emulator:
         quota_clock: Callable[[], float] = time.monotonic,
         instance_id: str | None = None,
         instance_qps: float = DEFAULT_INSTANCE_QPS,
+        ecs_role: str | None = None,
+        ecs_metadata_address: tuple[str, int] = ("100.100.100.200", 80),
     ) -> None:
         if auth not in ("strict", "off"):
             raise ValueError(f"auth must be 'strict' or 'off', not {auth!r}")
@@ -111,6 +116,9 @@ class Emulator:
             tls = True  # a dedicated gateway speaks HTTPS only
             tls_names = (*tls_names, instance_host(instance_id))
         self._instance_id = instance_id
+        self._ecs_role = ecs_role
+        self._ecs_address = ecs_metadata_address
+        self._metadata: MetadataServer | None = None
         self._tunnel: ConnectTunnel | None = None
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
@@ -187,11 +195,6 @@ class Emulator:
         )
         self._service, self._gateway, self._server = service, gateway, server
         self._sts = sts
-        if self._instance_id is not None:
-            self._tunnel = ConnectTunnel(
-                instance_host(self._instance_id),
-                (str(server.server_address[0]), int(server.server_address[1])),
-            )
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -199,7 +202,24 @@ class Emulator:
             daemon=True,
         )
         self._thread.start()
+        try:  # extra listeners, once stop() can undo everything
+            self._start_side_servers(sts, server)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _start_side_servers(self, sts: StsService, server: KmsHttpServer) -> None:
+        if self._ecs_role is not None:
+            role = sts.role_by_name(self._ecs_role)
+            if role is None:
+                raise ValueError(f"ecs_role {self._ecs_role!r} is not a seeded role")
+            self._metadata = MetadataServer(self._ecs_address, sts, role)
+        if self._instance_id is not None:
+            self._tunnel = ConnectTunnel(
+                instance_host(self._instance_id),
+                (str(server.server_address[0]), int(server.server_address[1])),
+            )
 
     def stop(self) -> None:
         """Stop serving, close open connections and release the data directory."""
@@ -216,6 +236,9 @@ class Emulator:
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
+        if self._metadata is not None:
+            self._metadata.stop()
+            self._metadata = None
         self._drop_tls_dir()
 
     def _own_names(self, bound: str) -> list[str]:

@@ -98,8 +98,16 @@ class StsService:
         role = self.role_by_name(role_name)
         if role is None or not role.credentials_uri:
             raise ApiError(404, "EntityNotExist.Role", "The role is not served here.")
-        credentials = self._issue(role, "credentials-uri", role.max_session_duration)
-        return {"Code": "Success", **credentials["Credentials"]}
+        return self.session_credentials(role, "credentials-uri")
+
+    def session_credentials(self, role: RoleSeed, session: str) -> dict[str, Any]:
+        """Fresh credentials for ``role`` in the flat shape metadata services use."""
+        credentials = self._issue(role, session, role.max_session_duration)
+        return {
+            "Code": "Success",
+            "LastUpdated": _format(self._clock()),
+            **credentials["Credentials"],
+        }
 
     def _assume_role(
         self, params: Mapping[str, str], caller: Principal | None
