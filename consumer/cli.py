@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,11 @@ from envelope_mq.shared.cli_args import (
     topology_from_args,
 )
 from envelope_mq.shared.config import Settings
-from envelope_mq.shared.errors import MessagingError
+from envelope_mq.shared.errors import KmsUnavailableError, MessagingError
+from envelope_mq.shared.kms import KmsClient, kms_from_settings
 from envelope_mq.shared.observability import add_observability_arguments, observability
+from envelope_mq.shared.observability.metrics import KMS_COMPONENT
+from envelope_mq.shared.observability.service import Observability
 
 __all__ = ["register", "register_replay"]
 
@@ -165,12 +169,15 @@ def run_consume(args: argparse.Namespace) -> int:
             observability(args, "envelope-mq consume") as observed,
             _output(args.output) as stream,
         ):
+            kms = kms_from_settings(settings)
             try:
+                _check_kms(kms, observed)
                 writer = JsonLinesWriter(stream)
                 consumer = EncryptedConsumer.from_settings(
                     settings,
                     topology_from_args(args),
                     writer,
+                    provider=kms,
                     prefetch=args.prefetch,
                     max_deliveries=args.max_deliveries,
                     policy=policy,
@@ -197,6 +204,8 @@ def run_consume(args: argparse.Namespace) -> int:
                     f"envelope-mq consume: {exc}", event="command_failed", level="error"
                 )
                 return 1
+            finally:
+                kms.close()
     except MessagingError as exc:  # before logging was set up
         print(f"envelope-mq consume: {exc}", file=sys.stderr)
         return 1
@@ -216,6 +225,27 @@ def run_consume(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _check_kms(kms: KmsClient, observed: Observability) -> None:
+    """Say plainly, at start, when KMS cannot be reached; report not ready.
+
+    The consumer runs anyway: messages wait, unacknowledged, until KMS answers
+    (and readiness follows the first answer). Through a proxy the check is
+    left to the first call.
+    """
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return
+    try:
+        kms.probe()
+    except KmsUnavailableError as exc:
+        observed.say(
+            f"envelope-mq consume: {exc}; messages wait until KMS answers",
+            event="kms_unreachable",
+            level="error",
+        )
+        if observed.health is not None:
+            observed.health.set_ready(KMS_COMPONENT, False, str(exc))
 
 
 def register_replay(subparsers: argparse._SubParsersAction[Any]) -> None:

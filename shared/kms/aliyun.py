@@ -42,7 +42,7 @@ from envelope_mq.shared.kms.datakey import (
     UnwrappedKey,
     canonical_context,
 )
-from envelope_mq.shared.kms.endpoint import parse_endpoint, where
+from envelope_mq.shared.kms.endpoint import parse_endpoint, reach, where
 from envelope_mq.shared.kms.failures import (
     HINTS,
     HTTP_ERROR,
@@ -122,6 +122,7 @@ class AliyunKms:
         self._read_timeout = read_timeout
         self._retry = RetryPolicy(max_attempts, backoff, max_backoff, sleep)
         _silence_sdk_loggers()
+        self._ca_bundle = ca_bundle
         if ca_bundle is not None:
             _check_ca_bundle(ca_bundle)
         # auto_retry=False: retries are ours, and only on transient errors.
@@ -163,6 +164,16 @@ class AliyunKms:
         session = getattr(self._client, "session", None)
         if session is not None:
             session.close()
+
+    def probe(self) -> None:
+        """Check that the endpoint can be reached (see :func:`.endpoint.reach`).
+
+        Raises:
+            KmsUnavailableError: it cannot; the message names it.
+        """
+        scheme, host = self._endpoint or _regional(self._region_id)
+        ca = self._ca_bundle
+        reach(scheme, host, ca_file=ca, timeout=self._connect_timeout)
 
     def __enter__(self) -> AliyunKms:
         return self

@@ -134,6 +134,11 @@ class Credentials:
     def from_settings(cls, settings: Settings) -> Credentials:
         """An AccessKey in ``settings``, else the default chain (see above)."""
         if settings.access_key_id or settings.access_key_secret:
+            if not settings.access_key_id or not settings.access_key_secret:
+                raise ConfigError(
+                    "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET "
+                    "go together: set both (or neither, for the rest of the chain)"
+                )
             pair = cls.static(
                 settings.access_key_id or "",
                 settings.access_key_secret or "",

@@ -34,7 +34,7 @@ from envelope_mq.shared.errors import (
 from envelope_mq.shared.kms.answers import bad_response, data_key, text_field
 from envelope_mq.shared.kms.credentials import Credentials
 from envelope_mq.shared.kms.datakey import DataKey, UnwrappedKey, canonical_context
-from envelope_mq.shared.kms.endpoint import parse_endpoint, where
+from envelope_mq.shared.kms.endpoint import parse_endpoint, reach, where
 from envelope_mq.shared.kms.failures import (
     HINTS,
     HTTP_ERROR,
@@ -95,6 +95,8 @@ class DedicatedKms:
             logging.getLogger(name).setLevel(_NOTHING)
         self.credentials = credentials
         self._where = where(scheme, host)
+        self._host, self._ca_file, self._proxy = host, ca_file, https_proxy
+        self._timeout = connect_timeout
         self._retry = RetryPolicy(max_attempts, backoff, max_backoff, sleep)
         self._runtime = RuntimeOptions(
             autoretry=False,  # retries are ours, and only on transient errors
@@ -131,6 +133,23 @@ class DedicatedKms:
 
     def close(self) -> None:
         """Nothing to release: the SDK pools connections process-wide."""
+
+    def probe(self) -> None:
+        """Check that the gateway can be reached (see :func:`.endpoint.reach`).
+
+        Through a proxy there is nothing to check here: the proxy reaches it.
+
+        Raises:
+            KmsUnavailableError: it cannot; the message names it.
+        """
+        if self._proxy is None:
+            reach(
+                "https",
+                self._host,
+                ca_file=self._ca_file,
+                also_system_cas=True,  # as the SDK does
+                timeout=self._timeout,
+            )
 
     def __enter__(self) -> DedicatedKms:
         return self

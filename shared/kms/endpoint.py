@@ -1,13 +1,22 @@
-"""A KMS endpoint as configured: scheme and host, and how errors name it."""
+"""A KMS endpoint as configured: scheme and host, how errors name it, reaching it."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+import ssl
 from urllib.parse import urlsplit
 
-from envelope_mq.shared.errors import ConfigError
+from envelope_mq.shared.errors import ConfigError, KmsUnavailableError
+from envelope_mq.shared.kms.failures import (
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    HINTS,
+    TLS_FAILED,
+    TLS_UNTRUSTED,
+)
 
-__all__ = ["parse_endpoint", "where"]
+__all__ = ["parse_endpoint", "reach", "where"]
 
 _PORTS = {"http": 80, "https": 443}
 
@@ -46,3 +55,50 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def reach(
+    scheme: str,
+    host: str,
+    *,
+    ca_file: str | None = None,
+    also_system_cas: bool = False,
+    timeout: float = 5.0,
+) -> None:
+    """Open a connection to the endpoint (TLS too, verified) and close it.
+
+    Proves what a typo in KMS_ENDPOINT or a missing CA breaks: the name
+    resolves, something listens, and for https its certificate is trusted.
+    It sends no request, so it costs no quota and needs no permission.
+    ``ca_file`` is trusted instead of the system's CAs, or beside them with
+    ``also_system_cas``, as the client that will call KMS trusts them.
+
+    Raises:
+        KmsUnavailableError: naming ``scheme://host:port``, with the code a
+            KMS call would have failed with (SDK.ConnectionFailed...).
+    """
+    parts = urlsplit(f"//{host}")
+    name, port = parts.hostname or host, parts.port or _PORTS[scheme]
+    try:
+        with socket.create_connection((name, port), timeout=timeout) as sock:
+            if scheme == "https":
+                context = ssl.create_default_context(cafile=ca_file)
+                if ca_file is not None and also_system_cas:
+                    context.load_default_certs()
+                with context.wrap_socket(sock, server_hostname=name):
+                    pass
+    except ssl.SSLCertVerificationError as exc:
+        raise _unreachable(scheme, host, TLS_UNTRUSTED) from exc
+    except ssl.SSLError as exc:
+        raise _unreachable(scheme, host, TLS_FAILED) from exc
+    except TimeoutError as exc:
+        raise _unreachable(scheme, host, CONNECT_TIMEOUT) from exc
+    except OSError as exc:  # refused, unreachable, no such host
+        raise _unreachable(scheme, host, CONNECT_FAILED) from exc
+
+
+def _unreachable(scheme: str, host: str, code: str) -> KmsUnavailableError:
+    return KmsUnavailableError(
+        f"cannot reach KMS at {where(scheme, host)}: {code}{HINTS.get(code, '')}",
+        code=code,
+    )

@@ -201,8 +201,8 @@ def test_the_chain_keeps_the_librarys_own_order() -> None:
     assert [name for name in ours if name in library] == library
 
 
-def test_an_access_key_without_its_secret_is_a_config_error() -> None:
-    with pytest.raises(ConfigError):
+def test_an_access_key_without_its_secret_is_a_config_error_naming_both() -> None:
+    with pytest.raises(ConfigError, match="ALIBABA_CLOUD_ACCESS_KEY_SECRET"):
         Credentials.from_settings(Settings(access_key_id="only-the-id"))
 
 
