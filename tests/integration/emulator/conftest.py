@@ -1,6 +1,8 @@
 """Fixtures of the KMS contract suite: "a KMS endpoint", the emulator or the real one.
 
-By default the suite runs against an in-process emulator with strict signatures.
+By default the suite runs against an in-process emulator with strict signatures;
+with KMS_CONTRACT_TLS=1 that emulator serves HTTPS under its own generated CA, which
+every client verifies (the same tests, over TLS).
 With KMS_TARGET=real it runs the same contract tests against Alibaba Cloud KMS:
 
     KMS_TARGET=real
@@ -122,11 +124,15 @@ def target() -> Iterator[Target]:
         return
     if kind != "emulator":
         pytest.fail(f"KMS_TARGET must be 'emulator' or 'real', not {kind!r}")
-    with Emulator(seed=contract_seed(), auth="strict", admin=False) as emulator:
+    tls = os.environ.get("KMS_CONTRACT_TLS") == "1"
+    with Emulator(
+        seed=contract_seed(), auth="strict", admin=False, tls=tls
+    ) as emulator:
         local = Target(
             kind="emulator",
             endpoint=emulator.endpoint,
-            protocol="http",
+            protocol=emulator.scheme,
+            ca=str(emulator.ca_file) if emulator.ca_file else None,
             region="cn-hangzhou",
             admin=ADMIN,
             key_id=CONTRACT_KEY_ID,

@@ -420,6 +420,7 @@ class Target:
     consumer: Credentials | None = None
     can_create_keys: bool = True
     emulator: Emulator | None = None
+    ca: str | None = None  # a PEM CA file to trust over https (the emulator's)
     _clients: dict[tuple[str, str], KmsClient] = field(default_factory=dict)
 
     def client(self, flavour: str, creds: Credentials | None = None) -> KmsClient:
@@ -428,7 +429,7 @@ class Target:
         cache_key = (flavour, creds.access_key_id + "\0" + creds.access_key_secret)
         if cache_key not in self._clients:
             self._clients[cache_key] = make_client(
-                flavour, self.endpoint, creds, self.region, self.protocol
+                flavour, self.endpoint, creds, self.region, self.protocol, self.ca
             )
         return self._clients[cache_key]
 
@@ -439,4 +440,4 @@ class Target:
 
     def raw(self) -> RawHttp:
         """A raw HTTP connection to the endpoint."""
-        return RawHttp(self.endpoint, tls=self.protocol == "https")
+        return RawHttp(self.endpoint, tls=self.protocol == "https", ca=self.ca)

@@ -38,7 +38,7 @@ def test_a_wrong_secret_is_a_signature_mismatch(
 ) -> None:
     impostor = Credentials(target.admin.access_key_id, "not-the-secret")
     client = open_client(
-        flavour, target.endpoint, impostor, target.region, target.protocol
+        flavour, target.endpoint, impostor, target.region, target.protocol, target.ca
     )
     with pytest.raises(KmsCallError) as caught:
         client.call("DescribeKey", KeyId=target.key_id)
@@ -57,7 +57,7 @@ def test_an_unknown_access_key_is_not_found(
 ) -> None:
     stranger = Credentials("no-such-access-key-id", "whatever")
     client = open_client(
-        flavour, target.endpoint, stranger, target.region, target.protocol
+        flavour, target.endpoint, stranger, target.region, target.protocol, target.ca
     )
     with pytest.raises(KmsCallError) as caught:
         client.call("DescribeKey", KeyId=target.key_id)
