@@ -4,8 +4,9 @@
 or the local emulator) through ``aliyun-python-sdk-kms``; :class:`DedicatedKms`
 to a KMS 3.0 instance's dedicated gateway through ``alibabacloud-kms20160120``;
 :func:`kms_from_settings` picks one; :class:`Credentials` is where both get
-their (refreshable) credentials. :class:`InMemoryKeyProvider` is the
-test double shipped in the package, as httpx ships ``MockTransport``. Import
+their (refreshable) credentials. :class:`InMemoryKeyProvider` and
+:class:`ManualClock` are the test doubles shipped in the package, as httpx ships
+``MockTransport``. Import
 everything from here; the submodules are an implementation detail.
 """
 
@@ -25,7 +26,7 @@ from envelope_mq.shared.kms.dedicated import DedicatedKms
 from envelope_mq.shared.kms.factory import KmsClient, kms_from_settings
 from envelope_mq.shared.kms.faults import caller_fault, is_permission_refusal
 from envelope_mq.shared.kms.keyref import key_id_of, same_key
-from envelope_mq.shared.kms.memory import InMemoryKeyProvider
+from envelope_mq.shared.kms.memory import InMemoryKeyProvider, ManualClock
 
 __all__ = [
     "DATA_KEY_SIZE",
@@ -36,6 +37,7 @@ __all__ = [
     "InMemoryKeyProvider",
     "KeyProvider",
     "KmsClient",
+    "ManualClock",
     "UnwrappedKey",
     "caller_fault",
     "canonical_context",

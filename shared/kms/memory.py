@@ -1,4 +1,9 @@
-"""InMemoryKeyProvider: real AES-GCM key wrapping in memory, for tests."""
+"""Test doubles shipped with the library, for tests without a network or a wait.
+
+:class:`InMemoryKeyProvider`: real AES-GCM key wrapping in memory.
+:class:`ManualClock`: a clock that moves only when told, for everything that
+takes a ``clock`` (the key caches' rotation and expiry, replay protection).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,29 @@ from envelope_mq.shared.kms.datakey import (
     replay_error,
 )
 
-__all__ = ["InMemoryKeyProvider"]
+__all__ = ["InMemoryKeyProvider", "ManualClock"]
+
+
+class ManualClock:
+    """A monotonic clock for tests: ``clock()`` is ``now``, which moves on
+    :meth:`advance` (or by assignment) only.
+
+    ``DataKeyCache(provider, clock=clock)``, then ``clock.advance(300)``, and
+    the next message gets a new data key without the test waiting 5 minutes.
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.now += seconds
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now={self.now!r})"
 
 
 class InMemoryKeyProvider:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         DataKey,
         InMemoryKeyProvider,
         KeyProvider,
+        ManualClock,
         UnwrappedKey,
     )
     from envelope_mq.shared.observability import Metrics
@@ -79,6 +80,7 @@ __all__ = [
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
+    "ManualClock",
     "MessageNackedError",
     "MessageUnroutableError",
     "MessagingError",
@@ -118,6 +120,7 @@ _HOMES = {
     "KmsError": _ERRORS,
     "KmsRequestError": _ERRORS,
     "KmsUnavailableError": _ERRORS,
+    "ManualClock": "envelope_mq.shared.kms",
     "MessageNackedError": _ERRORS,
     "MessageUnroutableError": _ERRORS,
     "MessagingError": _ERRORS,

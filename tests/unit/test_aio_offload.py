@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Mapping
 
 from envelope_mq.shared.envelope import MessageMeta
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
 from envelope_mq.shared.observability import NULL_METRICS
+from fakes import SlowRecordingProvider
 
 from envelope_mq.aio.offload import AsyncSealer, KmsOffload, NeedsKms, loop_openers
 
 KEY = "key-1"
-
-
-class _RecordingProvider:
-    """InMemoryKeyProvider that notes which threads called it, and is slow."""
-
-    def __init__(self) -> None:
-        self.inner = InMemoryKeyProvider([KEY])
-        self.threads: list[threading.Thread] = []
-
-    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        self.threads.append(threading.current_thread())
-        time.sleep(0.05)  # long enough for every task to miss at once
-        return self.inner.generate_data_key(key_id, context)
-
-    def decrypt_data_key(
-        self, wrapped: str, context: Mapping[str, str]
-    ) -> UnwrappedKey:
-        self.threads.append(threading.current_thread())
-        time.sleep(0.05)
-        return self.inner.decrypt_data_key(wrapped, context)
 
 
 def _meta(i: int) -> MessageMeta:
@@ -42,7 +20,7 @@ def _meta(i: int) -> MessageMeta:
 
 
 def test_many_tasks_missing_one_key_make_one_kms_call_off_the_loop() -> None:
-    provider = _RecordingProvider()
+    provider = SlowRecordingProvider(KEY)
     offload = KmsOffload(4)
     sealer = AsyncSealer(DataKeyCache(provider), KEY, {"t": "a"}, offload, NULL_METRICS)
 
@@ -59,7 +37,7 @@ def test_many_tasks_missing_one_key_make_one_kms_call_off_the_loop() -> None:
 
 
 def test_opening_misses_in_the_pool_once_then_hits_on_the_loop() -> None:
-    provider = _RecordingProvider()
+    provider = SlowRecordingProvider(KEY)
     offload = KmsOffload(2)
     sealer = AsyncSealer(DataKeyCache(provider.inner), KEY, None, offload, NULL_METRICS)
     fast, slow = loop_openers(UnwrapCache(provider))

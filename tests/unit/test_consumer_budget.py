@@ -6,14 +6,7 @@ import pytest
 from envelope_mq.consumer.budget import DECRYPT_BUDGET_CODE, DecryptBudget
 from envelope_mq.shared.errors import KmsUnavailableError
 from envelope_mq.shared.kms import InMemoryKeyProvider
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 def test_calls_over_the_rate_are_deferred_and_pass_once_time_has_passed() -> None:

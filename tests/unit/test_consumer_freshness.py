@@ -19,39 +19,16 @@ from envelope_mq.consumer.outcome import (
 )
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
+from envelope_mq.shared.kms import InMemoryKeyProvider
+from fakes import Clock, FreshKeySource, ProviderUnwrapper
 
 KEY_ID = "key-1"
 SENT_AT = 1_700_000_000
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Source:
-    def __init__(self, provider: InMemoryKeyProvider) -> None:
-        self.provider = provider
-
-    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        return self.provider.generate_data_key(key_id, context)
-
-
-class Unwrapper:
-    def __init__(self, provider: InMemoryKeyProvider) -> None:
-        self.provider = provider
-
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
-        return self.provider.decrypt_data_key(wrapped, context)
-
-
 def sealed(provider: InMemoryKeyProvider, message_id: str = "m-1") -> Delivery:
     meta = MessageMeta(message_id, SENT_AT, "text/plain")
-    message = Sealer(Source(provider), KEY_ID).seal(b"payload", meta)
+    message = Sealer(FreshKeySource(provider), KEY_ID).seal(b"payload", meta)
     return Delivery(
         body=message.body,
         headers=dict(message.headers),
@@ -76,7 +53,7 @@ def run(
     received: list[ReceivedMessage] = []
     outcome = handle(
         delivery,
-        Opener(Unwrapper(provider)),
+        Opener(ProviderUnwrapper(provider)),
         received.append,
         policy=ContextPolicy(),
         guard=guard,
@@ -135,7 +112,7 @@ def test_a_failed_handling_is_not_remembered(provider: InMemoryKeyProvider) -> N
 
     outcome = handle(
         delivery,
-        Opener(Unwrapper(provider)),
+        Opener(ProviderUnwrapper(provider)),
         failing,
         policy=ContextPolicy(),
         guard=guard,
@@ -176,7 +153,9 @@ def test_another_senders_message_with_the_same_id_is_not_a_duplicate() -> None:
 
     def under(key_id: str, context: Mapping[str, str] | None = None) -> Delivery:
         meta = MessageMeta("m-1", SENT_AT, "text/plain")
-        message = Sealer(Source(provider), key_id, context).seal(b"payload", meta)
+        message = Sealer(FreshKeySource(provider), key_id, context).seal(
+            b"payload", meta
+        )
         return Delivery(
             body=message.body,
             headers=dict(message.headers),

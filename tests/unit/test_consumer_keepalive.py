@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 
 import pytest
 from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.shared.errors import KmsRequestError
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
-
-
-class GatedProvider:
-    """Decrypt blocks until the gate opens; records the thread it ran on."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.gate = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.error = error
-
-    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        raise NotImplementedError
-
-    def decrypt_data_key(
-        self, wrapped: str, context: Mapping[str, str]
-    ) -> UnwrappedKey:
-        self.threads.append(threading.current_thread())
-        assert self.gate.wait(10)
-        if self.error is not None:
-            raise self.error
-        return UnwrappedKey(b"k" * 32, "k")
+from envelope_mq.shared.kms import InMemoryKeyProvider
+from fakes import BlockingDecryptProvider
 
 
 def test_connection_is_pumped_until_kms_answers() -> None:
-    provider = GatedProvider()
+    provider = BlockingDecryptProvider()
     keep_alive = KeepAliveProvider(provider)
     pumps: list[float] = []
 
@@ -53,7 +32,7 @@ def test_connection_is_pumped_until_kms_answers() -> None:
 
 def test_kms_errors_reach_the_caller_unchanged() -> None:
     refusal = KmsRequestError("no", code="Forbidden.NoPermission")
-    provider = GatedProvider(error=refusal)
+    provider = BlockingDecryptProvider(error=refusal)
     provider.gate.set()
     keep_alive = KeepAliveProvider(provider)
     keep_alive.attach(lambda _s: None)
@@ -66,14 +45,14 @@ def test_kms_errors_reach_the_caller_unchanged() -> None:
 
 
 def test_without_a_pump_calls_run_in_the_callers_thread() -> None:
-    provider = GatedProvider()
+    provider = BlockingDecryptProvider()
     provider.gate.set()
     KeepAliveProvider(provider).decrypt_data_key("wrapped", {})
     assert provider.threads == [threading.current_thread()]
 
 
 def test_other_threads_are_not_given_the_pump() -> None:
-    provider = GatedProvider()
+    provider = BlockingDecryptProvider()
     provider.gate.set()
     keep_alive = KeepAliveProvider(provider)
     keep_alive.attach(lambda _s: pytest.fail("pumped from a foreign thread"))

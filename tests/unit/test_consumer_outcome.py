@@ -25,34 +25,11 @@ from envelope_mq.shared.errors import (
     KmsRequestError,
     KmsUnavailableError,
 )
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
+from envelope_mq.shared.kms import InMemoryKeyProvider
+from fakes import ClaimingSource, OneKeySource, ProviderUnwrapper
 
 KEY_ID = "key-1"
 OPEN_POLICY = ContextPolicy()
-
-
-class OneKeySource:
-    """A DataKeySource that generates one data key per context and keeps it."""
-
-    def __init__(self, provider: InMemoryKeyProvider) -> None:
-        self.provider = provider
-        self.keys: dict[str, DataKey] = {}
-
-    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        slot = repr(sorted(context.items()))
-        if slot not in self.keys:
-            self.keys[slot] = self.provider.generate_data_key(key_id, context)
-        return self.keys[slot]
-
-
-class ProviderUnwrapper:
-    """A KeyUnwrapper straight over the provider: every open is a KMS call."""
-
-    def __init__(self, provider: InMemoryKeyProvider) -> None:
-        self.provider = provider
-
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
-        return self.provider.decrypt_data_key(wrapped, context)
 
 
 class Recorder:
@@ -322,21 +299,6 @@ def test_handler_failure_log_names_the_error_type_but_not_its_text(
 
     assert "ValueError" in caplog.text
     assert "secret-plaintext" not in caplog.text
-
-
-class ClaimingSource:
-    """A producer holding one master key that writes another's id in the header.
-
-    The data key is really generated under ``provider``'s key ``held``; only
-    the ``key_id`` the Sealer writes (and binds into the tag) is ``claimed``.
-    """
-
-    def __init__(self, provider: InMemoryKeyProvider, held: str, claimed: str) -> None:
-        self.provider, self.held, self.claimed = provider, held, claimed
-
-    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        real = self.provider.generate_data_key(self.held, context)
-        return DataKey(real.plaintext, real.wrapped, self.claimed)
 
 
 def sealed_by(source: ClaimingSource, context: Mapping[str, str]) -> Delivery:

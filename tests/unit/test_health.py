@@ -19,14 +19,7 @@ from envelope_mq.shared.observability import (
     add_observability_arguments,
     observability,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 def get(url: str, accept: str = "") -> tuple[int, str, str]:

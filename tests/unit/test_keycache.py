@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,35 +18,10 @@ from envelope_mq.shared.errors import (
     KmsUnavailableError,
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
+from envelope_mq.shared.kms import InMemoryKeyProvider, ManualClock
+from fakes import Clock, GatedProvider
 
 THREADS = 8
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class GatedProvider:
-    """InMemoryKeyProvider whose calls wait until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.inner = InMemoryKeyProvider()
-        self.gate = threading.Event()
-
-    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
-        self.gate.wait(timeout=30)
-        return self.inner.generate_data_key(key_id, context)
-
-    def decrypt_data_key(
-        self, wrapped: str, context: Mapping[str, str]
-    ) -> UnwrappedKey:
-        self.gate.wait(timeout=30)
-        return self.inner.decrypt_data_key(wrapped, context)
 
 
 def _until(condition: Callable[[], bool]) -> None:
@@ -446,3 +420,13 @@ def test_a_refusal_of_the_caller_is_not_remembered_against_the_blob(
     with pytest.raises(KmsCallerError):
         cache.unwrap(data_key.wrapped, {})
     assert cache.unwrap(data_key.wrapped, {}).plaintext == data_key.plaintext
+
+
+def test_the_shipped_manual_clock_drives_rotation_without_waiting() -> None:
+    clock = ManualClock()
+    cache = DataKeyCache(InMemoryKeyProvider(), max_age=300.0, clock=clock)
+    first = cache.acquire("k", {})
+    clock.advance(299.0)
+    assert cache.acquire("k", {}) is first
+    clock.advance(1.0)
+    assert cache.acquire("k", {}).wrapped != first.wrapped

@@ -36,6 +36,7 @@ PINNED = [
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
+    "ManualClock",
     "MessageNackedError",
     "MessageUnroutableError",
     "MessagingError",
