@@ -18,7 +18,8 @@ COPY producer/ producer/
 COPY consumer/ consumer/
 COPY kms_emulator/ kms_emulator/
 COPY src/ src/
-RUN pip install . && rm -rf /src
+# The emulator extra: the same image runs `envelope-mq kms-emulator` (YAML seeds).
+RUN pip install '.[emulator]' && rm -rf /src
 
 # Never run as root: nothing here needs it.
 RUN useradd --system --uid 10001 --no-create-home emq

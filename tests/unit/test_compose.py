@@ -262,7 +262,8 @@ def test_dockerfile_builds_on_python_311_slim_and_installs_the_project() -> None
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, flags=re.MULTILINE)
     assert base is not None
     assert base[1] == "python:3.11-slim"
-    assert re.search(r"^RUN pip install \.", text, flags=re.MULTILINE)
+    # with the emulator extra: the same image runs envelope-mq kms-emulator
+    assert re.search(r"^RUN pip install '\.\[emulator\]'", text, flags=re.MULTILINE)
     assert re.search(r"^USER\s+(?!root)\S+", text, flags=re.MULTILINE)
     assert re.search(r'^CMD \["envelope-mq"', text, flags=re.MULTILINE)
 
