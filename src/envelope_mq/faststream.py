@@ -54,7 +54,9 @@ from envelope_mq.aio.offload import (
 )
 from envelope_mq.aio.quarantine import QuarantinePublisher
 from envelope_mq.consumer.backoff import Backoff
-from envelope_mq.consumer.freshness import ReplayGuard
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
+from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
+from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import (
     RETRY_LATER,
@@ -73,7 +75,7 @@ from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta
 from envelope_mq.shared.errors import ConfigError, DecryptionError, SealingError
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import AliyunKms, KeyProvider
+from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["EnvelopeMiddleware"]
@@ -107,7 +109,10 @@ class EnvelopeMiddleware:
         unwrap: CachedKeyUnwrapper | None = None,
         context: Mapping[str, str] | None = None,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
+        key_resolver: KeyResolver | None = None,
         max_age: float | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         kms_backoff: Backoff | None = None,
         kms_hold: float = 30.0,
@@ -117,6 +122,11 @@ class EnvelopeMiddleware:
     ) -> None:
         if (key_id is None) != (data_keys is None):
             raise ConfigError("key_id and data_keys go together")
+        if key_policy and not key_policy.resolved and key_resolver is None:
+            raise ConfigError(
+                "an allowed-key policy needs a key_resolver (DescribeKey) "
+                "or resolving first (KeyPolicy.resolve)"
+            )
         self._metrics = NULL_METRICS if metrics is None else metrics
         self._offload = KmsOffload(kms_threads)
         self._sealer = (
@@ -132,11 +142,16 @@ class EnvelopeMiddleware:
                 self._metrics.time_opener(slow),
             )
         self._policy = policy or ContextPolicy()
-        guard = ReplayGuard(max_age=max_age, dedup_window=dedup_window)
+        self._key_policy = key_policy if key_policy else None
+        self._key_resolver = key_resolver
+        self._resolving = asyncio.Lock()
+        guard = ReplayGuard(
+            max_age=max_age, dedup_window=dedup_window, max_skew=max_skew
+        )
         self._guard = guard if guard.enabled else None
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=5.0)
         self._kms_hold = kms_hold
-        self._owned: list[AliyunKms] = []
+        self._owned: list[KmsClient] = []
         self._quarantine_copies = QuarantinePublisher()
         self._serializer = serializer or _default_serializer()
 
@@ -148,6 +163,7 @@ class EnvelopeMiddleware:
         *,
         context: Mapping[str, str] | None = None,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
         max_age: float | None = None,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
@@ -165,6 +181,8 @@ class EnvelopeMiddleware:
             unwrap=UnwrapCache(provider),
             context=context,
             policy=policy,
+            key_policy=key_policy,
+            key_resolver=provider if isinstance(provider, KeyResolver) else None,
             max_age=max_age,
             dedup_window=dedup_window,
             metrics=metrics,
@@ -178,21 +196,26 @@ class EnvelopeMiddleware:
         key_id: str | None = None,
         context: Mapping[str, str] | None = None,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
         provider: KeyProvider | None = None,
         max_age: float | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
+        max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
     ) -> EnvelopeMiddleware:
         """The KMS client, key caches and master key (KMS_KEY_ID) of ``settings``.
 
         Seals only when a master key id is known; opens always (the
         credentials need the Decrypt permission for that, GenerateDataKey to
-        seal).
+        seal). An allowed-key ``key_policy`` is resolved by DescribeKey on
+        the first message. ``max_decrypt_rate`` bounds the Decrypt calls per
+        second of data keys not cached (consumer/budget.py).
         """
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: AliyunKms | None = None
+        owned: KmsClient | None = None
         if provider is None:
-            provider = owned = AliyunKms.from_settings(settings)
+            provider = owned = kms_from_settings(settings)
         instrumented = hooks.instrument_provider(provider)
         master = key_id or settings.kms_key_id
         middleware = cls(
@@ -207,13 +230,16 @@ class EnvelopeMiddleware:
                 )
             ),
             unwrap=UnwrapCache(
-                instrumented,
+                DecryptBudget(instrumented, max_decrypt_rate),
                 max_entries=settings.key_cache_size,
                 ttl=settings.key_cache_ttl,
             ),
             context=context,
             policy=policy,
+            key_policy=key_policy,
+            key_resolver=provider if isinstance(provider, KeyResolver) else None,
             max_age=max_age,
+            max_skew=max_skew,
             dedup_window=dedup_window,
             metrics=metrics,
         )
@@ -299,6 +325,7 @@ class EnvelopeMiddleware:
             # test client makes PatchedMessage; a real reply is always sealed.
             return await call_next(msg)
         self._metrics.consumed()
+        await self._resolve_key_policy()
         delivery = delivery_of(msg.raw_message, None)
         decision = await self._admit(delivery)
         if decision is RETRY_LATER:
@@ -343,16 +370,44 @@ class EnvelopeMiddleware:
         await self._quarantine(msg, delivery, decision, queue, context)
         raise AckMessage
 
+    async def _resolve_key_policy(self) -> None:
+        """DescribeKey the allowed keys once, in a KMS thread, on first use."""
+        policy, resolver = self._key_policy, self._key_resolver
+        if not policy or policy.resolved or resolver is None:
+            return
+        async with self._resolving:
+            policy = self._key_policy
+            if policy and not policy.resolved:
+                self._key_policy = await self._offload.run(
+                    functools.partial(policy.resolve, resolver)
+                )
+                _log.info(
+                    "allowed master keys: %s",
+                    ", ".join(self._key_policy.key_ids()),
+                    extra={"event": "key_policy"},
+                )
+
     async def _admit(self, delivery: Delivery) -> ReceivedMessage | Outcome:
         assert self._openers is not None  # noqa: S101 - checked by the caller
         fast, slow = self._openers
         try:
-            return admit(delivery, fast, policy=self._policy, guard=self._guard)
+            return admit(
+                delivery,
+                fast,
+                policy=self._policy,
+                key_policy=self._key_policy,
+                guard=self._guard,
+            )
         except NeedsKms:
             pass
         return await self._offload.run(
             functools.partial(
-                admit, delivery, slow, policy=self._policy, guard=self._guard
+                admit,
+                delivery,
+                slow,
+                policy=self._policy,
+                key_policy=self._key_policy,
+                guard=self._guard,
             )
         )
 

@@ -14,6 +14,7 @@ import uuid
 
 import aio_pika
 import pytest
+from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.transport import (
@@ -340,3 +341,42 @@ def _drain(settings: Settings, queue: str) -> list[dict[str, object]]:
         return headers
 
     return asyncio.run(run())
+
+
+class _KeyIdsAsThemselves:
+    """A resolver for rules written as KeyIds (the consumer may not DescribeKey)."""
+
+    def describe_key_id(self, key: str) -> str:
+        return key
+
+
+def test_the_allowed_key_policy_applies_to_the_asyncio_consumer(
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+) -> None:
+    # tenant=a messages, under a key that may only speak for tenant=b.
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, _bodies(2)))
+    key = emq_producer_settings.kms_key_id
+    assert key is not None
+
+    async def run() -> AsyncEncryptedConsumer:
+        consumer = AsyncEncryptedConsumer.from_settings(
+            emq_consumer_settings,
+            emq_amqp_topology,
+            key_policy=KeyPolicy.parse([f"{key}@tenant=b"]).resolve(
+                _KeyIdsAsThemselves()
+            ),
+        )
+        async with consumer:
+            running = asyncio.create_task(consumer.run(lambda message: None))
+            async with asyncio.timeout(TIMEOUT):
+                while sum(consumer.stats.quarantined.values()) < 2:
+                    await asyncio.sleep(0.05)
+            consumer.stop()
+            await running
+        return consumer
+
+    consumer = asyncio.run(run())
+    assert consumer.stats.quarantined == {"context-denied": 2}
+    assert consumer.stats.handled == 0

@@ -19,7 +19,15 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SECTIONS = ("throughput", "latency", "KMS economy", "crypto only", "KMS emulator")
+SECTIONS = (
+    "throughput",
+    "latency",
+    "KMS economy",
+    "crypto only",
+    "KMS emulator",
+    "asyncio",
+    "faststream",
+)
 
 
 def test_bench_smoke_run_reports_every_section(
@@ -51,8 +59,11 @@ def test_bench_smoke_run_reports_every_section(
             assert figure["value"] > 0
     latency = next(f for f in document["figures"] if f["name"] == "messages timed")
     assert latency["value"] == 2000
+    for side in ("plain aio-pika, confirms", "envelope-mq asyncio"):
+        for section in ("asyncio: publish, msg/s", "asyncio: consume, msg/s"):
+            assert by_name[(section, side)]["value"] > 0
     names = [t["name"] for t in document["targets"]]
-    assert len(names) == 14, names
+    assert len(names) == 16, names
     for target in document["targets"]:
         assert target["passed"] in (True, False)
     # Only the AWS Encryption SDK may be missing (an optional extra).

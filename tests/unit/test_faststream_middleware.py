@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.transport import (
     QUARANTINE_QUEUE_HEADER,
@@ -200,3 +201,39 @@ def test_without_a_master_key_nothing_is_published() -> None:
 
     with pytest.raises(ConfigError):
         asyncio.run(run())
+
+
+def test_the_allowed_key_policy_quarantines_other_senders() -> None:
+    provider = InMemoryKeyProvider([KEY, "key-other"])
+    allowed = EnvelopeMiddleware.from_provider(provider, KEY)
+    other = EnvelopeMiddleware.from_provider(provider, "key-other")
+    receiver = EnvelopeMiddleware.from_provider(
+        provider, key_policy=KeyPolicy.parse([KEY])
+    )
+    broker = RabbitBroker()
+    trusted, stranger = (
+        RabbitRouter(middlewares=[allowed]),
+        RabbitRouter(middlewares=[other]),
+    )
+    receiving = RabbitRouter(middlewares=[receiver])
+    handled: list[str] = []
+    reasons: list[str] = []
+
+    @receiving.subscriber("jobs")
+    async def handle(text: str) -> None:
+        handled.append(text)
+
+    @receiving.subscriber("jobs.quarantine")
+    async def watch(body: bytes, message: RabbitMessage) -> None:
+        reasons.append(message.headers[QUARANTINE_REASON_HEADER])
+
+    broker.include_routers(trusted, stranger, receiving)
+
+    async def run() -> None:
+        async with TestRabbitBroker(broker):
+            await trusted.publisher("jobs").publish("from the trusted key")
+            await stranger.publisher("jobs").publish("from another key")
+
+    asyncio.run(run())
+    assert handled == ["from the trusted key"]
+    assert reasons == ["key-denied"]

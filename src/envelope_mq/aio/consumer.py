@@ -5,7 +5,7 @@ The same decision as the sync consumer (``consumer.outcome.admit`` and
 reason headers, confirmed before the original is acknowledged), the same
 KMS-transient hold, replay guard and metrics; only the I/O is asyncio.
 Deliveries are taken one at a time, in order; acknowledgements go out in
-``multiple`` batches, and at once whenever the queue runs dry.
+``multiple`` batches, and within 10 ms whenever no delivery is waiting.
 
 Two forms::
 
@@ -53,8 +53,10 @@ from envelope_mq.aio.offload import (
     loop_openers,
 )
 from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
 from envelope_mq.consumer.deliveries import DeliveryCounter
-from envelope_mq.consumer.freshness import ReplayGuard
+from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
+from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import (
     RETRY_LATER,
@@ -73,12 +75,13 @@ from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
+    ConfigError,
     KmsCallerError,
     MessageNackedError,
     MessageUnroutableError,
 )
 from envelope_mq.shared.keycache import UnwrapCache
-from envelope_mq.shared.kms import AliyunKms, KeyProvider
+from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["AsyncEncryptedConsumer", "AsyncHandler"]
@@ -86,6 +89,8 @@ __all__ = ["AsyncEncryptedConsumer", "AsyncHandler"]
 _log = logging.getLogger(__name__)
 _COMPONENT = "consumer"
 _STOP = object()  # put in the inbox by stop()
+# An idle consumer acknowledges what it handled after this long (seconds).
+_IDLE_FLUSH = 0.01
 _LOST = object()  # put in the inbox when the connection goes
 
 _BROKER_ERRORS: tuple[type[BaseException], ...] = (
@@ -129,14 +134,22 @@ class AsyncEncryptedConsumer:
         ack_batch: int = 50,
         max_deliveries: int = 5,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
+        key_resolver: KeyResolver | None = None,
         kms_backoff: Backoff | None = None,
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
         max_age: float | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
         kms_threads: int = DEFAULT_KMS_THREADS,
     ) -> None:
+        if key_policy and not key_policy.resolved and key_resolver is None:
+            raise ConfigError(
+                "an allowed-key policy needs a key_resolver (DescribeKey) "
+                "or resolving first (KeyPolicy.resolve)"
+            )
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
         if prefetch < 1 or ack_batch < 1:
@@ -156,7 +169,11 @@ class AsyncEncryptedConsumer:
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
         self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
         self._connection_options = connection_options or ConnectionOptions()
-        guard = ReplayGuard(max_age=max_age, dedup_window=dedup_window)
+        self._key_policy = key_policy if key_policy else None
+        self._key_resolver = key_resolver
+        guard = ReplayGuard(
+            max_age=max_age, dedup_window=dedup_window, max_skew=max_skew
+        )
         self._guard = guard if guard.enabled else None
         self._counter = DeliveryCounter()
         self._connection: aio_pika.abc.AbstractConnection | None = None
@@ -165,8 +182,10 @@ class AsyncEncryptedConsumer:
         self._generation = 0
         self._unacked: _InHand | None = None
         self._unacked_count = 0
+        self._idle_flush: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Future[None] | None = None
         self._stopping = False
-        self._owned_kms: AliyunKms | None = None
+        self._owned_kms: KmsClient | None = None
         self.stats = ConsumerStats()
 
     @classmethod
@@ -180,25 +199,31 @@ class AsyncEncryptedConsumer:
         ack_batch: int = 50,
         max_deliveries: int = 5,
         policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
         kms_backoff: Backoff | None = None,
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
         max_age: float | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
         kms_threads: int = DEFAULT_KMS_THREADS,
+        max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
     ) -> AsyncEncryptedConsumer:
         """Wire the KMS client and the unwrap cache from ``settings``; no I/O.
 
         ``provider`` replaces the KMS client made from ``settings`` (the caller
-        keeps closing it). The other arguments are the constructor's.
+        keeps closing it). ``max_decrypt_rate`` bounds the Decrypt calls per
+        second that data keys not in the cache may cost (consumer/budget.py).
+        The other arguments are the constructor's.
         """
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: AliyunKms | None = None
+        owned: KmsClient | None = None
         if provider is None:
-            provider = owned = AliyunKms.from_settings(settings)
+            provider = owned = kms_from_settings(settings)
+        # Only cache misses reach the budget (and they run in the KMS threads).
         cache = UnwrapCache(
-            hooks.instrument_provider(provider),
+            DecryptBudget(hooks.instrument_provider(provider), max_decrypt_rate),
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
@@ -211,10 +236,13 @@ class AsyncEncryptedConsumer:
             ack_batch=ack_batch,
             max_deliveries=max_deliveries,
             policy=policy,
+            key_policy=key_policy,
+            key_resolver=provider if isinstance(provider, KeyResolver) else None,
             kms_backoff=kms_backoff,
             reconnect_backoff=reconnect_backoff,
             connection_options=connection_options,
             max_age=max_age,
+            max_skew=max_skew,
             dedup_window=dedup_window,
             metrics=metrics,
             kms_threads=kms_threads,
@@ -238,6 +266,17 @@ class AsyncEncryptedConsumer:
         """
         if self._connection is not None:
             return
+        policy, resolver = self._key_policy, self._key_resolver
+        if policy and not policy.resolved and resolver is not None:
+            # DescribeKey, once, in a KMS thread: a mistyped key fails here.
+            self._key_policy = await self._offload.run(
+                functools.partial(policy.resolve, resolver)
+            )
+            _log.info(
+                "allowed master keys: %s",
+                ", ".join(self._key_policy.key_ids()),
+                extra={"event": "key_policy", "queue": self._topology.queue},
+            )
         last: BrokerError | None = None
         for index in range(len(self._urls)):
             try:
@@ -261,7 +300,12 @@ class AsyncEncryptedConsumer:
 
     async def close(self) -> None:
         """Acknowledge what was handled, requeue the rest, disconnect."""
+        if self._idle_flush is not None:
+            self._idle_flush.cancel()
+            self._idle_flush = None
         with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+            if self._flushing is not None:
+                await self._flushing
             await self._flush_acks()
         connection, self._connection = self._connection, None
         self._generation += 1  # whatever the old connection still says is stale
@@ -377,12 +421,23 @@ class AsyncEncryptedConsumer:
 
     async def _admit(self, delivery: Delivery) -> ReceivedMessage | Outcome:
         try:
-            return admit(delivery, self._fast, policy=self._policy, guard=self._guard)
+            return admit(
+                delivery,
+                self._fast,
+                policy=self._policy,
+                key_policy=self._key_policy,
+                guard=self._guard,
+            )
         except NeedsKms:
             pass  # the unwrap cache missed: KMS, in a thread
         return await self._offload.run(
             functools.partial(
-                admit, delivery, self._slow, policy=self._policy, guard=self._guard
+                admit,
+                delivery,
+                self._slow,
+                policy=self._policy,
+                key_policy=self._key_policy,
+                guard=self._guard,
             )
         )
 
@@ -529,6 +584,17 @@ class AsyncEncryptedConsumer:
         if self._unacked_count >= self._ack_batch:
             await self._flush_acks()
 
+    def _flush_when_idle(self) -> None:
+        self._idle_flush = None
+        if self._unacked is not None:
+            self._flushing = asyncio.ensure_future(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush_acks()
+        except CONNECTION_ERRORS as exc:
+            self._lose(exc)
+
     async def _flush_acks(self) -> None:
         held, self._unacked = self._unacked, None
         self._unacked_count = 0
@@ -546,11 +612,13 @@ class AsyncEncryptedConsumer:
             try:
                 item = self._inbox.get_nowait()
             except asyncio.QueueEmpty:
-                # The queue ran dry: nothing handled may wait for a batch.
-                try:
-                    await self._flush_acks()
-                except CONNECTION_ERRORS as exc:
-                    self._lose(exc)
+                # Nothing waiting: what was handled goes out unless the next
+                # delivery comes within _IDLE_FLUSH (flushing at once would
+                # cost an ack frame per message whenever we keep up).
+                if self._unacked is not None and self._idle_flush is None:
+                    self._idle_flush = asyncio.get_running_loop().call_later(
+                        _IDLE_FLUSH, self._flush_when_idle
+                    )
                 self._metrics.alive(_COMPONENT)
                 item = await self._inbox.get()
             if item is _STOP:

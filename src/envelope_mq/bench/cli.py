@@ -30,8 +30,17 @@ from envelope_mq.shared.errors import MessagingError
 
 __all__ = ["SECTIONS", "register", "run"]
 
-SECTIONS = ("throughput", "latency", "crypto", "emulator", "memory", "files")
-_BROKER_SECTIONS = {"throughput", "latency", "memory"}
+SECTIONS = (
+    "throughput",
+    "latency",
+    "crypto",
+    "emulator",
+    "memory",
+    "files",
+    "asyncio",
+    "faststream",
+)
+_BROKER_SECTIONS = {"throughput", "latency", "memory", "asyncio", "faststream"}
 _MEMORY_KEYS = 1024
 _MESSAGES_PER_KEY = 16
 
@@ -141,6 +150,15 @@ def _broker_sections(
             run_kms_economy(report, lab)
         if "memory" in sections:
             run_memory(report, lab, _MEMORY_KEYS, _MESSAGES_PER_KEY, args.size)
+        if "asyncio" in sections:
+            # Imported here: the [aio] and [faststream] extras are optional.
+            from envelope_mq.bench.aio_throughput import run_asyncio
+
+            run_asyncio(report, lab, args.messages, args.size, args.rounds)
+        if "faststream" in sections:
+            from envelope_mq.bench.aio_throughput import run_faststream
+
+            run_faststream(report, lab, args.messages, args.size, args.rounds)
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
