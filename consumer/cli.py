@@ -34,6 +34,7 @@ from envelope_mq.shared.cli_args import (
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import KmsUnavailableError, MessagingError
 from envelope_mq.shared.kms import KmsClient, kms_from_settings
+from envelope_mq.shared.kms.credentials import CHAIN_HELP
 from envelope_mq.shared.observability import add_observability_arguments, observability
 from envelope_mq.shared.observability.metrics import KMS_COMPONENT
 from envelope_mq.shared.observability.service import Observability
@@ -41,8 +42,8 @@ from envelope_mq.shared.observability.service import Observability
 __all__ = ["register", "register_replay"]
 
 _EPILOG = (
-    "Broker and KMS come from RABBITMQ_URL, KMS_ENDPOINT and ALIBABA_CLOUD_* "
-    "(see the README)."
+    "Broker and KMS come from RABBITMQ_URL, KMS_ENDPOINT (or KMS_INSTANCE_ENDPOINT) "
+    "and ALIBABA_CLOUD_* (see the README). " + CHAIN_HELP
 )
 
 

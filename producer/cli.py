@@ -20,6 +20,7 @@ from envelope_mq.shared.cli_args import (
 )
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError, MessagingError
+from envelope_mq.shared.kms.credentials import CHAIN_HELP
 from envelope_mq.shared.observability import (
     NULL_METRICS,
     Observability,
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "confirmed and exits 130. Configuration: RABBITMQ_URL, KMS_ENDPOINT, "
             "KMS_KEY_ID, ALIBABA_CLOUD_* (see the README)."
         ),
+        epilog=CHAIN_HELP,
     )
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="message text")
     parser.add_argument(

@@ -45,7 +45,18 @@ from alibabacloud_credentials_api import ICredentialsProvider
 from envelope_mq.shared.config import CredentialSettings, Settings
 from envelope_mq.shared.errors import ConfigError, KmsCallerError, KmsUnavailableError
 
-__all__ = ["AccessKey", "Credentials", "parse_sts_endpoint"]
+__all__ = ["CHAIN_HELP", "AccessKey", "Credentials", "parse_sts_endpoint"]
+
+#: The chain in one paragraph, for the commands' --help.
+CHAIN_HELP = (
+    "KMS credentials, first match wins: ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET "
+    "(+ ALIBABA_CLOUD_SECURITY_TOKEN); OIDC/RRSA (ALIBABA_CLOUD_ROLE_ARN, "
+    "_OIDC_PROVIDER_ARN, _OIDC_TOKEN_FILE; STS at ALIBABA_CLOUD_STS_ENDPOINT); the "
+    "aliyun CLI's ~/.aliyun/config.json (ALIBABA_CLOUD_PROFILE or its current "
+    "profile, any mode); ~/.alibabacloud/credentials.ini; the ECS instance's RAM "
+    "role; ALIBABA_CLOUD_CREDENTIALS_URI. Temporary credentials are renewed "
+    "before they expire."
+)
 
 NO_CREDENTIALS = "EMQ.NoCredentials"
 CREDENTIALS_UNAVAILABLE = "EMQ.CredentialsUnavailable"

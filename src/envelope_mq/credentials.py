@@ -31,21 +31,12 @@ from typing import Any
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError
 from envelope_mq.shared.kms import AliyunKms
-from envelope_mq.shared.kms.credentials import Credentials
+from envelope_mq.shared.kms.credentials import CHAIN_HELP, Credentials
 
 __all__ = ["CHAIN_HELP", "MODES", "add_arguments", "connect", "credentials_from_args"]
 
 CONFIG_PATH = Path(".aliyun") / "config.json"  # under the home directory
 MODES = ("AK", "StsToken", "RamRoleArn", "EcsRamRole", "OIDC", "CredentialsURI")
-CHAIN_HELP = (
-    "Credentials, first match wins: the flags below; then the environment "
-    "(ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET, ALIBABA_CLOUD_SECURITY_TOKEN); "
-    "OIDC/RRSA (ALIBABA_CLOUD_ROLE_ARN, _OIDC_PROVIDER_ARN, _OIDC_TOKEN_FILE); "
-    "the aliyun CLI's ~/.aliyun/config.json (ALIBABA_CLOUD_PROFILE or its current "
-    "profile, any mode); ~/.alibabacloud/credentials.ini; the ECS instance's RAM "
-    "role; ALIBABA_CLOUD_CREDENTIALS_URI. Temporary credentials are renewed "
-    "before they expire."
-)
 # --mode: the flags each mode needs (as the aliyun CLI names them).
 _NEEDS = {
     "AK": ("access_key_id", "access_key_secret"),
@@ -85,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) ->
         help="region id, e.g. cn-hangzhou (default ALIBABA_CLOUD_REGION_ID, "
         "the profile's, cn-hangzhou)",
     )
-    group = parser.add_argument_group("credentials", CHAIN_HELP)
+    group = parser.add_argument_group(
+        "credentials", "The flags below first; then the environment. " + CHAIN_HELP
+    )
     group.add_argument(
         "--mode", default=default, choices=MODES, help="credential type, as aliyun's"
     )

@@ -255,3 +255,59 @@ def test_a_consumer_outlives_several_of_its_sts_tokens(
     assert answered.get("AssumeRoleWithOIDC", 0) >= 6
     # ...and the consumer's first one really had expired meanwhile.
     assert caught.value.code == "InvalidSecurityToken.Expired"
+
+
+def test_the_kms_command_takes_the_aliyun_clis_credential_modes(
+    emulator: Emulator, issuer: OidcIssuer, tmp_path: Path
+) -> None:
+    token = issuer.write_token(tmp_path / "token", subject=PRODUCER_SA)
+    where = ["--endpoint", emulator.url, "--ca-file", str(emulator.ca_file)]
+    modes = {
+        "OIDC": [
+            "--mode",
+            "OIDC",
+            "--ram-role-arn",
+            PRODUCER_ROLE,
+            "--oidc-provider-arn",
+            issuer.provider_arn,
+            "--oidc-token-file",
+            str(token),
+            "--sts-endpoint",
+            emulator.endpoint,
+        ],
+        "CredentialsURI": [
+            "--mode",
+            "CredentialsURI",
+            "--credentials-uri",
+            emulator.credentials_uri("emq-producer"),
+        ],
+    }
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SSL_CERT_FILE": str(emulator.ca_file),
+        "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
+    }
+    for mode, flags in modes.items():
+        done = _run(
+            [
+                "kms",
+                "GenerateDataKey",
+                "--KeyId",
+                ALIAS,
+                *where,
+                *flags,
+                "--query",
+                "KeyId",
+            ],
+            env,
+        )
+        assert done.returncode == 0, (mode, done.stderr)
+        assert json.loads(done.stdout) == KEY_ID
+    # The producer's role may not Decrypt: proof the role's credentials signed.
+    refused = _run(
+        ["kms", "Decrypt", "--CiphertextBlob", "x", *where, *modes["CredentialsURI"]],
+        env,
+    )
+    assert refused.returncode == 1
+    assert "Code: Forbidden.NoPermission" in refused.stderr, refused.stderr

@@ -183,3 +183,25 @@ def test_secrets_stay_out_of_reprs(home: Path) -> None:
     got = kms.credentials.current()
     for shown in (repr(kms), repr(got), repr(kms.credentials)):
         assert "flag-secret" not in shown
+
+
+@pytest.mark.parametrize("command", ["produce", "consume", "kms", "seal", "unseal"])
+def test_every_command_says_where_credentials_come_from_in_order(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from envelope_mq.shared.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    order = [
+        "ALIBABA_CLOUD_ACCESS_KEY_ID",
+        "ALIBABA_CLOUD_ROLE_ARN",
+        "config.json",
+        "credentials.ini",
+        "ECS",
+        "ALIBABA_CLOUD_CREDENTIALS_URI",
+    ]
+    places = [text.find(name) for name in order]
+    assert -1 not in places, text
+    assert places == sorted(places)
