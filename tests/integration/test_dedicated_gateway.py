@@ -20,7 +20,7 @@ import pytest
 from envelope_mq.kms_emulator import Emulator
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import KmsUnavailableError
-from envelope_mq.shared.kms import DedicatedKms, kms_from_settings
+from envelope_mq.shared.kms import Credentials, DedicatedKms, kms_from_settings
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,14 @@ def _seed() -> dict[str, object]:
             principal(CONSUMER, "Decrypt"),
         ],
         "keys": [{"key_id": KEY_ID, "aliases": [ALIAS]}],
+        "roles": [
+            {
+                "arn": "acs:ram::1234567890123456:role/instance-consumer",
+                "actions": ["Decrypt"],
+                "keys": [KEY_ID],
+                "credentials_uri": True,
+            }
+        ],
     }
 
 
@@ -158,3 +166,23 @@ def test_the_instance_quota_is_transient_and_retried(tmp_path: Path) -> None:
     assert caught.value.code == "Rejected.Throttling"
     assert caught.value.http_status == 429
     assert len(sleeps) == 2
+
+
+def test_sts_credentials_reach_the_gateway_through_the_current_sdk(
+    gateway: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The role's temporary credentials (with their SecurityToken), from the
+    # credentials URI, sign the current SDK's requests; the URI is HTTPS too.
+    monkeypatch.setenv("SSL_CERT_FILE", str(gateway.ca_file))
+    proxy = gateway.gateway_proxy
+    producer = kms_from_settings(_settings(gateway, PRODUCER), https_proxy=proxy)
+    data_key = producer.generate_data_key(ALIAS, CONTEXT)
+    role = Credentials.credentials_uri(gateway.credentials_uri("instance-consumer"))
+    consumer = DedicatedKms(
+        f"https://{gateway.instance_host}",
+        role,
+        ca_file=str(gateway.ca_file),
+        https_proxy=proxy,
+    )
+    assert role.current().security_token
+    assert consumer.decrypt_data_key(data_key.wrapped, CONTEXT).key_id == KEY_ID
