@@ -316,10 +316,19 @@ case "${1:-}" in
       log "running without containers: the container tests will skip (fail under CI=true)"
     fi
     # The tests remove what they create; reap_dead catches what a killed run left.
-    # On EXIT, so that an interrupted run stops its service too.
+    # On EXIT, so that an interrupted run stops its service too — but only once the
+    # command has ended: a TERM or INT sent to this script is passed on to the
+    # command and waited for, never answered by pulling the engine from under it.
     [[ -z $started ]] || trap 'reap_dead; stop_service' EXIT
-    status=0
-    "$@" || status=$?
+    "$@" <&0 &
+    child=$!
+    trap 'signalled=1; kill -TERM "$child" 2>/dev/null' TERM
+    trap 'signalled=1; kill -INT "$child" 2>/dev/null' INT
+    while :; do
+      signalled=
+      wait "$child" && status=0 || status=$?
+      [[ -n $signalled ]] || break # a trap cut the wait short: wait for the end
+    done
     exit "$status"
     ;;
   *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;

@@ -219,8 +219,14 @@ class RabbitContainer:
         """Remove the container (and its volumes); idempotent."""
         container, self._container = self._container, None
         if container is not None:
-            with contextlib.suppress(Exception):
-                container.stop()
+            try:
+                with contextlib.suppress(Exception):
+                    container.stop()
+            finally:
+                # stop() closes the client only after a successful removal; an
+                # engine gone away must not leave its sockets to the GC.
+                with contextlib.suppress(Exception):
+                    container.get_docker_client().client.close()
 
     def __enter__(self) -> RabbitContainer:
         self.start()
