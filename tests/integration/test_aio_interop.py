@@ -7,6 +7,7 @@ its own event loop with asyncio.run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import threading
 import time
@@ -25,6 +26,7 @@ from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
+from envelope_mq.shared.errors import KmsCallerError
 
 from envelope_mq.aio import AsyncEncryptedConsumer, AsyncEncryptedPublisher
 
@@ -380,3 +382,18 @@ def test_the_allowed_key_policy_applies_to_the_asyncio_consumer(
     consumer = asyncio.run(run())
     assert consumer.stats.quarantined == {"context-denied": 2}
     assert consumer.stats.handled == 0
+
+
+def test_an_async_consumer_kms_refuses_stops_and_leaves_every_message_queued(
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+) -> None:
+    bodies = _bodies(5)
+    asyncio.run(_publish_async(emq_producer_settings, emq_amqp_topology, bodies))
+    wrong = dataclasses.replace(emq_consumer_settings, access_key_secret="wrong")
+    with pytest.raises(KmsCallerError) as halted:
+        asyncio.run(_consume_async(wrong, emq_amqp_topology, 5))
+    assert halted.value.code == "InvalidAccessKeySecret"
+    assert _queue_depth(emq_consumer_settings, emq_amqp_topology.queue) == 5
+    assert _queue_depth(emq_consumer_settings, emq_amqp_topology.quarantine_queue) == 0

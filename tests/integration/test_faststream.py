@@ -7,7 +7,10 @@ with the producer's credentials and opens with the consumer's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -256,3 +259,46 @@ def _drain(settings: Settings, queue: str) -> list[dict[str, Any]]:
         return found
 
     return asyncio.run(run())
+
+
+def test_a_faststream_service_kms_refuses_quarantines_nothing(
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    emq_amqp_topology: Topology,
+) -> None:
+    with EncryptedPublisher.from_settings(
+        emq_producer_settings, topology=emq_amqp_topology
+    ) as publisher:
+        publisher.send(b"stays queued", content_type="text/plain")
+    wrong = dataclasses.replace(emq_consumer_settings, access_key_secret="wrong")
+    opening = EnvelopeMiddleware.from_settings(wrong)
+    halted = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "consumer_halted":
+                halted.set()
+
+    watch = Watch()
+    logging.getLogger("envelope_mq.faststream").addHandler(watch)
+
+    async def run() -> list[str]:
+        broker = RabbitBroker(wrong.rabbitmq_urls[0], middlewares=[opening])
+        got: list[str] = []
+
+        @broker.subscriber(_queue(emq_amqp_topology), _exchange(emq_amqp_topology))
+        async def handle(text: str) -> None:
+            got.append(text)
+
+        async with broker:
+            await broker.start()
+            await asyncio.wait_for(asyncio.to_thread(halted.wait, TIMEOUT), TIMEOUT)
+        return got
+
+    try:
+        assert asyncio.run(run()) == []
+    finally:
+        logging.getLogger("envelope_mq.faststream").removeHandler(watch)
+        opening.close()
+    assert _drain(emq_consumer_settings, emq_amqp_topology.quarantine_queue) == []
+    assert len(_drain(emq_consumer_settings, emq_amqp_topology.queue)) == 1
