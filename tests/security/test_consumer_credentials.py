@@ -139,7 +139,9 @@ def test_a_consumer_kms_refuses_exits_non_zero_and_leaves_every_message_queued(
     assert code in done.stderr
     assert cause in done.stderr
     assert "Traceback" not in done.stderr
-    assert _depth(emq_rabbitmq_url, topology.queue) == COUNT
+    still_queued = _depth(emq_rabbitmq_url, topology.queue)
+    ledger.fault("messages still in the queue after consume exited", still_queued)
+    assert still_queued == COUNT
     assert _depth(emq_rabbitmq_url, topology.quarantine_queue) == 0
 
     consumer = EncryptedConsumer.from_settings(good, topology, ledger_handler(ledger))
