@@ -144,3 +144,26 @@ def test_a_wrong_secret_is_the_callers_fault_on_the_gateway_too(
         client.generate_data_key(emq_kms_tls.alias, CONTEXT)
     assert caught.value.cause == "wrong AccessKey secret"
     assert "wrong-secret" not in str(caught.value)
+
+
+def test_both_clients_probe_their_endpoint_with_their_own_trust(
+    emq_kms_tls: KmsFixture, tmp_path: Path
+) -> None:
+    assert emq_kms_tls.ca_file is not None
+    creds = Credentials.static("ak", "secret")
+    # Trusted: nothing to say, and no request was sent.
+    AliyunKms(
+        credentials=creds, endpoint=emq_kms_tls.endpoint, ca_bundle=emq_kms_tls.ca_file
+    ).probe()
+    DedicatedKms(emq_kms_tls.endpoint, creds, ca_file=emq_kms_tls.ca_file).probe()
+    assert emq_kms_tls.emulator.request_count == {}
+    # Another CA: the probe says so, as a call would, naming the endpoint.
+    other_ca = str(generate_tls(tmp_path, ["127.0.0.1"]).ca_file)
+    for client in (
+        AliyunKms(credentials=creds, endpoint=emq_kms_tls.endpoint, ca_bundle=other_ca),
+        DedicatedKms(emq_kms_tls.endpoint, creds, ca_file=other_ca),
+    ):
+        with pytest.raises(KmsUnavailableError) as caught:
+            client.probe()
+        assert caught.value.code == "EMQ.TlsCertificateUntrusted"
+        assert emq_kms_tls.endpoint in str(caught.value)
