@@ -13,7 +13,9 @@ from typing import Any
 
 import aio_pika
 import aio_pika.abc
+import aiormq.abc
 import aiormq.exceptions
+from pamqp.commands import Basic
 
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url
@@ -25,8 +27,10 @@ __all__ = [
     "connect",
     "declare",
     "delivery_of",
+    "delivery_of_frame",
     "outgoing_message",
     "quarantine_message",
+    "quarantine_properties",
 ]
 
 # What a lost connection or channel looks like from aio-pika and aiormq.
@@ -119,6 +123,46 @@ def delivery_of(message: aio_pika.abc.AbstractIncomingMessage, raw: object) -> D
         redelivered=bool(message.redelivered),
         delivery_tag=message.delivery_tag or 0,
         raw=raw,
+    )
+
+
+def delivery_of_frame(message: aiormq.abc.DeliveredMessage, raw: object) -> Delivery:
+    """As :func:`delivery_of`, from aiormq's delivery (no aio-pika object made)."""
+    properties = message.header.properties
+    delivery = message.delivery
+    return Delivery(
+        body=message.body,
+        headers=dict(properties.headers or {}),
+        message_id=properties.message_id,
+        timestamp=_seconds(properties.timestamp),
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        type=properties.message_type,
+        redelivered=bool(getattr(delivery, "redelivered", False)),
+        delivery_tag=getattr(delivery, "delivery_tag", 0) or 0,
+        raw=raw,
+    )
+
+
+def quarantine_properties(
+    original: Basic.Properties, headers: Mapping[str, Any]
+) -> Basic.Properties:
+    """``original`` with ``headers``, persistent, without expiration and user_id.
+
+    The same properties ``consumer.transport.copy_properties`` keeps.
+    """
+    return Basic.Properties(
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        headers=dict(headers),
+        delivery_mode=2,  # persistent
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        message_type=original.message_type,
+        app_id=original.app_id,
     )
 
 

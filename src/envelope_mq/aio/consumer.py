@@ -36,14 +36,16 @@ from typing import Self
 
 import aio_pika
 import aio_pika.abc
+import aiormq.abc
 import aiormq.exceptions
+from pamqp.commands import Basic
 
 from envelope_mq.aio.broker import (
     CONNECTION_ERRORS,
     connect,
     declare,
-    delivery_of,
-    quarantine_message,
+    delivery_of_frame,
+    quarantine_properties,
 )
 from envelope_mq.aio.offload import (
     DEFAULT_KMS_THREADS,
@@ -102,15 +104,31 @@ AsyncHandler = Callable[[ReceivedMessage], Awaitable[object] | object]
 
 
 class _InHand:
-    """A delivery with the connection generation it came on (acks die with it)."""
+    """A delivery, its channel and the connection generation it came on.
 
-    __slots__ = ("generation", "message")
+    aiormq's own delivery, not an aio-pika IncomingMessage: the consumer
+    acknowledges by tag on the channel, and skips a task and an object per
+    message that aio-pika's consume path would cost.
+    """
+
+    __slots__ = ("channel", "generation", "message")
 
     def __init__(
-        self, message: aio_pika.abc.AbstractIncomingMessage, generation: int
+        self,
+        message: aiormq.abc.DeliveredMessage,
+        channel: aiormq.abc.AbstractChannel,
+        generation: int,
     ) -> None:
         self.message = message
+        self.channel = channel
         self.generation = generation
+
+    @property
+    def tag(self) -> int:
+        return getattr(self.message.delivery, "delivery_tag", 0) or 0
+
+    async def requeue(self) -> None:
+        await self.channel.basic_nack(self.tag, requeue=True)
 
 
 class AsyncEncryptedConsumer:
@@ -177,7 +195,7 @@ class AsyncEncryptedConsumer:
         self._guard = guard if guard.enabled else None
         self._counter = DeliveryCounter()
         self._connection: aio_pika.abc.AbstractConnection | None = None
-        self._quarantine: aio_pika.abc.AbstractExchange | None = None
+        self._quarantine: aiormq.abc.AbstractChannel | None = None
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         self._generation = 0
         self._unacked: _InHand | None = None
@@ -491,16 +509,16 @@ class AsyncEncryptedConsumer:
                 self._metrics.duplicate_dropped()
             elif verdict is Verdict.REQUEUE:
                 self._counter.failed(delivery, deliveries)
-                await held.message.nack(requeue=True)
+                await held.requeue()
                 self.stats.requeued += 1
                 self._metrics.requeued()
             elif verdict is Verdict.RETRY:  # the handler raised Retry: not counted
                 self._counter.retried(delivery)
-                await held.message.nack(requeue=True)
+                await held.requeue()
                 self.stats.retried += 1
                 self._metrics.requeued()
             elif verdict is Verdict.HALT:  # KMS refuses us, not the message
-                await held.message.nack(requeue=True)
+                await held.requeue()
                 raise self._halted(outcome)
             else:
                 await self._quarantine_one(delivery, held, outcome)
@@ -531,7 +549,7 @@ class AsyncEncryptedConsumer:
         held: _InHand,
         outcome: Outcome,
     ) -> None:
-        message = held.message
+        properties = held.message.header.properties
         reason = outcome.reason or Reason.MALFORMED
         fields: dict[str, object] = {
             "event": "message_quarantined",
@@ -552,16 +570,21 @@ class AsyncEncryptedConsumer:
             extra=fields,
         )
         headers = quarantine_headers(
-            message.headers or {}, outcome, self._topology.queue, time.time()
+            properties.headers or {}, outcome, self._topology.queue, time.time()
         )
-        exchange = self._quarantine
-        assert exchange is not None  # noqa: S101 - set with the connection
+        channel = self._quarantine
+        assert channel is not None  # noqa: S101 - set with the connection
         try:
-            await exchange.publish(
-                quarantine_message(message, headers),
-                self._topology.quarantine_queue,
+            confirmation = await channel.basic_publish(
+                held.message.body,
+                routing_key=self._topology.quarantine_queue,
+                properties=quarantine_properties(properties, headers),
                 mandatory=True,
             )
+            if isinstance(confirmation, aiormq.abc.DeliveredMessage):
+                raise aiormq.exceptions.PublishError(confirmation, confirmation)
+            if confirmation is not None and not isinstance(confirmation, Basic.Ack):
+                raise aiormq.exceptions.DeliveryError(None, confirmation)
         except aiormq.exceptions.PublishError as exc:
             raise MessageUnroutableError(
                 f"quarantine {delivery.message_id}: no quarantine queue"
@@ -599,7 +622,7 @@ class AsyncEncryptedConsumer:
         held, self._unacked = self._unacked, None
         self._unacked_count = 0
         if held is not None and not self._stale(held):
-            await held.message.ack(multiple=True)
+            await held.channel.basic_ack(held.tag, multiple=True)
 
     def _stale(self, held: _InHand) -> bool:
         return held.generation != self._generation
@@ -629,7 +652,7 @@ class AsyncEncryptedConsumer:
             assert isinstance(item, _InHand)  # noqa: S101
             if self._stale(item):
                 continue  # from a connection already lost: it is redelivered
-            return delivery_of(item.message, item)
+            return delivery_of_frame(item.message, item)
         return None
 
     async def _open(self, index: int) -> None:
@@ -643,19 +666,20 @@ class AsyncEncryptedConsumer:
             confirms = await connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
-            queue = await channel.get_queue(self._topology.queue, ensure=False)
+            raw = await channel.get_underlay_channel()
+            quarantine = await confirms.get_underlay_channel()
 
-            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                self._inbox.put_nowait(_InHand(message, generation))
+            async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+                self._inbox.put_nowait(_InHand(message, raw, generation))
 
-            await queue.consume(on_message, no_ack=False)
+            await raw.basic_consume(self._topology.queue, on_message, no_ack=False)
         except BaseException:
             with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
                 await connection.close()
             raise
         self._generation = generation
         self._connection = connection
-        self._quarantine = confirms.default_exchange
+        self._quarantine = quarantine
         connection.close_callbacks.add(
             lambda _conn, exc=None: self._lose(exc, generation)
         )
