@@ -55,7 +55,7 @@ from envelope_mq.shared.errors import (
     PublishNotConfirmedError,
 )
 from envelope_mq.shared.keycache import DataKeyCache
-from envelope_mq.shared.kms import AliyunKms, KeyProvider
+from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["AsyncEncryptedPublisher"]
@@ -140,7 +140,7 @@ class AsyncEncryptedPublisher:
         self._idle.set()
         self._failed: BrokerError | None = None
         self._closed = False
-        self._owned_kms: AliyunKms | None = None
+        self._owned_kms: KmsClient | None = None
         self._published = self._confirmed = self._failures = self._republished = 0
 
     @classmethod
@@ -162,9 +162,9 @@ class AsyncEncryptedPublisher:
             raise ConfigError(
                 "a KMS master key id is required (KMS_KEY_ID or --key-id)"
             )
-        owned: AliyunKms | None = None
+        owned: KmsClient | None = None
         if provider is None:
-            provider = owned = AliyunKms.from_settings(settings)
+            provider = owned = kms_from_settings(settings)
         if metrics is not None:
             provider = metrics.instrument_provider(provider)
         cache = DataKeyCache(
