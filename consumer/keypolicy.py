@@ -15,7 +15,9 @@ to its KeyId once, at start, by DescribeKey (so an alias moved later does not
 move the policy, and a mistyped key fails at start instead of quarantining
 everything); the pairs after ``@`` constrain the context as ``--allow-context``
 does (every named key must hold one of its values; a repeated key allows more
-values). Repeating a KEY adds alternatives. With any rule given, a message
+values). Repeating a KEY adds alternatives. A KMS client without DescribeKey
+(the KMS 3.0 dedicated gateway) resolves key ids and key ARNs as written and
+refuses aliases at start (:data:`KEY_IDS_ONLY`). With any rule given, a message
 under a key no rule names is quarantined (``key-denied``), and one under a
 listed key whose context fits none of its rules is ``context-denied``.
 
@@ -34,7 +36,7 @@ from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.shared.errors import ConfigError
 from envelope_mq.shared.kms import key_id_of
 
-__all__ = ["KeyPolicy", "KeyResolver", "KeyRule"]
+__all__ = ["KEY_IDS_ONLY", "KeyPolicy", "KeyResolver", "KeyRule"]
 
 _SCOPE = "@"
 
@@ -46,6 +48,27 @@ class KeyResolver(Protocol):
     def describe_key_id(self, key: str) -> str:
         """The KeyId of ``key`` (id, alias or ARN); raise KmsError."""
         ...
+
+
+class _KeyIdsOnly:
+    """For a KMS client without DescribeKey (a KMS 3.0 dedicated gateway).
+
+    Key ids and key ARNs name their key without a call; an alias cannot be
+    resolved, so it is refused at start rather than guessed.
+    """
+
+    def describe_key_id(self, key: str) -> str:
+        key_id = key_id_of(key)
+        if key_id.startswith("acs:") or "alias/" in key_id:
+            raise ConfigError(
+                f"--allow-key {key}: this KMS client cannot resolve aliases "
+                "(no DescribeKey); name the key by its id or key ARN"
+            )
+        return key_id
+
+
+#: The resolver used when the KMS client offers no DescribeKey.
+KEY_IDS_ONLY: KeyResolver = _KeyIdsOnly()
 
 
 @dataclass(frozen=True)

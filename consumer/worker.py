@@ -34,7 +34,7 @@ from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
 from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
 from envelope_mq.consumer.keepalive import KeepAliveProvider
-from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
+from envelope_mq.consumer.keypolicy import KEY_IDS_ONLY, KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.outcome import (
     RETRY_LATER,
@@ -53,7 +53,6 @@ from envelope_mq.shared.envelope import Opener
 from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
-    ConfigError,
     KmsCallerError,
 )
 from envelope_mq.shared.keycache import UnwrapCache
@@ -146,14 +145,10 @@ class EncryptedConsumer:
         self._handler = handler
         self._max_deliveries = max_deliveries
         self._policy = policy or ContextPolicy()
-        if key_policy and not key_policy.resolved and key_resolver is None:
-            raise ConfigError(
-                "an allowed-key policy needs a key_resolver (DescribeKey), "
-                "or resolve it first (KeyPolicy.resolve)"
-            )
-        # Resolved once, at the first connect (DescribeKey for each key named).
+        # Resolved once, at the first connect (DescribeKey for each key named);
+        # without DescribeKey, keys must be named by id or key ARN.
         self._key_policy = key_policy if key_policy else None
-        self._key_resolver = key_resolver
+        self._key_resolver = key_resolver or KEY_IDS_ONLY
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
         self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
         self._transport = BlockingTransport(

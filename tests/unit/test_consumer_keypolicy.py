@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from envelope_mq.consumer.keypolicy import KeyPolicy, KeyRule
+from envelope_mq.consumer.keypolicy import KEY_IDS_ONLY, KeyPolicy, KeyRule
 from envelope_mq.shared.errors import ConfigError, KmsRequestError
 from envelope_mq.shared.kms import InMemoryKeyProvider
 
@@ -90,3 +90,13 @@ def test_the_in_memory_provider_resolves_known_keys_only() -> None:
     assert KeyPolicy.parse(["key-a"]).resolve(provider).key_ids() == ["key-a"]
     with pytest.raises(KmsRequestError):
         KeyPolicy.parse(["key-x"]).resolve(provider)
+
+
+def test_without_describe_key_ids_and_key_arns_resolve_and_aliases_fail_at_start() -> (
+    None
+):
+    policy = KeyPolicy.parse(["key-a@t=a", "acs:kms:cn-hangzhou:1:key/key-b"])
+    assert policy.resolve(KEY_IDS_ONLY).key_ids() == ["key-a", "key-b"]
+    for alias in ("alias/orders", "acs:kms:cn-hangzhou:1:alias/orders"):
+        with pytest.raises(ConfigError, match="alias"):
+            KeyPolicy.parse([alias]).resolve(KEY_IDS_ONLY)
