@@ -188,6 +188,26 @@ class DedicatedKms:
             data_key(body, "Decrypt"), text_field(body, "KeyId", "Decrypt")
         )
 
+    def describe_key_id(self, key: str) -> str:
+        """The KeyId of ``key``: DescribeKey, which dedicated gateways refuse.
+
+        A real instance gateway serves the data plane only and answers
+        ``Rejected.UnsupportedOperation``; the shared gateway answers it.
+
+        Raises:
+            KmsRequestError: refused (on a dedicated gateway, always).
+            KmsUnavailableError: KMS could not answer.
+        """
+        request = kms_models.DescribeKeyRequest(key_id=key)
+        body = self._send(
+            "DescribeKey",
+            lambda: self._client.describe_key_with_options(request, self._runtime),
+        )
+        metadata = body.get("KeyMetadata")
+        if not isinstance(metadata, Mapping):
+            raise bad_response("DescribeKey")
+        return text_field(metadata, "KeyId", "DescribeKey")
+
     def _send(self, action: str, call: Callable[[], Any]) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
             with _translate(action, self._where):

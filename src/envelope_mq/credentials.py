@@ -30,10 +30,16 @@ from typing import Any
 
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import ConfigError
-from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.kms import AliyunKms, DedicatedKms, KmsClient
 from envelope_mq.shared.kms.credentials import CHAIN_HELP, Credentials
 
-__all__ = ["CHAIN_HELP", "MODES", "add_arguments", "connect", "credentials_from_args"]
+__all__ = [
+    "MODES",
+    "add_arguments",
+    "connect",
+    "connect_data_plane",
+    "credentials_from_args",
+]
 
 CONFIG_PATH = Path(".aliyun") / "config.json"  # under the home directory
 MODES = ("AK", "StsToken", "RamRoleArn", "EcsRamRole", "OIDC", "CredentialsURI")
@@ -136,6 +142,25 @@ def connect(
         credentials=credentials_from_args(args, settings),
         endpoint=_flag(args, "endpoint") or settings.kms_endpoint,
         ca_bundle=_flag(args, "ca_file") or settings.kms_ca_file,
+        **options,
+    )
+
+
+def connect_data_plane(
+    args: argparse.Namespace, environ: Mapping[str, str], **options: Any
+) -> KmsClient:
+    """Like :func:`connect`, but a KMS 3.0 instance's dedicated gateway when
+    KMS_INSTANCE_ENDPOINT names one (for commands that only generate and
+    decrypt data keys, as seal and unseal do)."""
+    settings = Settings.from_env(environ)
+    instance = settings.kms_instance_endpoint
+    if not instance:
+        return connect(args, environ, **options)
+    return DedicatedKms(
+        instance,
+        credentials_from_args(args, settings),
+        ca_file=_flag(args, "ca_file") or settings.kms_ca_file,
+        region_id=_region(args, environ, settings),
         **options,
     )
 

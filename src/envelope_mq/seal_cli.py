@@ -27,7 +27,7 @@ from envelope_mq.shared.errors import (
     KmsError,
     MessagingError,
 )
-from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.kms import KmsClient
 from envelope_mq.shared.sealed_file import (
     DEFAULT_SEGMENT_SIZE,
     MAX_SEGMENT_SIZE,
@@ -186,8 +186,8 @@ def _run(
     return 0
 
 
-def _kms(args: argparse.Namespace) -> AliyunKms:
-    return credentials.connect(args, os.environ)
+def _kms(args: argparse.Namespace) -> KmsClient:
+    return credentials.connect_data_plane(args, os.environ)
 
 
 def _output(

@@ -186,3 +186,29 @@ def test_sts_credentials_reach_the_gateway_through_the_current_sdk(
     )
     assert role.current().security_token
     assert consumer.decrypt_data_key(data_key.wrapped, CONTEXT).key_id == KEY_ID
+
+
+def test_seal_and_unseal_through_the_instance_gateway(
+    gateway: Emulator, tmp_path: Path
+) -> None:
+    secret = tmp_path / "report.bin"
+    secret.write_bytes(b"quarterly figures\n" * 1000)
+    sealed = _run(
+        ["seal", str(secret), "--key-id", ALIAS, "--encryption-context", '{"f":"1"}'],
+        _env(gateway, PRODUCER, tmp_path),
+    )
+    assert sealed.returncode == 0, sealed.stderr
+    opened = _run(
+        [
+            "unseal",
+            f"{secret}.emq",
+            "-o",
+            str(tmp_path / "back.bin"),
+            "--encryption-context",
+            '{"f":"1"}',
+        ],
+        _env(gateway, CONSUMER, tmp_path),
+    )
+    assert opened.returncode == 0, opened.stderr
+    assert (tmp_path / "back.bin").read_bytes() == secret.read_bytes()
+    assert gateway.request_count == {"GenerateDataKey": 1, "Decrypt": 1}
