@@ -49,6 +49,7 @@ __all__ = [
     "QUARANTINE_TIME_HEADER",
     "BlockingTransport",
     "copy_properties",
+    "copyable_headers",
     "quarantine_headers",
     "quarantine_properties",
 ]
@@ -286,10 +287,11 @@ def quarantine_properties(
     if not isinstance(original, ContentProperties | pika.BasicProperties):
         raise TypeError("quarantine needs the delivery's properties")
     notes = list(original.defects) if isinstance(original, ContentProperties) else []
-    kept: dict[str, Any] = {}
-    for name, value in (original.headers or {}).items():
-        if isinstance(name, str) and not name.startswith(QUARANTINE_HEADER_PREFIX):
-            kept[name] = _encodable(value, f"headers[{name!r}]", notes)
+    kept = {
+        name: value
+        for name, value in copyable_headers(original.headers or {}, notes).items()
+        if not name.startswith(QUARANTINE_HEADER_PREFIX)
+    }
     ours = quarantine_headers({}, outcome, queue, now)
     properties = copy_properties(original, {**kept, **ours, **_described(notes)})
     if kept and _encoded_size(properties) > budget:
@@ -298,6 +300,19 @@ def quarantine_properties(
         )
         properties = copy_properties(original, {**ours, **_described(notes)})
     return properties
+
+
+def copyable_headers(headers: Mapping[Any, Any], notes: list[str]) -> dict[str, Any]:
+    """``headers`` as any client library can encode them again, changes in ``notes``.
+
+    Names that are not str are dropped; floats are written as text (pika cannot
+    encode a float, pamqp writes every float in 32 bits: 1e300 overflows).
+    """
+    return {
+        name: _encodable(value, f"headers[{name!r}]", notes)
+        for name, value in headers.items()
+        if isinstance(name, str)
+    }
 
 
 def _encodable(value: object, where: str, notes: list[str]) -> object:

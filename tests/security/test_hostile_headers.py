@@ -10,7 +10,9 @@ must be handled, and the consumer must still be running.
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared import wire
+from envelope_mq.shared.amqp import Topology
 from rawamqp import RawAmqpPublisher, basic_properties, field, longstr, shortstr, table
 from scenario_kit import (
     FAST_RECONNECT,
@@ -33,6 +36,7 @@ from scenario_kit import (
     settle,
 )
 
+from envelope_mq.aio import AsyncEncryptedConsumer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
@@ -66,6 +70,10 @@ def filling(fields: dict[str, bytes]) -> dict[str, bytes]:
 # case -> (extra header fields, whether the body stays valid, the quarantine
 # reason, what is asserted on the quarantined copy's headers)
 Check = Callable[[dict[str, Any]], None]
+
+
+def no_check(headers: dict[str, Any]) -> None:
+    pass
 
 
 def described(text: str) -> Check:
@@ -152,8 +160,9 @@ def run_case(
     *,
     reason: str,
     check: Check,
+    flavour: str = "sync",
 ) -> None:
-    ledger = MessageLedger("hostile header")
+    ledger = MessageLedger(f"hostile header ({flavour} consumer)")
     topology = scenario_topology(names.queue, names.exchange)
     good_body = payload("good", 0, 64)
     with RawPublisher(kms.settings("producer", [url]), topology) as sealer:
@@ -173,21 +182,59 @@ def run_case(
         )
         verdicts = raw.sync()
     assert sorted(verdicts.acked) == [1, 2], verdicts.refused
-    consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", [url]),
-        topology,
-        ledger_handler(ledger),
-        reconnect_backoff=FAST_RECONNECT,
-    )
     watcher = QuarantineWatcher([url], topology, ledger)
-    with watcher, ConsumerThread(consumer):
-        settle(ledger, SETTLE_SECONDS)
+    if flavour == "sync":
+        consumer = EncryptedConsumer.from_settings(
+            kms.settings("consumer", [url]),
+            topology,
+            ledger_handler(ledger),
+            reconnect_backoff=FAST_RECONNECT,
+        )
+        with watcher, ConsumerThread(consumer):
+            settle(ledger, SETTLE_SECONDS)
+        reconnects = consumer.stats.reconnects
+    else:
+        with watcher:
+            reconnects = consume_one_in_a_thread(kms, url, topology, ledger)
+            settle(ledger, SETTLE_SECONDS)
     report = ledger.check()
     assert report["handled"] == 1
     assert watcher.reasons == {"hostile": reason}
     check(watcher.headers["hostile"])
-    assert consumer.stats.reconnects == 0
+    assert reconnects == 0
     assert queue_depth(url, names.queue) == 0
+
+
+def consume_one_in_a_thread(
+    kms: KmsFixture, url: str, topology: Topology, ledger: MessageLedger
+) -> int:
+    """:func:`consume_one_async` in a thread of its own, so that a consumer
+    stuck in its reconnect loop fails the test instead of hanging it."""
+    results: list[int] = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            asyncio.run(consume_one_async(kms, url, topology, ledger))
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(SETTLE_SECONDS + 30)
+    assert results, "the asyncio consumer did not handle the message behind"
+    return results[0]
+
+
+async def consume_one_async(
+    kms: KmsFixture, url: str, topology: Topology, ledger: MessageLedger
+) -> int:
+    """Run the asyncio consumer until it handled one message; its reconnects."""
+    consumer = AsyncEncryptedConsumer.from_settings(
+        kms.settings("consumer", [url]), topology, reconnect_backoff=FAST_RECONNECT
+    )
+    async with consumer:
+        stats = await asyncio.wait_for(
+            consumer.run(ledger_handler(ledger), count=1), SETTLE_SECONDS
+        )
+    return stats.reconnects
 
 
 def queue_depth(url: str, queue: str) -> int:
@@ -203,6 +250,26 @@ def queue_depth(url: str, queue: str) -> int:
 def test_a_hostile_content_header_is_quarantined_and_the_queue_flows(
     case: str, emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
+    run_hostile(case, "sync", emq_kms, emq_rabbitmq_url, emq_amqp_names)
+
+
+# aiormq/pamqp decode the asyncio consumer's frames; aio/frames.py rewrites the
+# content headers they cannot decode. Not yet: a quarantine copy that would not
+# fit in one frame (docs/reliability.md, "Not guaranteed").
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"headers-filling-the-frame"}))
+def test_a_hostile_content_header_does_not_stall_the_asyncio_consumer(
+    case: str, emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+) -> None:
+    run_hostile(case, "asyncio", emq_kms, emq_rabbitmq_url, emq_amqp_names)
+
+
+def run_hostile(
+    case: str,
+    flavour: str,
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+) -> None:
     extra, body_valid, reason, check = CASES[case]
     topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
     with RawPublisher(
@@ -213,6 +280,9 @@ def test_a_hostile_content_header_is_quarantined_and_the_queue_flows(
     if case == "headers-filling-the-frame":
         fields = filling(fields)
     body = sealed.body if body_valid else b"not a sealed body"
+    if flavour == "asyncio":
+        # pamqp encodes floats: only what was dropped is described
+        check = described("") if reason == "malformed" else no_check
     run_case(
         emq_kms,
         emq_rabbitmq_url,
@@ -221,6 +291,7 @@ def test_a_hostile_content_header_is_quarantined_and_the_queue_flows(
         body,
         reason=reason,
         check=check,
+        flavour=flavour,
     )
 
 

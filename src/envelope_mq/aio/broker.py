@@ -17,7 +17,9 @@ import aiormq.abc
 import aiormq.exceptions
 from pamqp.commands import Basic
 
+from envelope_mq.aio.frames import SafeHeaderConnection
 from envelope_mq.consumer.message import Delivery
+from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url
 from envelope_mq.shared.envelope import SealedMessage
 from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
@@ -59,6 +61,8 @@ async def connect(
             timeout=options.socket_timeout,
             client_properties={"connection_name": options.connection_name},
             heartbeat=options.heartbeat,
+            # content headers pamqp cannot decode are rewritten, not fatal
+            connection_class=SafeHeaderConnection,
         )
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise BrokerUnavailableError(
@@ -111,10 +115,16 @@ def outgoing_message(sealed: SealedMessage) -> aio_pika.Message:
 
 
 def delivery_of(message: aio_pika.abc.AbstractIncomingMessage, raw: object) -> Delivery:
-    """The consumer's view of one delivery; ``raw`` is the caller's handle on it."""
+    """The consumer's view of one delivery; ``raw`` is the caller's handle on it.
+
+    A content header that had to be rewritten (aio/frames.py) says so in
+    ``x-emq-quarantine-defects``; that makes the delivery malformed.
+    """
+    headers = dict(message.headers or {})
+    defects = headers.pop(QUARANTINE_DEFECTS_HEADER, None)
     return Delivery(
         body=message.body,
-        headers=dict(message.headers or {}),
+        headers=headers,
         message_id=message.message_id,
         timestamp=_seconds(message.timestamp),
         content_type=message.content_type,
@@ -123,6 +133,7 @@ def delivery_of(message: aio_pika.abc.AbstractIncomingMessage, raw: object) -> D
         redelivered=bool(message.redelivered),
         delivery_tag=message.delivery_tag or 0,
         raw=raw,
+        defects=() if defects is None else (str(defects),),
     )
 
 
@@ -130,9 +141,11 @@ def delivery_of_frame(message: aiormq.abc.DeliveredMessage, raw: object) -> Deli
     """As :func:`delivery_of`, from aiormq's delivery (no aio-pika object made)."""
     properties = message.header.properties
     delivery = message.delivery
+    headers = dict(properties.headers or {})
+    defects = headers.pop(QUARANTINE_DEFECTS_HEADER, None)
     return Delivery(
         body=message.body,
-        headers=dict(properties.headers or {}),
+        headers=headers,
         message_id=properties.message_id,
         timestamp=_seconds(properties.timestamp),
         content_type=properties.content_type,
@@ -141,6 +154,7 @@ def delivery_of_frame(message: aiormq.abc.DeliveredMessage, raw: object) -> Deli
         redelivered=bool(getattr(delivery, "redelivered", False)),
         delivery_tag=getattr(delivery, "delivery_tag", 0) or 0,
         raw=raw,
+        defects=() if defects is None else (str(defects),),
     )
 
 

@@ -47,6 +47,7 @@ from envelope_mq.aio.broker import (
     delivery_of_frame,
     quarantine_properties,
 )
+from envelope_mq.aio.frames import pamqp_encodable
 from envelope_mq.aio.offload import (
     DEFAULT_KMS_THREADS,
     CachedKeyUnwrapper,
@@ -70,7 +71,11 @@ from envelope_mq.consumer.outcome import (
     after_handler,
 )
 from envelope_mq.consumer.policy import ContextPolicy
-from envelope_mq.consumer.transport import quarantine_headers
+from envelope_mq.consumer.transport import (
+    QUARANTINE_DEFECTS_HEADER,
+    copyable_headers,
+    quarantine_headers,
+)
 from envelope_mq.consumer.worker import ConsumerStats
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
@@ -569,9 +574,15 @@ class AsyncEncryptedConsumer:
             f" ({outcome.kms_code})" if outcome.kms_code else "",
             extra=fields,
         )
+        notes = list(delivery.defects)  # what aio/frames.py had to drop
         headers = quarantine_headers(
-            properties.headers or {}, outcome, self._topology.queue, time.time()
+            pamqp_encodable(copyable_headers(properties.headers or {}, notes)),
+            outcome,
+            self._topology.queue,
+            time.time(),
         )
+        if notes:
+            headers[QUARANTINE_DEFECTS_HEADER] = "; ".join(notes)[:1000]
         channel = self._quarantine
         assert channel is not None  # noqa: S101 - set with the connection
         try:
