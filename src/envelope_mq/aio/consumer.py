@@ -47,7 +47,7 @@ from envelope_mq.aio.broker import (
     delivery_of_frame,
     quarantine_properties,
 )
-from envelope_mq.aio.frames import pamqp_encodable
+from envelope_mq.aio.frames import HEADER_FRAME_BUDGET, pamqp_encodable
 from envelope_mq.aio.offload import (
     DEFAULT_KMS_THREADS,
     CachedKeyUnwrapper,
@@ -583,13 +583,21 @@ class AsyncEncryptedConsumer:
         )
         if notes:
             headers[QUARANTINE_DEFECTS_HEADER] = "; ".join(notes)[:1000]
+        copy = quarantine_properties(properties, headers)
+        if len(copy.marshal()) > HEADER_FRAME_BUDGET:
+            # The broker would close the connection on a frame over frame_max,
+            # and the message would come back forever: keep ours only.
+            notes.append("headers: all dropped, the copy would not fit in one frame")
+            headers = quarantine_headers({}, outcome, self._topology.queue, time.time())
+            headers[QUARANTINE_DEFECTS_HEADER] = "; ".join(notes)[-1000:]
+            copy = quarantine_properties(properties, headers)
         channel = self._quarantine
         assert channel is not None  # noqa: S101 - set with the connection
         try:
             confirmation = await channel.basic_publish(
                 held.message.body,
                 routing_key=self._topology.quarantine_queue,
-                properties=quarantine_properties(properties, headers),
+                properties=copy,
                 mandatory=True,
             )
             if isinstance(confirmation, aiormq.abc.DeliveredMessage):

@@ -38,6 +38,7 @@ from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
 from envelope_mq.shared.content_header import ContentProperties, decode_basic_properties
 
 __all__ = [
+    "HEADER_FRAME_BUDGET",
     "SafeHeaderConnection",
     "SafeHeaderTransportFactory",
     "pamqp_encodable",
@@ -47,6 +48,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _HEADER_FRAME = 2
+#: The property list that fits in one content-header frame: RabbitMQ's default
+#: frame_max (aiormq keeps no tuned value) less 8 bytes of framing and 12 of
+#: class, weight and body size.
+HEADER_FRAME_BUDGET = 131072 - 8 - 12
 _LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last a datetime holds
 _MAX_DESCRIPTION = 1000
 
