@@ -105,7 +105,9 @@ class Credentials:
             raise KmsCallerError(
                 str(exc), code=NO_CREDENTIALS, cause="no credentials configured"
             ) from None
-        except (CredentialException, ValueError, OSError) as exc:
+        # The library raises what its HTTP stack raises too (Tea's RetryError
+        # for a refused connection...): whatever it is, it stays here.
+        except Exception as exc:
             raise KmsUnavailableError(
                 f"KMS credentials from {self.source} are unavailable: {_reason(exc)}",
                 code=CREDENTIALS_UNAVAILABLE,
@@ -168,7 +170,7 @@ class Credentials:
             and settings.oidc_provider_arn
             and settings.oidc_token_file
         ):
-            steps.append(("OIDC (RRSA)", lambda: cls._oidc(settings)._provider))
+            steps.append((_OIDC_STEP, lambda: cls._oidc(settings)._provider))
         if not settings.cli_profile_disabled:
             steps.append(
                 (
@@ -201,12 +203,7 @@ class Credentials:
             )
         if settings.credentials_uri:
             uri = settings.credentials_uri
-            steps.append(
-                (
-                    "ALIBABA_CLOUD_CREDENTIALS_URI",
-                    lambda: URLCredentialsProvider(uri=uri),
-                )
-            )
+            steps.append((_URI_STEP, lambda: URLCredentialsProvider(uri=uri)))
         return cls(_Chain(steps), "the default credential chain")
 
     @classmethod
@@ -307,6 +304,12 @@ def parse_sts_endpoint(endpoint: str | None) -> str | None:
     return host
 
 
+# Steps present only when the environment configures them.
+_OIDC_STEP = "OIDC (RRSA)"
+_URI_STEP = "ALIBABA_CLOUD_CREDENTIALS_URI"
+_CONFIGURED = (_OIDC_STEP, _URI_STEP)
+
+
 class _NoSource(CredentialException):  # type: ignore[misc]
     """No source of the chain had credentials."""
 
@@ -332,12 +335,17 @@ class _Chain(ICredentialsProvider):  # type: ignore[misc]
             try:
                 provider = make()
                 found = provider.get_credentials()
-            except (CredentialException, ValueError, OSError) as exc:
+            except Exception as exc:  # as the library's own chain: try the next
                 tried.append(f"{name}: {_reason(exc)}")
                 continue
             if found is not None:
                 self._chosen = provider
                 return found
+        configured = [t for t in tried if t.startswith(_CONFIGURED)]
+        if configured:
+            # A source the environment asked for (RRSA, a credentials URI) did
+            # not answer: an outage to wait out, not a missing configuration.
+            raise CredentialException("; ".join(configured))
         raise _NoSource(
             "no KMS credentials: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
             "ALIBABA_CLOUD_ACCESS_KEY_SECRET, run on ACK with RRSA or on ECS with "

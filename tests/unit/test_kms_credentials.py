@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -242,3 +243,38 @@ def test_the_credential_settings_are_the_librarys_variables() -> None:
     assert settings.sts_endpoint == "sts-vpc.cn-hangzhou.aliyuncs.com"
     assert settings.ecs_metadata_disabled
     assert settings.credentials_uri == "http://127.0.0.1:1/c"
+
+
+def test_a_configured_credentials_service_that_is_down_is_an_outage(
+    stub: StubKms, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    uri = f"http://127.0.0.1:{port}/credentials"
+    settings = _settings(stub, tmp_path, ALIBABA_CLOUD_CREDENTIALS_URI=uri)
+    sleeps: list[float] = []
+    with (
+        AliyunKms.from_settings(settings, sleep=sleeps.append) as kms,
+        pytest.raises(KmsUnavailableError, match="CREDENTIALS_URI") as info,
+    ):
+        kms.decrypt_data_key("blob", {})
+    # Transient (the consumer holds), retried, never a library exception.
+    assert info.value.code == "EMQ.CredentialsUnavailable"
+    assert len(sleeps) == 2
+    assert stub.requests == []
+
+
+def test_a_chosen_source_that_stops_answering_is_transient(
+    stub: StubKms, tmp_path: Path, short_lived: CredentialsUri
+) -> None:
+    settings = _settings(stub, tmp_path, ALIBABA_CLOUD_CREDENTIALS_URI=short_lived.url)
+    sleeps: list[float] = []
+    with AliyunKms.from_settings(settings, sleep=sleeps.append) as kms:
+        stub.reply(_ok())
+        kms.decrypt_data_key("blob", {})
+        short_lived.close()  # the service goes away
+        with pytest.raises(KmsUnavailableError) as info:
+            kms.decrypt_data_key("blob", {})
+    assert info.value.code == "EMQ.CredentialsUnavailable"
+    assert info.value.__cause__ is None  # the library's exception stays inside
