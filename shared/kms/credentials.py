@@ -365,6 +365,11 @@ class _Chain(ICredentialsProvider):  # type: ignore[misc]
 _BODY = re.compile(r"\s*(result|response)\s*[:=].*", re.IGNORECASE | re.DOTALL)
 
 
+# A credentials URI's query is a capability (whoever has it has the role), and
+# the HTTP stack quotes request URLs: queries are dropped from every reason.
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return _BODY.sub("", str(text)).strip()[:200]
+    return _QUERY.sub("?...", _BODY.sub("", str(text))).strip()[:200]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from envelope_mq.shared.errors import (
     KmsUnavailableError,
 )
 from envelope_mq.shared.kms.answers import bad_response, data_key, text_field
-from envelope_mq.shared.kms.credentials import Credentials
+from envelope_mq.shared.kms.credentials import AccessKey, Credentials
 from envelope_mq.shared.kms.datakey import DataKey, UnwrappedKey, canonical_context
 from envelope_mq.shared.kms.endpoint import parse_endpoint, reach, where
 from envelope_mq.shared.kms.failures import (
@@ -98,6 +99,7 @@ class DedicatedKms:
         self._host, self._ca_file, self._proxy = host, ca_file, https_proxy
         self._timeout = connect_timeout
         self._retry = RetryPolicy(max_attempts, backoff, max_backoff, sleep)
+        self._provider = _Provider(credentials)
         self._runtime = RuntimeOptions(
             autoretry=False,  # retries are ours, and only on transient errors
             connect_timeout=int(connect_timeout * 1000),
@@ -105,7 +107,7 @@ class DedicatedKms:
         )
         self._client = Client(
             Config(
-                credential=CredentialClient(provider=_Provider(credentials)),
+                credential=CredentialClient(provider=self._provider),
                 endpoint=host,
                 protocol="https",
                 region_id=region_id,
@@ -210,8 +212,14 @@ class DedicatedKms:
 
     def _send(self, action: str, call: Callable[[], Any]) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
-            with _translate(action, self._where):
-                response = call()
+            # Credentials first, outside the SDK: it would wrap our errors in
+            # its own. The request is then signed with this very snapshot.
+            self._provider.hold(self.credentials.current())
+            try:
+                with _translate(action, self._where):
+                    response = call()
+            finally:
+                self._provider.hold(None)
             body = getattr(response, "body", None)
             answer = body.to_map() if body is not None else None
             if not isinstance(answer, dict):
@@ -222,13 +230,21 @@ class DedicatedKms:
 
 
 class _Provider(ICredentialsProvider):  # type: ignore[misc]
-    """Our Credentials as the SDK's provider: asked once per request."""
+    """Our Credentials as the SDK's provider.
+
+    :meth:`DedicatedKms._send` fetches the credential before each request and
+    holds it here for the calling thread, so the SDK signs with that snapshot.
+    """
 
     def __init__(self, credentials: Credentials) -> None:
         self._credentials = credentials
+        self._held = threading.local()
+
+    def hold(self, key: AccessKey | None) -> None:
+        self._held.key = key
 
     def get_credentials(self) -> Any:
-        key = self._credentials.current()
+        key = getattr(self._held, "key", None) or self._credentials.current()
         return _Current(key.access_key_id, key.access_key_secret, key.security_token)
 
     async def get_credentials_async(self) -> Any:

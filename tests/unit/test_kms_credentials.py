@@ -15,7 +15,7 @@ import pytest
 from alibabacloud_credentials.provider import DefaultCredentialsProvider
 from envelope_mq.shared.config import CredentialSettings, Settings
 from envelope_mq.shared.errors import ConfigError, KmsCallerError, KmsUnavailableError
-from envelope_mq.shared.kms import AliyunKms
+from envelope_mq.shared.kms import AliyunKms, DedicatedKms
 from envelope_mq.shared.kms.credentials import Credentials, parse_sts_endpoint
 from kms_stub_server import Reply, StubKms
 
@@ -278,3 +278,35 @@ def test_a_chosen_source_that_stops_answering_is_transient(
             kms.decrypt_data_key("blob", {})
     assert info.value.code == "EMQ.CredentialsUnavailable"
     assert info.value.__cause__ is None  # the library's exception stays inside
+
+
+def test_a_credentials_uris_token_never_appears_in_an_error(
+    stub: StubKms, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}/sts/credentials/role?token=capability-secret"
+    settings = _settings(stub, tmp_path, ALIBABA_CLOUD_CREDENTIALS_URI=uri)
+    with (
+        AliyunKms.from_settings(settings, max_attempts=1) as kms,
+        pytest.raises(KmsUnavailableError) as info,
+    ):
+        kms.decrypt_data_key("blob", {})
+    assert "capability-secret" not in str(info.value)
+    direct = Credentials.credentials_uri(uri)
+    with pytest.raises(KmsUnavailableError) as again:
+        direct.current()
+    assert "capability-secret" not in str(again.value)
+
+
+def test_the_current_sdk_gets_our_credential_errors_unwrapped(tmp_path: Path) -> None:
+    # alibabacloud-kms20160120 wraps what its credential provider raises;
+    # DedicatedKms asks first, so the errors stay ours.
+    nothing = Credentials.chain(
+        CredentialSettings(home=str(tmp_path), ecs_metadata_disabled=True)
+    )
+    gateway = DedicatedKms("https://127.0.0.1:1", nothing, max_attempts=1)
+    with pytest.raises(KmsCallerError) as info:
+        gateway.decrypt_data_key("blob", {})
+    assert info.value.code == "EMQ.NoCredentials"
