@@ -344,3 +344,17 @@ def test_text_exceptions_are_one_line_with_type_and_frames_not_text(
     assert "secret" not in line
     assert "[ValueError at " in line
     assert "test_logging.py:" in line
+
+
+def test_no_sdk_we_import_keeps_a_stream_handler_of_its_own() -> None:
+    import envelope_mq.shared.kms  # noqa: F401  (imports every KMS SDK we use)
+
+    manager = logging.Logger.manager
+    private = {
+        name: logger.handlers
+        for name, logger in manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+        and name.split(".")[0] in thirdparty_logs.THIRD_PARTY_LOGGERS
+        and any(type(h) is logging.StreamHandler for h in logger.handlers)
+    }
+    assert private == {}
