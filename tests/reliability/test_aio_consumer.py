@@ -46,6 +46,14 @@ pytestmark = pytest.mark.reliability
 PROCESS = Path(__file__).with_name("aio_consume_process.py")
 
 
+async def _cancel_the_rest() -> None:
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
 class AsyncConsumerThread:
     """Runs an AsyncEncryptedConsumer on its own event loop in a thread."""
 
@@ -69,6 +77,9 @@ class AsyncConsumerThread:
         except BaseException as exc:  # reported by __exit__
             self.error = exc
         finally:
+            # As asyncio.run ends: whatever is still pending is cancelled.
+            self._loop.run_until_complete(_cancel_the_rest())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     def __enter__(self) -> AsyncConsumerThread:

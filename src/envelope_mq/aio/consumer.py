@@ -206,6 +206,7 @@ class AsyncEncryptedConsumer:
         self._unacked: _InHand | None = None
         self._unacked_count = 0
         self._idle_flush: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Future[None]] = set()
         self._flushing: asyncio.Future[None] | None = None
         self._stopping = False
         self._owned_kms: KmsClient | None = None
@@ -332,6 +333,8 @@ class AsyncEncryptedConsumer:
             await self._flush_acks()
         connection, self._connection = self._connection, None
         self._generation += 1  # whatever the old connection still says is stale
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if connection is not None:
             # Closing the channel requeues every unacknowledged delivery.
             with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
@@ -706,9 +709,15 @@ class AsyncEncryptedConsumer:
     def _lose(self, error: BaseException | None, generation: int | None = None) -> None:
         if generation is not None and generation != self._generation:
             return
-        if self._connection is None:
+        old = self._connection
+        if old is None:
             return
         self._connection = None
+        # Closed here, on the loop: a lost connection left to the garbage
+        # collector would try to close itself from wherever that runs.
+        closing = asyncio.ensure_future(self._close_quietly(old))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         self._generation += 1  # every delivery in hand is now stale
         self._unacked, self._unacked_count = None, 0
         self._metrics.broker_lost(_COMPONENT, type(error).__name__ if error else "")
@@ -717,6 +726,11 @@ class AsyncEncryptedConsumer:
             extra={"event": "broker_lost", "component": _COMPONENT},
         )
         self._inbox.put_nowait(_LOST)
+
+    @staticmethod
+    async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:
+        with contextlib.suppress(*_BROKER_ERRORS):
+            await connection.close()
 
     async def _reconnect(self) -> None:
         if self._connection is not None:
