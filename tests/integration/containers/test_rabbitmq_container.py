@@ -30,24 +30,26 @@ from envelope_mq.testing.containers import RabbitContainer
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
+from envelope_mq.testing.probe import amqp_answers
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
 
 
-def test_the_session_broker_is_the_container_not_the_local_one(
-    emq_rabbitmq_url: str, rabbitmq_container: RabbitContainer
+def test_the_container_broker_answers_on_a_loopback_port_of_its_own(
+    rabbitmq_container: RabbitContainer,
 ) -> None:
-    assert emq_rabbitmq_url == rabbitmq_container.url
+    assert rabbitmq_container.url.startswith("amqp://emq-test:")
     assert rabbitmq_container.host_port != 5672
+    assert amqp_answers("127.0.0.1", rabbitmq_container.host_port)
 
 
 def test_messages_round_trip_through_a_broker_in_a_container(
-    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+    emq_kms: KmsFixture, rabbitmq_container: RabbitContainer, container_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("round trip through RabbitMQ in a container")
-    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    topology = scenario_topology(container_names.queue, container_names.exchange)
     consumer, publisher = scenario_clients(
-        emq_kms, [emq_rabbitmq_url], topology, ledger
+        emq_kms, [rabbitmq_container.url], topology, ledger
     )
     with publisher:
         sent = publish_stream(publisher, ledger, count=2_000, size=512, tag="trip")
@@ -61,11 +63,11 @@ def test_messages_round_trip_through_a_broker_in_a_container(
 
 
 def test_the_consumer_quarantines_damaged_messages_in_a_container_broker(
-    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+    emq_kms: KmsFixture, rabbitmq_container: RabbitContainer, container_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("quarantine in a container broker")
-    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
-    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(container_names.queue, container_names.exchange)
+    urls = [rabbitmq_container.url]
     consumer = EncryptedConsumer.from_settings(
         emq_kms.settings("consumer", urls),
         topology,
@@ -94,11 +96,11 @@ def test_the_consumer_quarantines_damaged_messages_in_a_container_broker(
 
 
 def test_a_kms_outage_holds_messages_in_a_container_broker_and_loses_none(
-    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+    emq_kms: KmsFixture, rabbitmq_container: RabbitContainer, container_names: AmqpNames
 ) -> None:
     ledger = MessageLedger("KMS outage with RabbitMQ in a container")
-    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
-    urls = [emq_rabbitmq_url]
+    topology = scenario_topology(container_names.queue, container_names.exchange)
+    urls = [rabbitmq_container.url]
     consumer = EncryptedConsumer.from_settings(
         emq_kms.settings("consumer", urls),
         topology,
