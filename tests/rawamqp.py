@@ -116,7 +116,7 @@ class RawAmqpPublisher:
     def __init__(self, url: str, *, frame_max: int = 131072) -> None:
         parts = urlsplit(url)
         self._address = (parts.hostname or "127.0.0.1", parts.port or 5672)
-        self._user = unquote(parts.username or "guest").encode()
+        self.user = unquote(parts.username or "guest").encode()
         self._password = unquote(parts.password or "guest").encode()
         self._vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         self._frame_max = frame_max
@@ -183,7 +183,7 @@ class RawAmqpPublisher:
             11,  # start-ok
             table([])
             + shortstr(b"PLAIN")
-            + longstr(b"\x00" + self._user + b"\x00" + self._password)
+            + longstr(b"\x00" + self.user + b"\x00" + self._password)
             + shortstr(b"en_US"),
         )
         tune = self._expect(_CONNECTION, 30)

@@ -164,11 +164,18 @@ def test_ctrl_c_says_how_many_were_confirmed_and_exits_130(
             assert time.monotonic() < deadline, "the five lines never arrived"
             time.sleep(0.1)
         producer.send_signal(signal.SIGINT)
-        _, stderr = producer.communicate(timeout=60)
+        # Wait with stdin still open: communicate() would close it, and an end
+        # of input reaching produce before the signal would end it normally.
+        producer.wait(timeout=60)
+        assert producer.stderr is not None
+        stderr = producer.stderr.read()
     finally:
         if producer.poll() is None:
             producer.kill()
             producer.wait()
+        for pipe in (producer.stdin, producer.stderr):
+            if pipe is not None:
+                pipe.close()
     assert producer.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "KeyboardInterrupt" not in stderr

@@ -280,7 +280,7 @@ class Case:
     body_frame: int | None
 
 
-def garbage_case(c: Choices, trace: str) -> Case:
+def garbage_case(c: Choices, trace: str, user: bytes) -> Case:
     """Random properties around a body that is no sealed message."""
     fields: dict[str, bytes] = {}
     piece = Piece()
@@ -301,7 +301,7 @@ def garbage_case(c: Choices, trace: str) -> Case:
     if c.one_in(2):
         fields["timestamp"] = c.take(8)
     if c.one_in(10):
-        fields["user_id"] = shortstr(b"guest")  # the broker checks it is ours
+        fields["user_id"] = shortstr(user)  # the broker checks it is the publisher's
     extra_flags = 2 if c.one_in(10) else 0
     properties = basic_properties(fields, extra_flags=extra_flags)
     if not piece.refused and c.one_in(100):
@@ -486,7 +486,9 @@ def test_ten_thousand_raw_frames_never_stop_or_stall_the_consumer(
                 case, plaintext = sealed_case(c, sealer, f"sealed-{n:05d}")
                 run.publish(f"sealed-{n:05d}", case, plaintext)
             else:
-                run.publish(f"fuzz-{n:05d}", garbage_case(c, f"fuzz-{n:05d}"), b"")
+                run.publish(
+                    f"fuzz-{n:05d}", garbage_case(c, f"fuzz-{n:05d}", raw.user), b""
+                )
 
         publish_one()
         run.sync()

@@ -20,6 +20,7 @@ aiormq and pamqp types stay in this module and the aio modules beside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import struct
@@ -79,9 +80,19 @@ class SafeHeaderConnection(aio_pika.Connection):
     """
 
     async def connect(self, timeout: TimeoutType = None) -> None:
-        """Connect as aio-pika does, through the sanitizing transport."""
+        """Connect as aio-pika does, through the sanitizing transport.
+
+        A failed attempt closes the connection object here, on the loop:
+        aio-pika's ``connect()`` drops it unclosed, and its ``__del__`` then
+        makes a ``close()`` coroutine that, outside the loop, is never awaited.
+        """
         self.kwargs["transport_factory"] = SafeHeaderTransportFactory()
-        await super().connect(timeout)
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
 
 
 class _SanitizingReader:
