@@ -59,19 +59,6 @@ def container_names() -> AmqpNames:
     return AmqpNames(queue=f"emq-ctr-{tag}", exchange=f"emq-ctr-x-{tag}")
 
 
-# The plugin's session fixtures built on the broker are overridden here too:
-# otherwise the first test of this directory would cache the container's URL in
-# them for the whole session, and every later test would run on the container.
-@pytest.fixture(scope="session")
-def emq_rabbitmq_urls(emq_rabbitmq_broker: Broker) -> tuple[str, ...]:
-    return emq_rabbitmq_broker.urls
-
-
-@pytest.fixture(scope="session")
-def emq_rabbitmq_url(emq_rabbitmq_broker: Broker) -> str:
-    return emq_rabbitmq_broker.url
-
-
 @pytest.fixture
 def own_rabbitmq_container(container_engine: None) -> Iterator[RabbitContainer]:
     """A RabbitMQ container of this test's own, free to stop and start."""
