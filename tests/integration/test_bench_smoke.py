@@ -27,6 +27,7 @@ SECTIONS = (
     "KMS emulator",
     "asyncio",
     "faststream",
+    "celery",
 )
 
 
@@ -37,6 +38,7 @@ def test_bench_smoke_run_reports_every_section(
     command = [sys.executable, "-c", "from envelope_mq.shared.cli import main; main()"]
     command += ["bench", "--messages", "500", "--rounds", "1", "--duration", "2"]
     command += ["--emulator-seconds", "1", "--file-size", "8", "--json", str(results)]
+    command += ["--celery-tasks", "200"]
     done = subprocess.run(
         command,
         env={**os.environ, "RABBITMQ_URL": emq_rabbitmq_url},
@@ -63,7 +65,7 @@ def test_bench_smoke_run_reports_every_section(
         for section in ("asyncio: publish, msg/s", "asyncio: consume, msg/s"):
             assert by_name[(section, side)]["value"] > 0
     names = [t["name"] for t in document["targets"]]
-    assert len(names) == 16, names
+    assert len(names) == 17, names
     for target in document["targets"]:
         assert target["passed"] in (True, False)
     # Only the AWS Encryption SDK may be missing (an optional extra).

@@ -39,8 +39,16 @@ SECTIONS = (
     "files",
     "asyncio",
     "faststream",
+    "celery",
 )
-_BROKER_SECTIONS = {"throughput", "latency", "memory", "asyncio", "faststream"}
+_BROKER_SECTIONS = {
+    "throughput",
+    "latency",
+    "memory",
+    "asyncio",
+    "faststream",
+    "celery",
+}
 _MEMORY_KEYS = 1024
 _MESSAGES_PER_KEY = 16
 
@@ -66,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--rounds", type=positive_int, default=5, help="interleaved rounds"
+    )
+    parser.add_argument(
+        "--celery-tasks",
+        type=positive_int,
+        default=2_000,
+        help="celery: tasks per round and side",
     )
     parser.add_argument(
         "--rate", type=positive_int, default=1000, help="latency: offered msg/s"
@@ -159,6 +173,11 @@ def _broker_sections(
             from envelope_mq.bench.aio_throughput import run_faststream
 
             run_faststream(report, lab, args.messages, args.size, args.rounds)
+        if "celery" in sections:
+            # Imported here: the [celery] extra is optional.
+            from envelope_mq.bench.celery_throughput import run_celery
+
+            run_celery(report, lab, args.celery_tasks, args.size, args.rounds)
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +185,7 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         "messages per round and side": args.messages,
         "message size, bytes": args.size,
         "rounds": args.rounds,
+        "celery tasks per round and side": args.celery_tasks,
         "latency rate, msg/s": args.rate,
         "latency duration, s": args.duration,
         "emulator load, s per action": args.emulator_seconds,
