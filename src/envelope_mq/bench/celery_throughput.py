@@ -87,9 +87,10 @@ def _app(lab: Lab, name: str, counter: _Counter, *, sealed: bool) -> Celery:
             open_provider=AliyunKms.from_settings(lab.settings("consumer")),
         )
 
-    @app.task(name="emq.bench.noop", shared=False)
     def noop(payload: str) -> None:
         counter.hit()
+
+    app.task(name="emq.bench.noop", shared=False)(noop)
 
     return app
 
