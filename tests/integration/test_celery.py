@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 from celery import Celery, chain, group
 from envelope_mq.consumer.transport import QUARANTINE_REASON_HEADER
@@ -295,3 +296,42 @@ def test_a_worker_killed_mid_task_loses_nothing(
     start_worker()
     assert result.get(timeout=TIMEOUT) == "survivor"
     assert ran(env, "slow") == [repr("survivor")]
+
+
+def queue_depth(queue: str) -> int:
+    """Messages ready in ``queue``; 0 when it does not exist."""
+    connection = pika.BlockingConnection(pika.URLParameters(PIKA_URL))
+    try:
+        channel = connection.channel()
+        try:
+            declared = channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+        return int(declared.method.message_count)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_a_kms_outage_holds_task_messages_until_kms_answers(
+    app: Celery,
+    env: dict[str, str],
+    kms: KmsFixture,
+    start_worker: Worker,
+    tmp_path: Path,
+) -> None:
+    result = app.signature("emq.echo").apply_async(("held",))  # sealed before
+    kms.emulator.faults.set(outage_seconds=3600)
+    try:
+        start_worker()
+        log = tmp_path / "worker-0.log"
+        wait_for(
+            lambda: log.read_text(errors="replace").count("task message held") >= 2,
+            "the worker to hold the task twice",
+        )
+        assert ran(env, "echo") == []
+        assert queue_depth(env["EMQ_CELERY_QUEUE"] + ".quarantine") == 0
+    finally:
+        kms.emulator.faults.clear()
+    assert result.get(timeout=TIMEOUT) == "held|"
+    assert ran(env, "echo") == [repr("held")]
