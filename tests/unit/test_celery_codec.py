@@ -122,3 +122,14 @@ def test_unsealed_and_denied_messages_are_quarantined(codec) -> None:  # type: i
     outcome, _ = judge(denied, CONTENT_TYPE, {}, denied.encode([[], {}, {}]))
     assert outcome is not None
     assert outcome.reason is Reason.CONTEXT_DENIED
+
+
+def test_the_allowed_key_policy_applies_to_task_messages() -> None:
+    provider = InMemoryKeyProvider([KEY, "key-2"])
+    other = setup(_App(), key_id="key-2", provider=provider)
+    body = other.encode([[], {}, {}])
+    codec = setup(_App(), key_id=KEY, provider=provider, allow_key=[KEY])
+    outcome, payload = judge(codec, CONTENT_TYPE, {}, body)
+    assert outcome is not None
+    assert outcome.reason is Reason.KEY_DENIED
+    assert payload is None
