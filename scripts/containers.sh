@@ -317,18 +317,14 @@ case "${1:-}" in
     fi
     # The tests remove what they create; reap_dead catches what a killed run left.
     # On EXIT, so that an interrupted run stops its service too — but only once the
-    # command has ended: a TERM or INT sent to this script is passed on to the
-    # command and waited for, never answered by pulling the engine from under it.
+    # command has ended: bash runs a trap only after the foreground command returns,
+    # so a TERM sent to this script never pulls the engine from under the tests.
+    # The command runs in the foreground: an asynchronous one would start with
+    # SIGINT ignored, and Ctrl-C would no longer reach it or its children.
     [[ -z $started ]] || trap 'reap_dead; stop_service' EXIT
-    "$@" <&0 &
-    child=$!
-    trap 'signalled=1; kill -TERM "$child" 2>/dev/null' TERM
-    trap 'signalled=1; kill -INT "$child" 2>/dev/null' INT
-    while :; do
-      signalled=
-      wait "$child" && status=0 || status=$?
-      [[ -n $signalled ]] || break # a trap cut the wait short: wait for the end
-    done
+    trap ':' TERM INT
+    status=0
+    "$@" || status=$?
     exit "$status"
     ;;
   *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
