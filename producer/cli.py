@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from types import FrameType
 from typing import Any, BinaryIO
 
 from envelope_mq.producer.publisher import EncryptedPublisher
@@ -106,12 +109,18 @@ def run(args: argparse.Namespace) -> int:
     many were confirmed and exits 130, without a traceback.
     """
     tally = Tally()
+    interrupt = Interrupt()
     try:
-        with observability(args, _PROG) as observed:
+        with observability(args, _PROG) as observed, interrupt.installed():
             try:
                 try:
                     status = _produce(
-                        args, Settings.from_env(), sys.stdin.buffer, observed, tally
+                        args,
+                        Settings.from_env(),
+                        sys.stdin.buffer,
+                        observed,
+                        tally,
+                        interrupt,
                     )
                 except KeyboardInterrupt:
                     _interrupted(observed, tally)
@@ -137,6 +146,58 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before logging was set up
         print(f"{_PROG}: interrupted; nothing was published", file=sys.stderr)
         return _INTERRUPTED
+
+
+class Interrupt:
+    """Ctrl-C, raised as KeyboardInterrupt only where nothing is half done.
+
+    A KeyboardInterrupt raised at an arbitrary bytecode can land inside the
+    publisher's bookkeeping and leave it unable to close. So the first SIGINT
+    interrupts a wait for input at once, and otherwise is only noted: the
+    message loop raises it between two messages (after a flush at the latest).
+    Once raised, a second Ctrl-C interrupts whatever runs (the wait for confirms).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._waiting = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGINT as described while the block runs (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextlib.contextmanager
+    def waiting_for_input(self) -> Iterator[None]:
+        """A block in which nothing of ours is half done: interrupted at once."""
+        self.checkpoint()
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
+    def checkpoint(self) -> None:
+        """Raise the Ctrl-C noted since the last checkpoint, if any."""
+        if self.requested:
+            self._raise()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if self._waiting:
+            self._raise()
+
+    def _raise(self) -> None:
+        # From now on Ctrl-C is Python's own again: it stops the wait for confirms.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
 
 
 class Tally:
@@ -184,14 +245,16 @@ def _produce(
     stdin: BinaryIO,
     observed: Observability | None = None,
     tally: Tally | None = None,
+    interrupt: Interrupt | None = None,
 ) -> int:
     observed = observed or Observability(NULL_METRICS)
     tally = tally or Tally()
+    interrupt = interrupt or Interrupt()
     context = parse_context(args.context)
     topology = topology_from_args(args) if args.queue else None
     if topology is None and not args.routing_key:
         raise ConfigError("give --queue NAME or --routing-key KEY")
-    messages = _messages(args, stdin, tally)
+    messages = _messages(args, stdin, tally, interrupt)
     started = time.perf_counter()
     size = 0
     with EncryptedPublisher.from_settings(
@@ -203,6 +266,7 @@ def _produce(
         metrics=observed.metrics,
     ) as publisher:
         for body in messages:
+            interrupt.checkpoint()
             tally.sent(
                 publisher.publish(
                     body, routing_key=args.routing_key, content_type=args.content_type
@@ -210,6 +274,7 @@ def _produce(
             )
             size += len(body)
         publisher.flush()
+        interrupt.checkpoint()
     elapsed = max(time.perf_counter() - started, 1e-9)
     where = ", ".join(redact_url(u) for u in settings.rabbitmq_urls)
     route = args.routing_key or (topology.binding_key if topology else "")
@@ -247,7 +312,10 @@ def parse_context(items: Iterable[str]) -> dict[str, str]:
 
 
 def _messages(
-    args: argparse.Namespace, stdin: BinaryIO, tally: Tally
+    args: argparse.Namespace,
+    stdin: BinaryIO,
+    tally: Tally,
+    interrupt: Interrupt | None = None,
 ) -> Iterator[bytes]:
     files: list[Path] = args.file or []
     sources = [bool(args.messages), bool(files), args.count is not None]
@@ -267,7 +335,7 @@ def _messages(
             raise ConfigError("--count and --size must not be negative")
         return generated(args.count, args.size)
     # Streamed line by line, so `... | envelope-mq produce` publishes as lines come.
-    return _stdin_lines(stdin, tally)
+    return _stdin_lines(stdin, tally, interrupt or Interrupt())
 
 
 def _file_lines(files: Iterable[Path]) -> Iterator[bytes]:
@@ -278,9 +346,15 @@ def _file_lines(files: Iterable[Path]) -> Iterator[bytes]:
                 yield line.rstrip(b"\r\n")
 
 
-def _stdin_lines(stdin: BinaryIO, tally: Tally) -> Iterator[bytes]:
+def _stdin_lines(
+    stdin: BinaryIO, tally: Tally, interrupt: Interrupt
+) -> Iterator[bytes]:
     """Non-blank stdin lines; the blank ones are counted for the summary."""
-    for raw in stdin:
+    while True:
+        with interrupt.waiting_for_input():
+            raw = stdin.readline()
+        if not raw:
+            return
         line = raw.rstrip(b"\r\n")
         if line:
             yield line

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from envelope_mq.producer.cli import (
+    Interrupt,
     Tally,
     _messages,
     _produce,
@@ -128,3 +132,27 @@ def test_a_missing_file_is_refused_before_anything_is_published(
 ) -> None:
     with pytest.raises(ConfigError, match="not a readable file"):
         messages_of(parse("--file", str(tmp_path / "nope")))
+
+
+def test_ctrl_c_outside_a_wait_for_input_is_raised_at_the_next_checkpoint() -> None:
+    interrupt = Interrupt()
+    with interrupt.installed():
+        os.kill(os.getpid(), signal.SIGINT)  # while "publishing": only noted
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.checkpoint()
+
+
+def test_ctrl_c_during_a_wait_for_input_interrupts_it_at_once() -> None:
+    interrupt = Interrupt()
+
+    def blocked_read() -> None:
+        with interrupt.waiting_for_input():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # a blocked read, interrupted by the signal
+
+    with interrupt.installed():
+        with pytest.raises(KeyboardInterrupt):
+            blocked_read()
+        # once raised, a second Ctrl-C is Python's own again
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
