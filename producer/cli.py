@@ -165,7 +165,11 @@ class Interrupt:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """Handle SIGINT as described while the block runs (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
+        if (
+            threading.current_thread() is not threading.main_thread()
+            # ignored by whoever started us (a shell's background job): keep it so
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        ):
             yield
             return
         previous = signal.signal(signal.SIGINT, self._on_signal)

@@ -154,6 +154,10 @@ def test_ctrl_c_says_how_many_were_confirmed_and_exits_130(
         stderr=subprocess.PIPE,
         env=environment(emq_producer_settings),
         text=True,
+        # A terminal's Ctrl-C: the default disposition, even when this test
+        # runs as a background job (whose SIGINT a shell ignores, and produce
+        # keeps ignored).
+        preexec_fn=_sigint_default,
     )
     try:
         assert producer.stdin is not None
@@ -180,6 +184,10 @@ def test_ctrl_c_says_how_many_were_confirmed_and_exits_130(
     assert "Traceback" not in stderr
     assert "KeyboardInterrupt" not in stderr
     assert "interrupted: 5 of 5 message(s) confirmed" in stderr
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def depth_or_zero(settings: Settings, queue: str) -> int:

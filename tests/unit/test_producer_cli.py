@@ -156,3 +156,12 @@ def test_ctrl_c_during_a_wait_for_input_interrupts_it_at_once() -> None:
             blocked_read()
         # once raised, a second Ctrl-C is Python's own again
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_ignored_by_whoever_started_produce_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Interrupt().installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
