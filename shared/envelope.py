@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, TypeVar
@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from envelope_mq.shared import wire
 from envelope_mq.shared.crypto import KEY_SIZE, NONCE_SIZE, Aes256Gcm
 from envelope_mq.shared.errors import DecryptionError, KeyMismatchError, SealingError
-from envelope_mq.shared.kms import DataKey, UnwrappedKey, same_key
+from envelope_mq.shared.kms import DataKey, UnwrappedKey, WrappedCopy, same_key
 
 __all__ = [
     "DataKeySource",
@@ -52,8 +52,14 @@ class DataKeySource(Protocol):
 class KeyUnwrapper(Protocol):
     """Turns a wrapped data key back into its plaintext; UnwrapCache is one."""
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
-        """Return the plaintext of ``wrapped`` and the KeyId KMS reported."""
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        """Unwrap one of ``copies`` (its own choice and order).
+
+        Returns the copy it used and what KMS said for it: the plaintext and
+        the KeyId KMS reported. Raises the KmsError of the last copy tried.
+        """
         ...
 
 
@@ -80,6 +86,9 @@ class MessageMeta:
     content_type: str | None = None
     content_encoding: str | None = None
     type: str | None = None
+    # The x-emq-cause header: the id of the message this one was caused by.
+    # Only wire format v2 carries (and binds) it.
+    causation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,11 +102,17 @@ class SealedMessage:
 
 @dataclass(frozen=True)
 class EnvelopeHeader:
-    """Parsed, validated x-emq-* headers of a received message (no KMS call yet)."""
+    """Parsed, validated x-emq-* headers of a received message (no KMS call yet).
+
+    ``copies`` are the wrapped copies of the data key, the writer's primary
+    first; ``key_id`` and ``wrapped_key`` are the first copy's (v1 has only
+    one). Left empty, ``copies`` is that one copy, in the default region.
+    """
 
     key_id: str
     wrapped_key: str
     context: Mapping[str, str]
+    copies: tuple[WrappedCopy, ...] = ()
     # The per-key half of the associated data, computed once per header.
     _key_aad: bytes = field(init=False, repr=False, compare=False)
 
@@ -105,6 +120,9 @@ class EnvelopeHeader:
         for value in (self.key_id, self.wrapped_key):
             if type(value) is not str or not value:
                 raise DecryptionError() from ValueError("key id or data key missing")
+        if not self.copies:
+            copies = (WrappedCopy("", self.key_id, self.wrapped_key),)
+            object.__setattr__(self, "copies", copies)
         try:
             context_json = wire.canonical_context(self.context)
         except SealingError as exc:
@@ -175,6 +193,9 @@ class Sealer:
     def seal(self, plaintext: bytes, meta: MessageMeta) -> SealedMessage:
         """Encrypt ``plaintext`` bound to ``meta``, under a fresh random nonce.
 
+        Wire format v1 has no room for ``meta.causation_id``: sealing v1 with
+        one is refused rather than dropping it unbound.
+
         Raises:
             SealingError: bad plaintext, properties or data key.
             KmsUnavailableError, KmsRequestError: no data key could be had.
@@ -189,6 +210,8 @@ class Sealer:
         """Seal with a given nonce: only for known-answer vectors, never in use."""
         if not isinstance(plaintext, bytes):
             raise SealingError("the plaintext must be bytes")
+        if meta.causation_id is not None:
+            raise SealingError("wire format v1 cannot carry a causation id")
         try:
             message_aad = _message_aad(meta)
         except ValueError as exc:
@@ -261,8 +284,9 @@ class Opener:
         """Authenticate and decrypt ``body`` under exactly ``header`` and ``meta``.
 
         The header's key id is only a claim: whoever holds any master key can
-        write any id there. The message is authenticated first, then that
-        claim is held against the KeyId KMS reported for the data key.
+        write any id there. The message is authenticated first, then the
+        claim of the copy the unwrapper used is held against the KeyId KMS
+        reported for it.
 
         Raises:
             DecryptionError: the message cannot be opened (always the same text).
@@ -276,15 +300,15 @@ class Opener:
             aad = header._key_aad + _message_aad(meta)
         except ValueError as exc:
             raise DecryptionError() from exc
-        unwrapped = self._cache.unwrap(header.wrapped_key, header.context)
+        used, unwrapped = self._cache.unwrap_any(header.copies, header.context)
         key = unwrapped.plaintext
         # The type check keeps an unhashable "key" from escaping as TypeError.
         cipher = self._ciphers.get(key) if type(key) is bytes else None
         if cipher is None:
             cipher = self._cipher_for(key)
         plaintext = cipher.open(nonce, sealed, aad)
-        if not same_key(header.key_id, unwrapped.key_id):
-            raise KeyMismatchError(header.key_id, unwrapped.key_id)
+        if not same_key(used.key_id, unwrapped.key_id):
+            raise KeyMismatchError(used.key_id, unwrapped.key_id)
         return OpenedMessage(plaintext, header.context, unwrapped.key_id, meta)
 
     def _cipher_for(self, key: bytes) -> Aes256Gcm:

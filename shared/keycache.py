@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,7 +24,14 @@ from envelope_mq.shared.errors import (
     KmsError,
     KmsRequestError,
 )
-from envelope_mq.shared.kms import DataKey, KeyProvider, UnwrappedKey, replay_error
+from envelope_mq.shared.kms import (
+    DataKey,
+    KeyProvider,
+    UnwrappedKey,
+    WrappedCopy,
+    local_copy,
+    replay_error,
+)
 
 __all__ = [
     "DataKeyCache",
@@ -293,6 +300,25 @@ class UnwrapCache:
         if not leader:
             return _wait(flight)
         return self._fetch(key, flight, wrapped, context)
+
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        """Unwrap the copy of the one KMS this cache talks to (see local_copy).
+
+        The copy in region "" if there is one, else the first: a reader with
+        one KMS has no other to try.
+        """
+        copy = local_copy(copies)
+        return copy, self.unwrap(copy.blob, context)
+
+    def unwrap_any_cached(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey] | None:
+        """Like :meth:`unwrap_any` on a hit; None otherwise, never calls KMS."""
+        copy = local_copy(copies)
+        found = self.unwrap_cached(copy.blob, context)
+        return None if found is None else (copy, found)
 
     def unwrap_cached(
         self, wrapped: str, context: Mapping[str, str]

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
+from envelope_mq.shared.kms import (
+    DataKey,
+    InMemoryKeyProvider,
+    UnwrappedKey,
+    WrappedCopy,
+    local_copy,
+)
 from envelope_mq.shared.kms import ManualClock as Clock
 
 __all__ = [
@@ -72,6 +78,12 @@ class ProviderUnwrapper:
 
     def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         return self.provider.decrypt_data_key(wrapped, context)
+
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        copy = local_copy(copies)
+        return copy, self.unwrap(copy.blob, context)
 
 
 class GatedProvider:

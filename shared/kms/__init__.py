@@ -19,7 +19,9 @@ from envelope_mq.shared.kms.datakey import (
     DataKey,
     KeyProvider,
     UnwrappedKey,
+    WrappedCopy,
     canonical_context,
+    local_copy,
     replay_error,
 )
 from envelope_mq.shared.kms.dedicated import DedicatedKms
@@ -39,11 +41,13 @@ __all__ = [
     "KmsClient",
     "ManualClock",
     "UnwrappedKey",
+    "WrappedCopy",
     "caller_fault",
     "canonical_context",
     "is_permission_refusal",
     "key_id_of",
     "kms_from_settings",
+    "local_copy",
     "replay_error",
     "same_key",
 ]

@@ -5,7 +5,7 @@ context KMS binds and the context our AAD binds can never drift apart)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,7 +17,9 @@ __all__ = [
     "DataKey",
     "KeyProvider",
     "UnwrappedKey",
+    "WrappedCopy",
     "canonical_context",
+    "local_copy",
     "replay_error",
 ]
 
@@ -25,16 +27,60 @@ DATA_KEY_SIZE = 32  # AES-256
 
 
 @dataclass(frozen=True)
+class WrappedCopy:
+    """One KMS-wrapped copy of a data key: where, under which master key, what.
+
+    ``region`` names the KMS the copy was wrapped by, as the reader's
+    configuration knows it; ``""`` is the reader's default KMS. ``blob`` is
+    the CiphertextBlob text exactly as KMS returned it. Nothing here is secret.
+    """
+
+    region: str
+    key_id: str
+    blob: str
+
+
+@dataclass(frozen=True)
 class DataKey:
-    """A 256-bit data key and its KMS-wrapped form; the repr hides the key."""
+    """A 256-bit data key and its KMS-wrapped form(s); the repr hides the key.
+
+    ``wrapped``/``key_id``/``region`` are the primary copy (from
+    GenerateDataKey); ``extra`` holds copies of the same plaintext key wrapped
+    by other master keys or KMS regions (Encrypt), in the writer's order.
+    """
 
     plaintext: bytes = field(repr=False)
     wrapped: str  # CiphertextBlob exactly as KMS returned it
     key_id: str  # master KeyId as GenerateDataKey returned it
+    region: str = ""  # the KMS that made it; "" is the default one
+    extra: tuple[WrappedCopy, ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.plaintext) is not bytes or len(self.plaintext) != DATA_KEY_SIZE:
             raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
+        if type(self.extra) is not tuple or not all(
+            type(copy) is WrappedCopy for copy in self.extra
+        ):
+            raise ValueError("extra copies are a tuple of WrappedCopy")
+
+    @property
+    def copies(self) -> tuple[WrappedCopy, ...]:
+        """Every wrapped copy, the primary first."""
+        return (WrappedCopy(self.region, self.key_id, self.wrapped), *self.extra)
+
+
+def local_copy(copies: Sequence[WrappedCopy]) -> WrappedCopy:
+    """The copy a single-KMS reader unwraps: region "" if any, else the first.
+
+    Raises:
+        ValueError: there is no copy at all.
+    """
+    if not copies:
+        raise ValueError("no wrapped copy of the data key")
+    for copy in copies:
+        if copy.region == "":
+            return copy
+    return copies[0]
 
 
 @dataclass(frozen=True)

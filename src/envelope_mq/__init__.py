@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         KeyProvider,
         ManualClock,
         UnwrappedKey,
+        WrappedCopy,
     )
     from envelope_mq.shared.observability import Metrics
 
@@ -95,6 +96,7 @@ __all__ = [
     "TransportOptions",
     "TransportStats",
     "UnwrappedKey",
+    "WrappedCopy",
     "__version__",
 ]
 
@@ -135,6 +137,7 @@ _HOMES = {
     "TransportOptions": "envelope_mq.producer.options",
     "TransportStats": "envelope_mq.producer.options",
     "UnwrappedKey": "envelope_mq.shared.kms",
+    "WrappedCopy": "envelope_mq.shared.kms",
 }
 
 

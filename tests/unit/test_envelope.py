@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,12 +16,19 @@ from envelope_mq.shared.envelope import (
 )
 from envelope_mq.shared.errors import (
     DecryptionError,
+    KeyMismatchError,
     KmsRequestError,
     KmsUnavailableError,
     SealingError,
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import DataKey, InMemoryKeyProvider, UnwrappedKey
+from envelope_mq.shared.kms import (
+    DataKey,
+    InMemoryKeyProvider,
+    UnwrappedKey,
+    WrappedCopy,
+    local_copy,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -63,6 +70,12 @@ class KnownKeys:
         # Not UnwrappedKey, which refuses a bad key: the Opener must refuse it too.
         return SimpleNamespace(plaintext=key, key_id=KEY_ID)
 
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, Any]:
+        copy = local_copy(copies)
+        return copy, self.unwrap(copy.blob, context)
+
 
 class ProviderKeys:
     """Both collaborators over a real InMemoryKeyProvider: a fresh key per call."""
@@ -75,6 +88,12 @@ class ProviderKeys:
 
     def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         return self.provider.decrypt_data_key(wrapped, context)
+
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        copy = local_copy(copies)
+        return copy, self.unwrap(copy.blob, context)
 
 
 def _open(
@@ -463,3 +482,60 @@ def test_reprs_show_neither_plaintext_nor_key_material() -> None:
             assert needle not in text
         assert data_key.plaintext.hex() not in text
         assert "top secret" not in text
+
+
+# --- wrapped copies (the data model of wire format v2) -------------------------
+
+
+def test_a_data_key_lists_its_copies_primary_first() -> None:
+    extra = (WrappedCopy("cn-shanghai", "key-b", "YmxvYg=="),)
+    key = DataKey(bytes(32), "cHJpbWFyeQ==", KEY_ID, region="cn-hangzhou", extra=extra)
+    assert key.copies == (WrappedCopy("cn-hangzhou", KEY_ID, "cHJpbWFyeQ=="), *extra)
+    assert _data_key().copies == (WrappedCopy("", KEY_ID, "wrapped-1"),)
+
+
+def test_a_single_kms_reader_unwraps_the_default_regions_copy_else_the_first() -> None:
+    a, b, c = (WrappedCopy(r, "k", "YQ==") for r in ("eu", "", "us"))
+    assert local_copy((a, b, c)) is b
+    assert local_copy((a, c)) is a
+    with pytest.raises(ValueError, match="no wrapped copy"):
+        local_copy(())
+
+
+class UsesSecondCopy:
+    """An unwrapper that opens with the second copy, as a multi-region one may."""
+
+    def __init__(self, data_key: DataKey, verified: str) -> None:
+        self.data_key, self.verified = data_key, verified
+
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        return copies[1], UnwrappedKey(self.data_key.plaintext, self.verified)
+
+
+def test_the_key_id_is_checked_against_the_copy_actually_used() -> None:
+    data_key = _data_key()
+    header = EnvelopeHeader(
+        KEY_ID,
+        "wrapped-1",
+        {},
+        (WrappedCopy("", KEY_ID, "wrapped-1"), WrappedCopy("eu", "key-eu", "d2E=")),
+    )
+    sealer = Sealer(FixedKeys(data_key), KEY_ID)
+    sealed = sealer._seal_with(b"x", META, nonce=bytes(12))
+    # The body is bound to the v1 header: rebuild the AAD's copy for v1 readers.
+    v1 = Opener(KnownKeys()).parse(sealed.headers)
+    assert v1.copies == (WrappedCopy("", KEY_ID, "wrapped-1"),)
+    same = Opener(UsesSecondCopy(data_key, "key-eu"))
+    assert same.open(sealed.body, header, META).key_id == "key-eu"
+    spoofed = Opener(UsesSecondCopy(data_key, KEY_ID))
+    with pytest.raises(KeyMismatchError) as caught:
+        spoofed.open(sealed.body, header, META)
+    assert (caught.value.claimed, caught.value.verified) == ("key-eu", KEY_ID)
+
+
+def test_v1_cannot_carry_a_causation_id() -> None:
+    meta = dataclasses.replace(META, causation_id="m-0")
+    with pytest.raises(SealingError, match="causation"):
+        Sealer(FixedKeys(), KEY_ID, CONTEXT).seal(b"x", meta)

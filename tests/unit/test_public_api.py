@@ -51,6 +51,7 @@ PINNED = [
     "TransportOptions",
     "TransportStats",
     "UnwrappedKey",
+    "WrappedCopy",
     "__version__",
 ]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from envelope_mq.shared.crypto import Aes256Gcm
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
 from envelope_mq.shared.errors import DecryptionError
-from envelope_mq.shared.kms import DataKey, UnwrappedKey
+from envelope_mq.shared.kms import DataKey, UnwrappedKey, WrappedCopy, local_copy
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 AES = json.loads((VECTORS / "aes256gcm.json").read_text(encoding="utf-8"))["vectors"]
@@ -38,6 +38,12 @@ class OneKey:
     def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
         self.unwraps += 1
         return UnwrappedKey(self.data_key.plaintext, self.data_key.key_id)
+
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        copy = local_copy(copies)
+        return copy, self.unwrap(copy.blob, context)
 
 
 def _header_value(value: Any) -> object:

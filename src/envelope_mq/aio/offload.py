@@ -3,7 +3,7 @@
 The key caches are thread-safe and single flight; what an event loop must not
 do is wait on them, for KMS or for another thread's KMS call. So every seal
 and open is tried first against the cache alone (``acquire_cached``,
-``unwrap_cached``: a hit or None, never a wait) and, on a miss, done again in a
+``unwrap_any_cached``: a hit or None, never a wait) and, on a miss, done again in a
 small bounded thread pool, where the cache's single flight holds across tasks
 and threads: a burst of tasks missing one key makes one KMS call.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
@@ -24,7 +24,7 @@ from envelope_mq.shared.envelope import (
     SealedMessage,
     Sealer,
 )
-from envelope_mq.shared.kms import DataKey, UnwrappedKey
+from envelope_mq.shared.kms import DataKey, UnwrappedKey, WrappedCopy
 from envelope_mq.shared.observability import MessageSealer, MetricsHooks
 
 __all__ = [
@@ -57,10 +57,10 @@ class CachedDataKeySource(DataKeySource, Protocol):
 class CachedKeyUnwrapper(KeyUnwrapper, Protocol):
     """A key unwrapper that can answer from its cache alone (UnwrapCache)."""
 
-    def unwrap_cached(
-        self, wrapped: str, context: Mapping[str, str]
-    ) -> UnwrappedKey | None:
-        """The unwrapped key on a hit, None otherwise; never calls KMS."""
+    def unwrap_any_cached(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey] | None:
+        """What ``unwrap_any`` would answer, on a hit; None otherwise, no KMS."""
         ...
 
 
@@ -83,11 +83,13 @@ class _CacheOnlyUnwrap:
     def __init__(self, cache: CachedKeyUnwrapper) -> None:
         self._cache = cache
 
-    def unwrap(self, wrapped: str, context: Mapping[str, str]) -> UnwrappedKey:
-        key = self._cache.unwrap_cached(wrapped, context)
-        if key is None:
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        found = self._cache.unwrap_any_cached(copies, context)
+        if found is None:
             raise NeedsKms
-        return key
+        return found
 
 
 class KmsOffload:
