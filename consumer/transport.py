@@ -170,6 +170,18 @@ class BlockingTransport:
         """Wait up to ``timeout`` seconds for deliveries (and service heartbeats)."""
         self._live().process_data_events(time_limit=timeout)
 
+    def wake(self) -> None:
+        """End a :meth:`pump` in progress now; callable from any thread.
+
+        For a caller that waits on something other than this connection (a
+        stage waits for its outputs' confirms, which another connection's
+        thread receives). Does nothing when not connected.
+        """
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.add_callback_threadsafe(_nothing)
+
     def sleep(self, seconds: float, stop: Callable[[], bool]) -> None:
         """Wait ``seconds`` while servicing heartbeats; return early when ``stop()``."""
         connection = self._live()
@@ -265,6 +277,10 @@ class BlockingTransport:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 if connection.is_open:
                     connection.close()
+
+
+def _nothing() -> None:
+    """What :meth:`BlockingTransport.wake` schedules: the wake-up is the point."""
 
 
 def quarantine_properties(

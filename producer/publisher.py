@@ -213,6 +213,11 @@ class EncryptedPublisher:
         return self._exchange
 
     @property
+    def key_id(self) -> str:
+        """The master key every message is sealed under (as configured)."""
+        return self._key_id
+
+    @property
     def data_keys(self) -> DataKeySource:
         """The data key source (a DataKeyCache when built from settings)."""
         return self._data_keys

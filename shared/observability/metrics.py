@@ -102,6 +102,11 @@ class MetricsHooks:
         """``opener``, or a wrapper that samples its timings."""
         return opener
 
+    # stage (envelope_mq.stage: a consumer and a publisher in one loop)
+    def stage_repeated_outputs(self, count: int) -> None:
+        """``count`` outputs published for an input delivered again: each may
+        duplicate an output confirmed before a crash or a connection loss."""
+
     # both
     def instrument_provider(self, provider: KeyProvider) -> KeyProvider:
         """``provider``, or a wrapper that records every KMS call."""
@@ -207,6 +212,12 @@ class Metrics(MetricsHooks):
             "envelope_mq_messages_duplicates_dropped_total",
             "Deliveries acknowledged without handling: replay protection had "
             "seen their message_id within its window.",
+        )
+        self._stage_repeated = counter(
+            "envelope_mq_stage_outputs_repeated_total",
+            "Stage outputs published for an input delivered again (after a "
+            "crash, a lost connection or a nacked output): at most this many "
+            "duplicates downstream.",
         )
         self._kms_retries = counter(
             "envelope_mq_kms_retries_total",
@@ -325,6 +336,10 @@ class Metrics(MetricsHooks):
     def kms_retry(self) -> None:
         """One retry while KMS was unavailable."""
         self._kms_retries.inc()
+
+    def stage_repeated_outputs(self, count: int) -> None:
+        """``count`` stage outputs that may repeat earlier ones."""
+        self._stage_repeated.inc(count)
 
     def time_opener(self, opener: MessageOpener) -> MessageOpener:
         """``opener`` wrapped to time one open in ``timing_sample_every``."""

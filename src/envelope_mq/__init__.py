@@ -58,6 +58,8 @@ if TYPE_CHECKING:
         WrappedCopy,
     )
     from envelope_mq.shared.observability import Metrics
+    from envelope_mq.stage import EncryptedStage, StageStats
+    from envelope_mq.stage_output import StageOutput
 
     __version__: str
 
@@ -74,6 +76,7 @@ __all__ = [
     "DecryptionError",
     "EncryptedConsumer",
     "EncryptedPublisher",
+    "EncryptedStage",
     "InMemoryKeyProvider",
     "KeyMismatchError",
     "KeyProvider",
@@ -92,6 +95,8 @@ __all__ = [
     "Retry",
     "SealingError",
     "Settings",
+    "StageOutput",
+    "StageStats",
     "Topology",
     "TransportOptions",
     "TransportStats",
@@ -115,6 +120,7 @@ _HOMES = {
     "DecryptionError": _ERRORS,
     "EncryptedConsumer": "envelope_mq.consumer.worker",
     "EncryptedPublisher": "envelope_mq.producer.publisher",
+    "EncryptedStage": "envelope_mq.stage",
     "InMemoryKeyProvider": "envelope_mq.shared.kms",
     "KeyMismatchError": _ERRORS,
     "KeyProvider": "envelope_mq.shared.kms",
@@ -133,6 +139,8 @@ _HOMES = {
     "Retry": "envelope_mq.consumer.decisions",
     "SealingError": _ERRORS,
     "Settings": "envelope_mq.shared.config",
+    "StageOutput": "envelope_mq.stage_output",
+    "StageStats": "envelope_mq.stage",
     "Topology": "envelope_mq.shared.amqp",
     "TransportOptions": "envelope_mq.producer.options",
     "TransportStats": "envelope_mq.producer.options",

@@ -1,0 +1,710 @@
+"""EncryptedStage: consume, transform, re-seal under the stage's own key, hand on.
+
+One pipeline hop across a trust boundary. Each input is opened under its
+sender's key and context (the consumer's policies, quarantine and KMS
+handling, unchanged), the handler returns zero or more outputs, each is sealed
+under the stage's master key and context and published with confirms, and the
+input is acknowledged only once every one of its outputs is confirmed:
+
+- inputs are pipelined (the prefetch window), outputs are published without
+  waiting, and inputs are acknowledged in delivery order as their outputs'
+  confirms arrive (``multiple`` acks in small batches);
+- an output the broker nacks: its input is requeued (not counted against
+  ``max_deliveries``: the broker's state, not the message's fault) and the
+  stage backs off before going on;
+- an output that matches no queue (basic.return): the routing is wrong for
+  every message, so the stage stops (``run()`` raises ConfigError) and every
+  unacknowledged input stays in its queue; quarantining would empty the live
+  queue on one bad deploy;
+- KMS refusing the stage's own key (GenerateDataKey): stops likewise
+  (KmsCallerError / KmsRequestError); KMS unavailable: the input is held and
+  retried with backoff, as the consumer does;
+- what the consumer quarantines (undecryptable, malformed, denied, rejected,
+  handler-error after ``max_deliveries``), the stage quarantines the same way.
+
+A crash anywhere loses nothing: an input is acknowledged after its outputs are
+confirmed, never before. The price is duplicates: outputs confirmed before a
+crash (or a lost input connection, or a nacked sibling) are published again
+when the input comes back. Outputs get message ids derived from the input's
+(stage_output.py), so a downstream consumer with a ``dedup_window`` drops
+them; ``StageStats.repeated_outputs`` (and the metric
+``envelope_mq_stage_outputs_repeated_total``) counts the outputs published for
+inputs delivered again, an upper bound on the duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import NoReturn, Self
+
+from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
+from envelope_mq.consumer.deliveries import DeliveryCounter
+from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.keypolicy import KEY_IDS_ONLY, KeyPolicy, KeyResolver
+from envelope_mq.consumer.message import Delivery, ReceivedMessage
+from envelope_mq.consumer.outcome import (
+    RETRY_LATER,
+    EnvelopeOpener,
+    Outcome,
+    Reason,
+    Verdict,
+    admit,
+    after_handler,
+)
+from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.transport import BlockingTransport
+from envelope_mq.producer.options import TransportOptions
+from envelope_mq.producer.publisher import EncryptedPublisher
+from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
+from envelope_mq.shared.config import Settings
+from envelope_mq.shared.envelope import Opener
+from envelope_mq.shared.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigError,
+    KmsCallerError,
+    KmsRequestError,
+    KmsUnavailableError,
+    MessageNackedError,
+    MessageUnroutableError,
+    SealingError,
+)
+from envelope_mq.shared.keycache import UnwrapCache
+from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.stage_output import StageOutput, output_message_id, outputs_of
+
+__all__ = ["EncryptedStage", "StageHandler", "StageStats"]
+
+logger = logging.getLogger(__name__)
+
+#: ``handler(message)`` returns None, bytes, a StageOutput, or an iterable of them.
+StageHandler = Callable[[ReceivedMessage], object]
+
+_POLL_SECONDS = 0.25
+_STABLE_SECONDS = 10.0
+_DRAIN_SECONDS = 30.0  # stop(): how long to wait for the outputs in flight
+_COMPONENT = "stage"
+
+
+@dataclass
+class StageStats:
+    """Counts since the stage was made; read them after (or during) ``run``."""
+
+    handled: int = 0  # inputs acknowledged after all their outputs were confirmed
+    outputs: int = 0  # outputs confirmed
+    quarantined: Counter[str] = field(default_factory=Counter)
+    requeued: int = 0  # the handler failed: counted against max_deliveries
+    retried: int = 0  # the handler raised Retry: not counted
+    outputs_nacked: int = 0  # inputs requeued because the broker nacked an output
+    redelivered: int = 0  # inputs that came again (crash, lost connection, requeue)
+    # Outputs published for redelivered inputs: each may repeat one already
+    # confirmed; the duplicates a downstream consumer sees are at most this.
+    repeated_outputs: int = 0
+    kms_retries: int = 0
+    reconnects: int = 0
+
+
+class _InFlight:
+    """One input whose outputs are on their way."""
+
+    __slots__ = ("delivery", "futures")
+
+    def __init__(self, delivery: Delivery, futures: list[Future[str]]) -> None:
+        self.delivery = delivery
+        self.futures = futures
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def failure(self) -> BaseException | None:
+        for future in self.futures:
+            error = future.exception()
+            if error is not None:
+                return error
+        return None
+
+
+class EncryptedStage:
+    """Consumes ``topology.queue``, hands each message to ``handler``, and
+    publishes what it returns through ``publisher``, sealed under the
+    publisher's master key and context; see the module docstring for what
+    happens when.
+
+    The constructor does no I/O. :meth:`connect` (or ``with``) connects both
+    sides; :meth:`run` consumes until :meth:`stop` or ``count`` inputs were
+    handled. pika's consuming connection belongs to one thread: connect, run
+    and close in the same one. The publisher runs its own I/O thread.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        topology: Topology,
+        opener: EnvelopeOpener,
+        publisher: EncryptedPublisher,
+        handler: StageHandler,
+        *,
+        routing_key: str | None = None,
+        prefetch: int = 1000,
+        ack_batch: int = 50,
+        max_deliveries: int = 5,
+        policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
+        key_resolver: KeyResolver | None = None,
+        kms_backoff: Backoff | None = None,
+        reconnect_backoff: Backoff | None = None,
+        connection_options: ConnectionOptions | None = None,
+        keep_alive: KeepAliveProvider | None = None,
+        metrics: MetricsHooks | None = None,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        self._urls = split_urls(urls)
+        self._topology = topology
+        self._metrics = NULL_METRICS if metrics is None else metrics
+        self._opener: EnvelopeOpener = self._metrics.time_opener(opener)
+        self._publisher = publisher
+        self._output_key_id = publisher.key_id
+        self._routing_key = routing_key  # None: the publisher's binding key
+        self._handler = handler
+        self._max_deliveries = max_deliveries
+        self._policy = policy or ContextPolicy()
+        self._key_policy = key_policy if key_policy else None
+        self._key_resolver = key_resolver or KEY_IDS_ONLY
+        self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
+        self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
+        self._transport = BlockingTransport(
+            self._urls,
+            topology,
+            prefetch=prefetch,
+            ack_batch=max(1, min(ack_batch, prefetch // 4)),
+            options=connection_options,
+        )
+        self._counter = DeliveryCounter()
+        self._keep_alive = keep_alive
+        self._owned_kms: KmsClient | None = None
+        self._inflight: deque[_InFlight] = deque()
+        self._waiting = False  # the loop waits in pump(): a confirm wakes it
+        self._connected = False
+        self._connected_at = 0.0
+        self._short_lived = 0
+        self._stopping = False
+        self._limit: int | None = None
+        self.stats = StageStats()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        topology: Topology,
+        handler: StageHandler,
+        *,
+        output: Topology | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        key_id: str | None = None,
+        context: Mapping[str, str] | None = None,
+        provider: KeyProvider | None = None,
+        prefetch: int = 1000,
+        max_deliveries: int = 5,
+        policy: ContextPolicy | None = None,
+        key_policy: KeyPolicy | None = None,
+        kms_backoff: Backoff | None = None,
+        reconnect_backoff: Backoff | None = None,
+        connection_options: ConnectionOptions | None = None,
+        publisher_options: TransportOptions | None = None,
+        metrics: MetricsHooks | None = None,
+        max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
+    ) -> EncryptedStage:
+        """Wire one KMS client for both sides from ``settings``; no I/O.
+
+        ``topology`` is the input; ``output`` (declared by the stage) or
+        ``exchange`` (which must exist) and ``routing_key`` where outputs go
+        (a StageOutput may name its own routing key). Outputs are sealed
+        under ``key_id`` (default ``settings.kms_key_id``) and ``context``:
+        the stage's credentials need Decrypt on its inputs' keys and
+        GenerateDataKey on its own.
+        """
+        hooks = NULL_METRICS if metrics is None else metrics
+        owned: KmsClient | None = None
+        if provider is None:
+            provider = owned = kms_from_settings(settings)
+        kms = KeepAliveProvider(hooks.instrument_provider(provider))
+        cache = UnwrapCache(
+            DecryptBudget(kms, max_decrypt_rate),
+            max_entries=settings.key_cache_size,
+            ttl=settings.key_cache_ttl,
+        )
+        hooks.watch_cache(cache)
+        try:
+            publisher = EncryptedPublisher.from_settings(
+                settings,
+                output,
+                exchange=exchange,
+                key_id=key_id,
+                context=context,
+                provider=provider,
+                options=publisher_options,
+                connection_options=connection_options,
+                metrics=metrics,
+            )
+            stage = cls(
+                settings.rabbitmq_urls,
+                topology,
+                Opener(cache),
+                publisher,
+                handler,
+                routing_key=routing_key,
+                prefetch=prefetch,
+                max_deliveries=max_deliveries,
+                policy=policy,
+                key_policy=key_policy,
+                key_resolver=provider if isinstance(provider, KeyResolver) else None,
+                kms_backoff=kms_backoff,
+                reconnect_backoff=reconnect_backoff,
+                connection_options=connection_options,
+                keep_alive=kms,
+                metrics=metrics,
+            )
+        except BaseException:
+            if owned is not None:
+                owned.close()
+            raise
+        stage._owned_kms = owned
+        return stage
+
+    @property
+    def topology(self) -> Topology:
+        """The input this stage declares and consumes."""
+        return self._topology
+
+    @property
+    def publisher(self) -> EncryptedPublisher:
+        """The publisher of the outputs (its key, context and statistics)."""
+        return self._publisher
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def connect(self) -> Self:
+        """Connect the publisher, then start consuming; returns the stage.
+
+        Raises what ``EncryptedConsumer.connect`` and
+        ``EncryptedPublisher.connect`` raise.
+        """
+        if self._connected:
+            return self
+        resolver = self._key_resolver
+        if self._key_policy and not self._key_policy.resolved and resolver:
+            self._key_policy = self._key_policy.resolve(resolver)
+        # Outputs first: an input is only taken when it can be handed on.
+        self._publisher.connect()
+        self._transport.open()
+        self._connected = True
+        self._connected_at = time.monotonic()
+        self._metrics.broker_connected(_COMPONENT, reconnect=False)
+        return self
+
+    def close(self) -> None:
+        """Requeue every input not handed on, close both sides; never raises.
+
+        Outputs still unconfirmed are waited for (30 s at most) by the
+        publisher; their inputs are requeued all the same (they come back,
+        and are published again: counted as repeated outputs then).
+        """
+        was_connected, self._connected = self._connected, False
+        self._inflight.clear()
+        self._transport.close()
+        try:
+            self._publisher.close(_DRAIN_SECONDS)
+        except BrokerError as exc:
+            logger.warning(
+                "stage outputs unconfirmed at close: %s",
+                exc,
+                extra={"event": "stage_close_unconfirmed"},
+            )
+        if self._owned_kms is not None:
+            self._owned_kms.close()
+        if was_connected:
+            self._metrics.stopped(_COMPONENT)
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return once the outputs in flight are confirmed.
+
+        Safe from a signal handler, another thread or the handler: sets a flag.
+        """
+        self._stopping = True
+
+    # ---- the loop --------------------------------------------------------------
+
+    def run(self, count: int | None = None) -> StageStats:
+        """Hand on inputs until :meth:`stop`, or until ``count`` were handled.
+
+        Connects first when not connected, and then closes when it returns.
+
+        Raises:
+            ConfigError: an output matched no queue; nothing more is taken.
+            KmsCallerError, KmsRequestError: KMS refuses the stage (its
+                credentials, or its own master key); inputs stay queued.
+            BrokerUnavailableError: the first connection could not be made.
+            BrokerError: a topology could not be declared, or the publisher
+                gave up reconnecting.
+        """
+        self._limit = None if count is None else self.stats.handled + count
+        transport = self._transport
+        connected_here = not self._connected
+        try:
+            self.connect()
+        except BaseException:
+            self._stopping = False
+            raise
+        if self._keep_alive is not None:
+            self._keep_alive.attach(transport.pump)
+        try:
+            while not self._finished():
+                try:
+                    self._consume(transport)
+                except (MessageNackedError, MessageUnroutableError):
+                    raise  # never raised by the input side; kept out of reconnects
+                except BrokerError as exc:
+                    if self._stopping and not self._inflight:
+                        break
+                    self._lost(transport, exc)
+        finally:
+            if self._keep_alive is not None:
+                self._keep_alive.attach(None)
+            if connected_here or not transport.consuming:
+                self.close()
+            self._stopping = False
+        return self.stats
+
+    def _finished(self) -> bool:
+        if self._inflight:
+            return False
+        return self._stopping or (
+            self._limit is not None and self.stats.handled >= self._limit
+        )
+
+    def _taking(self) -> bool:
+        """Whether to take more inputs (not when stopping or at ``count``)."""
+        if self._stopping:
+            return False
+        if self._limit is None:
+            return True
+        return self.stats.handled + len(self._inflight) < self._limit
+
+    def _consume(self, transport: BlockingTransport) -> None:
+        pending = transport.pending
+        inflight = self._inflight
+        with transport.errors():
+            while True:
+                self._settle_ready(transport)
+                if pending and self._taking():
+                    self._take(transport, pending.popleft())
+                    continue
+                if self._finished():
+                    break
+                # Waiting: for deliveries, or for the confirms of the outputs
+                # in flight (the publisher's thread wakes us: _on_confirm).
+                self._metrics.alive(_COMPONENT)
+                transport.flush_acks()
+                self._waiting = True
+                if not (inflight and inflight[0].done()):
+                    transport.pump(_POLL_SECONDS)
+                self._waiting = False
+                if not transport.consuming:
+                    raise BrokerUnavailableError("the broker cancelled our consumer")
+            transport.flush_acks()
+
+    def _on_confirm(self, _future: Future[str]) -> None:
+        # The publisher's I/O thread: only wake the loop, never touch its state.
+        if self._waiting:
+            self._waiting = False
+            self._transport.wake()
+
+    def _settle_ready(self, transport: BlockingTransport) -> None:
+        """Acknowledge, in delivery order, every input whose outputs are settled."""
+        inflight = self._inflight
+        while inflight and inflight[0].done():
+            entry = inflight.popleft()
+            error = entry.failure()
+            if error is None:
+                transport.ack(entry.delivery)
+                self.stats.handled += 1
+                self.stats.outputs += len(entry.futures)
+                self._metrics.handled()
+                self._counter.settled(entry.delivery)
+            else:
+                self._output_failed(transport, entry, error)
+
+    def _output_failed(
+        self, transport: BlockingTransport, entry: _InFlight, error: BaseException
+    ) -> None:
+        delivery = entry.delivery
+        if isinstance(error, MessageNackedError):
+            # The broker refused an output (overflow, an internal error): the
+            # input goes back and is handed on again later, after a pause.
+            transport.requeue(delivery)
+            self.stats.outputs_nacked += 1
+            self._metrics.requeued()
+            logger.warning(
+                "the broker nacked an output of message %s; input requeued",
+                delivery.message_id,
+                extra={"event": "stage_output_nacked", "queue": self._topology.queue},
+            )
+            transport.sleep(next(self._kms_backoff.delays()), self._stop_requested)
+            return
+        if isinstance(error, MessageUnroutableError):
+            raise ConfigError(
+                f"stage stopped: {error}; every input not handed on stays in "
+                f"{self._topology.queue!r}"
+            ) from error
+        if isinstance(error, BrokerError):
+            raise error  # the publisher gave up: nothing can be handed on
+        raise BrokerError(f"stage output failed: {type(error).__name__}") from error
+
+    def _take(self, transport: BlockingTransport, delivery: Delivery) -> None:
+        self._metrics.consumed()
+        deliveries = 1
+        if delivery.redelivered:
+            deliveries = self._counter.deliveries(delivery)
+            self.stats.redelivered += 1
+        outcome = self._attempt(delivery, deliveries)
+        if outcome is not None:
+            self._decided(transport, delivery, deliveries, outcome)
+
+    def _attempt(self, delivery: Delivery, deliveries: int) -> Outcome | None:
+        """Open, handle and publish; None when the outputs are on their way."""
+        admitted = admit(
+            delivery, self._opener, policy=self._policy, key_policy=self._key_policy
+        )
+        if isinstance(admitted, Outcome):
+            return admitted
+        try:
+            outputs = outputs_of(self._handler(admitted))
+        except Exception as exc:  # the one boundary around user code
+            return after_handler(
+                admitted,
+                exc,
+                deliveries=deliveries,
+                max_deliveries=self._max_deliveries,
+            )
+        try:
+            futures = self._publish(admitted, outputs)
+        except SealingError as exc:  # an output the handler made unusable
+            return after_handler(
+                admitted,
+                exc,
+                deliveries=deliveries,
+                max_deliveries=self._max_deliveries,
+            )
+        except KmsUnavailableError:
+            return RETRY_LATER  # no data key for now: hold the input and retry
+        except KmsRequestError as exc:  # the stage's own key: every input alike
+            return Outcome(
+                Verdict.HALT,
+                kms_code=exc.code,
+                cause=exc.cause
+                if isinstance(exc, KmsCallerError)
+                else f"KMS refuses data keys under the stage's key "
+                f"{self._output_key_id}",
+            )
+        if delivery.redelivered and futures:
+            self.stats.repeated_outputs += len(futures)
+            self._metrics.stage_repeated_outputs(len(futures))
+        self._inflight.append(_InFlight(delivery, futures))
+        return None
+
+    def _publish(
+        self, message: ReceivedMessage, outputs: list[StageOutput]
+    ) -> list[Future[str]]:
+        futures = []
+        for index, out in enumerate(outputs):
+            future = self._publisher.publish(
+                out.body,
+                routing_key=out.routing_key or self._routing_key,
+                message_id=out.message_id
+                or output_message_id(self._output_key_id, message.message_id, index),
+                content_type=out.content_type,
+                content_encoding=out.content_encoding,
+                type=out.type,
+            )
+            futures.append(future)
+        if futures:
+            # Confirms arrive in order: the last output's wakes the loop.
+            futures[-1].add_done_callback(self._on_confirm)
+        return futures
+
+    def _decided(
+        self,
+        transport: BlockingTransport,
+        delivery: Delivery,
+        deliveries: int,
+        outcome: Outcome,
+    ) -> None:
+        """Apply an outcome other than "outputs on their way", in order.
+
+        Acks go out as ``multiple`` acks, so everything taken before must be
+        settled first; these outcomes are rare (quarantine, requeue, KMS).
+        """
+        self._drain(transport)
+        if outcome.verdict is Verdict.RETRY_LATER:
+            outcome = self._hold(transport, delivery, deliveries)
+            if outcome.verdict is Verdict.RETRY_LATER:
+                return  # stopping: the input stays unacknowledged
+        verdict = outcome.verdict
+        if verdict is Verdict.ACK:  # handed on after a hold
+            self._drain(transport)
+        elif verdict in (Verdict.REQUEUE, Verdict.RETRY):
+            if verdict is Verdict.REQUEUE:
+                self._counter.failed(delivery, deliveries)
+                self.stats.requeued += 1
+            else:
+                self._counter.retried(delivery)
+                self.stats.retried += 1
+            transport.requeue(delivery)
+            self._metrics.requeued()
+        elif verdict is Verdict.HALT:
+            self._halt(transport, outcome)
+        elif verdict is Verdict.DUPLICATE:  # no replay guard here; kept total
+            transport.ack(delivery)
+        else:
+            reason = outcome.reason or Reason.MALFORMED
+            logger.warning(
+                "quarantining message %s from %r: %s",
+                delivery.message_id,
+                self._topology.queue,
+                reason,
+                extra={
+                    "event": "message_quarantined",
+                    "queue": self._topology.queue,
+                    "message_id": delivery.message_id,
+                    "reason": str(reason),
+                },
+            )
+            transport.quarantine(delivery, outcome)
+            self._counter.settled(delivery)
+            self.stats.quarantined[str(reason)] += 1
+            self._metrics.quarantined(str(reason))
+
+    def _drain(self, transport: BlockingTransport) -> None:
+        """Wait until every input in flight is settled (acked or requeued)."""
+        inflight = self._inflight
+        while True:
+            self._settle_ready(transport)
+            if not inflight:
+                return
+            self._waiting = True
+            if not inflight[0].done():
+                transport.pump(_POLL_SECONDS)
+            self._waiting = False
+
+    def _hold(
+        self, transport: BlockingTransport, delivery: Delivery, deliveries: int
+    ) -> Outcome:
+        """Retry ``delivery`` with backoff while KMS is unavailable (in order)."""
+        transport.flush_acks()
+        logger.warning(
+            "KMS unavailable; holding message %s and retrying with backoff",
+            delivery.message_id,
+            extra={"event": "kms_unavailable", "queue": self._topology.queue},
+        )
+        outcome: Outcome | None = RETRY_LATER
+        for delay in self._kms_backoff.delays():
+            self._metrics.alive(_COMPONENT)
+            transport.sleep(delay, self._stop_requested)
+            if self._stopping:
+                break
+            self.stats.kms_retries += 1
+            self._metrics.kms_retry()
+            outcome = self._attempt(delivery, deliveries)
+            if outcome is None:
+                return Outcome(Verdict.ACK)  # outputs on their way, in flight
+            if outcome.verdict is not Verdict.RETRY_LATER:
+                return outcome
+        return RETRY_LATER
+
+    def _halt(self, transport: BlockingTransport, outcome: Outcome) -> NoReturn:
+        transport.flush_acks()
+        queue = self._topology.queue
+        text = (
+            f"KMS refuses this stage: {outcome.kms_code} "
+            f"(likely cause: {outcome.cause or 'its configuration'}); "
+            f"stopped, every input left in {queue!r}"
+        )
+        logger.error(text, extra={"event": "stage_halted", "queue": queue})
+        self._metrics.halted(_COMPONENT, f"{outcome.kms_code}: {outcome.cause}")
+        raise KmsCallerError(text, code=outcome.kms_code, cause=outcome.cause)
+
+    def _stop_requested(self) -> bool:
+        return self._stopping
+
+    # ---- losing the input connection -----------------------------------------
+
+    def _lost(self, transport: BlockingTransport, exc: BrokerError) -> None:
+        """Drop what is in flight (the broker requeues it) and reconnect."""
+        self._metrics.broker_lost(_COMPONENT, f"connection lost ({type(exc).__name__})")
+        logger.warning(
+            "lost the broker (%s); reconnecting",
+            exc,
+            extra={"event": "broker_lost", "component": _COMPONENT},
+        )
+        # Their acks can no longer be sent: they come back, and their outputs
+        # (confirmed or not) are published again (repeated_outputs).
+        self._inflight.clear()
+        transport.abandon()
+        if time.monotonic() - self._connected_at < _STABLE_SECONDS:
+            self._short_lived += 1
+        else:
+            self._short_lived = 0
+        delays = self._reconnect_backoff.delays()
+        for _ in range(min(self._short_lived, 32)):
+            self._wait(next(delays))
+        where = ", ".join(redact_url(u) for u in self._urls)
+        for delay in delays:
+            if self._stopping:
+                return
+            try:
+                transport.open()
+            except BrokerUnavailableError as exc2:
+                logger.warning(
+                    "reconnect failed (%s); retrying in %.1fs",
+                    exc2,
+                    delay,
+                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
+                )
+                self._wait(delay)
+                continue
+            self._connected_at = time.monotonic()
+            self.stats.reconnects += 1
+            self._metrics.broker_connected(_COMPONENT, reconnect=True)
+            logger.info(
+                "reconnected to %s",
+                where,
+                extra={"event": "broker_reconnected", "component": _COMPONENT},
+            )
+            return
+
+    def _wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            self._metrics.alive(_COMPONENT)
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
