@@ -1,10 +1,16 @@
-"""Look at messages as the broker stores them, without consuming them."""
+"""Look at messages as the broker stores them, without consuming them.
+
+Content headers are read by our own decoder (consumer/header_frames.py), not
+pika's: a quarantine queue is where hostile messages end up, and one pika
+cannot decode would otherwise break the connection on every look.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from envelope_mq.consumer.header_frames import SafeHeaderConnection
 from envelope_mq.shared.amqp import ConnectionOptions, broker_errors, connect_blocking
 
 __all__ = ["StoredMessage", "peek"]
@@ -19,6 +25,7 @@ class StoredMessage:
     message_id: str | None
     timestamp: int | None
     content_type: str | None
+    defects: tuple[str, ...] = ()  # what the content header lost: not decodable
 
 
 def peek(
@@ -36,7 +43,7 @@ def peek(
     Raises:
         BrokerError: the broker could not be reached or the queue does not exist.
     """
-    connection = connect_blocking(urls, options)
+    connection = connect_blocking(urls, options, connection_class=SafeHeaderConnection)
     try:
         with broker_errors(f"peek at {queue!r}"):
             channel = connection.channel()
@@ -54,6 +61,7 @@ def peek(
                         message_id=properties.message_id,
                         timestamp=properties.timestamp,
                         content_type=properties.content_type,
+                        defects=properties.defects,
                     )
                 )
             if last_tag:

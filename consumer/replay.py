@@ -5,6 +5,10 @@ without the quarantine headers, and acknowledged only once the broker has
 confirmed the copy: a crash in between leaves a duplicate, never a loss.
 Messages filtered out by reason stay unacknowledged until the end and then go
 back to the quarantine queue untouched.
+
+Content headers are read by our own decoder (consumer/header_frames.py), not
+pika's, and re-encoded as any client can (``copyable_headers``): whatever
+could not be decoded or encoded is dropped and logged, never fatal.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import pika
+from envelope_mq.consumer.header_frames import SafeHeaderConnection
 from envelope_mq.consumer.transport import (
     QUARANTINE_HEADER_PREFIX,
     QUARANTINE_REASON_HEADER,
     copy_properties,
+    copyable_headers,
 )
 from envelope_mq.shared.amqp import (
     ConnectionOptions,
@@ -26,6 +32,7 @@ from envelope_mq.shared.amqp import (
     broker_errors,
     connect_blocking,
 )
+from envelope_mq.shared.content_header import ContentProperties
 
 __all__ = ["ReplayResult", "replay_quarantine"]
 
@@ -65,7 +72,7 @@ def replay_quarantine(
         BrokerError: the broker could not be reached or refused a message.
     """
     result = ReplayResult()
-    connection = connect_blocking(urls, options)
+    connection = connect_blocking(urls, options, connection_class=SafeHeaderConnection)
     try:
         with broker_errors(f"replay {topology.quarantine_queue!r}"):
             channel = connection.channel()
@@ -109,10 +116,21 @@ def replay_quarantine(
     return result
 
 
-def _restored(properties: pika.BasicProperties) -> pika.BasicProperties:
-    headers = {
-        k: v
-        for k, v in (properties.headers or {}).items()
-        if not k.startswith(QUARANTINE_HEADER_PREFIX) and k not in _BROKER_HEADERS
-    }
+def _restored(properties: ContentProperties) -> pika.BasicProperties:
+    notes = list(properties.defects)
+    headers = copyable_headers(
+        {
+            k: v
+            for k, v in (properties.headers or {}).items()
+            if not k.startswith(QUARANTINE_HEADER_PREFIX) and k not in _BROKER_HEADERS
+        },
+        notes,
+    )
+    if notes:
+        logger.warning(
+            "replaying message %s without what could not be carried: %s",
+            properties.message_id,
+            "; ".join(notes)[:1000],
+            extra={"event": "replay_defects", "message_id": properties.message_id},
+        )
     return copy_properties(properties, headers)

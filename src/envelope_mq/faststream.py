@@ -3,7 +3,7 @@
 ::
 
     envelope = EnvelopeMiddleware.from_settings(settings)
-    broker = RabbitBroker(url, middlewares=[envelope])
+    broker = guard_connection(RabbitBroker(url, middlewares=[envelope]))
 
 Every publish path goes through ``publish_scope`` (``broker.publish``,
 ``@broker.publisher``, a handler's return value, ``broker.request`` and its
@@ -24,6 +24,13 @@ requeued. The allowed-context policy and replay guard are the consumer's own
 
 A subscriber on a queue whose name ends in ``.quarantine`` receives messages
 as they are, sealed: that is the place to inspect or replay them.
+
+:func:`guard_connection` makes the broker's connection read content headers
+through :mod:`envelope_mq.aio.frames`: one that aiormq's decoder (pamqp)
+cannot read (a timestamp past year 9999, a field name that is not UTF-8,
+tables nested past the recursion limit) would otherwise kill the connection
+on every delivery attempt, stalling every subscriber of the broker; guarded,
+it reaches the middleware as a ``malformed`` delivery and goes to quarantine.
 """
 
 from __future__ import annotations
@@ -32,17 +39,20 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage
 from faststream.message import StreamMessage, encode_message
+from faststream.rabbit import RabbitBroker
 from faststream.rabbit.response import RabbitPublishCommand
 from faststream.rabbit.testing import PatchedMessage
 from faststream.response.publish_type import PublishType
 
 from envelope_mq.aio.broker import delivery_of
+from envelope_mq.aio.frames import SafeHeaderRobustConnection
 from envelope_mq.aio.offload import (
     DEFAULT_KMS_THREADS,
     AsyncSealer,
@@ -52,7 +62,11 @@ from envelope_mq.aio.offload import (
     NeedsKms,
     loop_openers,
 )
-from envelope_mq.aio.quarantine import QuarantinePublisher
+from envelope_mq.aio.quarantine import (
+    QuarantinePublisher,
+    incoming_properties,
+    quarantine_copy,
+)
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
@@ -67,7 +81,6 @@ from envelope_mq.consumer.outcome import (
     admit,
 )
 from envelope_mq.consumer.policy import ContextPolicy
-from envelope_mq.consumer.transport import quarantine_headers
 from envelope_mq.producer.publisher import new_message_id
 from envelope_mq.shared import wire
 from envelope_mq.shared.amqp import QUARANTINE_SUFFIX
@@ -78,7 +91,7 @@ from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
-__all__ = ["EnvelopeMiddleware"]
+__all__ = ["EnvelopeMiddleware", "guard_connection"]
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +103,39 @@ _QUARANTINE_RETRY_PAUSE = 1.0
 _HALT_PAUSE = 5.0
 # What FastStream's decoder leaves as bytes.
 _OPAQUE = "application/octet-stream"
+
+
+# Brokers whose connection goes through aio/frames.py (guard_connection).
+_GUARDED: weakref.WeakSet[RabbitBroker] = weakref.WeakSet()
+
+
+def guard_connection(broker: RabbitBroker) -> RabbitBroker:
+    """``broker``, its connection reading content headers it cannot decode safely.
+
+    Call it before the broker connects (``RabbitBroker(...)`` then this; for
+    FastAPI's ``RabbitRouter``, on ``router.broker``). Every connection the
+    broker opens, reconnections too, then reads through
+    :class:`~envelope_mq.aio.frames.SafeHeaderTransportFactory`: a content
+    header pamqp cannot decode is rewritten into one it can, with the defects
+    in ``x-emq-quarantine-defects``, and EnvelopeMiddleware quarantines the
+    message as ``malformed`` instead of the connection dying on it.
+
+    Raises ConfigError when the broker is already connected, or when this
+    FastStream keeps its connection arguments elsewhere (FastStream 0.7
+    passes ``_connection_kwargs`` to ``aio_pika.connect_robust``; no public
+    argument takes a connection class).
+    """
+    kwargs = getattr(broker, "_connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        raise ConfigError(
+            "guard_connection: this FastStream version does not take a "
+            "connection class (FastStream 0.7 is supported)"
+        )
+    if getattr(broker, "_connection", None) is not None:
+        raise ConfigError("guard_connection: call it before the broker connects")
+    kwargs["connection_class"] = SafeHeaderRobustConnection
+    _GUARDED.add(broker)
+    return broker
 
 
 class EnvelopeMiddleware:
@@ -154,6 +200,7 @@ class EnvelopeMiddleware:
         self._owned: list[KmsClient] = []
         self._quarantine_copies = QuarantinePublisher()
         self._serializer = serializer or _default_serializer()
+        self._unguarded_warned = False
 
     @classmethod
     def from_provider(
@@ -325,6 +372,8 @@ class EnvelopeMiddleware:
             # test client makes PatchedMessage; a real reply is always sealed.
             return await call_next(msg)
         self._metrics.consumed()
+        if not self._unguarded_warned:
+            self._warn_unguarded(msg, context)
         await self._resolve_key_policy()
         delivery = delivery_of(msg.raw_message, None)
         decision = await self._admit(delivery)
@@ -369,6 +418,18 @@ class EnvelopeMiddleware:
             raise DecryptionError()
         await self._quarantine(msg, delivery, decision, queue, context)
         raise AckMessage
+
+    def _warn_unguarded(self, msg: StreamMessage[Any], context: Any) -> None:
+        broker = context.get("broker")
+        if isinstance(msg.raw_message, PatchedMessage) or broker in _GUARDED:
+            return  # TestRabbitBroker has no connection to guard
+        self._unguarded_warned = True
+        _log.warning(
+            "the broker's connection decodes content headers with pamqp: a "
+            "message pamqp cannot decode stalls its subscribers instead of "
+            "going to quarantine; build the broker with guard_connection()",
+            extra={"event": "connection_unguarded"},
+        )
 
     async def _resolve_key_policy(self) -> None:
         """DescribeKey the allowed keys once, in a KMS thread, on first use."""
@@ -453,14 +514,18 @@ class EnvelopeMiddleware:
                 "reason": str(reason),
             },
         )
-        headers = quarantine_headers(raw.headers or {}, outcome, queue, time.time())
+        copy = quarantine_copy(
+            incoming_properties(raw), delivery.defects, outcome, queue, time.time()
+        )
         try:
             if isinstance(raw, PatchedMessage):
-                await _test_quarantine(raw, queue + QUARANTINE_SUFFIX, headers, context)
+                await _test_quarantine(
+                    raw, queue + QUARANTINE_SUFFIX, copy.headers or {}, context
+                )
             else:
                 # Confirmed before the original is acknowledged.
                 await self._quarantine_copies.publish(
-                    raw, queue + QUARANTINE_SUFFIX, headers
+                    raw, queue + QUARANTINE_SUFFIX, copy
                 )
         except Exception as exc:
             _log.error(

@@ -35,7 +35,7 @@ from faststream.rabbit import (
 )
 from pydantic import BaseModel
 
-from envelope_mq.faststream import EnvelopeMiddleware
+from envelope_mq.faststream import EnvelopeMiddleware, guard_connection
 from tests.integration.test_cli_pipeline import finish, produce, start_consume
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,12 @@ def envelope(
 
 
 def _broker(settings: Settings, envelope: EnvelopeMiddleware) -> RabbitBroker:
-    return RabbitBroker(settings.rabbitmq_urls[0], middlewares=[envelope])
+    return _broker_at(settings.rabbitmq_urls[0], [envelope])
+
+
+def _broker_at(url: str, middlewares: list[EnvelopeMiddleware]) -> RabbitBroker:
+    # The documented way: guarded against content headers pamqp cannot decode.
+    return guard_connection(RabbitBroker(url, middlewares=middlewares))
 
 
 def _declare(settings: Settings, topology: Topology) -> None:
@@ -112,9 +117,7 @@ def test_cli_produce_reaches_a_faststream_handler_as_plaintext(
     )
 
     async def run() -> list[str]:
-        broker = RabbitBroker(
-            emq_consumer_settings.rabbitmq_urls[0], middlewares=[envelope]
-        )
+        broker = _broker_at(emq_consumer_settings.rabbitmq_urls[0], [envelope])
         got: list[str] = []
         done = asyncio.Event()
 
@@ -144,9 +147,7 @@ def test_faststream_publish_comes_out_of_cli_consume(
     consumer = start_consume(emq_consumer_settings, emq_amqp_names, "--count", "3")
 
     async def run() -> None:
-        broker = RabbitBroker(
-            emq_producer_settings.rabbitmq_urls[0], middlewares=[envelope]
-        )
+        broker = _broker_at(emq_producer_settings.rabbitmq_urls[0], [envelope])
         async with broker:
             await broker.start()
             for i in range(3):
@@ -176,9 +177,7 @@ def test_request_reply_is_sealed_on_the_wire_both_ways(
     _declare(emq_consumer_settings, emq_amqp_topology)
 
     async def run() -> tuple[Any, dict[str, Any], bytes]:
-        broker = RabbitBroker(
-            emq_consumer_settings.rabbitmq_urls[0], middlewares=[envelope]
-        )
+        broker = _broker_at(emq_consumer_settings.rabbitmq_urls[0], [envelope])
 
         @broker.subscriber(_queue(emq_amqp_topology), _exchange(emq_amqp_topology))
         async def price(order: Order) -> dict[str, Any]:
@@ -221,9 +220,7 @@ def test_sync_publisher_to_faststream_with_a_context_policy_quarantines_others(
     )
 
     async def run() -> list[str]:
-        broker = RabbitBroker(
-            emq_consumer_settings.rabbitmq_urls[0], middlewares=[opening]
-        )
+        broker = _broker_at(emq_consumer_settings.rabbitmq_urls[0], [opening])
         got: list[str] = []
         done = asyncio.Event()
 
@@ -283,7 +280,7 @@ def test_a_faststream_service_kms_refuses_quarantines_nothing(
     logging.getLogger("envelope_mq.faststream").addHandler(watch)
 
     async def run() -> list[str]:
-        broker = RabbitBroker(wrong.rabbitmq_urls[0], middlewares=[opening])
+        broker = _broker_at(wrong.rabbitmq_urls[0], [opening])
         got: list[str] = []
 
         @broker.subscriber(_queue(emq_amqp_topology), _exchange(emq_amqp_topology))

@@ -18,10 +18,14 @@ from typing import Any
 
 import pika
 import pytest
+from envelope_mq.consumer.peek import peek
+from envelope_mq.consumer.replay import replay_quarantine
 from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared import wire
 from envelope_mq.shared.amqp import Topology
+from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
 from rawamqp import RawAmqpPublisher, basic_properties, field, longstr, shortstr, table
 from scenario_kit import (
     FAST_RECONNECT,
@@ -37,6 +41,7 @@ from scenario_kit import (
 )
 
 from envelope_mq.aio import AsyncEncryptedConsumer
+from envelope_mq.faststream import EnvelopeMiddleware, guard_connection
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
@@ -386,3 +391,164 @@ def test_version_one_is_read_from_every_integer_type_code(
     ):
         settle(ledger, SETTLE_SECONDS)
     assert ledger.check()["handled"] == 1
+
+
+# What the broker itself refuses (541, the channel closed): these never reach
+# any consumer, so a FastStream subscriber cannot be shown them.
+BROKER_REFUSES = {
+    "unknown-type-code": basic_properties(
+        {"headers": table([(b"x-odd", b"Z" + bytes(8))])}
+    ),
+    # the flags promise a message_id and a timestamp; the list stops short
+    "truncated-property-list": struct.pack(">H", 1 << 7 | 1 << 6) + shortstr(b"m"),
+}
+
+
+def test_hostile_content_headers_do_not_stall_a_faststream_subscriber(
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+) -> None:
+    """Every hostile kind, then a valid message, at one guarded FastStream app.
+
+    Unguarded, aiormq's reader fails on the first of them (pamqp cannot
+    decode it), the robust connection reconnects, and the message is at the
+    head of the queue again: nothing behind it is ever handled.
+    """
+    url = emq_rabbitmq_url
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    ledger = MessageLedger("hostile headers (FastStream subscriber)")
+    with RawPublisher(emq_kms.settings("producer", [url]), topology) as sealer:
+        publishes, expected = hostile_publishes(sealer)
+        good_body = payload("good", 0, 64)
+        good = sealer.seal(good_body, "good-0")
+    with RawAmqpPublisher(url) as raw:
+        for ident, (_case, properties) in enumerate(BROKER_REFUSES.items(), 1):
+            raw.publish(ident, topology.exchange, topology.queue, properties, b"x")
+            assert raw.sync().refused, _case
+        for ident, (case, fields, body) in enumerate(publishes, 1):
+            ledger.published(case, b"", expect="quarantined")
+            raw.publish(
+                ident, topology.exchange, topology.queue, basic_properties(fields), body
+            )
+        ledger.published("good-0", good_body)
+        raw.publish(
+            0,
+            topology.exchange,
+            topology.queue,
+            basic_properties(raw_fields(good, "good-0")),
+            good.body,
+        )
+        verdicts = raw.sync()
+    assert not verdicts.refused, verdicts.refused
+    envelope = EnvelopeMiddleware.from_settings(emq_kms.settings("consumer", [url]))
+    with QuarantineWatcher([url], topology, ledger) as watcher:
+        try:
+            closes = asyncio.run(
+                faststream_until_handled(url, topology, envelope, ledger)
+            )
+            settle(ledger, SETTLE_SECONDS)
+        finally:
+            envelope.close()
+    report = ledger.check()
+    assert report["handled"] == 1
+    assert watcher.reasons == expected
+    for case in ("name-not-utf8", "timestamp-past-9999", "id-not-utf8"):
+        assert watcher.headers[case][QUARANTINE_DEFECTS_HEADER]
+    assert (
+        "would not fit in one frame"
+        in (watcher.headers["headers-filling-the-frame"][QUARANTINE_DEFECTS_HEADER])
+    )
+    assert closes == [], "the subscriber's connection was lost"
+    assert queue_depth(url, topology.queue) == 0
+
+
+async def faststream_until_handled(
+    url: str, topology: Topology, envelope: EnvelopeMiddleware, ledger: MessageLedger
+) -> list[str]:
+    """A guarded RabbitBroker until its subscriber handled the valid message;
+    what closed its connection before the app stopped."""
+    closes: list[str] = []
+    broker = guard_connection(
+        RabbitBroker(
+            url,
+            middlewares=[envelope],
+            on_close=[lambda _conn, exc: closes.append(repr(exc))],
+        )
+    )
+    done = asyncio.Event()
+
+    @broker.subscriber(
+        RabbitQueue(
+            topology.queue,
+            durable=True,
+            arguments=topology.queue_declare_arguments(),
+            routing_key=topology.binding_key,
+        ),
+        RabbitExchange(
+            topology.exchange,
+            type=ExchangeType.TOPIC,
+            durable=True,
+            auto_delete=topology.exchange_auto_delete,
+        ),
+    )
+    async def handle(body: bytes, message: RabbitMessage) -> None:
+        ledger.handled(message.message_id, message.body)
+        done.set()
+
+    async with broker:
+        await broker.start()
+        await asyncio.wait_for(done.wait(), SETTLE_SECONDS)
+        seen = list(closes)
+    return seen
+
+
+def hostile_publishes(
+    sealer: RawPublisher,
+) -> tuple[list[tuple[str, dict[str, bytes], bytes]], dict[str, str]]:
+    """Each hostile kind the broker accepts, as (case, property fields, body),
+    and the quarantine reason each should get."""
+    expected: dict[str, str] = {}
+    publishes: list[tuple[str, dict[str, bytes], bytes]] = []
+    for case, (extra, body_valid, reason, _check) in sorted(CASES.items()):
+        sealed = sealer.seal(payload(case, 0, 64), case)
+        fields = with_extra(raw_fields(sealed, case), extra)
+        if case == "headers-filling-the-frame":
+            fields = filling(fields)
+        body = sealed.body if body_valid else b"not a sealed body"
+        publishes.append((case, fields, body))
+        expected[case] = reason
+    # a message_id that is not UTF-8: pamqp fails on the whole header
+    sealed = sealer.seal(payload("id-not-utf8", 0, 64), "id-not-utf8")
+    fields = raw_fields(sealed, "id-not-utf8")
+    fields["message_id"] = shortstr(b"\xff\xfe-id")
+    publishes.append(("id-not-utf8", fields, sealed.body))
+    expected["id-not-utf8"] = "malformed"
+    return publishes, expected
+
+
+def test_peek_and_replay_read_hostile_messages_in_quarantine(
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+) -> None:
+    """A quarantine queue anyone may publish to: peek and replay, on pika, read
+    every hostile kind through our own decoder and neither fail nor stall."""
+    url = emq_rabbitmq_url
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    with RawPublisher(emq_kms.settings("producer", [url]), topology) as sealer:
+        publishes, _expected = hostile_publishes(sealer)
+    with RawAmqpPublisher(url) as raw:
+        for ident, (_case, fields, body) in enumerate(publishes, 1):
+            raw.publish(
+                ident, "", topology.quarantine_queue, basic_properties(fields), body
+            )
+        verdicts = raw.sync()
+    assert not verdicts.refused, verdicts.refused
+    seen = peek(url, topology.quarantine_queue, limit=len(publishes) + 1)
+    assert len(seen) == len(publishes)
+    by_trace = {str(m.headers.get(TRACE_HEADER)): m for m in seen}
+    assert sorted(by_trace) == sorted(case for case, _f, _b in publishes)
+    for case in ("name-not-utf8", "timestamp-past-9999", "id-not-utf8"):
+        assert by_trace[case].defects, case
+    assert by_trace["id-not-utf8"].message_id is None
+    result = replay_quarantine(url, topology)
+    assert result.total_moved == len(publishes)
+    assert queue_depth(url, topology.queue) == len(publishes)
+    assert queue_depth(url, topology.quarantine_queue) == 0

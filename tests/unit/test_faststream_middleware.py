@@ -24,8 +24,13 @@ from faststream import BaseMiddleware
 from faststream.rabbit import RabbitBroker, RabbitRouter, TestRabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel
+from yarl import URL
 
-from envelope_mq.faststream import EnvelopeMiddleware
+from envelope_mq.aio.frames import (
+    SafeHeaderRobustConnection,
+    SafeHeaderTransportFactory,
+)
+from envelope_mq.faststream import EnvelopeMiddleware, guard_connection
 
 KEY = "key-faststream"
 
@@ -237,3 +242,28 @@ def test_the_allowed_key_policy_quarantines_other_senders() -> None:
     asyncio.run(run())
     assert handled == ["from the trusted key"]
     assert reasons == ["key-denied"]
+
+
+def test_guard_connection_gives_connect_robust_the_sanitizing_connection() -> None:
+    broker = RabbitBroker("amqp://guest:guest@127.0.0.1:1/")
+    assert guard_connection(broker) is broker
+    # what FastStream 0.7 hands aio_pika.connect_robust
+    assert broker._connection_kwargs["connection_class"] is SafeHeaderRobustConnection
+
+
+def test_guard_connection_refuses_a_connected_broker() -> None:
+    broker = RabbitBroker("amqp://guest:guest@127.0.0.1:1/")
+    broker._connection = object()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="before the broker connects"):
+        guard_connection(broker)
+
+
+def test_the_sanitizing_robust_connection_reconnects_through_the_factory() -> None:
+    async def made() -> Any:
+        return SafeHeaderRobustConnection(URL("amqp://guest:guest@127.0.0.1:1/"))
+
+    connection = asyncio.run(made())
+    # every (re)connection passes these kwargs to aiormq
+    assert isinstance(
+        connection.kwargs["transport_factory"], SafeHeaderTransportFactory
+    )

@@ -31,7 +31,6 @@ __all__ = [
     "delivery_of",
     "delivery_of_frame",
     "outgoing_message",
-    "quarantine_message",
     "quarantine_properties",
 ]
 
@@ -183,26 +182,3 @@ def quarantine_properties(
 def _seconds(value: datetime | None) -> int | None:
     # pamqp decodes the AMQP timestamp (whole seconds) to an aware datetime.
     return None if value is None else int(value.timestamp())
-
-
-def quarantine_message(
-    original: aio_pika.abc.AbstractIncomingMessage, headers: Mapping[str, Any]
-) -> aio_pika.Message:
-    """``original`` with ``headers``, persistent, without expiration and user_id.
-
-    The same properties ``consumer.transport.copy_properties`` keeps.
-    """
-    return aio_pika.Message(
-        original.body,
-        headers=dict(headers),
-        content_type=original.content_type,
-        content_encoding=original.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=original.priority,
-        correlation_id=original.correlation_id,
-        reply_to=original.reply_to,
-        message_id=original.message_id,
-        timestamp=original.timestamp,
-        type=original.type,
-        app_id=original.app_id,
-    )

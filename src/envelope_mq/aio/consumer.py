@@ -45,9 +45,7 @@ from envelope_mq.aio.broker import (
     connect,
     declare,
     delivery_of_frame,
-    quarantine_properties,
 )
-from envelope_mq.aio.frames import HEADER_FRAME_BUDGET, pamqp_encodable
 from envelope_mq.aio.offload import (
     DEFAULT_KMS_THREADS,
     CachedKeyUnwrapper,
@@ -55,6 +53,7 @@ from envelope_mq.aio.offload import (
     NeedsKms,
     loop_openers,
 )
+from envelope_mq.aio.quarantine import quarantine_copy
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
 from envelope_mq.consumer.deliveries import DeliveryCounter
@@ -71,11 +70,6 @@ from envelope_mq.consumer.outcome import (
     after_handler,
 )
 from envelope_mq.consumer.policy import ContextPolicy
-from envelope_mq.consumer.transport import (
-    QUARANTINE_DEFECTS_HEADER,
-    copyable_headers,
-    quarantine_headers,
-)
 from envelope_mq.consumer.worker import ConsumerStats
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
@@ -557,7 +551,6 @@ class AsyncEncryptedConsumer:
         held: _InHand,
         outcome: Outcome,
     ) -> None:
-        properties = held.message.header.properties
         reason = outcome.reason or Reason.MALFORMED
         fields: dict[str, object] = {
             "event": "message_quarantined",
@@ -577,23 +570,13 @@ class AsyncEncryptedConsumer:
             f" ({outcome.kms_code})" if outcome.kms_code else "",
             extra=fields,
         )
-        notes = list(delivery.defects)  # what aio/frames.py had to drop
-        headers = quarantine_headers(
-            pamqp_encodable(copyable_headers(properties.headers or {}, notes)),
+        copy = quarantine_copy(
+            held.message.header.properties,
+            delivery.defects,  # what aio/frames.py had to drop
             outcome,
             self._topology.queue,
             time.time(),
         )
-        if notes:
-            headers[QUARANTINE_DEFECTS_HEADER] = "; ".join(notes)[:1000]
-        copy = quarantine_properties(properties, headers)
-        if len(copy.marshal()) > HEADER_FRAME_BUDGET:
-            # The broker would close the connection on a frame over frame_max,
-            # and the message would come back forever: keep ours only.
-            notes.append("headers: all dropped, the copy would not fit in one frame")
-            headers = quarantine_headers({}, outcome, self._topology.queue, time.time())
-            headers[QUARANTINE_DEFECTS_HEADER] = "; ".join(notes)[-1000:]
-            copy = quarantine_properties(properties, headers)
         channel = self._quarantine
         assert channel is not None  # noqa: S101 - set with the connection
         try:

@@ -41,6 +41,7 @@ from envelope_mq.shared.content_header import ContentProperties, decode_basic_pr
 __all__ = [
     "HEADER_FRAME_BUDGET",
     "SafeHeaderConnection",
+    "SafeHeaderRobustConnection",
     "SafeHeaderTransportFactory",
     "pamqp_encodable",
     "sanitized_frame",
@@ -93,6 +94,19 @@ class SafeHeaderConnection(aio_pika.Connection):
             with contextlib.suppress(Exception):
                 await self.close()
             raise
+
+
+class SafeHeaderRobustConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, every (re)connection through the factory.
+
+    FastStream's RabbitBroker connects with ``connect_robust``; the robust
+    connection reconnects with its own ``kwargs``, so the factory set here
+    serves the first connection and every later one.
+    """
+
+    def __init__(self, url: URL, loop: Any = None, **kwargs: Any) -> None:
+        super().__init__(url, loop, **kwargs)
+        self.kwargs["transport_factory"] = SafeHeaderTransportFactory()
 
 
 class _SanitizingReader:
