@@ -14,7 +14,7 @@ $(shell mkdir -p $(VENV) && find src shared producer consumer kms_emulator \
   rm -f $(MODULES).new)
 EDITABLE := -e . --config-settings editable_mode=strict
 
-.PHONY: demo test bench lint clean containers containers-down
+.PHONY: demo test bench lint clean containers containers-down pika-range
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV) || \
@@ -48,6 +48,11 @@ containers-down:
 bench: $(TREE)
 	$(VENV)/bin/python -m pip install --quiet '.[test,bench]' $(EDITABLE)
 	$(VENV)/bin/envelope-mq bench --check
+
+# The producer tests on the oldest and newest pika of the dependency range, each
+# in a throwaway venv under /tmp built from the wheel (not part of `make test`).
+pika-range:
+	PYTHON=$(PYTHON) scripts/pika-range.sh
 
 lint: $(TREE)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

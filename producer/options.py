@@ -16,6 +16,10 @@ class TransportOptions:
     reconnect_timeout: float | None = 300.0  # then pending messages fail
     initial_backoff: float = 0.1
     max_backoff: float = 10.0
+    # Write pre-built frames straight into pika's output buffer when the pika
+    # in use has the private hook for it (connection._adapter_emit_data);
+    # False, or a pika without the hook: pika's public Channel.basic_publish.
+    write_frames: bool = True
 
 
 @dataclass(frozen=True)

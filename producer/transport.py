@@ -59,7 +59,13 @@ from envelope_mq.shared.errors import (
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 from pika.adapters.select_connection import IOLoop
 
-__all__ = ["ConfirmingTransport", "Declare", "TransportOptions", "TransportStats"]
+__all__ = [
+    "ConfirmingTransport",
+    "Declare",
+    "TransportOptions",
+    "TransportStats",
+    "frame_writer",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -82,8 +88,28 @@ _COMPONENT = "publisher"
 Declare = Callable[[Any, Callable[[], None]], None]
 
 
-def _discard(data: bytes) -> None:
-    """Stands in for the output of a connection not yet open."""
+def frame_writer(connection: Any) -> Callable[[bytes], None] | None:
+    """pika's private output hook of ``connection``, or None when it has none.
+
+    ``_adapter_emit_data`` is where pika's own ``_send_message`` ends, after
+    marshalling: pre-built frames written there skip pika's marshaller. It is
+    not pika's public API, so a pika without it (or with something else under
+    that name) gets the public ``Channel.basic_publish`` instead.
+    """
+    emit = getattr(connection, "_adapter_emit_data", None)
+    return emit if callable(emit) else None
+
+
+def _properties(header: bytes) -> pika.spec.BasicProperties:
+    """The properties of a content header payload built by frames.py.
+
+    The public path publishes exactly what the frame path would have written:
+    the same payload, decoded by pika's own decoder (class, weight and body
+    size take its first 12 bytes).
+    """
+    properties = pika.spec.BasicProperties()
+    properties.decode(header, 12)
+    return properties
 
 
 class ConfirmingTransport:
@@ -121,7 +147,10 @@ class ConfirmingTransport:
         self._ready = False
         self._ever_ready = False
         self._closing = False
-        self._emit: Callable[[bytes], None] = _discard
+        # None: pika's public basic_publish (see frame_writer); decided at
+        # every connect, told once in the log.
+        self._emit: Callable[[bytes], None] | None = None
+        self._path_told = False
         self._body_max = 131_072 - 8
         self._confirms = ConfirmTracker(self._window, self._metrics)
         self._reconnect = Reconnect(self._options, len(self._params), self._where)
@@ -266,9 +295,19 @@ class ConfirmingTransport:
         if connection is not self._connection:
             return  # a connection _recover() gave up on
         self._reconnect.opened()
-        # Frames built in frames.py go straight to pika's output buffer: the
-        # same path pika's own _send_message ends in, minus its marshalling.
-        self._emit = connection._adapter_emit_data
+        # Frames built in frames.py go straight to pika's output buffer when
+        # the hook is there: the same path pika's own _send_message ends in,
+        # minus its marshalling.
+        self._emit = frame_writer(connection) if self._options.write_frames else None
+        if not self._path_told:
+            self._path_told = True
+            _log.debug(
+                "publishing through %s",
+                "pre-built frames (pika's connection._adapter_emit_data)"
+                if self._emit is not None
+                else "pika's public Channel.basic_publish",
+                extra={"event": "publish_path", "component": _COMPONENT},
+            )
         self._body_max = connection.params.frame_max - 8  # frame header + end octet
         self._open_channel(connection)
 
@@ -332,7 +371,26 @@ class ConfirmingTransport:
                 self._wake_scheduled = False
                 return  # _on_confirm drains once the probe is acked
             batch = 1
-        number, body_max = channel.channel_number, self._body_max
+        emit = self._emit
+        sent = (
+            self._publish_frames(emit, channel.channel_number, batch)
+            if emit is not None
+            else self._publish_public(channel, batch)
+        )
+        outbox = self._outbox
+        if sent:
+            self._ioloop.call_later(0 if outbox else _POLL_INTERVAL, self._drain)
+            return
+        self._wake_scheduled = False
+        if outbox:  # appended after our look, by a caller who saw the flag still set
+            self._wake_scheduled = True
+            self._ioloop.call_later(0, self._drain)
+
+    def _publish_frames(
+        self, emit: Callable[[bytes], None], number: int, batch: int
+    ) -> bool:
+        """Up to ``batch`` messages as pre-built frames, in one write."""
+        body_max = self._body_max
         outbox, record = self._outbox, self._confirms.record
         wire: list[bytes] = []
         for _ in range(batch):
@@ -344,15 +402,39 @@ class ConfirmingTransport:
                 number, out.method, out.header, out.body, body_max
             )
             record(out)
-        if wire:
-            # One write per batch instead of three per message (see frames.py).
-            self._emit(b"".join(wire))
-            self._ioloop.call_later(0 if outbox else _POLL_INTERVAL, self._drain)
-            return
-        self._wake_scheduled = False
-        if outbox:  # appended after our look, by a caller who saw the flag still set
-            self._wake_scheduled = True
-            self._ioloop.call_later(0, self._drain)
+        if not wire:
+            return False
+        # One write per batch instead of three per message (see frames.py).
+        emit(b"".join(wire))
+        return True
+
+    def _publish_public(self, channel: Any, batch: int) -> bool:
+        """Up to ``batch`` messages through pika's public ``basic_publish``.
+
+        Delivery tags, confirms, returns and re-publication work as on the
+        frame path: one basic.publish per message on the same confirm-mode
+        channel, always ``mandatory``.
+        """
+        outbox, record = self._outbox, self._confirms.record
+        publish = channel.basic_publish
+        sent = False
+        for _ in range(batch):
+            try:
+                out = outbox.popleft()
+            except IndexError:
+                break
+            # Recorded first: should pika raise, the message is unconfirmed
+            # and goes back to the outbox with the rest on the reconnect.
+            record(out)
+            publish(
+                out.exchange,
+                out.routing_key,
+                out.body,
+                _properties(out.header),
+                mandatory=True,
+            )
+            sent = True
+        return sent
 
     def _on_confirm(self, channel: Any, frame: Any) -> None:
         if channel is not self._channel:
