@@ -15,6 +15,13 @@ from envelope_mq.consumer.outcome import Outcome, Reason, Verdict, handle
 from envelope_mq.consumer.peek import StoredMessage, peek
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.replay import ReplayResult, replay_quarantine
+from envelope_mq.consumer.streams import (
+    MemoryOffsets,
+    OffsetFile,
+    OffsetSpec,
+    OffsetStore,
+    StreamCursor,
+)
 from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
 
 __all__ = [
@@ -24,6 +31,10 @@ __all__ = [
     "Delivery",
     "EncryptedConsumer",
     "KeepAliveProvider",
+    "MemoryOffsets",
+    "OffsetFile",
+    "OffsetSpec",
+    "OffsetStore",
     "Outcome",
     "Reason",
     "ReceivedMessage",
@@ -31,6 +42,7 @@ __all__ = [
     "ReplayResult",
     "Retry",
     "StoredMessage",
+    "StreamCursor",
     "Verdict",
     "handle",
     "peek",

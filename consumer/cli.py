@@ -21,6 +21,12 @@ from envelope_mq.consumer.output import JsonLinesWriter
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.replay import replay_quarantine
 from envelope_mq.consumer.signals import stop_on_signals
+from envelope_mq.consumer.streams import (
+    DEFAULT_COMMIT_EVERY,
+    OffsetFile,
+    OffsetSpec,
+    StreamCursor,
+)
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared.amqp import redact_url
 from envelope_mq.shared.cli_args import (
@@ -32,14 +38,18 @@ from envelope_mq.shared.cli_args import (
     topology_from_args,
 )
 from envelope_mq.shared.config import Settings
-from envelope_mq.shared.errors import KmsUnavailableError, MessagingError
+from envelope_mq.shared.errors import (
+    ConfigError,
+    KmsUnavailableError,
+    MessagingError,
+)
 from envelope_mq.shared.kms import KmsClient, kms_from_settings
 from envelope_mq.shared.kms.credentials import CHAIN_HELP
 from envelope_mq.shared.observability import add_observability_arguments, observability
 from envelope_mq.shared.observability.metrics import KMS_COMPONENT
 from envelope_mq.shared.observability.service import Observability
 
-__all__ = ["register", "register_replay"]
+__all__ = ["register", "register_replay", "stream_cursor"]
 
 _EPILOG = (
     "Broker and KMS come from RABBITMQ_URL, KMS_ENDPOINT (or KMS_INSTANCE_ENDPOINT) "
@@ -147,8 +157,55 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="remember the last N messages handled (by sender key, context and "
         "message id) and drop repeats (default: off)",
     )
+    stream = parser.add_argument_group(
+        "streams (--queue-type stream)", "see docs/streams.md"
+    )
+    stream.add_argument(
+        "--offset",
+        type=_offset_spec,
+        metavar="SPEC",
+        help="where to start reading the stream the first time: first, last, "
+        "next, an offset, an ISO 8601 time or @SECONDS (default: next); with "
+        "--offset-file holding a position, the consumer resumes after it instead",
+    )
+    stream.add_argument(
+        "--offset-file",
+        type=Path,
+        metavar="PATH",
+        help="keep this consumer's stream position in PATH (one consumer per "
+        "file), replaced atomically; a restart resumes after it",
+    )
+    stream.add_argument(
+        "--commit-every",
+        type=positive_int,
+        default=DEFAULT_COMMIT_EVERY,
+        metavar="N",
+        help="write the position after every N messages (and when idle or "
+        "stopping): the most a crash makes the next run read again "
+        "(default: %(default)s)",
+    )
     add_observability_arguments(parser)
     parser.set_defaults(run=run_consume)
+
+
+def _offset_spec(text: str) -> OffsetSpec:
+    try:
+        return OffsetSpec.parse(text)
+    except MessagingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def stream_cursor(args: argparse.Namespace) -> StreamCursor | None:
+    """The stream position the arguments describe (None unless a stream)."""
+    if args.queue_type != "stream":
+        if args.offset is not None or args.offset_file is not None:
+            raise ConfigError("--offset and --offset-file need --queue-type stream")
+        return None
+    return StreamCursor(
+        args.offset,
+        None if args.offset_file is None else OffsetFile(args.offset_file),
+        commit_every=args.commit_every,
+    )
 
 
 @contextlib.contextmanager
@@ -166,6 +223,7 @@ def run_consume(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         policy = ContextPolicy.parse(args.allow_context)
         key_policy = KeyPolicy.parse(args.allow_key)
+        cursor = stream_cursor(args)
         with (
             observability(args, "envelope-mq consume") as observed,
             _output(args.output) as stream,
@@ -188,6 +246,7 @@ def run_consume(args: argparse.Namespace) -> int:
                     max_decrypt_rate=args.max_decrypt_rate,
                     dedup_window=args.dedup_window,
                     metrics=observed.metrics,
+                    stream=cursor,
                 )
                 writer.on_error = consumer.stop
                 observed.say(
@@ -213,7 +272,8 @@ def run_consume(args: argparse.Namespace) -> int:
     quarantined = ", ".join(f"{n} {r}" for r, n in sorted(stats.quarantined.items()))
     observed.say(
         f"envelope-mq consume: {stats.handled} message(s) from {args.queue!r}; "
-        f"quarantined: {quarantined or 'none'}; requeued: {stats.requeued}",
+        f"quarantined: {quarantined or 'none'}; requeued: {stats.requeued}"
+        + ("" if cursor is None else f"; stream position: {cursor.position}"),
         event="consumer_stopped",
         queue=args.queue,
         count=stats.handled,
@@ -269,7 +329,8 @@ def register_replay(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="REASON",
         help=(
             "move only messages quarantined for REASON (malformed, undecryptable, "
-            "context-denied, key-denied, key-mismatch, kms-rejected, "
+            "context-denied, key-denied, key-mismatch, kms-rejected, key-disabled, "
+            "key-pending-deletion, "
             "handler-error, expired); repeatable"
         ),
     )

@@ -30,6 +30,7 @@ from envelope_mq.shared.errors import (
     KmsUnavailableError,
 )
 from envelope_mq.shared.kms import is_permission_refusal
+from envelope_mq.shared.kms.failures import key_state_refusal
 
 __all__ = [
     "ACK",
@@ -78,6 +79,9 @@ class Reason(enum.StrEnum):
     EXPIRED = "expired"  # older than max_age (replay protection, freshness.py)
     KEY_MISMATCH = "key-mismatch"  # x-emq-key-id is not the key KMS unwrapped with
     KEY_DENIED = "key-denied"  # under a master key the allowed-key policy omits
+    # KMS will not use the master key at all (crypto-shredding, docs/streams.md):
+    KEY_DISABLED = "key-disabled"  # DisableKey; EnableKey brings it back
+    KEY_PENDING_DELETION = "key-pending-deletion"  # CancelKeyDeletion brings it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,10 @@ _KEY_MISMATCH = Outcome(Verdict.QUARANTINE, Reason.KEY_MISMATCH)
 _CONTEXT_DENIED = Outcome(Verdict.QUARANTINE, Reason.CONTEXT_DENIED)
 _KEY_DENIED = Outcome(Verdict.QUARANTINE, Reason.KEY_DENIED)
 _HANDLER_ERROR = Outcome(Verdict.QUARANTINE, Reason.HANDLER_ERROR)
+_KEY_STATE_REASONS = {
+    "disabled": Reason.KEY_DISABLED,
+    "pending-deletion": Reason.KEY_PENDING_DELETION,
+}
 
 
 def handle(
@@ -209,6 +217,9 @@ def admit(
                 cause=f"this consumer may not Decrypt under {header.key_id}, "
                 "a key its --allow-key policy lists (RAM policy)",
             )
+        state = key_state_refusal(exc.code)
+        if state is not None:
+            return Outcome(Verdict.QUARANTINE, _KEY_STATE_REASONS[state], exc.code)
         return Outcome(Verdict.QUARANTINE, Reason.KMS_REJECTED, exc.code)
     # What counts is the key KMS reported, not the header's claim.
     if key_policy and not key_policy.permits(opened.key_id, opened.context):

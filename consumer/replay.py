@@ -39,7 +39,9 @@ __all__ = ["ReplayResult", "replay_quarantine"]
 logger = logging.getLogger(__name__)
 
 # Headers the broker adds on its own; a replayed message starts afresh.
-_BROKER_HEADERS = frozenset({"x-delivery-count", "x-death", "x-first-death-queue"})
+_BROKER_HEADERS = frozenset(
+    {"x-delivery-count", "x-death", "x-first-death-queue", "x-stream-offset"}
+)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from envelope_mq.consumer.header_frames import (
 )
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.outcome import Outcome
+from envelope_mq.consumer.streams import StreamCursor, stream_offset
 from envelope_mq.shared.amqp import (
     ConnectionOptions,
     Topology,
@@ -46,6 +47,7 @@ __all__ = [
     "QUARANTINE_KMS_CODE_HEADER",
     "QUARANTINE_QUEUE_HEADER",
     "QUARANTINE_REASON_HEADER",
+    "QUARANTINE_STREAM_OFFSET_HEADER",
     "QUARANTINE_TIME_HEADER",
     "BlockingTransport",
     "copy_properties",
@@ -62,6 +64,8 @@ QUARANTINE_KMS_CODE_HEADER = "x-emq-quarantine-kms-code"
 QUARANTINE_DETAIL_HEADER = "x-emq-quarantine-detail"  # a handler's Reject reason
 QUARANTINE_QUEUE_HEADER = "x-emq-quarantine-queue"
 QUARANTINE_TIME_HEADER = "x-emq-quarantine-time"
+# Where in its stream the quarantined message stays (a stream drops nothing).
+QUARANTINE_STREAM_OFFSET_HEADER = "x-emq-quarantine-stream-offset"
 # What was dropped or rewritten on the way to quarantine (a malformed header).
 QUARANTINE_DEFECTS_HEADER = "x-emq-quarantine-defects"
 _MAX_DEFECTS_SHOWN = 10
@@ -74,6 +78,11 @@ class BlockingTransport:
     Not thread-safe: pika's BlockingConnection belongs to the thread using it.
     Every method may raise pika exceptions; callers run them inside
     :meth:`errors`, which turns them into ``BrokerError``.
+
+    On a stream (``topology.is_stream``) each (re)subscription starts where
+    ``cursor`` says, and nothing is ever nacked: RabbitMQ closes the
+    connection on a basic.nack on a stream (540 NOT_IMPLEMENTED), and an ack
+    there only returns credit.
     """
 
     def __init__(
@@ -84,11 +93,15 @@ class BlockingTransport:
         prefetch: int = 1000,
         ack_batch: int = 50,
         options: ConnectionOptions | None = None,
+        cursor: StreamCursor | None = None,
     ) -> None:
         if prefetch < 1 or not 1 <= ack_batch <= prefetch:
             raise ValueError("need prefetch >= 1 and 1 <= ack_batch <= prefetch")
+        if topology.is_stream and cursor is None:
+            cursor = StreamCursor()
         self._urls = urls
         self._topology = topology
+        self.cursor = cursor if topology.is_stream else None
         self._prefetch = prefetch
         self._ack_batch = ack_batch
         self._options = options
@@ -126,7 +139,12 @@ class BlockingTransport:
                 self._unacked_tag = self._unacked = 0
                 self.pending.clear()
                 channel.basic_consume(
-                    self._topology.queue, self._on_message, auto_ack=False
+                    self._topology.queue,
+                    self._on_message,
+                    auto_ack=False,
+                    arguments=(
+                        None if self.cursor is None else self.cursor.consume_arguments()
+                    ),
                 )
         except BaseException:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
@@ -216,7 +234,9 @@ class BlockingTransport:
             self._unacked = 0
 
     def requeue(self, delivery: Delivery) -> None:
-        """Return ``delivery`` to its queue, for another try."""
+        """Return ``delivery`` to its queue, for another try (not on a stream)."""
+        if self.cursor is not None:
+            raise RuntimeError("a stream cannot requeue: retry in place instead")
         self._channel.basic_nack(delivery.delivery_tag, multiple=False, requeue=True)
 
     def quarantine(self, delivery: Delivery, outcome: Outcome) -> None:
@@ -231,6 +251,9 @@ class BlockingTransport:
             self._topology.queue,
             time.time(),
             budget=self._header_budget,
+            stream_offset=(
+                None if self.cursor is None else stream_offset(delivery.headers)
+            ),
         )
         self._confirm_channel.basic_publish(
             "",
@@ -258,8 +281,9 @@ class BlockingTransport:
                     channel.basic_cancel(tag)
                 if self._unacked:
                     channel.basic_ack(self._unacked_tag, multiple=True)
-                # delivery tag 0 with multiple: every delivery still outstanding
-                channel.basic_nack(0, multiple=True, requeue=True)
+                if self.cursor is None:
+                    # delivery tag 0 with multiple: every delivery outstanding
+                    channel.basic_nack(0, multiple=True, requeue=True)
             if connection.is_open:
                 connection.close()
         except (pika.exceptions.AMQPError, OSError) as exc:
@@ -290,6 +314,7 @@ def quarantine_properties(
     now: float,
     *,
     budget: int = header_frame_budget(4096),
+    stream_offset: int | None = None,
 ) -> pika.BasicProperties:
     """The original properties with the quarantine headers added, persistent.
 
@@ -298,7 +323,8 @@ def quarantine_properties(
     Header values pika cannot encode (floats) are written as text, and when
     the copy's property list would exceed ``budget`` bytes (one frame) the
     original headers are dropped; ``x-emq-quarantine-defects`` says what was
-    dropped or rewritten, the decoder's ``defects`` first.
+    dropped or rewritten, the decoder's ``defects`` first. ``stream_offset``
+    (a stream's delivery) becomes ``x-emq-quarantine-stream-offset``.
     """
     if not isinstance(original, ContentProperties | pika.BasicProperties):
         raise TypeError("quarantine needs the delivery's properties")
@@ -309,6 +335,8 @@ def quarantine_properties(
         if not name.startswith(QUARANTINE_HEADER_PREFIX)
     }
     ours = quarantine_headers({}, outcome, queue, now)
+    if stream_offset is not None:
+        ours[QUARANTINE_STREAM_OFFSET_HEADER] = stream_offset
     properties = copy_properties(original, {**kept, **ours, **_described(notes)})
     if kept and _encoded_size(properties) > budget:
         notes.append(

@@ -15,6 +15,11 @@ The loop pulls deliveries off the transport in order, asks
 - RETRY_LATER (KMS unavailable): held unacknowledged while the loop backs off,
   servicing heartbeats, and retries the same message until KMS answers.
 
+On a stream (``topology.queue_type == "stream"``) nothing can be requeued:
+REQUEUE and RETRY run the handler again in place, with backoff (REQUEUE still
+counted against ``max_deliveries``), and the :class:`StreamCursor` follows the
+offset of every delivery settled (consumer/streams.py).
+
 A lost connection is re-established with backoff through the broker URL list;
 what was unacknowledged comes back from the broker (at-least-once).
 """
@@ -46,6 +51,7 @@ from envelope_mq.consumer.outcome import (
     handle,
 )
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.streams import StreamCursor
 from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
@@ -53,6 +59,7 @@ from envelope_mq.shared.envelope import Opener
 from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
+    ConfigError,
     KmsCallerError,
 )
 from envelope_mq.shared.keycache import UnwrapCache
@@ -68,6 +75,10 @@ _POLL_SECONDS = 0.25
 # A connection that lived less than this before it was lost "died young".
 _STABLE_SECONDS = 10.0
 _COMPONENT = "consumer"  # in metrics labels, health checks and log lines
+# Verdicts after which a delivery is done with: a stream position may pass it.
+_SETTLED = frozenset({Verdict.ACK, Verdict.DUPLICATE, Verdict.QUARANTINE})
+# What a stream cannot requeue: the handler runs again in place instead.
+_IN_PLACE = frozenset({Verdict.REQUEUE, Verdict.RETRY})
 
 
 @dataclass
@@ -111,6 +122,11 @@ class EncryptedConsumer:
     ``metrics`` (a ``shared.observability.Metrics``) records every outcome,
     the connection's state and the loop's liveness; without it nothing is
     recorded and nothing is spent on it.
+
+    A stream topology is read from where ``stream`` (a
+    :class:`~consumer.streams.StreamCursor`) says: its offset spec the first
+    time, then after the offset last committed to its store. Without one the
+    consumer reads from ``next`` and keeps its position in memory only.
     """
 
     def __init__(
@@ -134,9 +150,14 @@ class EncryptedConsumer:
         max_skew: float = DEFAULT_MAX_SKEW,
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
+        stream: StreamCursor | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
+        if stream is not None and not topology.is_stream:
+            raise ConfigError(
+                f"a stream position needs a stream queue, not {topology.queue_type}"
+            )
         self._urls = split_urls(urls)
         self._topology = topology
         self._metrics = NULL_METRICS if metrics is None else metrics
@@ -158,7 +179,10 @@ class EncryptedConsumer:
             # a batch never holds back more than a quarter of the window
             ack_batch=max(1, min(ack_batch, prefetch // 4)),
             options=connection_options,
+            cursor=stream,
         )
+        #: The stream position (None unless the queue is a stream).
+        self.cursor = self._transport.cursor
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
         self._owned_kms: KmsClient | None = None  # made by from_settings
@@ -195,6 +219,7 @@ class EncryptedConsumer:
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
         max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
+        stream: StreamCursor | None = None,
     ) -> EncryptedConsumer:
         """Wire the KMS client, the unwrap cache and the opener from ``settings``.
 
@@ -238,6 +263,7 @@ class EncryptedConsumer:
                 max_skew=max_skew,
                 dedup_window=dedup_window,
                 metrics=metrics,
+                stream=stream,
             )
         except BaseException:
             if owned is not None:
@@ -287,6 +313,7 @@ class EncryptedConsumer:
         """
         was_connected, self._connected = self._connected, False
         self._transport.close()
+        self._commit_position()
         if self._owned_kms is not None:
             # Releases the KMS client's pooled sockets; a later run() opens
             # new ones.
@@ -379,6 +406,7 @@ class EncryptedConsumer:
                     # Reached at least once per prefetch window, busy or idle.
                     self._metrics.alive(_COMPONENT)
                     transport.flush_acks()
+                    self._commit_position()
                     transport.pump(_POLL_SECONDS)
                     if not transport.consuming:
                         raise BrokerUnavailableError(
@@ -401,12 +429,57 @@ class EncryptedConsumer:
             self._metrics.handled()
             if delivery.redelivered:
                 self._counter.settled(delivery)
-        elif verdict is Verdict.RETRY_LATER:
-            outcome = self._hold(transport, delivery, deliveries)
-            if outcome.verdict is not Verdict.RETRY_LATER:  # else: stopping
-                self._apply_settled(transport, delivery, deliveries, outcome)
-        else:
-            self._apply_settled(transport, delivery, deliveries, outcome)
+            if self.cursor is not None:
+                self.cursor.settled(delivery.headers)
+            return
+        while True:  # until the delivery is settled, or we are stopping
+            verdict = outcome.verdict
+            if verdict is Verdict.RETRY_LATER:
+                outcome = self._hold(transport, delivery, deliveries)
+                if outcome.verdict is Verdict.RETRY_LATER:
+                    return  # stopping
+            elif self.cursor is not None and verdict in _IN_PLACE:
+                outcome, deliveries = self._retry_in_place(
+                    transport, delivery, deliveries, outcome
+                )
+                if outcome.verdict in _IN_PLACE:
+                    return  # stopping: the position stays before this delivery
+            else:
+                break
+        self._apply_settled(transport, delivery, deliveries, outcome)
+
+    def _retry_in_place(
+        self,
+        transport: BlockingTransport,
+        delivery: Delivery,
+        deliveries: int,
+        outcome: Outcome,
+    ) -> tuple[Outcome, int]:
+        """A stream's requeue: run the handler again on the same delivery.
+
+        A stream cannot take a message back, and skipping it would lose it;
+        so the delivery is tried again here, after the backoff, each REQUEUE
+        counted against ``max_deliveries`` (after which it is quarantined as
+        handler-error), each RETRY not. Later deliveries wait, as they would
+        behind a requeued message at the head of a queue.
+        """
+        delays = self._kms_backoff.delays()
+        while outcome.verdict in _IN_PLACE:
+            if outcome.verdict is Verdict.REQUEUE:
+                self.stats.requeued += 1
+                deliveries += 1
+            else:
+                self.stats.retried += 1
+            self._metrics.requeued()
+            transport.sleep(next(delays), self._stop_requested)
+            if self._stopping:
+                break
+            outcome = self._outcome(delivery, deliveries)
+        return outcome, deliveries
+
+    def _commit_position(self) -> None:
+        if self.cursor is not None:
+            self.cursor.commit()
 
     def _outcome(self, delivery: Delivery, deliveries: int) -> Outcome:
         return handle(
@@ -475,6 +548,8 @@ class EncryptedConsumer:
             self._counter.settled(delivery)
             self.stats.quarantined[str(reason)] += 1
             self._metrics.quarantined(str(reason))
+        if self.cursor is not None and verdict in _SETTLED:
+            self.cursor.settled(delivery.headers)
 
     def _halt(self, transport: BlockingTransport, outcome: Outcome) -> NoReturn:
         """Stop: KMS refuses this consumer, whichever message it is given.

@@ -27,6 +27,7 @@ from envelope_mq.shared.errors import (
 __all__ = [
     "DEFAULT_EXCHANGE",
     "QUARANTINE_SUFFIX",
+    "QUEUE_TYPES",
     "ConnectionOptions",
     "QueueType",
     "Topology",
@@ -42,7 +43,8 @@ __all__ = [
 DEFAULT_EXCHANGE = "envelope-mq"
 QUARANTINE_SUFFIX = ".quarantine"
 
-QueueType = Literal["classic", "quorum"]
+QueueType = Literal["classic", "quorum", "stream"]
+QUEUE_TYPES: tuple[QueueType, ...] = ("classic", "quorum", "stream")
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,13 @@ class Topology:
 
     Declared idempotently by both sides, so whichever starts first creates it
     and a producer started before any consumer loses nothing.
+
+    A ``stream`` queue keeps what it holds until its retention drops it
+    (``x-max-age``, ``x-max-length-bytes`` in ``queue_arguments``): its
+    quarantine queue is a classic queue instead, declared with
+    ``quarantine_arguments``, since quarantined copies are read once and
+    acknowledged. ``quarantine_arguments`` left None means ``queue_arguments``
+    for the other types.
     """
 
     queue: str
@@ -161,15 +170,16 @@ class Topology:
     # Extra queue arguments for both queues, e.g. {"x-expires": 60000} in tests.
     queue_arguments: Mapping[str, Any] = field(default_factory=dict)
     exchange_auto_delete: bool = False
+    quarantine_arguments: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.queue:
             raise ConfigError("queue name must not be empty")
         if not self.exchange:
             raise ConfigError("exchange name must not be empty")
-        if self.queue_type not in ("classic", "quorum"):
+        if self.queue_type not in QUEUE_TYPES:
             raise ConfigError(
-                f"queue type must be classic or quorum: {self.queue_type}"
+                f"queue type must be classic, quorum or stream: {self.queue_type}"
             )
 
     @property
@@ -182,9 +192,22 @@ class Topology:
         """Name of the queue that receives messages which cannot be opened."""
         return self.queue + QUARANTINE_SUFFIX
 
+    @property
+    def is_stream(self) -> bool:
+        """Whether the queue is a RabbitMQ stream (read by offset, never emptied)."""
+        return self.queue_type == "stream"
+
     def queue_declare_arguments(self) -> dict[str, Any]:
-        """The ``arguments`` table both queues are declared with."""
+        """The ``arguments`` table the queue is declared with."""
         return {"x-queue-type": self.queue_type, **self.queue_arguments}
+
+    def quarantine_declare_arguments(self) -> dict[str, Any]:
+        """The ``arguments`` table the quarantine queue is declared with."""
+        if self.is_stream:
+            return {"x-queue-type": "classic", **(self.quarantine_arguments or {})}
+        if self.quarantine_arguments is None:
+            return self.queue_declare_arguments()
+        return {"x-queue-type": self.queue_type, **self.quarantine_arguments}
 
     def declare(self, channel: Any) -> None:
         """Declare everything on a ``BlockingChannel``; raises BrokerError."""
@@ -219,14 +242,13 @@ class Topology:
                 "auto_delete": self.exchange_auto_delete,
             },
         )
-        for name in (self.queue, self.quarantine_queue):
+        for name, arguments in (
+            (self.queue, self.queue_declare_arguments()),
+            (self.quarantine_queue, self.quarantine_declare_arguments()),
+        ):
             yield (
                 "queue_declare",
-                {
-                    "queue": name,
-                    "durable": True,
-                    "arguments": self.queue_declare_arguments(),
-                },
+                {"queue": name, "durable": True, "arguments": arguments},
             )
         yield (
             "queue_bind",

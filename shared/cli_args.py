@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from envelope_mq.shared.amqp import DEFAULT_EXCHANGE, Topology
+from envelope_mq.shared.amqp import DEFAULT_EXCHANGE, QUEUE_TYPES, Topology
 
 __all__ = [
     "add_topology_arguments",
@@ -76,7 +76,7 @@ def add_topology_arguments(
         exchange()
     parser.add_argument(
         "--queue-type",
-        choices=("classic", "quorum"),
+        choices=QUEUE_TYPES,
         default="classic",
         help=queue_type_help,
     )

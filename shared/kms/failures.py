@@ -17,11 +17,14 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "HINTS",
     "HTTP_ERROR",
+    "KEY_DISABLED",
+    "KEY_PENDING_DELETION",
     "READ_TIMEOUT",
     "TLS_FAILED",
     "TLS_UNTRUSTED",
     "is_throttling",
     "is_transient",
+    "key_state_refusal",
     "network_code",
     "surely_not_processed",
 ]
@@ -44,6 +47,26 @@ HINTS = {
     TLS_FAILED: " (no TLS session: is the endpoint really HTTPS?)",
     CONNECT_FAILED: " (nothing answers there: check KMS_ENDPOINT and the network)",
 }
+
+# The master key itself cannot be used (kms-api.md, key-state matrix): every
+# ciphertext under it is unreadable until it is enabled again, and for good
+# once the pending window ends. What crypto-shredding does to a key. A key
+# deleted at the end of its window answers Forbidden.KeyNotFound, as a key of
+# another account does: not a key state, and left out here.
+KEY_DISABLED = "Rejected.Disabled"  # 409, DisableKey
+KEY_PENDING_DELETION = "Rejected.PendingDeletion"  # 409, ScheduleKeyDeletion
+_KEY_STATES = {
+    KEY_DISABLED: "disabled",
+    KEY_PENDING_DELETION: "pending-deletion",
+    # Older KMS documentation spells the code so; the service may too.
+    "Rejetced.PendingDeletion": "pending-deletion",
+}
+
+
+def key_state_refusal(code: str) -> str | None:
+    """``disabled`` or ``pending-deletion`` when ``code`` says the master key
+    cannot be used now, whatever the request; else None."""
+    return _KEY_STATES.get(code)
 
 
 def network_code(text: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from envelope_mq import credentials, kms_output
+from envelope_mq import credentials, kms_output, shred_cli
 from envelope_mq.shared.errors import KmsError, MessagingError
 
 __all__ = [
@@ -295,6 +295,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             allow_abbrev=False,
         )
         _add_params(api, command, kebab=False)
+    # Crypto-shredding: two API calls each, so commands of their own.
+    shred_cli.register_commands(commands, lambda p: _add_common(p, suppress=True))
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:

@@ -127,7 +127,7 @@ def test_queue_arguments_carry_the_type_and_the_extras() -> None:
 
 @pytest.mark.parametrize(
     ("queue", "exchange", "queue_type"),
-    [("", "x", "classic"), ("q", "", "classic"), ("q", "x", "stream")],
+    [("", "x", "classic"), ("q", "", "classic"), ("q", "x", "lazy")],
 )
 def test_invalid_topologies_are_config_errors(
     queue: str, exchange: str, queue_type: Any

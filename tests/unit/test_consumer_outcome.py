@@ -462,3 +462,23 @@ def test_without_a_key_policy_a_permission_refusal_is_quarantined(
     provider.fail_with(KmsRequestError("refused", code="Forbidden.NoPermission"))
     outcome = handle(delivery, opener, Recorder(), policy=OPEN_POLICY)
     assert outcome.reason is Reason.KMS_REJECTED
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("Rejected.Disabled", Reason.KEY_DISABLED),
+        ("Rejected.PendingDeletion", Reason.KEY_PENDING_DELETION),
+        ("Rejetced.PendingDeletion", Reason.KEY_PENDING_DELETION),  # older docs
+        ("Forbidden.KeyNotFound", Reason.KMS_REJECTED),  # or another account's key
+    ],
+)
+def test_a_master_key_that_kms_will_not_use_says_so(
+    provider: InMemoryKeyProvider, opener: Opener, code: str, reason: Reason
+) -> None:
+    delivery = seal(provider)
+    provider.fail_with(KmsRequestError("refused", code=code, http_status=409))
+    outcome = handle(delivery, opener, Recorder(), policy=OPEN_POLICY)
+    assert outcome.verdict is Verdict.QUARANTINE
+    assert outcome.reason is reason
+    assert outcome.kms_code == code

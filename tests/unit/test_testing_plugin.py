@@ -137,6 +137,7 @@ def test_the_opt_in_plugin_loads_without_unix_only_modules_and_prefixes_fixtures
         "emq_kms",
         "emq_amqp_names",
         "emq_amqp_topology",
+        "emq_stream_topology",
         "emq_rabbitmq_proxy",
         "emq_rabbitmq_node",
         "emq_rabbitmq_url",

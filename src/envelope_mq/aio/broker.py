@@ -86,12 +86,13 @@ async def declare(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> 
             durable=True,
             auto_delete=topology.exchange_auto_delete,
         )
-        arguments = topology.queue_declare_arguments()
         queue = await channel.declare_queue(
-            topology.queue, durable=True, arguments=arguments
+            topology.queue, durable=True, arguments=topology.queue_declare_arguments()
         )
         await channel.declare_queue(
-            topology.quarantine_queue, durable=True, arguments=arguments
+            topology.quarantine_queue,
+            durable=True,
+            arguments=topology.quarantine_declare_arguments(),
         )
         await queue.bind(exchange, routing_key=topology.binding_key)
     except aiormq.exceptions.ChannelClosed as exc:

@@ -140,6 +140,26 @@ def emq_amqp_topology(emq_amqp_names: AmqpNames) -> Topology:
 
 
 @pytest.fixture
+def emq_stream_topology(emq_amqp_names: AmqpNames) -> Topology:
+    """A stream topology on this test's names (``x-queue-type: stream``).
+
+    A stream cannot expire: it is deleted after the test (emq_amqp_names), and
+    its retention (one hour, 100 MB) bounds what a killed test run leaves.
+    Its quarantine queue is a classic queue that expires.
+    """
+    from envelope_mq.shared.amqp import Topology
+
+    return Topology(
+        queue=emq_amqp_names.queue,
+        exchange=emq_amqp_names.exchange,
+        queue_type="stream",
+        queue_arguments={"x-max-age": "1h", "x-max-length-bytes": 100_000_000},
+        quarantine_arguments={"x-expires": QUEUE_EXPIRES_MS},
+        exchange_auto_delete=True,
+    )
+
+
+@pytest.fixture
 def emq_rabbitmq_proxy(emq_rabbitmq_url: str) -> Iterator[FaultProxy]:
     """A fault proxy in front of the session broker; ``rewrite(url)`` routes to it."""
     from urllib.parse import urlsplit
