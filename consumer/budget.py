@@ -48,11 +48,23 @@ class DecryptBudget:
         self._provider = provider
         self.rate = rate
         self.burst = max(1.0, rate if burst is None else burst)
+        self._bucket = _Bucket(self.burst, clock())
         self._clock = clock
-        self._tokens = self.burst
-        self._last = clock()
-        self._lock = threading.Lock()
-        self.deferred = 0  # calls refused for the budget, since made
+
+    @property
+    def deferred(self) -> int:
+        """Calls refused for the budget since it was made (shared ones too)."""
+        return self._bucket.deferred
+
+    def sharing(self, provider: KeyProvider) -> DecryptBudget:
+        """A budget for ``provider`` (another KMS region) spending this one's calls.
+
+        A flood of unknown wrapped keys then costs at most ``rate`` Decrypt
+        calls per second whatever region each names.
+        """
+        twin = DecryptBudget(provider, self.rate, burst=self.burst, clock=self._clock)
+        twin._bucket = self._bucket
+        return twin
 
     def __repr__(self) -> str:
         return f"DecryptBudget({self._provider!r}, rate={self.rate})"
@@ -79,13 +91,26 @@ class DecryptBudget:
         return self._provider.decrypt_data_key(wrapped, context)
 
     def _take(self) -> bool:
-        with self._lock:
+        bucket = self._bucket
+        with bucket.lock:
             now = self._clock()
-            elapsed = max(0.0, now - self._last)
-            self._last = now
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
+            elapsed = max(0.0, now - bucket.last)
+            bucket.last = now
+            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
                 return True
-            self.deferred += 1
+            bucket.deferred += 1
             return False
+
+
+class _Bucket:
+    """The tokens of one budget, shared by the providers it bounds."""
+
+    __slots__ = ("deferred", "last", "lock", "tokens")
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.tokens = tokens
+        self.last = now
+        self.lock = threading.Lock()
+        self.deferred = 0

@@ -30,11 +30,13 @@ from envelope_mq.consumer.streams import (
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared.amqp import redact_url
 from envelope_mq.shared.cli_args import (
+    add_region_arguments,
     add_topology_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    settings_with_regions,
     topology_from_args,
 )
 from envelope_mq.shared.config import Settings
@@ -48,6 +50,7 @@ from envelope_mq.shared.kms.credentials import CHAIN_HELP
 from envelope_mq.shared.observability import add_observability_arguments, observability
 from envelope_mq.shared.observability.metrics import KMS_COMPONENT
 from envelope_mq.shared.observability.service import Observability
+from envelope_mq.shared.regions import consumer_regions
 
 __all__ = ["register", "register_replay", "stream_cursor"]
 
@@ -184,6 +187,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "stopping): the most a crash makes the next run read again "
         "(default: %(default)s)",
     )
+    add_region_arguments(parser, writer=False)
     add_observability_arguments(parser)
     parser.set_defaults(run=run_consume)
 
@@ -220,7 +224,7 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
 def run_consume(args: argparse.Namespace) -> int:
     """Run ``envelope-mq consume``; the exit code."""
     try:
-        settings = Settings.from_env()
+        settings = settings_with_regions(Settings.from_env(), args)
         policy = ContextPolicy.parse(args.allow_context)
         key_policy = KeyPolicy.parse(args.allow_key)
         cursor = stream_cursor(args)
@@ -228,9 +232,13 @@ def run_consume(args: argparse.Namespace) -> int:
             observability(args, "envelope-mq consume") as observed,
             _output(args.output) as stream,
         ):
-            kms = kms_from_settings(settings)
+            # Several regions: the consumer makes a client per region and
+            # finds out which answer as messages need them.
+            regional = len(consumer_regions(settings)) > 1
+            kms = None if regional else kms_from_settings(settings)
             try:
-                _check_kms(kms, observed)
+                if kms is not None:
+                    _check_kms(kms, observed)
                 writer = JsonLinesWriter(stream)
                 consumer = EncryptedConsumer.from_settings(
                     settings,
@@ -265,7 +273,8 @@ def run_consume(args: argparse.Namespace) -> int:
                 )
                 return 1
             finally:
-                kms.close()
+                if kms is not None:
+                    kms.close()
     except MessagingError as exc:  # before logging was set up
         print(f"envelope-mq consume: {exc}", file=sys.stderr)
         return 1

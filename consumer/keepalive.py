@@ -55,14 +55,41 @@ class KeepAliveProvider:
         self, wrapped: str, context: Mapping[str, str]
     ) -> UnwrappedKey:
         """Unwrap through the provider, servicing the connection meanwhile."""
+        return self.unwrap_with(self._provider, wrapped, context)
+
+    def sharing(self, provider: KeyProvider) -> KeyProvider:
+        """Another provider (another KMS region) kept alive by this one's pump."""
+        return _Sibling(self, provider)
+
+    def unwrap_with(
+        self, provider: KeyProvider, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        """``provider.decrypt_data_key``, servicing the connection meanwhile."""
         waiter = self._waiter
         if waiter is None or threading.current_thread() is not self._owner:
-            return self._provider.decrypt_data_key(wrapped, context)
+            return provider.decrypt_data_key(wrapped, context)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="emq-kms")
-        future = self._executor.submit(
-            self._provider.decrypt_data_key, wrapped, context
-        )
+        future = self._executor.submit(provider.decrypt_data_key, wrapped, context)
         while not future.done():
             waiter(_PUMP_SECONDS)
         return future.result()
+
+
+class _Sibling:
+    """A provider whose Decrypt calls go through another's keep-alive pump."""
+
+    def __init__(self, keeper: KeepAliveProvider, provider: KeyProvider) -> None:
+        self._keeper = keeper
+        self._provider = provider
+
+    def __repr__(self) -> str:
+        return f"KeepAliveProvider({self._provider!r})"
+
+    def generate_data_key(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        return self._provider.generate_data_key(key_id, context)
+
+    def decrypt_data_key(
+        self, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
+        return self._keeper.unwrap_with(self._provider, wrapped, context)

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import NoReturn, Self
 
 from envelope_mq.consumer.backoff import Backoff
-from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
 from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
 from envelope_mq.consumer.keepalive import KeepAliveProvider
@@ -53,6 +53,7 @@ from envelope_mq.consumer.outcome import (
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.streams import StreamCursor
 from envelope_mq.consumer.transport import BlockingTransport
+from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import Opener
@@ -62,8 +63,7 @@ from envelope_mq.shared.errors import (
     ConfigError,
     KmsCallerError,
 )
-from envelope_mq.shared.keycache import UnwrapCache
-from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.kms import KeyProvider
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["ConsumerStats", "EncryptedConsumer"]
@@ -185,7 +185,7 @@ class EncryptedConsumer:
         self.cursor = self._transport.cursor
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
-        self._owned_kms: KmsClient | None = None  # made by from_settings
+        self._owned_kms: Closeable | None = None  # made by from_settings
         self._connected = False
         self._connected_at = 0.0
         self._short_lived = 0
@@ -225,40 +225,42 @@ class EncryptedConsumer:
 
         Does no I/O; :meth:`connect`, ``with`` or :meth:`run` connects.
         ``provider`` replaces the KMS client made from ``settings`` (the caller
-        keeps closing it). With ``metrics``, KMS calls and the cache are
+        keeps closing it). Without it, settings that name more than one KMS
+        region (``kms_regions``, ``kms_region_endpoints``) make one client and
+        one unwrap cache per region, asked in that order (shared/regions.py).
+        With ``metrics``, KMS calls and the cache are
         recorded too. ``max_decrypt_rate`` bounds the KMS Decrypt calls per
         second that data keys not in the cache may cost (consumer/budget.py).
         The other arguments are the constructor's.
         """
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: KmsClient | None = None
-        if provider is None:
-            provider = owned = kms_from_settings(settings)
-        kms = KeepAliveProvider(hooks.instrument_provider(provider))
+        # One KMS, or one per region (KMS_REGIONS / KMS_REGION_ENDPOINTS).
         # Only cache misses reach the budget: a flood of unknown wrapped keys
         # waits its turn instead of spending the KMS quota (budget.py).
-        cache = UnwrapCache(
-            DecryptBudget(kms, max_decrypt_rate),
-            max_entries=settings.key_cache_size,
-            ttl=settings.key_cache_ttl,
+        wiring = unwrapping_from_settings(
+            settings,
+            hooks,
+            provider=provider,
+            max_decrypt_rate=max_decrypt_rate,
+            keep_alive=True,
         )
-        hooks.watch_cache(cache)
+        owned = wiring.owned
         try:
             consumer = cls(
                 settings.rabbitmq_urls,
                 topology,
-                Opener(cache),
+                Opener(wiring.unwrapper),
                 handler,
                 prefetch=prefetch,
                 ack_batch=ack_batch,
                 max_deliveries=max_deliveries,
                 policy=policy,
                 key_policy=key_policy,
-                key_resolver=provider if isinstance(provider, KeyResolver) else None,
+                key_resolver=wiring.resolver,
                 kms_backoff=kms_backoff,
                 reconnect_backoff=reconnect_backoff,
                 connection_options=connection_options,
-                keep_alive=kms,
+                keep_alive=wiring.keep_alive,
                 max_age=max_age,
                 max_skew=max_skew,
                 dedup_window=dedup_window,

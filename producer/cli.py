@@ -17,8 +17,10 @@ from typing import Any, BinaryIO
 from envelope_mq.producer.publisher import EncryptedPublisher
 from envelope_mq.shared.amqp import redact_url
 from envelope_mq.shared.cli_args import (
+    add_region_arguments,
     add_topology_arguments,
     positive_float,
+    settings_with_regions,
     topology_from_args,
 )
 from envelope_mq.shared.config import Settings
@@ -97,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "counts (default: exit at once)"
         ),
     )
+    add_region_arguments(parser, writer=True)
     add_observability_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     status = _produce(
                         args,
-                        Settings.from_env(),
+                        settings_with_regions(Settings.from_env(), args),
                         sys.stdin.buffer,
                         observed,
                         tally,

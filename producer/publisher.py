@@ -27,8 +27,9 @@ from envelope_mq.shared.errors import (
     PublishNotConfirmedError,
 )
 from envelope_mq.shared.keycache import DataKeyCache
-from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.kms import KeyProvider, KmsClient
 from envelope_mq.shared.observability import NULL_METRICS, MessageSealer, MetricsHooks
+from envelope_mq.shared.regions import RegionClients, writer_keys_from_settings
 
 __all__ = ["EncryptedPublisher", "new_message_id"]
 
@@ -114,7 +115,7 @@ class EncryptedPublisher:
         self._default_sealer = self._new_sealer(context)
         self._sealers: dict[_ContextKey, MessageSealer] = {}
         self._sealers_lock = threading.Lock()
-        self._owned_kms: KmsClient | None = None
+        self._owned_kms: KmsClient | RegionClients | None = None
         if topology is not None:
             declare: Declare | None = topology.declare_async
         elif self._exchange:  # the default exchange "" always exists
@@ -156,9 +157,10 @@ class EncryptedPublisher:
             raise ConfigError(
                 "a KMS master key id is required (KMS_KEY_ID or --key-id)"
             )
-        owned: KmsClient | None = None
+        owned: KmsClient | RegionClients | None = None
         if provider is None:
-            provider = owned = kms_from_settings(settings)
+            # One KMS; with KMS_WRAP_ALSO, a copy of each data key per region.
+            provider, owned = writer_keys_from_settings(settings)
         if metrics is not None:
             provider = metrics.instrument_provider(provider)
         cache = DataKeyCache(

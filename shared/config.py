@@ -99,6 +99,17 @@ class Settings:
     security_token: str | None = field(default=None, repr=False)
     # Without an AccessKey above: the rest of the alibabacloud-credentials chain.
     credential_chain: CredentialSettings = field(default_factory=CredentialSettings)
+    # More than one KMS region (shared/regions.py). Endpoints of other
+    # regions' KMS, by region id; a region not listed is reached at its
+    # public endpoint kms.<region>.aliyuncs.com.
+    kms_region_endpoints: tuple[tuple[str, str], ...] = ()
+    # A reader's regions, in the order it asks them (empty: region_id first,
+    # then those of kms_region_endpoints).
+    kms_regions: tuple[str, ...] = ()
+    # A writer's extra copies of every data key: (region, master key id).
+    kms_wrap_also: tuple[tuple[str, str], ...] = ()
+    # A writer refuses a data key it could not wrap in every region.
+    kms_require_all_copies: bool = False
     data_key_max_age: float = 300.0
     data_key_max_messages: int = 2**24
     key_cache_size: int = 1024
@@ -119,6 +130,19 @@ class Settings:
             raise ConfigError("EMQ_KEY_CACHE_SIZE must be at least 1")
         if not self.key_cache_ttl > 0:
             raise ConfigError("EMQ_KEY_CACHE_TTL must be positive")
+        regions = [r for r, _ in self.kms_region_endpoints]
+        if len(set(regions)) != len(regions):
+            raise ConfigError("KMS_REGION_ENDPOINTS names a region twice")
+        if len(set(self.kms_regions)) != len(self.kms_regions):
+            raise ConfigError("KMS_REGIONS names a region twice")
+        for name, pairs in (
+            ("KMS_REGION_ENDPOINTS", self.kms_region_endpoints),
+            ("KMS_WRAP_ALSO", self.kms_wrap_also),
+        ):
+            if not all(region and value for region, value in pairs):
+                raise ConfigError(f"{name} takes REGION=VALUE,... (none empty)")
+        if not all(self.kms_regions):
+            raise ConfigError("KMS_REGIONS takes REGION,REGION,... (none empty)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -140,11 +164,40 @@ class Settings:
             access_key_secret=env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET") or None,
             security_token=env.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None,
             credential_chain=CredentialSettings.from_env(env),
+            kms_region_endpoints=_pairs(env, "KMS_REGION_ENDPOINTS"),
+            kms_regions=_names(env, "KMS_REGIONS"),
+            kms_wrap_also=_pairs(env, "KMS_WRAP_ALSO"),
+            kms_require_all_copies=_flag(env, "KMS_REQUIRE_ALL_COPIES"),
             data_key_max_age=_number(env, "EMQ_DATA_KEY_MAX_AGE", 300.0),
             data_key_max_messages=_integer(env, "EMQ_DATA_KEY_MAX_MESSAGES", 2**24),
             key_cache_size=_integer(env, "EMQ_KEY_CACHE_SIZE", 1024),
             key_cache_ttl=_number(env, "EMQ_KEY_CACHE_TTL", 3600.0),
         )
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """``a,b,c`` -> ("a", "b", "c"); blanks around names dropped."""
+    return tuple(n.strip() for n in (env.get(name) or "").split(",") if n.strip())
+
+
+def _pairs(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``a=x,b=y`` -> (("a", "x"), ("b", "y")), in the order written."""
+    pairs = []
+    for item in _names(env, name):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{name} takes REGION=VALUE,..., got {item!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

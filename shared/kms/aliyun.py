@@ -24,6 +24,7 @@ from aliyunsdkcore.http import protocol_type
 from aliyunsdkcore.request import RpcRequest
 from aliyunsdkkms.endpoint import endpoint_data
 from aliyunsdkkms.request.v20160120.DecryptRequest import DecryptRequest
+from aliyunsdkkms.request.v20160120.EncryptRequest import EncryptRequest
 from aliyunsdkkms.request.v20160120.GenerateDataKeyRequest import (
     GenerateDataKeyRequest,
 )
@@ -35,7 +36,12 @@ from envelope_mq.shared.errors import (
     KmsRequestError,
     KmsUnavailableError,
 )
-from envelope_mq.shared.kms.answers import bad_response, data_key, text_field
+from envelope_mq.shared.kms.answers import (
+    bad_response,
+    data_key,
+    data_key_text,
+    text_field,
+)
 from envelope_mq.shared.kms.credentials import Credentials
 from envelope_mq.shared.kms.datakey import (
     DataKey,
@@ -218,6 +224,32 @@ class AliyunKms:
         body = self._send("Decrypt", build, idempotent=True)
         key_id = text_field(body, "KeyId", "Decrypt")
         return UnwrappedKey(data_key(body, "Decrypt"), key_id)
+
+    def wrap_data_key(
+        self, key_id: str, plaintext: bytes, context: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """Encrypt a data key under ``key_id``: (KeyId, CiphertextBlob).
+
+        One more wrapped copy of a key from GenerateDataKey (another region's
+        master key). KMS wraps the key's base64 text, as GenerateDataKey does,
+        so Decrypt of either blob gives back the same Plaintext.
+        """
+        text = data_key_text(plaintext)
+
+        def build() -> RpcRequest:
+            request = EncryptRequest()
+            request.set_KeyId(key_id)
+            request.set_Plaintext(text)
+            if context:
+                request.set_EncryptionContext(canonical_context(context))
+            return request
+
+        # A repeated Encrypt only makes another blob of the same key: harmless.
+        body = self._send("Encrypt", build, idempotent=True)
+        return (
+            text_field(body, "KeyId", "Encrypt"),
+            text_field(body, "CiphertextBlob", "Encrypt"),
+        )
 
     def describe_key_id(self, key: str) -> str:
         """The KeyId of ``key`` (a key id, ``alias/NAME`` or an ARN): DescribeKey.

@@ -11,7 +11,7 @@ from envelope_mq.shared.errors import KmsRequestError, KmsUnavailableError
 from envelope_mq.shared.kms.datakey import DATA_KEY_SIZE
 from envelope_mq.shared.kms.failures import BAD_DATA_KEY, BAD_RESPONSE
 
-__all__ = ["bad_response", "data_key", "text_field"]
+__all__ = ["bad_response", "data_key", "data_key_text", "text_field"]
 
 
 def text_field(body: Mapping[str, Any], name: str, action: str) -> str:
@@ -34,6 +34,18 @@ def data_key(body: Mapping[str, Any], action: str) -> bytes:
     if len(key) != DATA_KEY_SIZE:
         raise _bad_data_key(action)
     return key
+
+
+def data_key_text(key: bytes) -> str:
+    """What Encrypt is given for another copy of a data key: its base64 text.
+
+    GenerateDataKey wraps the key's base64 text (kms-api.md §7), so Decrypt
+    of its blob answers that text; a copy made by Encrypt of the same text
+    decrypts to the same answer, whichever copy a reader unwraps.
+    """
+    if len(key) != DATA_KEY_SIZE:
+        raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
+    return base64.b64encode(key).decode("ascii")
 
 
 def bad_response(action: str) -> KmsUnavailableError:

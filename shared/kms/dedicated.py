@@ -32,7 +32,12 @@ from envelope_mq.shared.errors import (
     KmsRequestError,
     KmsUnavailableError,
 )
-from envelope_mq.shared.kms.answers import bad_response, data_key, text_field
+from envelope_mq.shared.kms.answers import (
+    bad_response,
+    data_key,
+    data_key_text,
+    text_field,
+)
 from envelope_mq.shared.kms.credentials import AccessKey, Credentials
 from envelope_mq.shared.kms.datakey import DataKey, UnwrappedKey, canonical_context
 from envelope_mq.shared.kms.endpoint import parse_endpoint, reach, where
@@ -188,6 +193,27 @@ class DedicatedKms:
         )
         return UnwrappedKey(
             data_key(body, "Decrypt"), text_field(body, "KeyId", "Decrypt")
+        )
+
+    def wrap_data_key(
+        self, key_id: str, plaintext: bytes, context: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """Encrypt a data key under ``key_id``: (KeyId, CiphertextBlob).
+
+        As :meth:`.aliyun.AliyunKms.wrap_data_key`: the key's base64 text is
+        wrapped, so Decrypt gives back what GenerateDataKey's Plaintext was.
+        """
+        request = kms_models.EncryptRequest(
+            key_id=key_id,
+            plaintext=data_key_text(plaintext),
+            encryption_context=_context(context),
+        )
+        body = self._send(
+            "Encrypt", lambda: self._client.encrypt_with_options(request, self._runtime)
+        )
+        return (
+            text_field(body, "KeyId", "Encrypt"),
+            text_field(body, "CiphertextBlob", "Encrypt"),
         )
 
     def describe_key_id(self, key: str) -> str:

@@ -67,6 +67,7 @@ class InMemoryKeyProvider:
         self._failures_left: int | None = None
         self.generate_calls = 0
         self.decrypt_calls = 0
+        self.wrap_calls = 0
 
     def fail_with(self, error: KmsError, *, times: int | None = None) -> None:
         """Fail the next ``times`` calls (every call when None) with ``error``."""
@@ -89,11 +90,26 @@ class InMemoryKeyProvider:
                 self._masters[key_id] = AESGCM.generate_key(256)
             master = self._master(key_id, "GenerateDataKey")
         plaintext = os.urandom(DATA_KEY_SIZE)
-        nonce = os.urandom(12)
-        head = _blob_head(key_id)
-        sealed = AESGCM(master).encrypt(nonce, plaintext, _aad(head, context))
-        wrapped = base64.b64encode(head + nonce + sealed).decode("ascii")
+        wrapped = _wrap(master, key_id, plaintext, context)
         return DataKey(plaintext=plaintext, wrapped=wrapped, key_id=key_id)
+
+    def wrap_data_key(
+        self, key_id: str, plaintext: bytes, context: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """Wrap an existing data key under ``key_id`` too: (key id, blob).
+
+        As KMS Encrypt does for a second region's copy; the blob opens with
+        :meth:`decrypt_data_key` exactly as a generated one does.
+        """
+        if type(plaintext) is not bytes or len(plaintext) != DATA_KEY_SIZE:
+            raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes")
+        with self._lock:
+            self.wrap_calls += 1
+            self._check_failure()
+            if key_id not in self._masters and self._any_key:
+                self._masters[key_id] = AESGCM.generate_key(256)
+            master = self._master(key_id, "Encrypt")
+        return key_id, _wrap(master, key_id, plaintext, context)
 
     def decrypt_data_key(
         self, wrapped: str, context: Mapping[str, str]
@@ -151,6 +167,15 @@ class InMemoryKeyProvider:
                 code="Forbidden.KeyNotFound",
                 http_status=404,
             ) from None
+
+
+def _wrap(
+    master: bytes, key_id: str, plaintext: bytes, context: Mapping[str, str]
+) -> str:
+    nonce = os.urandom(12)
+    head = _blob_head(key_id)
+    sealed = AESGCM(master).encrypt(nonce, plaintext, _aad(head, context))
+    return base64.b64encode(head + nonce + sealed).decode("ascii")
 
 
 def _blob_head(key_id: str) -> bytes:

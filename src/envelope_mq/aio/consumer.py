@@ -55,7 +55,7 @@ from envelope_mq.aio.offload import (
 )
 from envelope_mq.aio.quarantine import quarantine_copy
 from envelope_mq.consumer.backoff import Backoff
-from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
 from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
 from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
@@ -70,6 +70,7 @@ from envelope_mq.consumer.outcome import (
     after_handler,
 )
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
 from envelope_mq.consumer.worker import ConsumerStats
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
@@ -81,8 +82,7 @@ from envelope_mq.shared.errors import (
     MessageNackedError,
     MessageUnroutableError,
 )
-from envelope_mq.shared.keycache import UnwrapCache
-from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.kms import KeyProvider
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["AsyncEncryptedConsumer", "AsyncHandler"]
@@ -203,7 +203,7 @@ class AsyncEncryptedConsumer:
         self._closing: set[asyncio.Future[None]] = set()
         self._flushing: asyncio.Future[None] | None = None
         self._stopping = False
-        self._owned_kms: KmsClient | None = None
+        self._owned_kms: Closeable | None = None
         self.stats = ConsumerStats()
 
     @classmethod
@@ -231,31 +231,32 @@ class AsyncEncryptedConsumer:
         """Wire the KMS client and the unwrap cache from ``settings``; no I/O.
 
         ``provider`` replaces the KMS client made from ``settings`` (the caller
-        keeps closing it). ``max_decrypt_rate`` bounds the Decrypt calls per
-        second that data keys not in the cache may cost (consumer/budget.py).
-        The other arguments are the constructor's.
+        keeps closing it). Without it, settings that name more than one KMS
+        region make one client and cache per region, as
+        :meth:`EncryptedConsumer.from_settings` does. ``max_decrypt_rate``
+        bounds the Decrypt calls per second that data keys not in the cache
+        may cost (consumer/budget.py). The other arguments are the constructor's.
         """
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: KmsClient | None = None
-        if provider is None:
-            provider = owned = kms_from_settings(settings)
+        # One KMS, or one per region (KMS_REGIONS / KMS_REGION_ENDPOINTS).
         # Only cache misses reach the budget (and they run in the KMS threads).
-        cache = UnwrapCache(
-            DecryptBudget(hooks.instrument_provider(provider), max_decrypt_rate),
-            max_entries=settings.key_cache_size,
-            ttl=settings.key_cache_ttl,
+        wiring = unwrapping_from_settings(
+            settings,
+            hooks,
+            provider=provider,
+            max_decrypt_rate=max_decrypt_rate,
+            keep_alive=False,
         )
-        hooks.watch_cache(cache)
         consumer = cls(
             settings.rabbitmq_urls,
             topology,
-            cache,
+            wiring.unwrapper,
             prefetch=prefetch,
             ack_batch=ack_batch,
             max_deliveries=max_deliveries,
             policy=policy,
             key_policy=key_policy,
-            key_resolver=provider if isinstance(provider, KeyResolver) else None,
+            key_resolver=wiring.resolver,
             kms_backoff=kms_backoff,
             reconnect_backoff=reconnect_backoff,
             connection_options=connection_options,
@@ -265,7 +266,7 @@ class AsyncEncryptedConsumer:
             metrics=metrics,
             kms_threads=kms_threads,
         )
-        consumer._owned_kms = owned
+        consumer._owned_kms = wiring.owned
         return consumer
 
     @property

@@ -55,8 +55,9 @@ from envelope_mq.shared.errors import (
     PublishNotConfirmedError,
 )
 from envelope_mq.shared.keycache import DataKeyCache
-from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.kms import KeyProvider, KmsClient
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.shared.regions import RegionClients, writer_keys_from_settings
 
 __all__ = ["AsyncEncryptedPublisher"]
 
@@ -140,7 +141,7 @@ class AsyncEncryptedPublisher:
         self._idle.set()
         self._failed: BrokerError | None = None
         self._closed = False
-        self._owned_kms: KmsClient | None = None
+        self._owned_kms: KmsClient | RegionClients | None = None
         self._published = self._confirmed = self._failures = self._republished = 0
 
     @classmethod
@@ -162,9 +163,10 @@ class AsyncEncryptedPublisher:
             raise ConfigError(
                 "a KMS master key id is required (KMS_KEY_ID or --key-id)"
             )
-        owned: KmsClient | None = None
+        owned: KmsClient | RegionClients | None = None
         if provider is None:
-            provider = owned = kms_from_settings(settings)
+            # One KMS; with KMS_WRAP_ALSO, a copy of each data key per region.
+            provider, owned = writer_keys_from_settings(settings)
         if metrics is not None:
             provider = metrics.instrument_provider(provider)
         cache = DataKeyCache(
