@@ -55,17 +55,23 @@ def test_bench_smoke_run_reports_every_section(
         assert expected in done.stdout
     by_name = {(f["section"], f["name"]): f for f in document["figures"]}
     for side in ("plain pika", "envelope-mq", "envelope-mq, sealing off"):
-        for section in ("throughput: publish, msg/s", "throughput: consume, msg/s"):
-            figure = by_name[(section, side)]
-            assert len(figure["rounds"]) == 1
-            assert figure["value"] > 0
+        for kind in ("classic", "quorum"):
+            for verb in ("publish", "consume"):
+                figure = by_name[(f"throughput: {kind}, {verb}, msg/s", side)]
+                assert len(figure["rounds"]) == 1
+                assert figure["value"] > 0
+    for kind in ("classic", "quorum"):
+        section = f"throughput: {kind}, publish, msg/s"
+        assert (
+            by_name[(section, "pika, plain messages, pipelined confirms")]["value"] > 0
+        )
     latency = next(f for f in document["figures"] if f["name"] == "messages timed")
     assert latency["value"] == 2000
     for side in ("plain aio-pika, confirms", "envelope-mq asyncio"):
         for section in ("asyncio: publish, msg/s", "asyncio: consume, msg/s"):
             assert by_name[(section, side)]["value"] > 0
     names = [t["name"] for t in document["targets"]]
-    assert len(names) == 17, names
+    assert len(names) == 19, names
     for target in document["targets"]:
         assert target["passed"] in (True, False)
     # Only the AWS Encryption SDK may be missing (an optional extra).

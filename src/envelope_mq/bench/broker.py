@@ -15,7 +15,12 @@ from typing import Any
 
 import pika
 
-from envelope_mq.shared.amqp import Topology, broker_errors, connect_blocking
+from envelope_mq.shared.amqp import (
+    QueueType,
+    Topology,
+    broker_errors,
+    connect_blocking,
+)
 from envelope_mq.shared.errors import BrokerError
 
 __all__ = ["QUEUE_EXPIRES_MS", "BenchBroker"]
@@ -48,21 +53,21 @@ class BenchBroker:
         version = server.get("version", b"unknown")
         return version.decode() if isinstance(version, bytes) else str(version)
 
-    def plain_queue(self, name: str) -> str:
+    def plain_queue(self, name: str, queue_type: QueueType = "classic") -> str:
         """Declare a durable, expiring queue for the plain pika side; its name."""
         queue = f"emq-bench-{self.tag}-{name}"
+        arguments = {"x-expires": QUEUE_EXPIRES_MS, "x-queue-type": queue_type}
         with broker_errors(f"declare {queue!r}"):
-            self._channel.queue_declare(
-                queue, durable=True, arguments={"x-expires": QUEUE_EXPIRES_MS}
-            )
+            self._channel.queue_declare(queue, durable=True, arguments=arguments)
         self._queues.append(queue)
         return queue
 
-    def topology(self, name: str) -> Topology:
+    def topology(self, name: str, queue_type: QueueType = "classic") -> Topology:
         """A durable, expiring topology of our own (exchange, queue, quarantine)."""
         topology = Topology(
             queue=f"emq-bench-{self.tag}-{name}",
             exchange=f"emq-bench-{self.tag}-{name}-x",
+            queue_type=queue_type,
             queue_arguments={"x-expires": QUEUE_EXPIRES_MS},
             exchange_auto_delete=True,
         )

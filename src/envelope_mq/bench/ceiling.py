@@ -1,13 +1,14 @@
-"""References, not targets: hand-written pika with pipelined confirms.
+"""Hand-written pika with pipelined confirms: the publish target's baseline.
 
 A pika ``SelectConnection`` with publisher confirms pipelined in a window of
 10,000, and nothing else: no sealing, no futures, no reconnect logic. It runs
-twice per round: with the plain side's messages (plaintext, persistent, no
-properties, default exchange), which tests issue 4's premise that pipelined
-confirms alone outrun the unconfirmed loop here; and with messages identical
-to envelope-mq's on the wire (the same sealed body, x-emq-* headers,
-message_id, timestamp, persistent, mandatory, through a topic exchange),
-which shows what the broker allows for such messages with confirms on.
+twice per round: with plain messages (plaintext of the user's size,
+persistent, no other property) routed as ours are (topic exchange,
+``mandatory``), the publish target's baseline (issue 17); and, as a
+reference, with messages identical to envelope-mq's on the wire (the same
+sealed body, x-emq-* headers, message_id, timestamp, persistent, mandatory,
+through a topic exchange), which shows what the broker allows for such
+messages with confirms on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.envelope import SealedMessage
 from envelope_mq.shared.errors import BrokerError
 
-__all__ = ["WINDOW", "pika_confirmed_publish", "plain_message", "sealed_message"]
+__all__ = [
+    "WINDOW",
+    "pika_confirmed_publish",
+    "plain_message",
+    "routed_plain_message",
+    "sealed_message",
+]
 
 WINDOW = 10_000
 
@@ -43,6 +50,16 @@ def plain_message(queue: str, body: bytes) -> Message:
     """The plain side's message: persistent, no other property, default exchange."""
     properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
     return Message("", queue, body, properties, mandatory=False)
+
+
+def routed_plain_message(topology: Topology, body: bytes) -> Message:
+    """A plain message routed as envelope-mq routes its own: the publish target's
+    reference. Persistent, no other property, through the topology's topic
+    exchange, ``mandatory``; ``body`` is what the user hands over (plaintext)."""
+    properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+    return Message(
+        topology.exchange, topology.binding_key, body, properties, mandatory=True
+    )
 
 
 def sealed_message(topology: Topology, sealed: SealedMessage) -> Message:

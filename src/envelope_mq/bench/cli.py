@@ -20,6 +20,7 @@ from envelope_mq.bench.files import run_files
 from envelope_mq.bench.kms_economy import run_kms_economy
 from envelope_mq.bench.lab import open_lab
 from envelope_mq.bench.latency import run_latency
+from envelope_mq.bench.layouts import QUEUE_TYPES, run_layouts
 from envelope_mq.bench.machine import describe_machine
 from envelope_mq.bench.memory import run_memory
 from envelope_mq.bench.report import Report
@@ -40,8 +41,12 @@ SECTIONS = (
     "asyncio",
     "faststream",
     "celery",
+    "layouts",
 )
+# Run only when asked for (--only layouts, or --layouts beside the default run).
+_OPT_IN = {"layouts"}
 _BROKER_SECTIONS = {
+    "layouts",
     "throughput",
     "latency",
     "memory",
@@ -107,6 +112,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )
+    parser.add_argument(
+        "--queue-type",
+        action="append",
+        choices=QUEUE_TYPES,
+        help="throughput and layouts: this queue type only (repeatable; "
+        "default: classic and quorum)",
+    )
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="also measure the header layouts (slow; not in the default run)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed"
@@ -116,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sections; print the table; the exit code."""
-    sections = set(args.only or SECTIONS)
+    sections = _sections(args)
     report = Report(machine=describe_machine(), parameters=_parameters(args))
     started = time.monotonic()
     try:
@@ -159,7 +176,8 @@ def _broker_sections(
         if "latency" in sections:
             run_latency(report, lab, args.rate, args.duration, args.size)
         if "throughput" in sections:
-            run_throughput(report, lab, args.messages, args.size, args.rounds)
+            for kind in args.queue_type or QUEUE_TYPES:
+                run_throughput(report, lab, args.messages, args.size, args.rounds, kind)
         if sections & {"throughput", "latency"}:
             run_kms_economy(report, lab)
         if "memory" in sections:
@@ -178,6 +196,23 @@ def _broker_sections(
             from envelope_mq.bench.celery_throughput import run_celery
 
             run_celery(report, lab, args.celery_tasks, args.size, args.rounds)
+        if "layouts" in sections:
+            run_layouts(
+                report,
+                lab,
+                args.messages,
+                args.size,
+                args.rounds,
+                tuple(args.queue_type or QUEUE_TYPES),
+            )
+
+
+def _sections(args: argparse.Namespace) -> set[str]:
+    """The sections to run: --only's, else all but the opt-in ones (+ --layouts)."""
+    chosen = set(args.only) if args.only else set(SECTIONS) - _OPT_IN
+    if getattr(args, "layouts", False):
+        chosen.add("layouts")
+    return chosen
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,5 +225,6 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         "latency duration, s": args.duration,
         "emulator load, s per action": args.emulator_seconds,
         "sealed file, MiB": args.file_size,
-        "sections": ", ".join(s for s in SECTIONS if s in (args.only or SECTIONS)),
+        "queue types": ", ".join(args.queue_type or QUEUE_TYPES),
+        "sections": ", ".join(s for s in SECTIONS if s in _sections(args)),
     }

@@ -23,6 +23,7 @@ quorum queues, one section each.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import struct
@@ -141,8 +142,8 @@ def run_layouts(
             )
             message = _message(topology, headers, payload)
             queues[kind, layout] = topology.queue
-            publish[kind, layout] = lambda m=message: pika_confirmed_publish(
-                broker.url, m, messages
+            publish[kind, layout] = functools.partial(
+                pika_confirmed_publish, broker.url, message, messages
             )
     rates: dict[tuple[str, str], list[float]] = {key: [] for key in publish}
     with Progress("layouts", rounds * len(publish), announce=True) as bar:
