@@ -8,7 +8,8 @@
 #
 # The publisher writes pre-built frames through pika's private
 # connection._adapter_emit_data and falls back to the public basic_publish
-# when a pika lacks it; tests/*/test_producer_paths.py run both paths.
+# when a pika lacks it; tests/unit/test_producer_frame_writer.py and
+# tests/integration/test_producer_paths.py test both paths.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
