@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NoReturn, Self
 
+from envelope_mq.consumer.ahead import DEFAULT_AHEAD_WORKERS, UnwrapAhead
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
 from envelope_mq.consumer.deliveries import DeliveryCounter
@@ -56,7 +57,7 @@ from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
 from envelope_mq.shared.config import Settings
-from envelope_mq.shared.envelope import Opener
+from envelope_mq.shared.envelope import EnvelopeHeader, KeyUnwrapper, Opener
 from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -127,6 +128,11 @@ class EncryptedConsumer:
     :class:`~consumer.streams.StreamCursor`) says: its offset spec the first
     time, then after the offset last committed to its store. Without one the
     consumer reads from ``next`` and keeps its position in memory only.
+
+    Given the opener's ``key_cache``, the data keys of deliveries waiting in
+    the prefetch window are unwrapped ahead on ``unwrap_ahead`` helper threads
+    (consumer/ahead.py; by default on a stream only, where a replay meets a
+    new data key every few thousand messages at full speed; 0 turns it off).
     """
 
     def __init__(
@@ -151,6 +157,8 @@ class EncryptedConsumer:
         dedup_window: int = 0,
         metrics: MetricsHooks | None = None,
         stream: StreamCursor | None = None,
+        key_cache: KeyUnwrapper | None = None,
+        unwrap_ahead: int | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
@@ -183,6 +191,13 @@ class EncryptedConsumer:
         )
         #: The stream position (None unless the queue is a stream).
         self.cursor = self._transport.cursor
+        if unwrap_ahead is None:
+            unwrap_ahead = DEFAULT_AHEAD_WORKERS if topology.is_stream else 0
+        self._ahead = (
+            UnwrapAhead(opener, key_cache, self._worth_a_decrypt, workers=unwrap_ahead)
+            if key_cache is not None and unwrap_ahead > 0
+            else None
+        )
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
         self._owned_kms: Closeable | None = None  # made by from_settings
@@ -220,6 +235,7 @@ class EncryptedConsumer:
         metrics: MetricsHooks | None = None,
         max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
         stream: StreamCursor | None = None,
+        unwrap_ahead: int | None = None,
     ) -> EncryptedConsumer:
         """Wire the KMS client, the unwrap cache and the opener from ``settings``.
 
@@ -266,6 +282,8 @@ class EncryptedConsumer:
                 dedup_window=dedup_window,
                 metrics=metrics,
                 stream=stream,
+                key_cache=cache,
+                unwrap_ahead=unwrap_ahead,
             )
         except BaseException:
             if owned is not None:
@@ -316,6 +334,8 @@ class EncryptedConsumer:
         was_connected, self._connected = self._connected, False
         self._transport.close()
         self._commit_position()
+        if self._ahead is not None:
+            self._ahead.close()
         if self._owned_kms is not None:
             # Releases the KMS client's pooled sockets; a later run() opens
             # new ones.
@@ -415,6 +435,9 @@ class EncryptedConsumer:
                             "the broker cancelled our consumer"
                         )
                     continue
+                if self._ahead is not None:
+                    self._ahead.look(pending)
+                    self._ahead.taken()
                 self._settle(transport, pending.popleft())
                 if self._limit is not None and self.stats.handled >= self._limit:
                     break
@@ -426,13 +449,15 @@ class EncryptedConsumer:
         outcome = self._outcome(delivery, deliveries)
         verdict = outcome.verdict
         if verdict is Verdict.ACK:
+            if self.cursor is not None:
+                # Before the ack, which may fail on a lost connection: handled
+                # is settled on a stream, where an ack only returns credit.
+                self.cursor.settled(delivery.headers)
             transport.ack(delivery)
             self.stats.handled += 1
             self._metrics.handled()
             if delivery.redelivered:
                 self._counter.settled(delivery)
-            if self.cursor is not None:
-                self.cursor.settled(delivery.headers)
             return
         while True:  # until the delivery is settled, or we are stopping
             verdict = outcome.verdict
@@ -478,6 +503,16 @@ class EncryptedConsumer:
                 break
             outcome = self._outcome(delivery, deliveries)
         return outcome, deliveries
+
+    def _worth_a_decrypt(self, header: EnvelopeHeader) -> bool:
+        """Whether the loop would ask KMS for this header's data key (admit())."""
+        if self._policy and not self._policy.permits(header.context):
+            return False
+        policy = self._key_policy
+        return not policy or (
+            policy.lists(header.key_id)
+            and policy.permits(header.key_id, header.context)
+        )
 
     def _commit_position(self) -> None:
         if self.cursor is not None:

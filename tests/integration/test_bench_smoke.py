@@ -28,6 +28,7 @@ SECTIONS = (
     "asyncio",
     "faststream",
     "celery",
+    "stream replay",
 )
 
 
@@ -38,7 +39,8 @@ def test_bench_smoke_run_reports_every_section(
     command = [sys.executable, "-c", "from envelope_mq.shared.cli import main; main()"]
     command += ["bench", "--messages", "500", "--rounds", "1", "--duration", "2"]
     command += ["--emulator-seconds", "1", "--file-size", "8", "--json", str(results)]
-    command += ["--celery-tasks", "200"]
+    command += ["--celery-tasks", "200", "--replay-events", "2000"]
+    command += ["--replay-keys", "20"]
     done = subprocess.run(
         command,
         env={**os.environ, "RABBITMQ_URL": emq_rabbitmq_url},
@@ -65,13 +67,17 @@ def test_bench_smoke_run_reports_every_section(
         assert (
             by_name[(section, "pika, plain messages, pipelined confirms")]["value"] > 0
         )
+    decrypts = by_name[
+        ("stream replay", "KMS Decrypt calls per replay (emulator count)")
+    ]
+    assert decrypts["value"] == 20  # one per data key, counted by the emulator
     latency = next(f for f in document["figures"] if f["name"] == "messages timed")
     assert latency["value"] == 2000
     for side in ("plain aio-pika, confirms", "envelope-mq asyncio"):
         for section in ("asyncio: publish, msg/s", "asyncio: consume, msg/s"):
             assert by_name[(section, side)]["value"] > 0
     names = [t["name"] for t in document["targets"]]
-    assert len(names) == 19, names
+    assert len(names) == 21, names
     for target in document["targets"]:
         assert target["passed"] in (True, False)
     # Only the AWS Encryption SDK may be missing (an optional extra).

@@ -5,6 +5,7 @@ Real broker (x-queue-type: stream over AMQP 0-9-1), real emulator, real SDK.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
 import time
@@ -26,6 +27,8 @@ from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
+
+from envelope_mq.testing.kms import KmsFixture
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +276,30 @@ def _fast_backoff() -> Any:
     from envelope_mq.consumer.backoff import Backoff
 
     return Backoff(initial=0.05, cap=0.1)
+
+
+def test_replaying_10000_events_under_100_data_keys_costs_100_decrypts(
+    emq_kms: KmsFixture,
+    emq_rabbitmq_urls: tuple[str, ...],
+    stream: Topology,
+) -> None:
+    events, keys = 10_000, 100
+    producer = dataclasses.replace(
+        emq_kms.settings("producer", emq_rabbitmq_urls),
+        data_key_max_messages=events // keys,
+    )
+    publish(producer, stream, [b"x" * 100] * events)
+    emulator = emq_kms.emulator
+    assert emulator.request_count.get("GenerateDataKey", 0) == keys
+    emulator.reset_request_count()
+
+    reader = Reader()
+    worker = consumer(
+        emq_kms.settings("consumer", emq_rabbitmq_urls),
+        stream,
+        reader,
+        stream=StreamCursor(OffsetSpec.parse("first")),
+    )
+    worker.run(count=events)
+    assert len(reader.seen) == events
+    assert emulator.request_count.get("Decrypt", 0) == keys  # one per data key

@@ -101,6 +101,25 @@ class BenchBroker:
         with broker_errors(f"purge {queue!r}"):
             self._channel.queue_purge(queue)
 
+    def stream_topology(self, name: str) -> Topology:
+        """A stream topology of our own; its quarantine queue expires.
+
+        A stream cannot expire: it is deleted by :meth:`close`, and its
+        retention (one hour, 1 GB) bounds what an interrupted run leaves.
+        """
+        topology = Topology(
+            queue=f"emq-bench-{self.tag}-{name}",
+            exchange=f"emq-bench-{self.tag}-{name}-x",
+            queue_type="stream",
+            queue_arguments={"x-max-age": "1h", "x-max-length-bytes": 1_000_000_000},
+            quarantine_arguments={"x-expires": QUEUE_EXPIRES_MS},
+            exchange_auto_delete=True,
+        )
+        topology.declare(self._channel)
+        self._queues += [topology.queue, topology.quarantine_queue]
+        self._exchanges.append(topology.exchange)
+        return topology
+
     def close(self) -> None:
         """Delete what the benchmark declared, then disconnect; never raises."""
         with contextlib.suppress(BrokerError, pika.exceptions.AMQPError, OSError):

@@ -24,6 +24,7 @@ from envelope_mq.bench.layouts import QUEUE_TYPES, run_layouts
 from envelope_mq.bench.machine import describe_machine
 from envelope_mq.bench.memory import run_memory
 from envelope_mq.bench.report import Report
+from envelope_mq.bench.streams import run_stream_replay
 from envelope_mq.bench.throughput import run_throughput
 from envelope_mq.shared.cli_args import positive_float, positive_int
 from envelope_mq.shared.config import Settings
@@ -42,6 +43,7 @@ SECTIONS = (
     "faststream",
     "celery",
     "layouts",
+    "streams",
 )
 # Run only when asked for (--only layouts, or --layouts beside the default run).
 _OPT_IN = {"layouts"}
@@ -53,6 +55,7 @@ _BROKER_SECTIONS = {
     "asyncio",
     "faststream",
     "celery",
+    "streams",
 }
 _MEMORY_KEYS = 1024
 _MESSAGES_PER_KEY = 16
@@ -67,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Benchmark envelope-mq on this machine: throughput beside plain pika "
             "(interleaved rounds), KMS economy, latency at a fixed rate, crypto "
             "beside the AWS Encryption SDK and raw AES-GCM, the KMS emulator "
-            "under load, a consumer's memory, and sealed files. Uses the "
+            "under load, a consumer's memory, sealed files, and a stream replay "
+            "(rate beside plain pika, KMS Decrypt calls). Uses the "
             "RabbitMQ at RABBITMQ_URL and an in-process KMS emulator."
         ),
     )
@@ -85,6 +89,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=positive_int,
         default=2_000,
         help="celery: tasks per round and side",
+    )
+    parser.add_argument(
+        "--replay-events",
+        type=positive_int,
+        default=100_000,
+        help="streams: events in the replayed stream",
+    )
+    parser.add_argument(
+        "--replay-keys",
+        type=positive_int,
+        default=100,
+        help="streams: data keys the events are sealed under",
     )
     parser.add_argument(
         "--rate", type=positive_int, default=1000, help="latency: offered msg/s"
@@ -205,6 +221,16 @@ def _broker_sections(
                 args.rounds,
                 tuple(args.queue_type or QUEUE_TYPES),
             )
+        if "streams" in sections:
+            # After the KMS economy: its counts are the emulator's since start.
+            run_stream_replay(
+                report,
+                lab,
+                args.replay_events,
+                args.replay_keys,
+                args.size,
+                min(args.rounds, 3),
+            )
 
 
 def _sections(args: argparse.Namespace) -> set[str]:
@@ -221,6 +247,8 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         "message size, bytes": args.size,
         "rounds": args.rounds,
         "celery tasks per round and side": args.celery_tasks,
+        "stream replay: events, data keys": f"{args.replay_events:,}, "
+        f"{args.replay_keys:,}",
         "latency rate, msg/s": args.rate,
         "latency duration, s": args.duration,
         "emulator load, s per action": args.emulator_seconds,

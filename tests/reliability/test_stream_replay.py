@@ -1,0 +1,80 @@
+"""A stream replay through connection resets: nothing lost, the position kept.
+
+The events are published straight to the broker; the replay reads them from
+``first`` through a fault proxy that resets the connection every second. Each
+reconnect resubscribes after the last offset settled (consumer/streams.py), so
+the ledger must show every event handled, none lost, and the offset file the
+stream's last offset.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.streams import OffsetFile, OffsetSpec, StreamCursor
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared.amqp import Topology
+from scenario_kit import (
+    FAST_RECONNECT,
+    ConsumerThread,
+    address_of,
+    confirm_all,
+    every,
+    publish_stream,
+    scenario_publisher,
+    settle,
+)
+
+from envelope_mq.testing.faultproxy import FaultProxy
+from envelope_mq.testing.kms import KmsFixture
+from envelope_mq.testing.ledger import MessageLedger
+
+pytestmark = pytest.mark.reliability
+
+EVENTS = 4_000
+
+
+def test_replay_through_connection_resets_loses_nothing_and_keeps_its_position(
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
+    emq_stream_topology: Topology,
+    tmp_path: Path,
+) -> None:
+    ledger = MessageLedger("stream replay, proxy resets the connection every 1 s")
+    topology = emq_stream_topology
+    with scenario_publisher(emq_kms, [emq_rabbitmq_url], topology) as publisher:
+        sent = publish_stream(publisher, ledger, count=EVENTS, size=200, tag="replay")
+        assert confirm_all(publisher, ledger, sent) == []
+
+    def handle(message: ReceivedMessage) -> None:
+        ledger.handled(message.message_id, message.body)
+        time.sleep(0.001)  # a replay of some seconds: the resets land mid-way
+
+    position = OffsetFile(tmp_path / "position")
+    with FaultProxy(address_of(emq_rabbitmq_url), name="broker") as proxy:
+        consumer = EncryptedConsumer.from_settings(
+            emq_kms.settings("consumer", [proxy.rewrite(emq_rabbitmq_url)]),
+            topology,
+            handle,
+            prefetch=200,
+            reconnect_backoff=FAST_RECONNECT,
+            stream=StreamCursor(OffsetSpec.parse("first"), position, commit_every=500),
+        )
+
+        def reset() -> int:
+            resets = proxy.reset_all()
+            ledger.fault("connection resets", resets)
+            return resets
+
+        with ConsumerThread(consumer), every(1.0, reset, name="resetter"):
+            settle(ledger)
+    ledger.fault("consumer reconnects", consumer.stats.reconnects)
+    report = ledger.check()
+    assert report["lost"] == 0
+    # Each reconnect resumes right after the last event handled.
+    assert report["duplicates"] == 0
+    assert consumer.stats.reconnects >= 2  # the premise: resets hit mid-replay
+    assert position.load() == EVENTS - 1
