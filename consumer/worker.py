@@ -282,7 +282,7 @@ class EncryptedConsumer:
                 dedup_window=dedup_window,
                 metrics=metrics,
                 stream=stream,
-                key_cache=cache,
+                key_cache=wiring.unwrapper,
                 unwrap_ahead=unwrap_ahead,
             )
         except BaseException:
