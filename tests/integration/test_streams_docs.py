@@ -1,0 +1,56 @@
+"""docs/streams.md stays true: its producer and consumer examples run, twice.
+
+The second consumer run resumes after the offset the first one committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from envelope_mq.shared.config import Settings
+
+from tests.integration.test_docs_examples import _env, _run, examples
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def queue(emq_rabbitmq_url: str) -> Iterator[str]:
+    name = f"emq-docs-stream-{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
+    try:
+        channel = connection.channel()
+        channel.queue_delete(name)
+        channel.queue_delete(f"{name}.quarantine")
+    finally:
+        connection.close()
+
+
+def test_the_stream_examples_run_and_a_rerun_resumes(
+    emq_producer_settings: Settings,
+    emq_consumer_settings: Settings,
+    queue: str,
+    tmp_path: Path,
+) -> None:
+    blocks = examples("streams.md")
+    (producer,) = [code for role, code in blocks if role == "producer"]
+    (consumer,) = [code for role, code in blocks if role == "consumer"]
+    assert not [code for role, code in blocks if role is None]
+    produced = _env(emq_producer_settings, queue)
+    consuming = {
+        **(_env(emq_consumer_settings, queue) or {}),
+        "EMQ_OFFSET_FILE": str(tmp_path / "events.offset"),
+    }
+
+    assert "published 5 events" in _run(tmp_path, producer, produced)
+    first = _run(tmp_path, consumer, consuming)
+    assert "read 5 events, acme event 0 first; position 4" in first
+    _run(tmp_path, producer, produced)
+    second = _run(tmp_path, consumer, consuming)
+    assert "read 5 events, acme event 0 first; position 9" in second
+    assert (tmp_path / "events.offset").read_text() == "9\n"
