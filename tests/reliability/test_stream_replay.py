@@ -1,15 +1,19 @@
-"""A stream replay through connection resets: nothing lost, the position kept.
+"""Stream consumers through connection resets and SIGKILLs: the position kept.
 
 The events are published straight to the broker; the replay reads them from
 ``first`` through a fault proxy that resets the connection every second. Each
 reconnect resubscribes after the last offset settled (consumer/streams.py), so
 the ledger must show every event handled, none lost, and the offset file the
-stream's last offset.
+stream's last offset. Then ``envelope-mq consume`` processes reading a stream
+are SIGKILLed three times and restarted on the same offset file: lost = 0, and
+what a kill makes the next run read again is bounded by ``--commit-every``.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +35,12 @@ from scenario_kit import (
 from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
+from envelope_mq.testing.plugin import AmqpNames
+from tests.reliability.test_consumer_crash import (
+    ConsumerProcess,
+    OutputTail,
+    wait_until,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -78,3 +88,76 @@ def test_replay_through_connection_resets_loses_nothing_and_keeps_its_position(
     assert report["duplicates"] == 0
     assert consumer.stats.reconnects >= 2  # the premise: resets hit mid-replay
     assert position.load() == EVENTS - 1
+
+
+KILLED_EVENTS = 10_000
+COMMIT_EVERY = 100
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ConsumerProcess]]:
+    started: list[ConsumerProcess] = []
+    yield started
+    for proc in started:  # a failed test must not leave consumers behind
+        if proc.process.poll() is None:
+            proc.kill()
+
+
+def test_a_stream_consumer_killed_three_times_resumes_from_its_offset_file(
+    emq_kms: KmsFixture,
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+    tmp_path: Path,
+    processes: list[ConsumerProcess],
+) -> None:
+    ledger = MessageLedger(
+        f"envelope-mq consume on a stream SIGKILLed 3 times, --commit-every "
+        f"{COMMIT_EVERY}, restarted"
+    )
+    # As the CLI declares it (no retention arguments); emq_amqp_names deletes it.
+    topology = Topology(
+        emq_amqp_names.queue, emq_amqp_names.exchange, queue_type="stream"
+    )
+    with scenario_publisher(emq_kms, [emq_rabbitmq_url], topology) as publisher:
+        sent = publish_stream(
+            publisher, ledger, count=KILLED_EVENTS, size=200, tag="killed"
+        )
+        assert confirm_all(publisher, ledger, sent) == []
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": emq_rabbitmq_url,
+        "KMS_ENDPOINT": emq_kms.endpoint,
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": emq_kms.consumer.access_key_id,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": emq_kms.consumer.access_key_secret,
+    }
+    position = tmp_path / "position"
+    args = ["--queue", topology.queue, "--exchange", topology.exchange]
+    args += ["--queue-type", "stream", "--offset", "first", "--prefetch", "200"]
+    args += ["--offset-file", str(position), "--commit-every", str(COMMIT_EVERY)]
+    tail = OutputTail(ledger)
+    for run in range(1, 4):
+        out = tmp_path / f"run-{run}.jsonl"
+        proc = ConsumerProcess(env, args, out)
+        processes.append(proc)
+        wait_until(
+            lambda out=out: tail.lines_in(out) >= 1_000,  # type: ignore[misc]
+            f"consumer {run} to write 1,000 lines",
+        )
+        proc.kill()
+        ledger.fault("consumer SIGKILLs", 1)
+        assert OffsetFile(position).load() is not None
+    final = ConsumerProcess(env, args, tmp_path / "run-last.jsonl")
+    processes.append(final)
+
+    def all_handled() -> bool:
+        tail.poll(*tmp_path.glob("*.jsonl"))
+        return ledger.settled >= KILLED_EVENTS
+
+    wait_until(all_handled, "every event to be handled")
+    assert final.terminate() == 0
+    report = ledger.check()
+    assert report["lost"] == 0
+    assert report["quarantined"] == {}
+    # What a kill re-reads: the events handled since the last commit.
+    assert report["duplicates"] <= 3 * COMMIT_EVERY
+    assert OffsetFile(position).load() == KILLED_EVENTS - 1
