@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -17,7 +17,7 @@ import aiormq.abc
 import aiormq.exceptions
 from pamqp.commands import Basic
 
-from envelope_mq.aio.frames import SafeHeaderConnection
+from envelope_mq.aio.frames import SafeHeaderConnection, pamqp_encodable
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url
@@ -31,6 +31,7 @@ __all__ = [
     "delivery_of",
     "delivery_of_frame",
     "outgoing_message",
+    "outgoing_properties",
     "quarantine_properties",
 ]
 
@@ -97,6 +98,24 @@ async def declare(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> 
         await queue.bind(exchange, routing_key=topology.binding_key)
     except aiormq.exceptions.ChannelClosed as exc:
         raise BrokerError(f"declare queue {topology.queue!r}: {exc}") from exc
+
+
+def outgoing_properties(sealed: SealedMessage) -> Basic.Properties:
+    """The persistent AMQP properties of ``sealed``, exactly as bound.
+
+    What :func:`outgoing_message` would give aiormq, without an aio-pika
+    Message in between (ten times the cost of building these).
+    """
+    meta = sealed.meta
+    return Basic.Properties(
+        content_type=meta.content_type,
+        content_encoding=meta.content_encoding,
+        headers=pamqp_encodable(sealed.headers),
+        delivery_mode=2,  # persistent
+        message_id=meta.message_id,
+        timestamp=datetime.fromtimestamp(meta.timestamp, UTC),
+        message_type=meta.type,
+    )
 
 
 def outgoing_message(sealed: SealedMessage) -> aio_pika.Message:

@@ -611,6 +611,8 @@ class AsyncEncryptedConsumer:
         self._unacked = held
         self._unacked_count += 1
         if self._unacked_count >= self._ack_batch:
+            # Awaited until written: aiormq drops what is still queued for its
+            # writer when the connection closes (a lost ack: a redelivery).
             await self._flush_acks()
 
     def _flush_when_idle(self) -> None:

@@ -4,9 +4,13 @@ Two sections, each interleaved round by round on one event loop:
 
 - ``asyncio``: :class:`AsyncEncryptedPublisher` and
   :class:`AsyncEncryptedConsumer` beside plain aio-pika written as a user
-  would with confirms: persistent, mandatory, pipelined (every publish
-  started, then every confirm awaited), and a consumer with manual acks in
-  ``multiple`` batches of 50 and the same prefetch. Two aio-pika sides: one
+  would with confirms, in the same shape: persistent, mandatory, pipelined
+  the same way (every publish started as its own task, at most the
+  publisher's in-flight window unconfirmed, then every confirm awaited), and
+  a consumer with manual acks in ``multiple`` batches of 50 and the same
+  prefetch, timed alike on every side from the first message handled to the
+  last (connecting and subscribing, which differ, are not). Two aio-pika
+  sides: one
   sends plaintext bodies of the same size to the queue (what encryption costs
   in all), one sends envelope-mq's very messages, sealed once beforehand,
   headers and all, through a topic exchange as envelope-mq does (what our
@@ -37,6 +41,7 @@ from envelope_mq.bench.report import Report
 from envelope_mq.bench.stats import median, rate, round_ratios
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.faststream import EnvelopeMiddleware
+from envelope_mq.producer.options import TransportOptions
 from envelope_mq.producer.publisher import new_message_id
 from envelope_mq.progress import Progress
 from envelope_mq.shared.envelope import MessageMeta, Sealer
@@ -52,6 +57,8 @@ _ACK_BATCH = 50
 _PATIENCE = 300.0
 # FastStream publishes are awaited this many at a time (each awaits its confirm).
 _FS_WINDOW = 1000
+# The aio-pika sides' in-flight window: AsyncEncryptedPublisher's default.
+_IN_FLIGHT = TransportOptions().max_in_flight
 
 
 def run_asyncio(
@@ -77,38 +84,68 @@ async def _plain_publish(
     make: Callable[[int], aio_pika.Message],
     count: int,
 ) -> float:
+    """As AsyncEncryptedPublisher pipelines: a task per message, in a window."""
+    window = asyncio.Semaphore(_IN_FLIGHT)
+
+    async def one(message: aio_pika.Message) -> None:
+        try:
+            await exchange.publish(message, queue, mandatory=True)
+        finally:
+            window.release()
+
     started = time.perf_counter()
-    confirms = [
-        asyncio.ensure_future(exchange.publish(make(i), queue, mandatory=True))
-        for i in range(count)
-    ]
+    confirms = []
+    for i in range(count):
+        await window.acquire()
+        confirms.append(asyncio.ensure_future(one(make(i))))
     await asyncio.gather(*confirms)
     return time.perf_counter() - started
+
+
+class _Handled:
+    """When the first and the last of ``count`` messages were handled."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+        self.first = self.last = 0.0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.seen += 1
+        if self.seen == 1:
+            self.first = now
+        self.last = now
+
+    def rate(self) -> float:
+        """Messages/s between the first handled and the last."""
+        return rate(self.count - 1, self.last - self.first)
 
 
 async def _plain_consume(
     channel: aio_pika.abc.AbstractChannel, queue: str, count: int
 ) -> float:
     done = asyncio.get_running_loop().create_future()
-    seen = 0
+    handled = _Handled(count)
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal seen
-        seen += 1
+        handled.tick()
+        seen = handled.seen
         if seen % _ACK_BATCH == 0 or seen == count:
             await message.ack(multiple=True)
         if seen == count and not done.done():
-            done.set_result(time.perf_counter())
+            done.set_result(None)
 
-    started = time.perf_counter()
     declared = await channel.get_queue(queue, ensure=False)
     tag = await declared.consume(on_message)
     try:
-        finished: float = await asyncio.wait_for(done, _PATIENCE)
+        await asyncio.wait_for(done, _PATIENCE)
     except TimeoutError:
-        raise BrokerError(f"plain aio-pika consumed {seen} of {count}") from None
+        raise BrokerError(
+            f"plain aio-pika consumed {handled.seen} of {count}"
+        ) from None
     await declared.cancel(tag)
-    return finished - started
+    return handled.rate()
 
 
 async def _settled(broker: BenchBroker, queue: str, count: int) -> None:
@@ -132,22 +169,23 @@ async def _ours_publish(
 async def _ours_consume(
     make: Callable[[], AsyncEncryptedConsumer], count: int
 ) -> float:
-    """A consumer per round (as the sync bench's run()): connected, then timed.
+    """A consumer per round (as the sync bench's run()), timed as the others.
 
     A consumer left connected between rounds would hold a prefetch window of
     the next round's messages.
     """
+    handled = _Handled(count)
 
     async def handler(message: ReceivedMessage) -> None:
-        """As little as the plain side's handler: nothing."""
+        """As little as the plain side's handler: the clock."""
+        handled.tick()
 
     async with make() as consumer:
-        started = time.perf_counter()
         try:
             await asyncio.wait_for(consumer.run(handler, count=count), _PATIENCE)
         except TimeoutError:
             raise BrokerError(f"consumed {consumer.stats.handled} of {count}") from None
-        return time.perf_counter() - started
+    return handled.rate()
 
 
 async def _asyncio_rounds(
@@ -213,7 +251,7 @@ async def _asyncio_rounds(
                         published[side].append(rate(messages, seconds))
                         bar.advance()
                     for side in order:
-                        received[side].append(rate(messages, await consume[side]()))
+                        received[side].append(await consume[side]())
                         await _settled(broker, queues[side], 0)
                         bar.advance()
     finally:
