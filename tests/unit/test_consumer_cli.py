@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -17,11 +18,13 @@ from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.outcome import Outcome, Reason, Verdict
 from envelope_mq.consumer.output import JsonLinesWriter, to_json_line
 from envelope_mq.consumer.signals import stop_on_signals
+from envelope_mq.consumer.streams import OffsetFile
 from envelope_mq.consumer.transport import (
     QUARANTINE_REASON_HEADER,
     quarantine_properties,
 )
 from envelope_mq.shared.envelope import MessageMeta
+from envelope_mq.shared.errors import ConfigError
 
 
 def message(body: bytes, **meta: Any) -> ReceivedMessage:
@@ -201,3 +204,29 @@ def test_quarantine_copy_keeps_the_original_and_adds_the_reason() -> None:
         "x-emq-quarantine-queue": "orders",
         "x-emq-quarantine-time": 1_700_000_000,
     }
+
+
+def test_stream_arguments_make_a_cursor_with_an_offset_file(tmp_path: Path) -> None:
+    args = parser().parse_args(
+        ["consume", "--queue", "events", "--queue-type", "stream", "--offset",
+         "2026-12-06T17:00:00Z", "--offset-file", str(tmp_path / "pos"),
+         "--commit-every", "10"]
+    )  # fmt: skip
+    cursor = cli.stream_cursor(args)
+    assert cursor is not None
+    assert str(cursor.start) == "2026-12-06T17:00:00+00:00"
+    assert isinstance(cursor.store, OffsetFile)
+    assert cursor.store.path == tmp_path / "pos"
+
+
+def test_offsets_need_a_stream_and_a_valid_spec(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = parser().parse_args(["consume", "--queue", "jobs", "--offset", "first"])
+    with pytest.raises(ConfigError, match="--queue-type stream"):
+        cli.stream_cursor(args)
+    plain = parser().parse_args(["consume", "--queue", "jobs"])
+    assert cli.stream_cursor(plain) is None
+    with pytest.raises(SystemExit):
+        parser().parse_args(["consume", "--queue", "e", "--offset", "yesterday"])
+    assert "stream offset must be" in capsys.readouterr().err

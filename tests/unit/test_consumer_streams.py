@@ -173,3 +173,18 @@ def test_a_stream_cursor_needs_a_stream() -> None:
             lambda _m: None,
             stream=StreamCursor(),
         )
+
+
+def test_the_asyncio_consumer_refuses_a_stream() -> None:
+    pytest.importorskip("aio_pika")
+    from envelope_mq.shared.keycache import UnwrapCache
+    from envelope_mq.shared.kms import InMemoryKeyProvider
+
+    from envelope_mq.aio.consumer import AsyncEncryptedConsumer
+
+    with pytest.raises(ConfigError, match="does not read streams"):
+        AsyncEncryptedConsumer(
+            "amqp://localhost",
+            Topology("events", queue_type="stream"),
+            UnwrapCache(InMemoryKeyProvider(["k"])),
+        )

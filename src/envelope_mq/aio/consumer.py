@@ -167,6 +167,12 @@ class AsyncEncryptedConsumer:
                 "an allowed-key policy needs a key_resolver (DescribeKey) "
                 "or resolving first (KeyPolicy.resolve)"
             )
+        if topology.is_stream:
+            # It would nack a failed handler's message: RabbitMQ closes the
+            # connection on a nack on a stream (docs/streams.md).
+            raise ConfigError(
+                "the asyncio consumer does not read streams: use EncryptedConsumer"
+            )
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
         if prefetch < 1 or ack_batch < 1:
