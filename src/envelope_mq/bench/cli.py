@@ -44,6 +44,7 @@ SECTIONS = (
     "celery",
     "layouts",
     "streams",
+    "stage",
 )
 # Run only when asked for (--only layouts, or --layouts beside the default run).
 _OPT_IN = {"layouts"}
@@ -56,6 +57,7 @@ _BROKER_SECTIONS = {
     "faststream",
     "celery",
     "streams",
+    "stage",
 }
 _MEMORY_KEYS = 1024
 _MESSAGES_PER_KEY = 16
@@ -231,6 +233,10 @@ def _broker_sections(
                 args.size,
                 min(args.rounds, 3),
             )
+        if "stage" in sections:
+            from envelope_mq.bench.stage import run_stage
+
+            run_stage(report, lab, args.messages, args.size, args.rounds)
 
 
 def _sections(args: argparse.Namespace) -> set[str]:
