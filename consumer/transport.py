@@ -30,6 +30,7 @@ from envelope_mq.consumer.header_frames import (
 )
 from envelope_mq.consumer.message import Delivery
 from envelope_mq.consumer.outcome import Outcome
+from envelope_mq.consumer.outlet import Framer, Outlet
 from envelope_mq.consumer.streams import StreamCursor, stream_offset
 from envelope_mq.shared.amqp import (
     ConnectionOptions,
@@ -94,7 +95,12 @@ class BlockingTransport:
         ack_batch: int = 50,
         options: ConnectionOptions | None = None,
         cursor: StreamCursor | None = None,
+        outlet: Callable[[Any], None] | None = None,
+        framer: Framer | None = None,
     ) -> None:
+        """``outlet``: also open an :class:`~consumer.outlet.Outlet` (with
+        ``framer``) on every connection, after calling ``outlet(channel)`` to
+        declare (or check) where it publishes; :attr:`outlet` while connected."""
         if prefetch < 1 or not 1 <= ack_batch <= prefetch:
             raise ValueError("need prefetch >= 1 and 1 <= ack_batch <= prefetch")
         if topology.is_stream and cursor is None:
@@ -108,6 +114,9 @@ class BlockingTransport:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._confirm_channel: Any = None
+        self._outlet_declare = outlet
+        self._framer = framer
+        self.outlet: Outlet | None = None
         self._header_budget = header_frame_budget(4096)
         self._unacked_tag = 0  # highest processed tag not yet acked on the wire
         self._unacked = 0
@@ -135,6 +144,10 @@ class BlockingTransport:
                 channel.basic_qos(prefetch_count=self._prefetch)
                 confirm = connection.channel()
                 confirm.confirm_delivery()
+                outlet = None
+                if self._outlet_declare is not None:
+                    self._outlet_declare(channel)
+                    outlet = Outlet(connection, self._framer)
                 # Deliveries may arrive from here on: the state must be fresh.
                 self._unacked_tag = self._unacked = 0
                 self.pending.clear()
@@ -153,6 +166,7 @@ class BlockingTransport:
             raise
         self._connection = connection
         self._channel, self._confirm_channel = channel, confirm
+        self.outlet = outlet
         self._header_budget = header_frame_budget(negotiated_frame_max(connection))
 
     def _on_message(
@@ -186,19 +200,9 @@ class BlockingTransport:
 
     def pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for deliveries (and service heartbeats)."""
+        if self.outlet is not None:
+            self.outlet.flush()
         self._live().process_data_events(time_limit=timeout)
-
-    def wake(self) -> None:
-        """End a :meth:`pump` in progress now; callable from any thread.
-
-        For a caller that waits on something other than this connection (a
-        stage waits for its outputs' confirms, which another connection's
-        thread receives). Does nothing when not connected.
-        """
-        connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                connection.add_callback_threadsafe(_nothing)
 
     def sleep(self, seconds: float, stop: Callable[[], bool]) -> None:
         """Wait ``seconds`` while servicing heartbeats; return early when ``stop()``."""
@@ -272,6 +276,7 @@ class BlockingTransport:
         """
         connection, channel = self._connection, self._channel
         self._connection = self._channel = self._confirm_channel = None
+        self.outlet = None
         self.pending.clear()
         if connection is None:
             return
@@ -295,16 +300,13 @@ class BlockingTransport:
         """Drop a broken connection without talking to the broker."""
         connection = self._connection
         self._connection = self._channel = self._confirm_channel = None
+        self.outlet = None
         self.pending.clear()
         self._unacked = 0
         if connection is not None:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 if connection.is_open:
                     connection.close()
-
-
-def _nothing() -> None:
-    """What :meth:`BlockingTransport.wake` schedules: the wake-up is the point."""
 
 
 def quarantine_properties(

@@ -7,8 +7,10 @@ under the stage's master key and context and published with confirms, and the
 input is acknowledged only once every one of its outputs is confirmed:
 
 - inputs are pipelined (the prefetch window), outputs are published without
-  waiting, and inputs are acknowledged in delivery order as their outputs'
-  confirms arrive (``multiple`` acks in small batches);
+  waiting on a confirm-mode channel of the consuming connection itself
+  (consumer/outlet.py: one connection, one thread, no hand-off per message),
+  and inputs are acknowledged in delivery order as their outputs' confirms
+  arrive (``multiple`` acks in small batches);
 - an output the broker nacks: its input is requeued (not counted against
   ``max_deliveries``: the broker's state, not the message's fault) and the
   stage backs off before going on;
@@ -23,9 +25,12 @@ input is acknowledged only once every one of its outputs is confirmed:
   handler-error after ``max_deliveries``), the stage quarantines the same way.
 
 A crash anywhere loses nothing: an input is acknowledged after its outputs are
-confirmed, never before. The price is duplicates: outputs confirmed before a
-crash (or a lost input connection, or a nacked sibling) are published again
-when the input comes back. Outputs get message ids derived from the input's
+confirmed, never before. A lost connection loses nothing either: the inputs
+in flight were not acknowledged, so the broker delivers them again, and their
+outputs are published again (unconfirmed ones are not re-sent by the stage:
+their input is). The price is duplicates: outputs confirmed before a crash
+(or a lost connection, or a nacked sibling) are published again when the
+input comes back. Outputs get message ids derived from the input's
 (stage_output.py), so a downstream consumer with a ``dedup_window`` drops
 them; ``StageStats.repeated_outputs`` (and the metric
 ``envelope_mq_stage_outputs_repeated_total``) counts the outputs published for
@@ -38,7 +43,6 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NoReturn, Self
@@ -58,13 +62,25 @@ from envelope_mq.consumer.outcome import (
     admit,
     after_handler,
 )
+from envelope_mq.consumer.outlet import NACKED, UNROUTABLE, check_exchange
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.transport import BlockingTransport
-from envelope_mq.producer.options import TransportOptions
-from envelope_mq.producer.publisher import EncryptedPublisher
-from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
+from envelope_mq.producer import frames
+from envelope_mq.shared.amqp import (
+    DEFAULT_EXCHANGE,
+    ConnectionOptions,
+    Topology,
+    redact_url,
+    split_urls,
+)
 from envelope_mq.shared.config import Settings
-from envelope_mq.shared.envelope import Opener
+from envelope_mq.shared.envelope import (
+    DataKeySource,
+    MessageMeta,
+    Opener,
+    SealedMessage,
+    Sealer,
+)
 from envelope_mq.shared.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -72,11 +88,9 @@ from envelope_mq.shared.errors import (
     KmsCallerError,
     KmsRequestError,
     KmsUnavailableError,
-    MessageNackedError,
-    MessageUnroutableError,
     SealingError,
 )
-from envelope_mq.shared.keycache import UnwrapCache
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 from envelope_mq.stage_output import StageOutput, output_message_id, outputs_of
@@ -112,36 +126,56 @@ class StageStats:
     reconnects: int = 0
 
 
+def _frame(
+    channel: int, exchange: str, routing_key: str, sealed: SealedMessage, body_max: int
+) -> list[bytes]:
+    """Every frame of one output, by the producer's marshaller (producer/frames.py)."""
+    meta = sealed.meta
+    return frames.frame_message(
+        channel,
+        frames.method_payload(exchange, routing_key),
+        frames.header_payload(
+            len(sealed.body),
+            sealed.headers,
+            message_id=meta.message_id,
+            timestamp=meta.timestamp,
+            content_type=meta.content_type,
+            content_encoding=meta.content_encoding,
+            type=meta.type,
+        ),
+        sealed.body,
+        body_max,
+    )
+
+
 class _InFlight:
-    """One input whose outputs are on their way."""
+    """One input whose outputs are on their way; settled by the outlet's callbacks."""
 
-    __slots__ = ("delivery", "futures")
+    __slots__ = ("delivery", "error", "outputs", "remaining")
 
-    def __init__(self, delivery: Delivery, futures: list[Future[str]]) -> None:
+    def __init__(self, delivery: Delivery, outputs: int) -> None:
         self.delivery = delivery
-        self.futures = futures
+        self.outputs = outputs
+        self.remaining = outputs
+        self.error: str | None = None  # the first output's failure
 
-    def done(self) -> bool:
-        return all(f.done() for f in self.futures)
-
-    def failure(self) -> BaseException | None:
-        for future in self.futures:
-            error = future.exception()
-            if error is not None:
-                return error
-        return None
+    def settled(self, error: str | None) -> None:
+        self.remaining -= 1
+        if error is not None and self.error is None:
+            self.error = error
 
 
 class EncryptedStage:
     """Consumes ``topology.queue``, hands each message to ``handler``, and
-    publishes what it returns through ``publisher``, sealed under the
-    publisher's master key and context; see the module docstring for what
+    publishes what it returns sealed under ``key_id`` and ``context`` (data
+    keys from ``data_keys``) to ``output`` (declared) or ``exchange`` (which
+    must exist) with ``routing_key``; see the module docstring for what
     happens when.
 
-    The constructor does no I/O. :meth:`connect` (or ``with``) connects both
-    sides; :meth:`run` consumes until :meth:`stop` or ``count`` inputs were
-    handled. pika's consuming connection belongs to one thread: connect, run
-    and close in the same one. The publisher runs its own I/O thread.
+    The constructor does no I/O. :meth:`connect` (or ``with``) connects;
+    :meth:`run` consumes until :meth:`stop` or ``count`` inputs were handled.
+    Inputs and outputs share one connection, which belongs to one thread:
+    connect, run and close in the same one.
     """
 
     def __init__(
@@ -149,9 +183,13 @@ class EncryptedStage:
         urls: str | Sequence[str],
         topology: Topology,
         opener: EnvelopeOpener,
-        publisher: EncryptedPublisher,
+        data_keys: DataKeySource,
+        key_id: str,
         handler: StageHandler,
         *,
+        context: Mapping[str, str] | None = None,
+        output: Topology | None = None,
+        exchange: str | None = None,
         routing_key: str | None = None,
         prefetch: int = 1000,
         ack_batch: int = 50,
@@ -167,13 +205,18 @@ class EncryptedStage:
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
+        if output is not None and exchange not in (None, output.exchange):
+            raise ConfigError("exchange differs from the output topology's exchange")
         self._urls = split_urls(urls)
         self._topology = topology
         self._metrics = NULL_METRICS if metrics is None else metrics
         self._opener: EnvelopeOpener = self._metrics.time_opener(opener)
-        self._publisher = publisher
-        self._output_key_id = publisher.key_id
-        self._routing_key = routing_key  # None: the publisher's binding key
+        if isinstance(data_keys, DataKeyCache):
+            self._metrics.watch_cache(data_keys)
+        self._sealer = self._metrics.time_sealer(Sealer(data_keys, key_id, context))
+        self._key_id = key_id
+        self._exchange = output.exchange if output else exchange or DEFAULT_EXCHANGE
+        self._routing_key = routing_key or (output.binding_key if output else None)
         self._handler = handler
         self._max_deliveries = max_deliveries
         self._policy = policy or ContextPolicy()
@@ -187,12 +230,13 @@ class EncryptedStage:
             prefetch=prefetch,
             ack_batch=max(1, min(ack_batch, prefetch // 4)),
             options=connection_options,
+            outlet=output.declare if output else check_exchange(self._exchange),
+            framer=_frame,
         )
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
         self._owned_kms: KmsClient | None = None
         self._inflight: deque[_InFlight] = deque()
-        self._waiting = False  # the loop waits in pump(): a confirm wakes it
         self._connected = False
         self._connected_at = 0.0
         self._short_lived = 0
@@ -220,7 +264,6 @@ class EncryptedStage:
         kms_backoff: Backoff | None = None,
         reconnect_backoff: Backoff | None = None,
         connection_options: ConnectionOptions | None = None,
-        publisher_options: TransportOptions | None = None,
         metrics: MetricsHooks | None = None,
         max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
     ) -> EncryptedStage:
@@ -231,37 +274,43 @@ class EncryptedStage:
         (a StageOutput may name its own routing key). Outputs are sealed
         under ``key_id`` (default ``settings.kms_key_id``) and ``context``:
         the stage's credentials need Decrypt on its inputs' keys and
-        GenerateDataKey on its own.
+        GenerateDataKey on its own. ``provider`` replaces the KMS client made
+        from ``settings`` (the caller keeps closing it).
         """
+        master = key_id or settings.kms_key_id
+        if not master:
+            raise ConfigError(
+                "the stage's KMS master key id is required (KMS_KEY_ID or --key-id)"
+            )
         hooks = NULL_METRICS if metrics is None else metrics
         owned: KmsClient | None = None
         if provider is None:
             provider = owned = kms_from_settings(settings)
-        kms = KeepAliveProvider(hooks.instrument_provider(provider))
+        client = hooks.instrument_provider(provider)
+        # Decrypt calls service the consuming connection while they wait.
+        kms = KeepAliveProvider(client)
         cache = UnwrapCache(
             DecryptBudget(kms, max_decrypt_rate),
             max_entries=settings.key_cache_size,
             ttl=settings.key_cache_ttl,
         )
         hooks.watch_cache(cache)
+        data_keys = DataKeyCache(
+            client,
+            max_age=settings.data_key_max_age,
+            max_messages=settings.data_key_max_messages,
+        )
         try:
-            publisher = EncryptedPublisher.from_settings(
-                settings,
-                output,
-                exchange=exchange,
-                key_id=key_id,
-                context=context,
-                provider=provider,
-                options=publisher_options,
-                connection_options=connection_options,
-                metrics=metrics,
-            )
             stage = cls(
                 settings.rabbitmq_urls,
                 topology,
                 Opener(cache),
-                publisher,
+                data_keys,
+                master,
                 handler,
+                context=context,
+                output=output,
+                exchange=exchange,
                 routing_key=routing_key,
                 prefetch=prefetch,
                 max_deliveries=max_deliveries,
@@ -278,7 +327,7 @@ class EncryptedStage:
             if owned is not None:
                 owned.close()
             raise
-        stage._owned_kms = owned
+        stage._owned_kms = owned  # its sockets are released by close()
         return stage
 
     @property
@@ -287,25 +336,24 @@ class EncryptedStage:
         return self._topology
 
     @property
-    def publisher(self) -> EncryptedPublisher:
-        """The publisher of the outputs (its key, context and statistics)."""
-        return self._publisher
+    def key_id(self) -> str:
+        """The master key the outputs are sealed under (as configured)."""
+        return self._key_id
 
     # ---- lifecycle -------------------------------------------------------------
 
     def connect(self) -> Self:
-        """Connect the publisher, then start consuming; returns the stage.
+        """Connect, declare the input and the output, start consuming.
 
-        Raises what ``EncryptedConsumer.connect`` and
-        ``EncryptedPublisher.connect`` raise.
+        Returns the stage; does nothing when already connected. Raises what
+        ``EncryptedConsumer.connect`` raises (BrokerError, 404, when the
+        output exchange does not exist).
         """
         if self._connected:
             return self
         resolver = self._key_resolver
         if self._key_policy and not self._key_policy.resolved and resolver:
             self._key_policy = self._key_policy.resolve(resolver)
-        # Outputs first: an input is only taken when it can be handed on.
-        self._publisher.connect()
         self._transport.open()
         self._connected = True
         self._connected_at = time.monotonic()
@@ -313,23 +361,14 @@ class EncryptedStage:
         return self
 
     def close(self) -> None:
-        """Requeue every input not handed on, close both sides; never raises.
+        """Requeue every input not handed on, disconnect; never raises.
 
-        Outputs still unconfirmed are waited for (30 s at most) by the
-        publisher; their inputs are requeued all the same (they come back,
-        and are published again: counted as repeated outputs then).
+        An input whose outputs were published but not all confirmed comes back
+        and is handed on again (counted as repeated outputs then).
         """
         was_connected, self._connected = self._connected, False
         self._inflight.clear()
         self._transport.close()
-        try:
-            self._publisher.close(_DRAIN_SECONDS)
-        except BrokerError as exc:
-            logger.warning(
-                "stage outputs unconfirmed at close: %s",
-                exc,
-                extra={"event": "stage_close_unconfirmed"},
-            )
         if self._owned_kms is not None:
             self._owned_kms.close()
         if was_connected:
@@ -365,8 +404,8 @@ class EncryptedStage:
             KmsCallerError, KmsRequestError: KMS refuses the stage (its
                 credentials, or its own master key); inputs stay queued.
             BrokerUnavailableError: the first connection could not be made.
-            BrokerError: a topology could not be declared, or the publisher
-                gave up reconnecting.
+            BrokerError: a topology could not be declared, or the output
+                exchange does not exist.
         """
         self._limit = None if count is None else self.stats.handled + count
         transport = self._transport
@@ -382,8 +421,6 @@ class EncryptedStage:
             while not self._finished():
                 try:
                     self._consume(transport)
-                except (MessageNackedError, MessageUnroutableError):
-                    raise  # never raised by the input side; kept out of reconnects
                 except BrokerError as exc:
                     if self._stopping and not self._inflight:
                         break
@@ -423,43 +460,36 @@ class EncryptedStage:
                 if self._finished():
                     break
                 # Waiting: for deliveries, or for the confirms of the outputs
-                # in flight (the publisher's thread wakes us: _on_confirm).
+                # in flight (the outlet's callbacks run inside pump()).
                 self._metrics.alive(_COMPONENT)
                 transport.flush_acks()
-                self._waiting = True
-                if not (inflight and inflight[0].done()):
+                if not (inflight and not inflight[0].remaining):
                     transport.pump(_POLL_SECONDS)
-                self._waiting = False
                 if not transport.consuming:
                     raise BrokerUnavailableError("the broker cancelled our consumer")
             transport.flush_acks()
 
-    def _on_confirm(self, _future: Future[str]) -> None:
-        # The publisher's I/O thread: only wake the loop, never touch its state.
-        if self._waiting:
-            self._waiting = False
-            self._transport.wake()
-
     def _settle_ready(self, transport: BlockingTransport) -> None:
         """Acknowledge, in delivery order, every input whose outputs are settled."""
         inflight = self._inflight
-        while inflight and inflight[0].done():
+        while inflight and not inflight[0].remaining:
             entry = inflight.popleft()
-            error = entry.failure()
-            if error is None:
+            if entry.error is None:
                 transport.ack(entry.delivery)
                 self.stats.handled += 1
-                self.stats.outputs += len(entry.futures)
+                self.stats.outputs += entry.outputs
+                if entry.outputs:
+                    self._metrics.confirmed(entry.outputs)
                 self._metrics.handled()
                 self._counter.settled(entry.delivery)
             else:
-                self._output_failed(transport, entry, error)
+                self._output_failed(transport, entry, entry.error)
 
     def _output_failed(
-        self, transport: BlockingTransport, entry: _InFlight, error: BaseException
+        self, transport: BlockingTransport, entry: _InFlight, error: str
     ) -> None:
         delivery = entry.delivery
-        if isinstance(error, MessageNackedError):
+        if error == NACKED:
             # The broker refused an output (overflow, an internal error): the
             # input goes back and is handed on again later, after a pause.
             transport.requeue(delivery)
@@ -472,14 +502,14 @@ class EncryptedStage:
             )
             transport.sleep(next(self._kms_backoff.delays()), self._stop_requested)
             return
-        if isinstance(error, MessageUnroutableError):
+        if error == UNROUTABLE:
             raise ConfigError(
-                f"stage stopped: {error}; every input not handed on stays in "
-                f"{self._topology.queue!r}"
-            ) from error
-        if isinstance(error, BrokerError):
-            raise error  # the publisher gave up: nothing can be handed on
-        raise BrokerError(f"stage output failed: {type(error).__name__}") from error
+                f"stage stopped: an output of message {delivery.message_id} matched "
+                f"no queue (exchange {self._exchange!r}); every input not handed "
+                f"on stays in {self._topology.queue!r}"
+            )
+        # CLOSED: the channel is gone; the loop reconnects, the inputs come back.
+        raise BrokerUnavailableError(f"stage output channel lost ({error})")
 
     def _take(self, transport: BlockingTransport, delivery: Delivery) -> None:
         self._metrics.consumed()
@@ -508,7 +538,9 @@ class EncryptedStage:
                 max_deliveries=self._max_deliveries,
             )
         try:
-            futures = self._publish(admitted, outputs)
+            # Every output sealed before any is published: a failure here
+            # publishes nothing.
+            sealed = self._seal(admitted, outputs)
         except SealingError as exc:  # an output the handler made unusable
             return after_handler(
                 admitted,
@@ -524,34 +556,43 @@ class EncryptedStage:
                 kms_code=exc.code,
                 cause=exc.cause
                 if isinstance(exc, KmsCallerError)
-                else f"KMS refuses data keys under the stage's key "
-                f"{self._output_key_id}",
+                else f"KMS refuses data keys under the stage's key {self._key_id}",
             )
-        if delivery.redelivered and futures:
-            self.stats.repeated_outputs += len(futures)
-            self._metrics.stage_repeated_outputs(len(futures))
-        self._inflight.append(_InFlight(delivery, futures))
+        entry = _InFlight(delivery, len(sealed))
+        outlet = self._transport.outlet
+        if sealed and outlet is None:
+            raise BrokerUnavailableError("not connected to RabbitMQ")
+        for routing_key, message in sealed:
+            outlet.publish(self._exchange, routing_key, message, entry.settled)  # type: ignore[union-attr]
+            self._metrics.published()
+        if delivery.redelivered and sealed:
+            self.stats.repeated_outputs += len(sealed)
+            self._metrics.stage_repeated_outputs(len(sealed))
+        self._inflight.append(entry)
         return None
 
-    def _publish(
+    def _seal(
         self, message: ReceivedMessage, outputs: list[StageOutput]
-    ) -> list[Future[str]]:
-        futures = []
+    ) -> list[tuple[str, SealedMessage]]:
+        sealed = []
+        now = int(time.time())
         for index, out in enumerate(outputs):
-            future = self._publisher.publish(
-                out.body,
-                routing_key=out.routing_key or self._routing_key,
+            routing_key = out.routing_key or self._routing_key
+            if routing_key is None:
+                raise ConfigError(
+                    "a stage output needs a routing key: give the stage an output "
+                    "topology or a routing_key, or set StageOutput.routing_key"
+                )
+            meta = MessageMeta(
                 message_id=out.message_id
-                or output_message_id(self._output_key_id, message.message_id, index),
+                or output_message_id(self._key_id, message.message_id, index),
+                timestamp=now,
                 content_type=out.content_type,
                 content_encoding=out.content_encoding,
                 type=out.type,
             )
-            futures.append(future)
-        if futures:
-            # Confirms arrive in order: the last output's wakes the loop.
-            futures[-1].add_done_callback(self._on_confirm)
-        return futures
+            sealed.append((routing_key, self._sealer.seal(out.body, meta)))
+        return sealed
 
     def _decided(
         self,
@@ -612,10 +653,8 @@ class EncryptedStage:
             self._settle_ready(transport)
             if not inflight:
                 return
-            self._waiting = True
-            if not inflight[0].done():
+            if inflight[0].remaining:
                 transport.pump(_POLL_SECONDS)
-            self._waiting = False
 
     def _hold(
         self, transport: BlockingTransport, delivery: Delivery, deliveries: int

@@ -309,3 +309,25 @@ def test_the_stage_command_hands_on_and_reports(
     got = read_all(kms, emq_rabbitmq_url, out, 3)
     assert sorted(m.body for m in got) == [b"A", b"B", b"C"]
     assert {m.key_id for m in got} == {kms.key_out}
+
+
+def test_a_nacked_output_requeues_its_input(
+    kms: PipelineKms, emq_rabbitmq_url: str, topologies: tuple[Topology, Topology]
+) -> None:
+    inp, out = topologies
+    # The output queue takes one message, then the broker nacks (reject-publish).
+    full = Topology(
+        queue=out.queue,
+        exchange=out.exchange,
+        queue_arguments={**EXPIRES, "x-max-length": 1, "x-overflow": "reject-publish"},
+        exchange_auto_delete=True,
+    )
+    publish(kms, emq_rabbitmq_url, inp, [b"one", b"two", b"three"])
+    stage = stage_for(kms, emq_rabbitmq_url, (inp, full), lambda m: m.body)
+    with running(stage):
+        wait_until(lambda: stage.stats.outputs_nacked >= 2)
+    assert stage.stats.handled == 1
+    assert depth(emq_rabbitmq_url, out.queue) == 1
+    # the two inputs whose output was refused are back in their queue
+    wait_until(lambda: depth(emq_rabbitmq_url, inp.queue) == 2)
+    assert depth(emq_rabbitmq_url, inp.quarantine_queue) == 0

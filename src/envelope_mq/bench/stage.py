@@ -12,7 +12,8 @@ output is confirmed:
   reconnects: the broker's pace for this hop, in Python;
 - :class:`EncryptedStage`: opens each input, calls a pass-through handler,
   seals the output under a master key and context of its own, publishes it
-  confirmed (the pipelined publisher) and acknowledges in order.
+  on a confirm channel of its consuming connection without waiting, and
+  acknowledges each input once its output is confirmed, in order.
 
 The clock runs from connecting to the last input acknowledged (the stage's
 ``run(count)`` returns then; the pika side once its last ack is written).
@@ -127,16 +128,16 @@ def _pass_through(message: ReceivedMessage) -> bytes:
 def _stage_hop(lab: Lab, source: Topology, target: Topology, count: int) -> float:
     # One principal per side, as the lab has them: the stage opens with the
     # consumer's (Decrypt) cache and seals with the producer's (GenerateDataKey)
-    # data keys, under its own context.
-    publisher = EncryptedPublisher(
+    # data keys, under a context of its own.
+    stage = EncryptedStage(
         lab.broker.urls,
+        source,
+        Opener(lab.unwrap),
         lab.data_keys,
         lab.key_id,
-        topology=target,
+        _pass_through,
         context=_STAGE_CONTEXT,
-    )
-    stage = EncryptedStage(
-        lab.broker.urls, source, Opener(lab.unwrap), publisher, _pass_through
+        output=target,
     )
     started = time.perf_counter()
     stats = stage.run(count=count)
