@@ -103,6 +103,7 @@ logger = logging.getLogger(__name__)
 StageHandler = Callable[[ReceivedMessage], object]
 
 _POLL_SECONDS = 0.25
+_INTERLEAVE = 32  # inputs taken between two looks at the socket
 _STABLE_SECONDS = 10.0
 _DRAIN_SECONDS = 30.0  # stop(): how long to wait for the outputs in flight
 _COMPONENT = "stage"
@@ -451,11 +452,18 @@ class EncryptedStage:
     def _consume(self, transport: BlockingTransport) -> None:
         pending = transport.pending
         inflight = self._inflight
+        taken = 0
         with transport.errors():
             while True:
                 self._settle_ready(transport)
                 if pending and self._taking():
                     self._take(transport, pending.popleft())
+                    taken += 1
+                    if taken % _INTERLEAVE == 0:
+                        # Write the outputs, read their confirms and send the
+                        # acks they allow now, not after the whole window: the
+                        # broker keeps delivering while we work.
+                        transport.pump(0)
                     continue
                 if self._finished():
                     break
