@@ -18,6 +18,7 @@ from envelope_mq.consumer.freshness import Admission, ReplayGuard
 from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.shared import wire_v2
 from envelope_mq.shared.envelope import (
     EnvelopeOpener,
     MessageMeta,
@@ -28,6 +29,7 @@ from envelope_mq.shared.errors import (
     KmsCallerError,
     KmsRequestError,
     KmsUnavailableError,
+    MalformedMessageError,
 )
 from envelope_mq.shared.kms import is_permission_refusal
 from envelope_mq.shared.kms.failures import key_state_refusal
@@ -70,8 +72,11 @@ class Verdict(enum.Enum):
 class Reason(enum.StrEnum):
     """Why a message was quarantined (the x-emq-quarantine-reason header)."""
 
-    MALFORMED = "malformed"  # envelope headers or properties unusable
-    UNDECRYPTABLE = "undecryptable"  # authentication failed: tampered or wrong key
+    # refused before any KMS call: envelope headers, body size or properties
+    MALFORMED = "malformed"
+    # unwrapped, then authentication failed (tampered or wrong key), or the
+    # data key KMS returned is not 32 bytes
+    UNDECRYPTABLE = "undecryptable"
     CONTEXT_DENIED = "context-denied"  # outside the allowed-context policy
     KMS_REJECTED = "kms-rejected"  # KMS refused to unwrap the data key
     HANDLER_ERROR = "handler-error"  # the handler failed max_deliveries times
@@ -170,16 +175,24 @@ def admit(
         return _MALFORMED
     message_id = delivery.message_id
     timestamp = delivery.timestamp
-    # message_id and timestamp are bound into the tag: without them nothing opens
-    if type(message_id) is not str or type(timestamp) is not int:
+    # message_id and timestamp are bound into the tag: without them nothing
+    # opens. An empty message_id is refused too: it identifies nothing (the
+    # writer refuses it as well).
+    if type(message_id) is not str or not message_id or type(timestamp) is not int:
+        return _MALFORMED
+    try:  # parse() refused x-emq-cause on v1 already
+        causation_id = wire_v2.read_cause(delivery.headers)
+    except ValueError:
         return _MALFORMED
     if policy and not policy.permits(header.context):
         return _CONTEXT_DENIED
     # On the header's claim first: what could only be refused costs no Decrypt.
+    # Any copy may be the one the unwrapper uses (another region's key).
     if key_policy:
-        if not key_policy.lists(header.key_id):
+        claims = [copy.key_id for copy in header.copies]
+        if not any(key_policy.lists(claim) for claim in claims):
             return _KEY_DENIED
-        if not key_policy.permits(header.key_id, header.context):
+        if not any(key_policy.permits(claim, header.context) for claim in claims):
             return _CONTEXT_DENIED
     meta = MessageMeta(
         message_id,
@@ -187,6 +200,7 @@ def admit(
         delivery.content_type,
         delivery.content_encoding,
         delivery.type,
+        causation_id,
     )
     try:
         opened = opener.open(delivery.body, header, meta)
@@ -200,6 +214,8 @@ def admit(
             extra={"event": "key_mismatch", "message_id": message_id},
         )
         return _KEY_MISMATCH
+    except MalformedMessageError:  # the body's size, a bound property: no KMS call
+        return _MALFORMED
     except DecryptionError:
         return _UNDECRYPTABLE
     except KmsUnavailableError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
@@ -99,9 +100,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "counts (default: exit at once)"
         ),
     )
+    parser.add_argument(
+        "--wire-version",
+        type=int,
+        choices=(1, 2),
+        help=(
+            "wire format to write (EMQ_WIRE_VERSION, default 2: one binary "
+            "x-emq header; 1: the five v1 headers, for readers older than v2)"
+        ),
+    )
     add_region_arguments(parser, writer=True)
     add_observability_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def _with_wire_version(settings: Settings, args: argparse.Namespace) -> Settings:
+    if args.wire_version is None:
+        return settings
+    return dataclasses.replace(settings, wire_version=args.wire_version)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     status = _produce(
                         args,
-                        settings_with_regions(Settings.from_env(), args),
+                        _with_wire_version(
+                            settings_with_regions(Settings.from_env(), args), args
+                        ),
                         sys.stdin.buffer,
                         observed,
                         tally,

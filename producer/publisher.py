@@ -83,6 +83,8 @@ class EncryptedPublisher:
 
     ``metrics`` (a ``shared.observability.Metrics``) records what happens;
     without it nothing is recorded and nothing is spent on it.
+    ``wire_version`` is the wire format written: 2 (one ``x-emq`` header,
+    every wrapped copy) or 1 (five headers, the primary copy only).
     """
 
     # A private seam for the benchmark's sealing-off baseline; nothing public
@@ -101,6 +103,7 @@ class EncryptedPublisher:
         options: TransportOptions | None = None,
         connection_options: ConnectionOptions | None = None,
         metrics: MetricsHooks | None = None,
+        wire_version: int = 2,
     ) -> None:
         if topology is not None and exchange not in (None, topology.exchange):
             raise ConfigError("exchange differs from the topology's exchange")
@@ -109,6 +112,7 @@ class EncryptedPublisher:
         self._default_routing_key = topology.binding_key if topology else None
         self._data_keys = data_keys
         self._key_id = key_id
+        self._wire_version = wire_version
         self._metrics = NULL_METRICS if metrics is None else metrics
         if isinstance(data_keys, DataKeyCache):
             self._metrics.watch_cache(data_keys)
@@ -179,6 +183,7 @@ class EncryptedPublisher:
                 options=options,
                 connection_options=connection_options,
                 metrics=metrics,
+                wire_version=settings.wire_version,
             )
         except BaseException:
             if owned is not None:
@@ -357,7 +362,12 @@ class EncryptedPublisher:
     def _new_sealer(self, context: Mapping[str, str] | None) -> MessageSealer:
         # Timed one message in N when metrics are on; the bare Sealer otherwise.
         return self._metrics.time_sealer(
-            self._sealer_class(self._data_keys, self._key_id, context)
+            self._sealer_class(
+                self._data_keys,
+                self._key_id,
+                context,
+                wire_version=self._wire_version,
+            )
         )
 
     def __enter__(self) -> Self:

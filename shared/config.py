@@ -114,6 +114,8 @@ class Settings:
     data_key_max_messages: int = 2**24
     key_cache_size: int = 1024
     key_cache_ttl: float = 3600.0
+    # The wire format producers write (docs/wire-format.md); readers open both.
+    wire_version: int = 2
 
     def __post_init__(self) -> None:
         if not self.rabbitmq_urls:
@@ -143,6 +145,12 @@ class Settings:
                 raise ConfigError(f"{name} takes REGION=VALUE,... (none empty)")
         if not all(self.kms_regions):
             raise ConfigError("KMS_REGIONS takes REGION,REGION,... (none empty)")
+        if self.wire_version not in (1, 2):
+            raise ConfigError("EMQ_WIRE_VERSION must be 1 or 2")
+        if self.wire_version == 1 and self.kms_wrap_also:
+            raise ConfigError(
+                "KMS_WRAP_ALSO needs wire format 2: v1 carries one wrapped copy"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -172,6 +180,7 @@ class Settings:
             data_key_max_messages=_integer(env, "EMQ_DATA_KEY_MAX_MESSAGES", 2**24),
             key_cache_size=_integer(env, "EMQ_KEY_CACHE_SIZE", 1024),
             key_cache_ttl=_number(env, "EMQ_KEY_CACHE_TTL", 3600.0),
+            wire_version=_integer(env, "EMQ_WIRE_VERSION", 2),
         )
 
 

@@ -1,4 +1,4 @@
-"""The envelope recipe: seal and open messages in wire format v1.
+"""The envelope recipe: seal and open messages in wire format v2 (or v1).
 
 Producer and consumer call only this module. :class:`Sealer` draws every nonce
 itself and never lets the caller choose one; :class:`Opener` refuses anything
@@ -16,12 +16,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
-from envelope_mq.shared import wire
+from envelope_mq.shared import wire, wire_v2
 from envelope_mq.shared.crypto import KEY_SIZE, NONCE_SIZE, Aes256Gcm
-from envelope_mq.shared.errors import DecryptionError, KeyMismatchError, SealingError
+from envelope_mq.shared.errors import (
+    DecryptionError,
+    KeyMismatchError,
+    MalformedMessageError,
+    SealingError,
+)
 from envelope_mq.shared.kms import DataKey, UnwrappedKey, WrappedCopy, same_key
 
 __all__ = [
+    "WIRE_VERSIONS",
     "DataKeySource",
     "EnvelopeHeader",
     "EnvelopeOpener",
@@ -32,6 +38,9 @@ __all__ = [
     "SealedMessage",
     "Sealer",
 ]
+
+#: The wire formats this module seals and opens; producers write the last.
+WIRE_VERSIONS = (1, 2)
 
 # Bounds for the per-key memos: far more keys than a healthy process sees at
 # once, small enough that a flood of distinct headers cannot grow memory.
@@ -93,10 +102,14 @@ class MessageMeta:
 
 @dataclass(frozen=True)
 class SealedMessage:
-    """A sealed message: the body and x-emq-* headers to publish with ``meta``."""
+    """A sealed message: the body and envelope headers to publish with ``meta``.
+
+    ``headers`` are v1's five x-emq-* headers, or v2's ``x-emq`` (bytes, AMQP
+    type ``x``) and, when ``meta`` has a causation id, ``x-emq-cause``.
+    """
 
     body: bytes  # nonce ‖ ciphertext ‖ tag
-    headers: dict[str, str | int]  # exactly the five x-emq-* headers
+    headers: dict[str, str | int | bytes]
     meta: MessageMeta
 
 
@@ -107,31 +120,43 @@ class EnvelopeHeader:
     ``copies`` are the wrapped copies of the data key, the writer's primary
     first; ``key_id`` and ``wrapped_key`` are the first copy's (v1 has only
     one). Left empty, ``copies`` is that one copy, in the default region.
+    ``version`` is the wire format: v1 binds key id, wrapped key and context;
+    v2 binds its ``x-emq`` value, which holds the context and every copy.
     """
 
     key_id: str
     wrapped_key: str
     context: Mapping[str, str]
     copies: tuple[WrappedCopy, ...] = ()
+    version: int = 1
     # The per-key half of the associated data, computed once per header.
     _key_aad: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for value in (self.key_id, self.wrapped_key):
             if type(value) is not str or not value:
-                raise DecryptionError() from ValueError("key id or data key missing")
+                raise MalformedMessageError() from ValueError(
+                    "key id or data key missing"
+                )
         if not self.copies:
             copies = (WrappedCopy("", self.key_id, self.wrapped_key),)
             object.__setattr__(self, "copies", copies)
         try:
             context_json = wire.canonical_context(self.context)
-        except SealingError as exc:
-            raise DecryptionError() from exc
+            if self.version == 2:
+                # Re-encoding gives the received bytes back: decoding accepts
+                # only the one encoding of each value.
+                encoded = wire_v2.encode(context_json, self.copies)
+                key_aad = wire_v2.key_aad(encoded)
+            elif self.version == 1:
+                key_aad = wire.key_aad(self.key_id, self.wrapped_key, context_json)
+            else:
+                raise ValueError("unknown wire version")
+        except (SealingError, ValueError) as exc:
+            raise MalformedMessageError() from exc
         # A read-only copy: the associated data above must stay true to it.
         object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
-        object.__setattr__(
-            self, "_key_aad", wire.key_aad(self.key_id, self.wrapped_key, context_json)
-        )
+        object.__setattr__(self, "_key_aad", key_aad)
 
 
 @dataclass(frozen=True)
@@ -149,14 +174,20 @@ class OpenedMessage:
     meta: MessageMeta
 
 
-def _message_aad(meta: MessageMeta) -> bytes:
-    return wire.message_aad(
+def _message_aad(meta: MessageMeta, version: int) -> bytes:
+    """Fields 6-10 (v1), 6-11 (v2: the causation id). Raises ValueError."""
+    aad = wire.message_aad(
         meta.message_id,
         meta.timestamp,
         meta.content_type,
         meta.content_encoding,
         meta.type,
     )
+    if version == 2:
+        return aad + wire_v2.cause_field(meta.causation_id)
+    if meta.causation_id is not None:
+        raise ValueError("wire format v1 cannot carry a causation id")
+    return aad
 
 
 @dataclass(frozen=True)
@@ -166,20 +197,30 @@ class _SealingKey:
     data_key: DataKey = field(repr=False)
     cipher: Aes256Gcm = field(repr=False)
     key_aad: bytes
-    headers: dict[str, str | int]
+    headers: dict[str, str | int | bytes]
 
 
 class Sealer:
-    """Seals messages under data keys of one master key and one context."""
+    """Seals messages under data keys of one master key and one context.
+
+    ``wire_version`` 2 (the default) writes the one binary ``x-emq`` header
+    with every wrapped copy of the data key; 1 writes v1's five headers and
+    only the primary copy (v1 has room for one).
+    """
 
     def __init__(
         self,
         cache: DataKeySource,
         key_id: str,
         context: Mapping[str, str] | None = None,
+        *,
+        wire_version: int = 2,
     ) -> None:
         if type(key_id) is not str or not key_id:
             raise SealingError("a master key id is required")
+        if type(wire_version) is not int or wire_version not in WIRE_VERSIONS:
+            raise SealingError(f"wire_version must be one of {WIRE_VERSIONS}")
+        self._version = wire_version
         context = {} if context is None else context
         self._context_json = wire.canonical_context(context)
         self._context: Mapping[str, str] = MappingProxyType(dict(context))
@@ -188,13 +229,22 @@ class Sealer:
         self._current: _SealingKey | None = None
 
     def __repr__(self) -> str:
-        return f"Sealer(key_id={self._key_id!r}, context={self._context_json})"
+        return (
+            f"Sealer(key_id={self._key_id!r}, context={self._context_json}, "
+            f"wire_version={self._version})"
+        )
+
+    @property
+    def wire_version(self) -> int:
+        """The wire format this sealer writes."""
+        return self._version
 
     def seal(self, plaintext: bytes, meta: MessageMeta) -> SealedMessage:
         """Encrypt ``plaintext`` bound to ``meta``, under a fresh random nonce.
 
-        Wire format v1 has no room for ``meta.causation_id``: sealing v1 with
-        one is refused rather than dropping it unbound.
+        v2 binds ``meta.causation_id`` and sends it as ``x-emq-cause``; v1
+        has no room for it: sealing v1 with one is refused rather than
+        dropping it unbound.
 
         Raises:
             SealingError: bad plaintext, properties or data key.
@@ -210,10 +260,8 @@ class Sealer:
         """Seal with a given nonce: only for known-answer vectors, never in use."""
         if not isinstance(plaintext, bytes):
             raise SealingError("the plaintext must be bytes")
-        if meta.causation_id is not None:
-            raise SealingError("wire format v1 cannot carry a causation id")
         try:
-            message_aad = _message_aad(meta)
+            message_aad = _message_aad(meta, self._version)
         except ValueError as exc:
             raise SealingError(f"invalid message properties: {exc}") from exc
         # Checked before acquire(), which counts a message against the key.
@@ -222,7 +270,10 @@ class Sealer:
         if current is None or current.data_key is not data_key:
             current = self._current = self._prepare(data_key)
         sealed = current.cipher.seal(nonce, plaintext, current.key_aad + message_aad)
-        return SealedMessage(nonce + sealed, dict(current.headers), meta)
+        headers = dict(current.headers)
+        if meta.causation_id is not None:
+            headers[wire_v2.CAUSE_HEADER] = meta.causation_id
+        return SealedMessage(nonce + sealed, headers, meta)
 
     def _prepare(self, data_key: DataKey) -> _SealingKey:
         key_id, wrapped = data_key.key_id, data_key.wrapped
@@ -232,6 +283,8 @@ class Sealer:
             raise SealingError("the data key has no master key id")
         if type(wrapped) is not str or not wrapped:
             raise SealingError("the data key has no wrapped form")
+        if self._version == 2:
+            return self._prepare_v2(data_key)
         # Never write what every reader must refuse.
         size = wire.envelope_header_size(key_id, wrapped, self._context_json)
         if size > wire.MAX_ENVELOPE_HEADER_BYTES:
@@ -249,25 +302,70 @@ class Sealer:
             },
         )
 
+    def _prepare_v2(self, data_key: DataKey) -> _SealingKey:
+        copies = data_key.copies
+        try:
+            # Never write what every reader must refuse: encode() checks every
+            # part (canonical base64 blobs, lengths, the 4 KiB budget).
+            value = wire_v2.encode(self._context_json, copies)
+        except ValueError as exc:
+            raise SealingError(f"cannot write the x-emq header: {exc}") from exc
+        return _SealingKey(
+            data_key=data_key,
+            cipher=Aes256Gcm(data_key.plaintext),
+            key_aad=wire_v2.key_aad(value),
+            headers={wire_v2.HEADER: value},
+        )
+
+
+# Header names each version defines; anything else in the x-emq namespace is
+# refused (a mix of v1 and v2 headers included).
+_V1_NAMES = frozenset(wire.HEADER_NAMES)
+_V2_NAMES = frozenset((wire_v2.HEADER, wire_v2.CAUSE_HEADER))
+
+
+def _refuse(reason: str) -> MalformedMessageError:
+    error = MalformedMessageError()
+    error.__cause__ = ValueError(reason)
+    return error
+
 
 class Opener:
-    """Opens messages sealed by :class:`Sealer`, unwrapping keys through a cache."""
+    """Opens messages sealed by :class:`Sealer` (v1 and v2), unwrapping keys."""
 
     def __init__(self, cache: KeyUnwrapper) -> None:
         self._cache = cache
-        self._lock = threading.Lock()  # guards the two memos on a miss only
+        self._lock = threading.Lock()  # guards the memos on a miss only
         self._headers: dict[wire.ReceivedEnvelope, EnvelopeHeader] = {}
+        self._v2_headers: dict[bytes, EnvelopeHeader] = {}
         self._ciphers: dict[bytes, Aes256Gcm] = {}
 
     def __repr__(self) -> str:
         return f"Opener({self._cache!r})"
 
     def parse(self, headers: Mapping[str, object]) -> EnvelopeHeader:
-        """Validate the x-emq-* headers of a received message; no KMS call.
+        """Validate the envelope headers of a received message; no KMS call.
+
+        ``x-emq`` present makes it v2, else v1. Any other header of the
+        x-emq namespace than the version defines is refused (quarantine
+        headers aside), so a mix of v1 and v2 headers never opens.
 
         Raises:
-            DecryptionError: anything missing, mistyped, unsupported or too large.
+            MalformedMessageError: anything missing, mistyped, unsupported,
+                unknown or too large.
         """
+        if not isinstance(headers, Mapping):
+            raise _refuse("headers are not a mapping")
+        if wire_v2.HEADER in headers:
+            if not wire.our_headers(headers) <= _V2_NAMES:
+                raise _refuse("an x-emq-* header v2 does not define")
+            try:  # per message, so checked here and read by the caller
+                wire_v2.read_cause(headers)
+            except ValueError as exc:
+                raise MalformedMessageError() from exc
+            return self._parse_v2(headers[wire_v2.HEADER])
+        if not wire.our_headers(headers) <= _V1_NAMES:
+            raise _refuse("an x-emq-* header v1 does not define")
         received = wire.read_headers(headers)
         header = self._headers.get(received)
         if header is None:
@@ -276,6 +374,23 @@ class Opener:
             context = wire.check_envelope(received)
             header = EnvelopeHeader(received.key_id, received.wrapped_key, context)
             self._remember(self._headers, received, header)
+        return header
+
+    def _parse_v2(self, value: object) -> EnvelopeHeader:
+        if type(value) is bytearray:  # pamqp's type for "x"; unhashable
+            value = bytes(value)
+        header = self._v2_headers.get(value) if type(value) is bytes else None
+        if header is None:
+            try:
+                decoded = wire_v2.decode(value)
+            except ValueError as exc:
+                raise MalformedMessageError() from exc
+            first = decoded.copies[0]
+            header = EnvelopeHeader(
+                first.key_id, first.blob, decoded.context, decoded.copies, version=2
+            )
+            if type(value) is bytes:  # always: decode() refuses anything else
+                self._remember(self._v2_headers, value, header)
         return header
 
     def open(
@@ -289,6 +404,8 @@ class Opener:
         reported for it.
 
         Raises:
+            MalformedMessageError: refused before any KMS call (a short body,
+                an unusable bound property).
             DecryptionError: the message cannot be opened (always the same text).
             KeyMismatchError: it opened, but under another master key than
                 x-emq-key-id names (a spoofed sender).
@@ -297,9 +414,9 @@ class Opener:
         """
         nonce, sealed = wire.split_body(body)
         try:
-            aad = header._key_aad + _message_aad(meta)
+            aad = header._key_aad + _message_aad(meta, header.version)
         except ValueError as exc:
-            raise DecryptionError() from exc
+            raise MalformedMessageError() from exc
         used, unwrapped = self._cache.unwrap_any(header.copies, header.context)
         key = unwrapped.plaintext
         # The type check keeps an unhashable "key" from escaping as TypeError.

@@ -14,6 +14,7 @@ they never cross a public signature.
      │         └── KmsCallerError     the caller's own fault: signature, AccessKey,
      │                                clock skew, security token (no message's)
      ├── DecryptionError              a message cannot be opened (always the same text)
+     │    ├── MalformedMessageError   refused before any KMS call: headers, body size
      │    └── KeyMismatchError        it opened, but not under the key it names
      ├── SealingError                 a message cannot be sealed (bad input)
      └── BrokerError                  RabbitMQ failed us
@@ -40,6 +41,7 @@ __all__ = [
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
+    "MalformedMessageError",
     "MessageNackedError",
     "MessageUnroutableError",
     "MessagingError",
@@ -123,6 +125,16 @@ class DecryptionError(MessagingError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class MalformedMessageError(DecryptionError):
+    """A message refused on its shape alone, before any KMS call.
+
+    Missing or mistyped envelope headers, an unknown version, a body shorter
+    than nonce + tag, an unusable bound property: nothing was unwrapped and
+    nothing authenticated, so the consumer quarantines it as ``malformed``,
+    not ``undecryptable``. Same text as every DecryptionError (no oracle).
+    """
 
 
 class KeyMismatchError(DecryptionError):

@@ -3,18 +3,18 @@
 This is the byte-exact contract written down in docs/wire-format.md; keep the two
 in step. Nothing here does I/O or cryptography. Received headers are checked
 completely (names, types, sizes, canonical context) before anyone calls KMS, and
-every reason to refuse them is the one :class:`DecryptionError`; the specific
+every reason to refuse them is the one :class:`MalformedMessageError`; the specific
 reason is only chained as the cause, for debugging.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from envelope_mq.shared.crypto import NONCE_SIZE, OVERHEAD
-from envelope_mq.shared.errors import DecryptionError, SealingError
+from envelope_mq.shared.errors import MalformedMessageError, SealingError
 
 __all__ = [
     "ALGORITHM",
@@ -25,6 +25,8 @@ __all__ = [
     "KEY_ID_HEADER",
     "MAX_ENVELOPE_HEADER_BYTES",
     "MAX_SHORTSTR_BYTES",
+    "NAMESPACE",
+    "QUARANTINE_PREFIX",
     "VERSION",
     "VERSION_HEADER",
     "ReceivedEnvelope",
@@ -33,6 +35,7 @@ __all__ = [
     "envelope_header_size",
     "key_aad",
     "message_aad",
+    "our_headers",
     "parse_context",
     "read_headers",
     "split_body",
@@ -53,6 +56,12 @@ HEADER_NAMES = (
     DATA_KEY_HEADER,
     CONTEXT_HEADER,
 )
+
+# Header names envelope-mq owns: "x-emq" and "x-emq-*". A reader refuses any
+# of them its version does not define, except the quarantine copy's own
+# x-emq-quarantine-* (never authenticated; quarantine and replay strip them).
+NAMESPACE = "x-emq"
+QUARANTINE_PREFIX = "x-emq-quarantine-"
 
 # AMQP 0-9-1 does not fragment a header frame, and the crypto headers share it
 # with everything else: cap ours well below the 128 KiB default frame_max.
@@ -126,8 +135,10 @@ def message_aad(
         ValueError: a property has the wrong type, size or range (the recipe
             turns this into SealingError or DecryptionError).
     """
-    if message_id is None:
-        raise ValueError("message_id is required")
+    if message_id is None or message_id == "":
+        # An empty id identifies nothing (de-duplication keys on it): refused
+        # on both sides.
+        raise ValueError("message_id is required and may not be empty")
     if type(timestamp) is not int or not 0 <= timestamp < _U64_LIMIT:
         raise ValueError("timestamp must be an int in [0, 2**64)")
     return b"".join(
@@ -212,19 +223,19 @@ def read_headers(headers: object) -> ReceivedEnvelope:
     lets :class:`shared.envelope.Opener` skip the costly half on a repeat.
 
     Raises:
-        DecryptionError: a header missing, of the wrong type, or unsupported.
+        MalformedMessageError: a header missing, of the wrong type, or unsupported.
     """
     try:
         return _read_headers(headers)
     except ValueError as exc:
-        raise DecryptionError() from exc
+        raise MalformedMessageError() from exc
 
 
 def check_envelope(received: ReceivedEnvelope) -> dict[str, str]:
     """Check the 4 KiB size limit and the canonical context; return the context.
 
     Raises:
-        DecryptionError: the headers are too large or the context is not
+        MalformedMessageError: the headers are too large or the context is not
             canonical JSON of str to str.
     """
     try:
@@ -233,7 +244,7 @@ def check_envelope(received: ReceivedEnvelope) -> dict[str, str]:
             raise ValueError("x-emq-* headers exceed 4 KiB")
         return parse_context(received.context_json)
     except ValueError as exc:  # UnicodeEncodeError (lone surrogates) included
-        raise DecryptionError() from exc
+        raise MalformedMessageError() from exc
 
 
 def _required_text(headers: Mapping[object, object], name: str) -> str:
@@ -266,6 +277,18 @@ def _read_headers(headers: object) -> ReceivedEnvelope:
     )
 
 
+def our_headers(headers: Iterable[object]) -> set[str]:
+    """The names in ``headers`` that are envelope-mq's, quarantine ones aside."""
+    return {
+        name
+        for name in headers
+        if isinstance(name, str)
+        and name.startswith(NAMESPACE)
+        and (name == NAMESPACE or name.startswith("x-emq-"))
+        and not name.startswith(QUARANTINE_PREFIX)
+    }
+
+
 # --- body ----------------------------------------------------------------------
 
 
@@ -273,8 +296,8 @@ def split_body(body: bytes) -> tuple[bytes, bytes]:
     """Split a body into (nonce, ciphertext ‖ tag).
 
     Raises:
-        DecryptionError: the body is not bytes or shorter than nonce + tag.
+        MalformedMessageError: the body is not bytes or shorter than nonce + tag.
     """
     if not isinstance(body, bytes) or len(body) < OVERHEAD:
-        raise DecryptionError() from ValueError("body shorter than nonce + tag")
+        raise MalformedMessageError() from ValueError("body shorter than nonce + tag")
     return body[:NONCE_SIZE], body[NONCE_SIZE:]

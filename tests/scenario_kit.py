@@ -430,7 +430,11 @@ class RawPublisher:
         *,
         key_id: str | None = None,
         max_messages: int = 2**24,
+        wire_version: int = 1,
     ) -> None:
+        # v1 by default: the hostile-header and tamper tests edit its five
+        # headers one by one; wire_version=2 writes the producer's default.
+        self.wire_version = wire_version
         self.cache = DataKeyCache(
             AliyunKms.from_settings(settings), max_messages=max_messages
         )
@@ -456,7 +460,9 @@ class RawPublisher:
         slot = repr(sorted((context or {}).items()))
         sealer = self._sealers.get(slot)
         if sealer is None:
-            sealer = self._sealers[slot] = Sealer(self.cache, self.key_id, context)
+            sealer = self._sealers[slot] = Sealer(
+                self.cache, self.key_id, context, wire_version=self.wire_version
+            )
         meta = MessageMeta(
             message_id,
             int(time.time()) if timestamp is None else timestamp,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from envelope_mq.demo_run import DemoResult
+from envelope_mq.shared import wire_v2
 
 __all__ = ["format_report"]
 
@@ -20,6 +21,26 @@ def _rate(count: int, seconds: float) -> str:
 
 def _n(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _x_emq_lines(value: bytes) -> list[str]:
+    """The one binary header of wire format v2, taken apart for a reader."""
+    try:
+        decoded = wire_v2.decode(value)
+    except ValueError:
+        return [f"  {wire_v2.HEADER:<15} {len(value)} bytes (not a valid x-emq)"]
+    lines = [
+        f"  {wire_v2.HEADER:<15} {len(value)} bytes: wire format v2, AES-256-GCM, "
+        f"context {_short(decoded.context_json)}"
+    ]
+    for n, copy in enumerate(decoded.copies, 1):
+        where = f"region {copy.region}" if copy.region else "default KMS"
+        blob = wire_v2.blob_bytes(copy.blob)
+        lines.append(
+            f"  {f'copy {n}':<15} key {copy.key_id} ({where}), "
+            f"blob {len(blob)} bytes: {_short(copy.blob)}"
+        )
+    return lines
 
 
 def _short(text: str, limit: int = _SHOWN_TEXT) -> str:
@@ -74,7 +95,9 @@ def format_report(
             f"{stored.body[:_BODY_PREFIX_BYTES].hex()}…",
         ]
         for name, value in sorted(stored.headers.items()):
-            if name.startswith("x-emq-"):
+            if name == wire_v2.HEADER and type(value) is bytes:
+                lines += _x_emq_lines(value)
+            elif name.startswith("x-emq-"):
                 lines.append(f"  {name:<15} {_short(str(value))}")
     read = result.read
     if read is not None:

@@ -203,6 +203,7 @@ class EncryptedStage:
         connection_options: ConnectionOptions | None = None,
         keep_alive: KeepAliveProvider | None = None,
         metrics: MetricsHooks | None = None,
+        wire_version: int = 2,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
@@ -214,7 +215,9 @@ class EncryptedStage:
         self._opener: EnvelopeOpener = self._metrics.time_opener(opener)
         if isinstance(data_keys, DataKeyCache):
             self._metrics.watch_cache(data_keys)
-        self._sealer = self._metrics.time_sealer(Sealer(data_keys, key_id, context))
+        self._sealer = self._metrics.time_sealer(
+            Sealer(data_keys, key_id, context, wire_version=wire_version)
+        )
         self._key_id = key_id
         self._exchange = output.exchange if output else exchange or DEFAULT_EXCHANGE
         self._routing_key = routing_key or (output.binding_key if output else None)
@@ -323,6 +326,7 @@ class EncryptedStage:
                 connection_options=connection_options,
                 keep_alive=kms,
                 metrics=metrics,
+                wire_version=settings.wire_version,
             )
         except BaseException:
             if owned is not None:

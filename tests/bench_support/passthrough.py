@@ -1,6 +1,6 @@
 """Sealing switched off: the benchmark's way to tell crypto cost from client cost.
 
-:class:`PassThroughSealer` publishes the plaintext with the five x-emq-*
+:class:`PassThroughSealer` publishes the plaintext with the envelope
 headers a real sealer would attach (same sizes, same frames), and
 :class:`PassThroughOpener` hands the body over as it came. They live here, in
 the repository and outside every package, so that no wheel ever ships a sealer
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from envelope_mq.shared import wire
+from envelope_mq.shared import wire, wire_v2
 from envelope_mq.shared.envelope import (
     DataKeySource,
     EnvelopeHeader,
@@ -36,18 +36,25 @@ class PassThroughSealer(Sealer):
         cache: DataKeySource,
         key_id: str,
         context: Mapping[str, str] | None = None,
+        *,
+        wire_version: int = 2,
     ) -> None:
-        super().__init__(cache, key_id, context)
+        super().__init__(cache, key_id, context, wire_version=wire_version)
         context = {} if context is None else context
         # One real data key, only so that the headers have their real sizes.
         data_key = cache.acquire(key_id, context)
-        self._headers: dict[str, str | int] = {
-            wire.VERSION_HEADER: wire.VERSION,
-            wire.ALG_HEADER: wire.ALGORITHM,
-            wire.KEY_ID_HEADER: data_key.key_id,
-            wire.DATA_KEY_HEADER: data_key.wrapped,
-            wire.CONTEXT_HEADER: wire.canonical_context(context),
-        }
+        context_json = wire.canonical_context(context)
+        self._headers: dict[str, str | int | bytes] = (
+            {wire_v2.HEADER: wire_v2.encode(context_json, data_key.copies)}
+            if wire_version == 2
+            else {
+                wire.VERSION_HEADER: wire.VERSION,
+                wire.ALG_HEADER: wire.ALGORITHM,
+                wire.KEY_ID_HEADER: data_key.key_id,
+                wire.DATA_KEY_HEADER: data_key.wrapped,
+                wire.CONTEXT_HEADER: context_json,
+            }
+        )
 
     def seal(self, plaintext: bytes, meta: MessageMeta) -> SealedMessage:
         """The plaintext, unchanged, with the headers a real seal would carry."""

@@ -246,7 +246,10 @@ def test_bad_task_messages_are_quarantined_never_run(
     # 2. sealed under a master key KMS does not know (a foreign sender)
     foreign_id = str(uuid.uuid4())
     sealer = Sealer(
-        DataKeyCache(InMemoryKeyProvider()), "foreign-key", {"app": "celery-test"}
+        DataKeyCache(InMemoryKeyProvider()),
+        "foreign-key",
+        {"app": "celery-test"},
+        wire_version=1,
     )
     plaintext = json.dumps([["foreign"], {}, {}]).encode()
     meta = type(parts.meta)(

@@ -24,6 +24,7 @@ from envelope_mq.consumer.transport import (
     QUARANTINE_REASON_HEADER,
 )
 from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.shared import wire_v2
 from envelope_mq.shared.amqp import ConnectionOptions, Topology
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Sealer
@@ -231,7 +232,7 @@ def test_damaged_messages_are_quarantined_while_good_ones_keep_flowing(
     by_id = {p.message_id: (p, b) for p, b in quarantined}
     tampered_props, tampered_body = by_id[meta.message_id]
     assert tampered_body == flipped  # the original body, untouched
-    assert tampered_props.headers["x-emq-data-key"] == headers["x-emq-data-key"]
+    assert tampered_props.headers["x-emq"] == headers["x-emq"]  # as published
     assert tampered_props.headers[QUARANTINE_QUEUE_HEADER] == emq_amqp_topology.queue
     assert tampered_props.delivery_mode == 2
     assert by_id[meta_c.message_id][0].headers["x-app"] == "kept"
@@ -356,10 +357,9 @@ def test_producer_principal_cannot_decrypt_what_it_published(
     emq_rabbitmq_url: str,
 ) -> None:
     _body, headers, _meta = publisher.seal(b"for consumers only")
+    [copy] = wire_v2.decode(headers["x-emq"]).copies
     with pytest.raises(KmsRequestError) as denied:
-        AliyunKms.from_settings(emq_producer_settings).decrypt_data_key(
-            headers["x-emq-data-key"], {}
-        )
+        AliyunKms.from_settings(emq_producer_settings).decrypt_data_key(copy.blob, {})
     assert denied.value.code.startswith("Forbidden")
 
     message_id = publisher.send(b"for consumers only")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from envelope_mq.producer import EncryptedPublisher, TransportOptions
 from envelope_mq.producer.transport import ConfirmingTransport
+from envelope_mq.shared import wire_v2
 from envelope_mq.shared.amqp import Topology, connect_blocking
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Opener, SealedMessage, Sealer
@@ -24,7 +25,6 @@ from envelope_mq.shared.errors import (
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import AliyunKms, InMemoryKeyProvider
-from envelope_mq.shared.wire import HEADER_NAMES
 
 from envelope_mq.testing.faultproxy import FaultProxy, Hold, ResetPeer
 from envelope_mq.testing.kms import KmsFixture
@@ -120,9 +120,11 @@ def test_a_confirmed_message_lands_sealed_with_the_envelope_headers(
     [(properties, body)] = drain(
         emq_consumer_settings.rabbitmq_urls, emq_amqp_topology.queue
     )
-    assert set(properties.headers) == set(HEADER_NAMES)
-    assert properties.headers["x-emq-key-id"] == emq_kms.key_id
-    assert properties.headers["x-emq-context"] == '{"tenant":"a"}'
+    # wire format v2 by default: one byte-array header (AMQP "x")
+    assert set(properties.headers) == {wire_v2.HEADER}
+    decoded = wire_v2.decode(properties.headers[wire_v2.HEADER])
+    assert [copy.key_id for copy in decoded.copies] == [emq_kms.key_id]
+    assert decoded.context_json == '{"tenant":"a"}'
     assert plaintext not in body
     assert properties.message_id == message_id
     assert properties.delivery_mode == 2
@@ -143,11 +145,12 @@ def test_the_producer_principal_cannot_decrypt_what_it_published(
     [(properties, _body)] = drain(
         emq_producer_settings.rabbitmq_urls, emq_amqp_topology.queue
     )
+    [copy] = wire_v2.decode(properties.headers[wire_v2.HEADER]).copies
     with (
         AliyunKms.from_settings(emq_producer_settings) as kms,
         pytest.raises(KmsRequestError),
     ):
-        kms.decrypt_data_key(properties.headers["x-emq-data-key"], {})
+        kms.decrypt_data_key(copy.blob, {})
 
 
 def test_an_unroutable_publish_fails_its_future(

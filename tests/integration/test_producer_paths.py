@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 from envelope_mq.producer import EncryptedPublisher, TransportOptions
+from envelope_mq.shared import wire_v2
 from envelope_mq.shared.amqp import Topology, connect_blocking
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Opener
 from envelope_mq.shared.errors import MessageUnroutableError
 from envelope_mq.shared.keycache import UnwrapCache
 from envelope_mq.shared.kms import AliyunKms
-from envelope_mq.shared.wire import HEADER_NAMES
 
 from envelope_mq.testing.faultproxy import FaultProxy
 
@@ -113,7 +113,7 @@ def test_messages_land_sealed_and_open(
     with AliyunKms.from_settings(emq_consumer_settings) as kms:
         opener = Opener(UnwrapCache(kms))
         for (properties, body), plaintext in zip(received, plaintexts, strict=True):
-            assert set(properties.headers) == set(HEADER_NAMES)
+            assert set(properties.headers) == {wire_v2.HEADER}
             assert properties.delivery_mode == 2
             assert (properties.content_type, properties.type) == ("text/plain", "t")
             meta = MessageMeta(

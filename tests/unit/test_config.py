@@ -23,6 +23,7 @@ FULL = {
     "EMQ_DATA_KEY_MAX_MESSAGES": "1000",
     "EMQ_KEY_CACHE_SIZE": "16",
     "EMQ_KEY_CACHE_TTL": "120",
+    "EMQ_WIRE_VERSION": "1",
 }
 
 
@@ -36,6 +37,7 @@ def test_an_empty_environment_gives_local_development_defaults() -> None:
     assert settings.region_id == "cn-hangzhou"
     assert (settings.data_key_max_age, settings.data_key_max_messages) == (300.0, 2**24)
     assert (settings.key_cache_size, settings.key_cache_ttl) == (1024, 3600.0)
+    assert settings.wire_version == 2
 
 
 def test_every_variable_overrides_its_default() -> None:
@@ -55,6 +57,7 @@ def test_every_variable_overrides_its_default() -> None:
     assert settings.data_key_max_messages == 1000
     assert settings.key_cache_size == 16
     assert settings.key_cache_ttl == 120.0
+    assert settings.wire_version == 1
 
 
 def test_empty_variables_count_as_unset() -> None:
@@ -95,6 +98,8 @@ def test_broker_passwords_are_not_in_the_repr() -> None:
         ("EMQ_KEY_CACHE_TTL", "never"),
         ("EMQ_KEY_CACHE_TTL", "0"),
         ("EMQ_KEY_CACHE_TTL", "nan"),
+        ("EMQ_WIRE_VERSION", "3"),
+        ("EMQ_WIRE_VERSION", "v2"),
     ],
 )
 def test_a_bad_number_is_a_config_error_naming_the_variable(
@@ -120,3 +125,8 @@ def test_a_url_list_with_no_url_is_a_config_error() -> None:
 def test_a_nan_duration_built_in_code_is_a_config_error(field: str) -> None:
     with pytest.raises(ConfigError):
         Settings(**{field: float("nan")})  # type: ignore[arg-type]
+
+
+def test_extra_wrapped_copies_need_wire_format_2() -> None:
+    with pytest.raises(ConfigError, match="KMS_WRAP_ALSO needs wire format 2"):
+        Settings.from_env({"EMQ_WIRE_VERSION": "1", "KMS_WRAP_ALSO": "cn-sh=key-b"})

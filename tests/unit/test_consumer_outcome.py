@@ -19,6 +19,7 @@ from envelope_mq.consumer.outcome import (
     handle,
 )
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.shared import wire_v2
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
 from envelope_mq.shared.errors import (
     KmsCallerError,
@@ -95,7 +96,7 @@ def test_handled_message_is_acked_and_the_handler_sees_the_plaintext(
     assert message.message_id == "m-1"
     assert message.content_type == "text/plain"
     assert message.key_id == KEY_ID
-    assert message.headers["x-emq-key-id"] == KEY_ID
+    assert wire_v2.decode(message.headers["x-emq"]).copies[0].key_id == KEY_ID
 
 
 def test_received_message_repr_hides_the_plaintext(
@@ -343,7 +344,7 @@ def test_the_handler_sees_the_key_id_kms_reported_not_the_headers_spelling() -> 
     )
     assert outcome is ACK
     [message] = handler.received
-    assert message.headers["x-emq-key-id"] == arn
+    assert wire_v2.decode(message.headers["x-emq"]).copies[0].key_id == arn
     assert message.key_id == "key-a"
 
 

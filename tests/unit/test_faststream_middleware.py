@@ -17,7 +17,7 @@ from envelope_mq.consumer.transport import (
     QUARANTINE_QUEUE_HEADER,
     QUARANTINE_REASON_HEADER,
 )
-from envelope_mq.shared import wire
+from envelope_mq.shared import wire_v2
 from envelope_mq.shared.errors import ConfigError
 from envelope_mq.shared.kms import InMemoryKeyProvider
 from faststream import BaseMiddleware
@@ -83,7 +83,7 @@ def test_handlers_get_typed_plaintext_and_the_wire_carries_only_ciphertext() -> 
     asyncio.run(run())
     assert got == [Order(id=7, item="tea leaves")]
     assert b"tea leaves" not in spy.bodies[0]
-    assert spy.headers[0][wire.KEY_ID_HEADER] == KEY
+    assert wire_v2.decode(spy.headers[0][wire_v2.HEADER]).copies[0].key_id == KEY
 
 
 def test_a_publisher_decorator_and_request_reply_are_sealed_both_ways() -> None:
@@ -117,7 +117,9 @@ def test_a_publisher_decorator_and_request_reply_are_sealed_both_ways() -> None:
     # is sealed too on a real broker; TestRabbitBroker hands it back directly:
     # tests/integration/test_faststream.py checks it on the wire.)
     assert len(spy.bodies) == 3
-    assert all(h[wire.KEY_ID_HEADER] == KEY for h in spy.headers)
+    assert all(
+        wire_v2.decode(h[wire_v2.HEADER]).copies[0].key_id == KEY for h in spy.headers
+    )
     assert not any(b"QUIET" in b or b"quiet" in b for b in spy.bodies)
 
 

@@ -37,6 +37,7 @@ PINNED = [
     "KmsError",
     "KmsRequestError",
     "KmsUnavailableError",
+    "MalformedMessageError",
     "ManualClock",
     "MessageNackedError",
     "MessageUnroutableError",

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from envelope_mq.shared.crypto import Aes256Gcm
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
-from envelope_mq.shared.errors import DecryptionError
+from envelope_mq.shared.errors import DecryptionError, MalformedMessageError
 from envelope_mq.shared.kms import DataKey, UnwrappedKey, WrappedCopy, local_copy
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -123,7 +123,9 @@ def _data_key(vector: Mapping[str, Any]) -> DataKey:
 @pytest.mark.parametrize("vector", POSITIVE, ids=_ids(POSITIVE))
 def test_sealing_reproduces_the_vector(vector: dict[str, Any]) -> None:
     keys = OneKey(_data_key(vector))
-    sealer = Sealer(keys, vector["headers"]["x-emq-key-id"], vector["context"])
+    sealer = Sealer(
+        keys, vector["headers"]["x-emq-key-id"], vector["context"], wire_version=1
+    )
     sealed = sealer._seal_with(
         bytes.fromhex(vector["plaintext"]),
         _meta(vector["properties"]),
@@ -182,6 +184,8 @@ def test_negative_vector_fails_with_the_one_decryption_error(
     # The refusal happened where the vector says: headers and properties first,
     # the tag only after the key came back.
     assert kms.unwraps == (0 if vector["before_kms"] else 1)
+    # ... and is told apart by its class: malformed exactly when before KMS
+    assert isinstance(caught.value, MalformedMessageError) == vector["before_kms"]
 
 
 def test_negative_vectors_cover_every_kind_of_refusal() -> None:

@@ -152,7 +152,7 @@ def test_absent_property_encodes_differently_from_empty() -> None:
     key_id=st.text(min_size=1),
     wrapped=st.text(min_size=1),
     context=st.dictionaries(st.text(), st.text(), max_size=4),
-    message_id=short_text,
+    message_id=short_text.filter(bool),
     timestamp=st.integers(0, 2**64 - 1),
     optional=st.tuples(*[st.none() | short_text] * 3),
 )
@@ -312,3 +312,8 @@ def test_smallest_possible_body_is_28_bytes() -> None:
 def test_body_that_is_not_bytes_is_refused(body: Any) -> None:
     with pytest.raises(DecryptionError):
         wire.split_body(body)
+
+
+def test_an_empty_message_id_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        wire.message_aad("", 0, None, None, None)

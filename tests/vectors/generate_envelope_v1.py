@@ -127,7 +127,7 @@ def _positive(index: int, spec: Mapping[str, Any]) -> dict[str, Any]:
     )
     nonce = _derive(f"nonce {index}", 12)
     meta = _properties(spec["properties"])
-    sealer = Sealer(_FixedKey(data_key), KEY_ID, spec["context"])
+    sealer = Sealer(_FixedKey(data_key), KEY_ID, spec["context"], wire_version=1)
     sealed = sealer._seal_with(spec["plaintext"], meta, nonce=nonce)
     context_json = sealed.headers[wire.CONTEXT_HEADER]
     assert isinstance(context_json, str)

@@ -123,7 +123,8 @@ def outgoing_message(sealed: SealedMessage) -> aio_pika.Message:
     meta = sealed.meta
     return aio_pika.Message(
         sealed.body,
-        headers=dict(sealed.headers),
+        # v2's x-emq is bytes: pamqp writes a byte array ("x") from a bytearray
+        headers=pamqp_encodable(dict(sealed.headers)),
         message_id=meta.message_id,
         timestamp=meta.timestamp,
         content_type=meta.content_type,

@@ -120,12 +120,16 @@ class AsyncSealer:
         offload: KmsOffload,
         metrics: MetricsHooks,
         sealer_class: type[Sealer] = Sealer,
+        *,
+        wire_version: int = 2,
     ) -> None:
         self._fast: MessageSealer = metrics.time_sealer(
-            sealer_class(_CacheOnlyKeys(cache), key_id, context)
+            sealer_class(
+                _CacheOnlyKeys(cache), key_id, context, wire_version=wire_version
+            )
         )
         self._slow: MessageSealer = metrics.time_sealer(
-            sealer_class(cache, key_id, context)
+            sealer_class(cache, key_id, context, wire_version=wire_version)
         )
         self._offload = offload
 

@@ -99,6 +99,8 @@ class AsyncEncryptedPublisher:
     ``await publisher.send(body)`` waits for the confirm. Nothing is ever
     published unsealed: when no data key can be had, publish raises the
     KmsError. Use it as ``async with``; :meth:`start` connects and declares.
+    ``wire_version`` is the wire format written (2, or 1: see
+    EncryptedPublisher).
     """
 
     # The benchmark's sealing-off baseline only; nothing public chooses it.
@@ -117,6 +119,7 @@ class AsyncEncryptedPublisher:
         connection_options: ConnectionOptions | None = None,
         metrics: MetricsHooks | None = None,
         kms_threads: int = DEFAULT_KMS_THREADS,
+        wire_version: int = 2,
     ) -> None:
         if topology is not None and exchange not in (None, topology.exchange):
             raise ConfigError("exchange differs from the topology's exchange")
@@ -129,6 +132,7 @@ class AsyncEncryptedPublisher:
         self._default_routing_key = topology.binding_key if topology else None
         self._data_keys = data_keys
         self._key_id = key_id
+        self._wire_version = wire_version
         self._options = options or TransportOptions()
         self._connection_options = connection_options or ConnectionOptions()
         self._metrics = NULL_METRICS if metrics is None else metrics
@@ -193,6 +197,7 @@ class AsyncEncryptedPublisher:
             context=context,
             options=options,
             metrics=metrics,
+            wire_version=settings.wire_version,
         )
         publisher._owned_kms = owned  # closed with the publisher
         return publisher
@@ -535,6 +540,7 @@ class AsyncEncryptedPublisher:
             self._offload,
             self._metrics,
             self._sealer_class,
+            wire_version=self._wire_version,
         )
 
     async def __aenter__(self) -> Self:

@@ -32,7 +32,7 @@ from envelope_mq.shared.envelope import Opener
 from envelope_mq.shared.errors import MessagingError
 from envelope_mq.shared.keycache import UnwrapCache
 from envelope_mq.shared.kms import AliyunKms
-from envelope_mq.shared.wire import DATA_KEY_HEADER
+from envelope_mq.shared.wire_v2 import data_key_token
 
 __all__ = ["run_latency"]
 
@@ -66,7 +66,7 @@ def consume_latencies(
         def handler(message: ReceivedMessage) -> None:
             now = time.time()
             kind, due = _STAMP.unpack_from(message.body)
-            keys.add(message.headers.get(DATA_KEY_HEADER))
+            keys.add(data_key_token(message.headers))
             if kind == _TIMED:
                 latencies.append(now - due)
             elif kind == _PROBE:

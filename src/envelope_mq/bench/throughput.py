@@ -50,7 +50,7 @@ from envelope_mq.progress import Progress
 from envelope_mq.shared.amqp import QueueType
 from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
 from envelope_mq.shared.errors import BrokerError
-from envelope_mq.shared.wire import DATA_KEY_HEADER
+from envelope_mq.shared.wire_v2 import data_key_token
 
 __all__ = ["PLAIN", "SEALED", "SIDES", "UNSEALED", "run_throughput"]
 
@@ -80,7 +80,7 @@ class _KeysSeen(_Consumed):
         self.keys: set[object] = set()
 
     def __call__(self, message: ReceivedMessage) -> None:
-        self.keys.add(message.headers.get(DATA_KEY_HEADER))
+        self.keys.add(data_key_token(message.headers))
         self.count += 1
         self.last = time.perf_counter()
 

@@ -88,7 +88,10 @@ def setup(
 
         provider = kms_from_settings(settings or Settings.from_env())
     opening = open_provider or provider
-    sealer = Sealer(DataKeyCache(provider), key_id, context)
+    # The frame carries the envelope in the body, as JSON (framing.py): v1's
+    # text headers. v2 saves header-table work at the broker, which a
+    # serializer's frame never costs.
+    sealer = Sealer(DataKeyCache(provider), key_id, context, wire_version=1)
     opener = Opener(UnwrapCache(opening))
     key_policy = KeyPolicy.parse(allow_key)
     resolver = opening if isinstance(opening, KeyResolver) else None
