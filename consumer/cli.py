@@ -52,7 +52,7 @@ from envelope_mq.shared.observability.metrics import KMS_COMPONENT
 from envelope_mq.shared.observability.service import Observability
 from envelope_mq.shared.regions import consumer_regions
 
-__all__ = ["register", "register_replay", "stream_cursor"]
+__all__ = ["add_stream_arguments", "register", "register_replay", "stream_cursor"]
 
 _EPILOG = (
     "Broker and KMS come from RABBITMQ_URL, KMS_ENDPOINT (or KMS_INSTANCE_ENDPOINT) "
@@ -160,10 +160,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="remember the last N messages handled (by sender key, context and "
         "message id) and drop repeats (default: off)",
     )
-    stream = parser.add_argument_group(
+    add_stream_arguments(parser)
+    add_region_arguments(parser, writer=False)
+    add_observability_arguments(parser)
+    parser.set_defaults(run=run_consume)
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --offset, --offset-file and --commit-every (see :func:`stream_cursor`)."""
+    group = parser.add_argument_group(
         "streams (--queue-type stream)", "see docs/streams.md"
     )
-    stream.add_argument(
+    group.add_argument(
         "--offset",
         type=_offset_spec,
         metavar="SPEC",
@@ -171,14 +179,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "next, an offset, an ISO 8601 time or @SECONDS (default: next); with "
         "--offset-file holding a position, the consumer resumes after it instead",
     )
-    stream.add_argument(
+    group.add_argument(
         "--offset-file",
         type=Path,
         metavar="PATH",
         help="keep this consumer's stream position in PATH (one consumer per "
         "file), replaced atomically; a restart resumes after it",
     )
-    stream.add_argument(
+    group.add_argument(
         "--commit-every",
         type=positive_int,
         default=DEFAULT_COMMIT_EVERY,
@@ -187,9 +195,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "stopping): the most a crash makes the next run read again "
         "(default: %(default)s)",
     )
-    add_region_arguments(parser, writer=False)
-    add_observability_arguments(parser)
-    parser.set_defaults(run=run_consume)
 
 
 def _offset_spec(text: str) -> OffsetSpec:

@@ -54,6 +54,7 @@ from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.consumer.keypolicy import KEY_IDS_ONLY, KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
 from envelope_mq.consumer.outcome import (
+    RETRY,
     RETRY_LATER,
     EnvelopeOpener,
     Outcome,
@@ -64,6 +65,7 @@ from envelope_mq.consumer.outcome import (
 )
 from envelope_mq.consumer.outlet import NACKED, UNROUTABLE, check_exchange
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.streams import StreamCursor
 from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.producer import frames
 from envelope_mq.shared.amqp import (
@@ -103,6 +105,8 @@ logger = logging.getLogger(__name__)
 StageHandler = Callable[[ReceivedMessage], object]
 
 _POLL_SECONDS = 0.25
+# What a stream cannot requeue: the stage hands the input on again in place.
+_IN_PLACE = frozenset({Verdict.REQUEUE, Verdict.RETRY})
 _INTERLEAVE = 32  # inputs taken between two looks at the socket
 _STABLE_SECONDS = 10.0
 _DRAIN_SECONDS = 30.0  # stop(): how long to wait for the outputs in flight
@@ -204,9 +208,14 @@ class EncryptedStage:
         keep_alive: KeepAliveProvider | None = None,
         metrics: MetricsHooks | None = None,
         wire_version: int = 2,
+        stream: StreamCursor | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
+        if stream is not None and not topology.is_stream:
+            raise ConfigError(
+                f"a stream position needs a stream queue, not {topology.queue_type}"
+            )
         if output is not None and exchange not in (None, output.exchange):
             raise ConfigError("exchange differs from the output topology's exchange")
         self._urls = split_urls(urls)
@@ -236,7 +245,10 @@ class EncryptedStage:
             options=connection_options,
             outlet=output.declare if output else check_exchange(self._exchange),
             framer=_frame,
+            cursor=stream,
         )
+        #: The input stream's position (None unless the input is a stream).
+        self.cursor = self._transport.cursor
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
         self._owned_kms: KmsClient | None = None
@@ -270,6 +282,7 @@ class EncryptedStage:
         connection_options: ConnectionOptions | None = None,
         metrics: MetricsHooks | None = None,
         max_decrypt_rate: float = DEFAULT_DECRYPT_RATE,
+        stream: StreamCursor | None = None,
     ) -> EncryptedStage:
         """Wire one KMS client for both sides from ``settings``; no I/O.
 
@@ -327,6 +340,7 @@ class EncryptedStage:
                 keep_alive=kms,
                 metrics=metrics,
                 wire_version=settings.wire_version,
+                stream=stream,
             )
         except BaseException:
             if owned is not None:
@@ -374,6 +388,7 @@ class EncryptedStage:
         was_connected, self._connected = self._connected, False
         self._inflight.clear()
         self._transport.close()
+        self._commit_position()
         if self._owned_kms is not None:
             self._owned_kms.close()
         if was_connected:
@@ -475,6 +490,8 @@ class EncryptedStage:
                 # in flight (the outlet's callbacks run inside pump()).
                 self._metrics.alive(_COMPONENT)
                 transport.flush_acks()
+                if not inflight:
+                    self._commit_position()
                 if not (inflight and not inflight[0].remaining):
                     transport.pump(_POLL_SECONDS)
                 if not transport.consuming:
@@ -487,6 +504,10 @@ class EncryptedStage:
         while inflight and not inflight[0].remaining:
             entry = inflight.popleft()
             if entry.error is None:
+                if self.cursor is not None:
+                    # Before the ack (which may fail on a lost connection):
+                    # on a stream an ack only returns credit.
+                    self.cursor.settled(entry.delivery.headers)
                 transport.ack(entry.delivery)
                 self.stats.handled += 1
                 self.stats.outputs += entry.outputs
@@ -501,6 +522,14 @@ class EncryptedStage:
         self, transport: BlockingTransport, entry: _InFlight, error: str
     ) -> None:
         delivery = entry.delivery
+        if error == NACKED and self.cursor is not None:
+            # A stream cannot take the input back: hand it on again in place,
+            # ahead of every later input (whose outputs may be confirmed, but
+            # which must not move the position past this one).
+            self.stats.outputs_nacked += 1
+            self._metrics.requeued()
+            self._in_place(transport, delivery, 1, RETRY)
+            return
         if error == NACKED:
             # The broker refused an output (overflow, an internal error): the
             # input goes back and is handed on again later, after a pause.
@@ -533,8 +562,13 @@ class EncryptedStage:
         if outcome is not None:
             self._decided(transport, delivery, deliveries, outcome)
 
-    def _attempt(self, delivery: Delivery, deliveries: int) -> Outcome | None:
-        """Open, handle and publish; None when the outputs are on their way."""
+    def _attempt(
+        self, delivery: Delivery, deliveries: int, *, front: bool = False
+    ) -> Outcome | None:
+        """Open, handle and publish; None when the outputs are on their way.
+
+        ``front``: the input goes ahead of those in flight (a stream's retry).
+        """
         admitted = admit(
             delivery, self._opener, policy=self._policy, key_policy=self._key_policy
         )
@@ -580,7 +614,10 @@ class EncryptedStage:
         if delivery.redelivered and sealed:
             self.stats.repeated_outputs += len(sealed)
             self._metrics.stage_repeated_outputs(len(sealed))
-        self._inflight.append(entry)
+        if front:
+            self._inflight.appendleft(entry)
+        else:
+            self._inflight.append(entry)
         return None
 
     def _seal(
@@ -626,7 +663,9 @@ class EncryptedStage:
         verdict = outcome.verdict
         if verdict is Verdict.ACK:  # handed on after a hold
             self._drain(transport)
-        elif verdict in (Verdict.REQUEUE, Verdict.RETRY):
+        elif verdict in _IN_PLACE and self.cursor is not None:
+            self._in_place(transport, delivery, deliveries, outcome)
+        elif verdict in _IN_PLACE:
             if verdict is Verdict.REQUEUE:
                 self._counter.failed(delivery, deliveries)
                 self.stats.requeued += 1
@@ -653,10 +692,65 @@ class EncryptedStage:
                     "reason": str(reason),
                 },
             )
+            if self.cursor is not None:
+                self.cursor.settled(delivery.headers)
             transport.quarantine(delivery, outcome)
             self._counter.settled(delivery)
             self.stats.quarantined[str(reason)] += 1
             self._metrics.quarantined(str(reason))
+
+    def _in_place(
+        self,
+        transport: BlockingTransport,
+        delivery: Delivery,
+        deliveries: int,
+        outcome: Outcome,
+    ) -> None:
+        """A stream's requeue: try ``delivery`` again here, with backoff.
+
+        A stream cannot take a message back and skipping it would lose it, so
+        it is handled again ahead of every later input, each REQUEUE counted
+        against ``max_deliveries`` (then quarantined as handler-error), each
+        RETRY (and each nacked output) not. When stopping, the position stays
+        before it.
+        """
+        delays = self._kms_backoff.delays()
+        while outcome.verdict in _IN_PLACE or outcome.verdict is Verdict.RETRY_LATER:
+            if outcome.verdict is Verdict.REQUEUE:
+                self.stats.requeued += 1
+                deliveries += 1
+            elif outcome.verdict is Verdict.RETRY:
+                self.stats.retried += 1
+            else:
+                self.stats.kms_retries += 1
+            transport.sleep(next(delays), self._stop_requested)
+            if self._stopping:
+                self._inflight.clear()  # nothing later may settle past it
+                return
+            attempt = self._attempt(delivery, deliveries, front=True)
+            if attempt is None:
+                return  # its outputs are on their way, ahead of the rest
+            outcome = attempt
+        if outcome.verdict is Verdict.HALT:
+            self._halt(transport, outcome)
+        # Settled here (quarantined): later inputs may follow it.
+        self._decided_now(transport, delivery, outcome)
+
+    def _decided_now(
+        self, transport: BlockingTransport, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        """Quarantine ``delivery`` without waiting for the inputs in flight."""
+        reason = outcome.reason or Reason.MALFORMED
+        if self.cursor is not None:
+            self.cursor.settled(delivery.headers)
+        transport.quarantine(delivery, outcome)
+        self._counter.settled(delivery)
+        self.stats.quarantined[str(reason)] += 1
+        self._metrics.quarantined(str(reason))
+
+    def _commit_position(self) -> None:
+        if self.cursor is not None:
+            self.cursor.commit()
 
     def _drain(self, transport: BlockingTransport) -> None:
         """Wait until every input in flight is settled (acked or requeued)."""

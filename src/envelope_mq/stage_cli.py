@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
+from envelope_mq.consumer.cli import add_stream_arguments, stream_cursor
 from envelope_mq.consumer.keypolicy import KeyPolicy
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.policy import ContextPolicy
@@ -85,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         queue_help="input queue to consume (declared)",
         exchange_help="exchange the input queue is bound to (default: %(default)s)",
         routing_key_help="binding key of the input queue (default: the queue name)",
-        queue_type_help="type of the input queue (default: %(default)s)",
+        queue_type_help="type of the input queue (default: %(default)s); a "
+        "stream is read from --offset, its position kept in --offset-file",
         exchange_first=True,
     )
     out = parser.add_argument_group("output")
@@ -152,6 +154,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="at most N KMS Decrypt calls per second (default: %(default)s)",
     )
+    add_stream_arguments(parser)
     add_observability_arguments(parser)
     parser.set_defaults(run=run_stage)
 
@@ -175,6 +178,7 @@ def run_stage(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         output, routing_key = _output(args)
         handler = load_handler(args.handler) if args.handler else pass_through
+        cursor = stream_cursor(args)
         with observability(args, prog) as observed:
             stage = EncryptedStage.from_settings(
                 settings,
@@ -191,6 +195,7 @@ def run_stage(args: argparse.Namespace) -> int:
                 key_policy=KeyPolicy.parse(args.allow_key),
                 max_decrypt_rate=args.max_decrypt_rate,
                 metrics=observed.metrics,
+                stream=cursor,
             )
             observed.say(
                 f"{prog}: {args.queue!r} -> exchange {args.to_exchange!r} "
@@ -212,7 +217,8 @@ def run_stage(args: argparse.Namespace) -> int:
             observed.say(
                 f"{prog}: {stats.handled} input(s) handed on as {stats.outputs} "
                 f"output(s); quarantined: {quarantined or 'none'}; "
-                f"repeated outputs (possible duplicates): {stats.repeated_outputs}",
+                f"repeated outputs (possible duplicates): {stats.repeated_outputs}"
+                + ("" if cursor is None else f"; stream position: {cursor.position}"),
                 event="stage_stopped",
                 queue=args.queue,
                 count=stats.handled,

@@ -331,3 +331,45 @@ def test_a_nacked_output_requeues_its_input(
     # the two inputs whose output was refused are back in their queue
     wait_until(lambda: depth(emq_rabbitmq_url, inp.queue) == 2)
     assert depth(emq_rabbitmq_url, inp.quarantine_queue) == 0
+
+
+def test_a_stream_input_is_handed_on_and_its_position_kept(
+    kms: PipelineKms,
+    emq_rabbitmq_url: str,
+    topologies: tuple[Topology, Topology],
+    tmp_path: Path,
+) -> None:
+    from envelope_mq.consumer.streams import OffsetFile, OffsetSpec, StreamCursor
+
+    inp, out = topologies
+    stream = Topology(
+        queue=inp.queue,
+        exchange=inp.exchange,
+        queue_type="stream",
+        exchange_auto_delete=True,
+    )
+    offsets = tmp_path / "stage.offset"
+
+    def stage() -> EncryptedStage:
+        return EncryptedStage.from_settings(
+            kms.settings("stage", [emq_rabbitmq_url]),
+            stream,
+            lambda m: m.body.upper(),
+            output=out,
+            context=STAGE_CONTEXT,
+            stream=StreamCursor(OffsetSpec("first"), OffsetFile(offsets)),
+        )
+
+    publish(kms, emq_rabbitmq_url, stream, [b"e%d" % i for i in range(20)])
+    first = stage().run(count=20)
+    assert (first.handled, first.outputs) == (20, 20)
+    assert offsets.read_text() == "19\n"
+    # A second run resumes after the committed position: nothing twice.
+    publish(kms, emq_rabbitmq_url, stream, [b"f%d" % i for i in range(5)])
+    second = stage().run(count=5)
+    assert (second.handled, second.redelivered) == (5, 0)
+    assert offsets.read_text() == "24\n"
+    got = read_all(kms, emq_rabbitmq_url, out, 25)
+    assert sorted(m.body for m in got) == sorted(
+        [b"E%d" % i for i in range(20)] + [b"F%d" % i for i in range(5)]
+    )
