@@ -64,3 +64,14 @@ class ReceivedMessage:
     def content_type(self) -> str | None:
         """The content type of the plaintext (authenticated)."""
         return self.properties.content_type
+
+    @property
+    def causation_id(self) -> str | None:
+        """The message_id of the message this one was made from (authenticated).
+
+        Set by a stage (``EncryptedStage``) on each output it hands on, from
+        its input (wire format v2, header ``x-emq-cause``); None otherwise.
+        Use it to trace a message back through a pipeline, or to de-duplicate
+        by what it was made from.
+        """
+        return self.properties.causation_id

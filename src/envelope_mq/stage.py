@@ -24,6 +24,9 @@ input is acknowledged only once every one of its outputs is confirmed:
 - what the consumer quarantines (undecryptable, malformed, denied, rejected,
   handler-error after ``max_deliveries``), the stage quarantines the same way.
 
+Each output carries its input's message_id as its causation id, bound into
+its tag (wire format v2: ``ReceivedMessage.causation_id`` downstream).
+
 A crash anywhere loses nothing: an input is acknowledged after its outputs are
 confirmed, never before. A lost connection loses nothing either: the inputs
 in flight were not acknowledged, so the broker delivers them again, and their
@@ -228,6 +231,8 @@ class EncryptedStage:
             Sealer(data_keys, key_id, context, wire_version=wire_version)
         )
         self._key_id = key_id
+        # v1 has no room for the causation id; v2 binds it into the tag.
+        self._causation = wire_version >= 2
         self._exchange = output.exchange if output else exchange or DEFAULT_EXCHANGE
         self._routing_key = routing_key or (output.binding_key if output else None)
         self._handler = handler
@@ -639,6 +644,7 @@ class EncryptedStage:
                 content_type=out.content_type,
                 content_encoding=out.content_encoding,
                 type=out.type,
+                causation_id=message.message_id if self._causation else None,
             )
             sealed.append((routing_key, self._sealer.seal(out.body, meta)))
         return sealed

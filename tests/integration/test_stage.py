@@ -187,6 +187,10 @@ def test_outputs_are_resealed_under_the_stage_key_and_inputs_acked(
     assert first.body == b"EVENT 1"
     meta = by_id[output_message_id(kms.key_out, ids[2], 2)]
     assert (meta.body, meta.content_type) == (b"meta", "text/plain")
+    # Each output names its input, authenticated (wire format v2).
+    assert (first.causation_id, meta.causation_id) == (ids[1], ids[2])
+    assert {m.causation_id for m in got} == {i for n, i in enumerate(ids) if n % 3}
+    assert all(m.headers["x-emq-cause"] == m.causation_id for m in got)
 
 
 def test_undecryptable_and_rejected_inputs_are_quarantined(

@@ -137,10 +137,18 @@ def test_a_stage_killed_three_times_loses_nothing_across_two_hops(
     args += ["--to-queue", out.queue, "--to-exchange", out.exchange]
     args += ["--context", "stage=analytics", "--prefetch", "200"]
 
+    strays: list[str] = []  # outputs not sealed as the stage seals them
+
     def book(message: ReceivedMessage) -> None:
-        # Only the stage's key and context may reach this consumer.
-        assert message.key_id == kms.key_out
-        assert message.context == {"stage": "analytics"}
+        # Only the stage's key and context may reach this consumer, and each
+        # output names its input (the authenticated causation id).
+        cause = message.causation_id or ""
+        if (
+            message.key_id != kms.key_out
+            or message.context != {"stage": "analytics"}
+            or message.message_id != output_message_id(kms.key_out, cause, 0)
+        ):
+            strays.append(message.message_id)
         ledger.handled(message.message_id, message.body)
 
     downstream = EncryptedConsumer.from_settings(
@@ -194,6 +202,7 @@ def test_a_stage_killed_three_times_loses_nothing_across_two_hops(
         assert final.terminate() == 0
     last = (tmp_path / "stage-last.stderr").read_text(encoding="utf-8")
     assert "input(s) handed on" in last, last
+    assert strays == []
     report = ledger.check()
     assert report["published"] == MESSAGES
     assert report["quarantined"] == {}
