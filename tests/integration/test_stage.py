@@ -377,3 +377,33 @@ def test_a_stream_input_is_handed_on_and_its_position_kept(
     assert sorted(m.body for m in got) == sorted(
         [b"E%d" % i for i in range(20)] + [b"F%d" % i for i in range(5)]
     )
+
+
+def test_a_kms_outage_holds_the_stage_and_loses_nothing(
+    kms: PipelineKms, emq_rabbitmq_url: str, topologies: tuple[Topology, Topology]
+) -> None:
+    from envelope_mq.consumer.backoff import Backoff
+
+    inp, out = topologies
+    publish(kms, emq_rabbitmq_url, inp, [b"h%d" % i for i in range(20)])
+    stage = stage_for(
+        kms,
+        emq_rabbitmq_url,
+        topologies,
+        lambda m: m.body,
+        kms_backoff=Backoff(initial=0.1, cap=0.3),
+    )
+    kms.emulator.faults.set(outage_seconds=3600)
+    try:
+        with running(stage):
+            wait_until(lambda: stage.stats.kms_retries >= 3)
+            # held, not quarantined, nothing handed on
+            assert stage.stats.handled == 0
+            assert sum(stage.stats.quarantined.values()) == 0
+            kms.emulator.faults.clear()
+            wait_until(lambda: stage.stats.handled == 20)
+    finally:
+        kms.emulator.faults.clear()
+    assert stage.stats.outputs == 20
+    got = read_all(kms, emq_rabbitmq_url, out, 20)
+    assert sorted(m.body for m in got) == sorted(b"h%d" % i for i in range(20))
