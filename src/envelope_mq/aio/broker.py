@@ -110,7 +110,12 @@ def outgoing_properties(sealed: SealedMessage) -> Basic.Properties:
     return Basic.Properties(
         content_type=meta.content_type,
         content_encoding=meta.content_encoding,
-        headers=pamqp_encodable(sealed.headers),
+        # flat, as the wire format makes them; pamqp encodes bytes only as
+        # a bytearray
+        headers={
+            k: bytearray(v) if isinstance(v, bytes) else v
+            for k, v in sealed.headers.items()
+        },
         delivery_mode=2,  # persistent
         message_id=meta.message_id,
         timestamp=datetime.fromtimestamp(meta.timestamp, UTC),
