@@ -83,7 +83,7 @@ async def _plain_publish(
     queue: str,
     make: Callable[[int], aio_pika.Message],
     count: int,
-) -> float:
+) -> _Span:
     """As AsyncEncryptedPublisher pipelines: a task per message, in a window."""
     window = asyncio.Semaphore(_IN_FLIGHT)
 
@@ -93,47 +93,75 @@ async def _plain_publish(
         finally:
             window.release()
 
-    started = time.perf_counter()
+    span = _Span(count)
     confirms = []
     for i in range(count):
         await window.acquire()
         confirms.append(asyncio.ensure_future(one(make(i))))
     await asyncio.gather(*confirms)
-    return time.perf_counter() - started
+    return span.stop()
 
 
-class _Handled:
-    """When the first and the last of ``count`` messages were handled."""
+class _Span:
+    """Wall-clock and CPU seconds of this process over ``count`` messages.
+
+    The CPU time is what the client spent on them (the broker is another
+    process; nothing else of the bench runs meanwhile): on a shared machine
+    it swings far less than the wall clock, which waits for the broker and
+    for other processes.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.seen = 0
-        self.first = self.last = 0.0
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
 
-    def tick(self) -> None:
-        now = time.perf_counter()
-        self.seen += 1
-        if self.seen == 1:
-            self.first = now
-        self.last = now
+    def stop(self) -> _Span:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+        return self
 
     def rate(self) -> float:
-        """Messages/s between the first handled and the last."""
-        return rate(self.count - 1, self.last - self.first)
+        """Messages/s."""
+        return rate(self.count, self.wall)
+
+    def cpu_us(self) -> float:
+        """CPU microseconds per message."""
+        return self.cpu / self.count * 1e6
+
+
+class _Handled(_Span):
+    """From the first of ``count + 1`` messages handled to the last."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count - 1)
+        self.seen = 0
+        self._last = (0.0, 0.0)
+
+    def tick(self) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.seen += 1
+        if self.seen == 1:
+            self.wall, self.cpu = now
+        self._last = now
+
+    def stop(self) -> _Span:
+        self.wall = self._last[0] - self.wall
+        self.cpu = self._last[1] - self.cpu
+        return self
 
 
 async def _plain_consume(
     channel: aio_pika.abc.AbstractChannel, queue: str, count: int
-) -> float:
+) -> _Span:
     done = asyncio.get_running_loop().create_future()
     handled = _Handled(count)
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         handled.tick()
         seen = handled.seen
-        if seen % _ACK_BATCH == 0 or seen == count:
+        if seen % _ACK_BATCH == 0 or seen == handled.count + 1:
             await message.ack(multiple=True)
-        if seen == count and not done.done():
+        if seen == handled.count + 1 and not done.done():
             done.set_result(None)
 
     declared = await channel.get_queue(queue, ensure=False)
@@ -145,7 +173,7 @@ async def _plain_consume(
             f"plain aio-pika consumed {handled.seen} of {count}"
         ) from None
     await declared.cancel(tag)
-    return handled.rate()
+    return handled.stop()
 
 
 async def _settled(broker: BenchBroker, queue: str, count: int) -> None:
@@ -159,16 +187,16 @@ async def _settled(broker: BenchBroker, queue: str, count: int) -> None:
 
 async def _ours_publish(
     publisher: AsyncEncryptedPublisher, body: bytes, count: int
-) -> float:
-    started = time.perf_counter()
+) -> _Span:
+    span = _Span(count)
     futures = [await publisher.publish(body) for _ in range(count)]
     await asyncio.gather(*futures)
-    return time.perf_counter() - started
+    return span.stop()
 
 
 async def _ours_consume(
     make: Callable[[], AsyncEncryptedConsumer], count: int
-) -> float:
+) -> _Span:
     """A consumer per round (as the sync bench's run()), timed as the others.
 
     A consumer left connected between rounds would hold a prefetch window of
@@ -185,7 +213,7 @@ async def _ours_consume(
             await asyncio.wait_for(consumer.run(handler, count=count), _PATIENCE)
         except TimeoutError:
             raise BrokerError(f"consumed {consumer.stats.handled} of {count}") from None
-    return handled.rate()
+    return handled.stop()
 
 
 async def _asyncio_rounds(
@@ -224,31 +252,30 @@ async def _asyncio_rounds(
 
     exchange = channel.default_exchange
     same_exchange = await channel.get_exchange(same.exchange)
-    publish: dict[str, Callable[[], Awaitable[float]]] = {
+    publish: dict[str, Callable[[], Awaitable[_Span]]] = {
         PLAIN: lambda: _plain_publish(exchange, plain_queue, plain_message, messages),
         SAME: lambda: _plain_publish(
             same_exchange, same.binding_key, same_message, messages
         ),
         OURS: lambda: _ours_publish(publisher, body, messages),
     }
-    consume: dict[str, Callable[[], Awaitable[float]]] = {
+    consume: dict[str, Callable[[], Awaitable[_Span]]] = {
         PLAIN: lambda: _plain_consume(channel, plain_queue, messages),
         SAME: lambda: _plain_consume(channel, same_queue, messages),
         OURS: lambda: _ours_consume(consumer, messages),
     }
     queues = {PLAIN: plain_queue, SAME: same_queue, OURS: topology.queue}
     sides = (PLAIN, SAME, OURS)
-    published: dict[str, list[float]] = {side: [] for side in sides}
-    received: dict[str, list[float]] = {side: [] for side in sides}
+    published: dict[str, list[_Span]] = {side: [] for side in sides}
+    received: dict[str, list[_Span]] = {side: [] for side in sides}
     try:
         async with publisher:
             with Progress("asyncio", rounds * 6, announce=True) as bar:
                 for r in range(rounds):
                     order = sides[r % 3 :] + sides[: r % 3]  # rotating
                     for side in order:
-                        seconds = await publish[side]()
+                        published[side].append(await publish[side]())
                         await _settled(broker, queues[side], messages)
-                        published[side].append(rate(messages, seconds))
                         bar.advance()
                     for side in order:
                         received[side].append(await consume[side]())
@@ -256,7 +283,9 @@ async def _asyncio_rounds(
                         bar.advance()
     finally:
         await connection.close()
-    for what, rates in (("publish", published), ("consume", received)):
+    for what, spans in (("publish", published), ("consume", received)):
+        _report_cpu(report, what, spans)
+        rates = {side: [span.rate() for span in spans[side]] for side in sides}
         section = f"asyncio: {what}, msg/s"
         for side in sides:
             report.add(section, side, median(rates[side]), "msg/s", rounds=rates[side])
@@ -285,6 +314,22 @@ async def _asyncio_rounds(
             0.9,
             "x",
         )
+
+
+def _report_cpu(report: Report, what: str, spans: dict[str, list[_Span]]) -> None:
+    section = f"asyncio: {what}, CPU µs/msg of this process"
+    cpu = {side: [span.cpu_us() for span in spans[side]] for side in spans}
+    for side, values in cpu.items():
+        report.add(section, side, median(values), "µs", rounds=values)
+    ratios = round_ratios(cpu[OURS], cpu[SAME])
+    report.add(
+        section,
+        f"{OURS} ÷ {SAME}",
+        median(ratios),
+        "x",
+        rounds=ratios,
+        note="the client's own cost per message, steadier than msg/s under load",
+    )
 
 
 # ---- FastStream ----------------------------------------------------------------
