@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.producer.options import TransportStats
 from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.config import Settings
 from scenario_kit import (
     FAST_RECONNECT,
     PATIENCE,
@@ -27,14 +29,16 @@ from scenario_kit import (
     address_of,
     confirm_all,
     every,
+    payload,
     publish_stream,
+    quick_publisher_options,
     scenario_publisher,
     scenario_topology,
     settle,
     stream_in_background,
 )
 
-from envelope_mq.aio import AsyncEncryptedConsumer
+from envelope_mq.aio import AsyncEncryptedConsumer, AsyncEncryptedPublisher
 from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
@@ -236,3 +240,64 @@ def test_asyncio_consumers_killed_three_times_lose_nothing(
     report = ledger.check()
     assert report["quarantined"] == {}
     assert report["published"] == messages
+
+
+def test_the_asyncio_publisher_republishes_through_connection_resets(
+    emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
+) -> None:
+    """Every message the asyncio publisher confirmed, through a proxy that
+    resets its connection every second, reaches the consumer (which reads
+    past the proxy): unconfirmed ones are published again after each
+    reconnect, at-least-once."""
+    ledger = MessageLedger("asyncio publisher; proxy resets its connection every 1 s")
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    consumer = AsyncEncryptedConsumer.from_settings(
+        emq_kms.settings("consumer", [emq_rabbitmq_url]),
+        topology,
+        reconnect_backoff=FAST_RECONNECT,
+    )
+    with FaultProxy(address_of(emq_rabbitmq_url), name="broker") as proxy:
+
+        def reset() -> int:
+            resets = proxy.reset_all()
+            ledger.fault("connection resets", resets)
+            return resets
+
+        settings = emq_kms.settings("producer", [proxy.rewrite(emq_rabbitmq_url)])
+        with (
+            QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
+            AsyncConsumerThread(consumer, ledger),
+        ):
+            with every(1.0, reset, name="resetter"):
+                stats, errors = asyncio.run(
+                    _publish_paced(settings, topology, ledger, 6_000)
+                )
+            settle(ledger)
+    assert errors == []
+    ledger.fault("producer reconnects", stats.reconnects)
+    report = ledger.check()
+    assert report["quarantined"] == {}
+    # The premise: the resets did hit the publisher mid-stream.
+    assert stats.reconnects >= 3
+    assert stats.republished > 0
+
+
+async def _publish_paced(
+    settings: Settings, topology: Topology, ledger: MessageLedger, count: int
+) -> tuple[TransportStats, list[str]]:
+    """``count`` messages at about 1,000/s; the stats and what failed."""
+    publisher = AsyncEncryptedPublisher.from_settings(
+        settings, topology=topology, options=quick_publisher_options()
+    )
+    futures = []
+    async with publisher:
+        for i in range(count):
+            body = payload("aio-publisher", i, 200)
+            message_id = f"aio-publisher-{i}"
+            ledger.published(message_id, body)
+            futures.append(await publisher.publish(body, message_id=message_id))
+            if i % 100 == 99:
+                await asyncio.sleep(0.1)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    return publisher.stats(), errors
