@@ -49,6 +49,10 @@ _WRITE_BATCH = 64
 _OPEN_SECONDS = 30.0
 
 
+def _nothing() -> None:
+    """What a confirm schedules to end a wait: the wake-up is the point."""
+
+
 def check_exchange(exchange: str) -> Callable[[Any], None]:
     """A declare step that only checks ``exchange`` exists (404 otherwise)."""
 
@@ -95,6 +99,11 @@ class Outlet:
         self._body_max = negotiated_frame_max(connection) - 8
         self._wire: list[bytes] = []
         self._held = 0
+        self._connection = connection
+        #: Set while the owner waits in process_data_events for confirms: the
+        #: next confirm ends that wait (process_data_events returns early only
+        #: for deliveries and its own events, not for this channel's frames).
+        self.armed = False
 
     @staticmethod
     def _wait(connection: pika.BlockingConnection, done: list[Any], what: str) -> None:
@@ -169,6 +178,9 @@ class Outlet:
                 settled.append(pending.popitem(last=False)[1])
         elif (one := pending.pop(tag, None)) is not None:
             settled.append(one)
+        if settled and self.armed:
+            self.armed = False
+            self._connection.add_callback_threadsafe(_nothing)
         for message_id, on_settled in settled:
             if not acked:
                 on_settled(NACKED)

@@ -200,9 +200,16 @@ class BlockingTransport:
 
     def pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for deliveries (and service heartbeats)."""
-        if self.outlet is not None:
-            self.outlet.flush()
-        self._live().process_data_events(time_limit=timeout)
+        outlet = self.outlet
+        if outlet is None:
+            self._live().process_data_events(time_limit=timeout)
+            return
+        outlet.flush()
+        outlet.armed = len(outlet) > 0  # a confirm ends the wait
+        try:
+            self._live().process_data_events(time_limit=timeout)
+        finally:
+            outlet.armed = False
 
     def sleep(self, seconds: float, stop: Callable[[], bool]) -> None:
         """Wait ``seconds`` while servicing heartbeats; return early when ``stop()``."""
