@@ -491,6 +491,12 @@ class RegionClients:
         for client in self._clients.values():
             client.close()
 
+    def __enter__(self) -> RegionClients:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def consumer_regions(settings: Settings) -> tuple[str, ...]:
     """The regions a reader asks, in order: KMS_REGIONS, else its own first.

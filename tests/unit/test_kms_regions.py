@@ -12,6 +12,7 @@ import dataclasses
 import pytest
 from envelope_mq.consumer.budget import DECRYPT_BUDGET_CODE, DecryptBudget
 from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.unwrapping import unwrapping_from_settings
 from envelope_mq.shared.cli_args import add_region_arguments, settings_with_regions
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import (
@@ -22,13 +23,16 @@ from envelope_mq.shared.errors import (
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import InMemoryKeyProvider, WrappedCopy
+from envelope_mq.shared.observability import NULL_METRICS
 from envelope_mq.shared.regions import (
     NO_REGION_CODE,
     MultiRegionKeys,
+    RegionalKeyResolver,
     RegionalUnwrapCache,
     RegionHealth,
     RegionKey,
     consumer_regions,
+    writer_keys_from_settings,
 )
 from fakes import Clock
 
@@ -309,3 +313,40 @@ def test_region_flags_override_the_environment() -> None:
     add_region_arguments(reader, writer=False)
     ordered = settings_with_regions(Settings(), reader.parse_args(["--regions", "b,a"]))
     assert consumer_regions(ordered) == ("b", "a")
+
+
+def test_settings_with_regions_wire_a_client_and_a_cache_per_region() -> None:
+    settings = Settings(
+        region_id="cn-shanghai",
+        kms_endpoint="127.0.0.1:1",
+        kms_key_id="key-sh",
+        kms_region_endpoints=(("cn-beijing", "127.0.0.1:2"),),
+        kms_wrap_also=(("cn-beijing", "key-bj"),),
+        access_key_id="id",
+        access_key_secret="secret",
+    )
+    wiring = unwrapping_from_settings(
+        settings, NULL_METRICS, provider=None, max_decrypt_rate=5, keep_alive=True
+    )
+    assert isinstance(wiring.unwrapper, RegionalUnwrapCache)
+    assert wiring.unwrapper.regions == ("cn-shanghai", "cn-beijing")
+    assert isinstance(wiring.resolver, RegionalKeyResolver)
+    assert wiring.keep_alive is not None
+    assert wiring.owned is not None
+    wiring.owned.close()
+    keys, owned = writer_keys_from_settings(settings)
+    assert repr(keys) == "MultiRegionKeys(cn-shanghai, cn-beijing)"
+    owned.close()
+    # A provider of the caller's own is one KMS, whatever the settings say.
+    single = unwrapping_from_settings(
+        settings,
+        NULL_METRICS,
+        provider=InMemoryKeyProvider(["k"]),
+        max_decrypt_rate=5,
+        keep_alive=False,
+    )
+    assert isinstance(single.unwrapper, UnwrapCache)
+    assert (single.keep_alive, single.owned) == (None, None)
+    plain, owned = writer_keys_from_settings(Settings(kms_key_id="k"))
+    assert plain is owned  # no KMS_WRAP_ALSO: the one client
+    owned.close()

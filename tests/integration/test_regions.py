@@ -1,0 +1,236 @@
+"""Data keys in two KMS regions: two emulators, each its own region and master key.
+
+The real clients of both SDKs against the real emulator: GenerateDataKey in
+one region, Encrypt of the key's text in the other, and each copy decrypted
+where it was made, under the same EncryptionContext, to the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping
+
+import pytest
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
+from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared.errors import KmsRequestError
+from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.kms import (
+    AliyunKms,
+    Credentials,
+    DataKey,
+    DedicatedKms,
+    WrappedCopy,
+)
+from envelope_mq.shared.regions import (
+    MultiRegionKeys,
+    RegionalKeyResolver,
+    RegionalUnwrapCache,
+    RegionClients,
+    region_clients,
+    writer_keys_from_settings,
+)
+from regions_kit import (
+    Principals,
+    Region,
+    new_principals,
+    region_emulator,
+    region_settings,
+)
+from scenario_kit import scenario_topology
+
+from envelope_mq.testing.plugin import AmqpNames
+
+pytestmark = pytest.mark.integration
+
+CONTEXT = {"queue": "orders", "tenant": "a"}
+
+
+@pytest.fixture
+def principals() -> Principals:
+    return new_principals()
+
+
+@pytest.fixture
+def regions(principals: Principals) -> Iterator[tuple[Region, Region]]:
+    with (
+        region_emulator("cn-shanghai", principals) as shanghai,
+        region_emulator("cn-beijing", principals) as beijing,
+    ):
+        yield shanghai, beijing
+
+
+def _clients(principals: Principals, role: str, order: list[Region]) -> RegionClients:
+    return region_clients(
+        region_settings(role, principals, ["amqp://unused"], order),  # type: ignore[arg-type]
+        [r.name for r in order],
+    )
+
+
+def test_a_copy_made_by_encrypt_decrypts_like_the_generated_key(
+    principals: Principals, regions: tuple[Region, Region]
+) -> None:
+    shanghai, beijing = regions
+    settings = region_settings("producer", principals, ["amqp://unused"], regions)
+    keys, owned = writer_keys_from_settings(settings)
+    assert isinstance(keys, MultiRegionKeys)
+    with owned:
+        data_key = keys.generate_data_key(shanghai.key_id, CONTEXT)
+    assert [(c.region, c.key_id) for c in data_key.copies] == [
+        ("cn-shanghai", shanghai.key_id),
+        ("cn-beijing", beijing.key_id),
+    ]
+    with _clients(principals, "consumer", [shanghai, beijing]) as readers:
+        for copy in data_key.copies:
+            unwrapped = readers[copy.region].decrypt_data_key(copy.blob, CONTEXT)
+            assert unwrapped.plaintext == data_key.plaintext
+            assert unwrapped.key_id == copy.key_id
+        # Keys do not span regions: each blob opens only where it was made.
+        with pytest.raises(KmsRequestError):
+            readers["cn-beijing"].decrypt_data_key(data_key.wrapped, CONTEXT)
+        with pytest.raises(KmsRequestError):  # and only under its context
+            readers["cn-beijing"].decrypt_data_key(
+                data_key.copies[1].blob, {"queue": "orders"}
+            )
+    assert shanghai.requests("GenerateDataKey") == 1
+    assert (beijing.requests("Encrypt"), beijing.requests("GenerateDataKey")) == (1, 0)
+
+
+def test_both_sdks_wrap_copies_the_other_opens(principals: Principals) -> None:
+    with region_emulator("cn-hangzhou", principals, tls=True) as region:
+        assert region.ca_file is not None
+        producer = Credentials.static(
+            principals.producer.access_key_id, principals.producer.access_key_secret
+        )
+        consumer = Credentials.static(
+            principals.consumer.access_key_id, principals.consumer.access_key_secret
+        )
+        old_sdk = AliyunKms(
+            credentials=producer, endpoint=region.endpoint, ca_bundle=region.ca_file
+        )
+        new_sdk = DedicatedKms(region.endpoint, producer, ca_file=region.ca_file)
+        data_key = old_sdk.generate_data_key(region.key_id, CONTEXT)
+        by_new = new_sdk.wrap_data_key(region.key_id, data_key.plaintext, CONTEXT)
+        by_old = old_sdk.wrap_data_key(region.key_id, data_key.plaintext, CONTEXT)
+        readers = (
+            AliyunKms(
+                credentials=consumer, endpoint=region.endpoint, ca_bundle=region.ca_file
+            ),
+            DedicatedKms(region.endpoint, consumer, ca_file=region.ca_file),
+        )
+        for reader in readers:
+            for key_id, blob in (by_new, by_old, (region.key_id, data_key.wrapped)):
+                unwrapped = reader.decrypt_data_key(blob, CONTEXT)
+                assert (unwrapped.plaintext, unwrapped.key_id) == (
+                    data_key.plaintext,
+                    key_id,
+                )
+        assert region.requests("Encrypt") == 2
+        old_sdk.close()
+        readers[0].close()
+
+
+def test_a_reader_asks_its_own_region_first_and_caches_by_the_copy_it_used(
+    principals: Principals, regions: tuple[Region, Region]
+) -> None:
+    shanghai, beijing = regions
+    settings = region_settings("producer", principals, ["amqp://unused"], regions)
+    keys, owned = writer_keys_from_settings(settings)
+    cache = DataKeyCache(keys, max_messages=10)
+    with owned:
+        acquired = [cache.acquire(shanghai.key_id, CONTEXT) for _ in range(40)]
+    data_keys = {key.wrapped: key for key in acquired}
+    assert len(data_keys) == 4
+    with _clients(principals, "consumer", [beijing, shanghai]) as readers:
+        reader = RegionalUnwrapCache(
+            [(name, UnwrapCache(client)) for name, client in readers.items()]
+        )
+        for _ in range(3):
+            for key in data_keys.values():
+                used, unwrapped = reader.unwrap_any(key.copies, CONTEXT)
+                assert used.region == "cn-beijing"
+                assert unwrapped.plaintext == key.plaintext
+        resolver = RegionalKeyResolver(readers.items())
+        assert resolver.describe_key_id(shanghai.key_id) == shanghai.key_id
+    assert (beijing.requests("Decrypt"), shanghai.requests("Decrypt")) == (4, 0)
+
+
+def _run(consumer: EncryptedConsumer, count: int) -> ConsumerStats:
+    """``consumer.run(count)``, stopped after a minute whatever happened."""
+    timer = threading.Timer(60.0, consumer.stop)
+    timer.start()
+    try:
+        return consumer.run(count=count)
+    finally:
+        timer.cancel()
+
+
+class _Forging:
+    """A data key source whose Beijing copy claims another master key."""
+
+    def __init__(self, cache: DataKeyCache, claimed: str) -> None:
+        self._cache, self._claimed = cache, claimed
+
+    def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        real = self._cache.acquire(key_id, context)
+        forged = tuple(WrappedCopy(c.region, self._claimed, c.blob) for c in real.extra)
+        return dataclasses.replace(real, extra=forged)
+
+
+def test_through_the_broker_a_consumer_opens_in_its_own_region_first(
+    principals: Principals,
+    regions: tuple[Region, Region],
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+) -> None:
+    shanghai, beijing = regions
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
+    writer = region_settings(
+        "producer", principals, urls, regions, data_key_max_messages=10
+    )
+    with EncryptedPublisher.from_settings(writer, topology=topology) as publisher:
+        for n in range(30):  # three data keys
+            publisher.publish(f"order {n}".encode(), message_id=f"m-{n}")
+        publisher.flush()
+    received: list[ReceivedMessage] = []
+    reader = region_settings("consumer", principals, urls, [beijing, shanghai])
+    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
+    stats = _run(consumer, 30)
+    assert sorted(m.body for m in received) == sorted(
+        f"order {n}".encode() for n in range(30)
+    )
+    assert {m.key_id for m in received} == {beijing.key_id}
+    assert sum(stats.quarantined.values()) == 0
+    assert (beijing.requests("Decrypt"), shanghai.requests("Decrypt")) == (3, 0)
+    assert beijing.requests("Encrypt") == 3
+
+
+def test_a_copy_claiming_another_key_id_is_a_key_mismatch(
+    principals: Principals,
+    regions: tuple[Region, Region],
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+) -> None:
+    shanghai, beijing = regions
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
+    writer = region_settings("producer", principals, urls, regions)
+    keys, owned = writer_keys_from_settings(writer)
+    honest = DataKeyCache(keys)
+    forging = _Forging(DataKeyCache(keys), claimed=shanghai.key_id)
+    with owned:
+        for source, message_id in ((forging, "forged"), (honest, "honest")):
+            with EncryptedPublisher(
+                urls, source, shanghai.key_id, topology=topology
+            ) as publisher:
+                publisher.publish(b"pay 100", message_id=message_id).result(30)
+    received: list[ReceivedMessage] = []
+    reader = region_settings("consumer", principals, urls, [beijing, shanghai])
+    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
+    stats = _run(consumer, 1)
+    assert [m.message_id for m in received] == ["honest"]
+    # Beijing's KMS says its copy is under the Beijing key, not the one claimed.
+    assert dict(stats.quarantined) == {"key-mismatch": 1}
