@@ -7,5 +7,12 @@ from __future__ import annotations
 
 from envelope_mq.aio.consumer import AsyncEncryptedConsumer, AsyncHandler
 from envelope_mq.aio.publisher import AsyncEncryptedPublisher
+from envelope_mq.aio.stage import AsyncEncryptedStage, AsyncStageHandler
 
-__all__ = ["AsyncEncryptedConsumer", "AsyncEncryptedPublisher", "AsyncHandler"]
+__all__ = [
+    "AsyncEncryptedConsumer",
+    "AsyncEncryptedPublisher",
+    "AsyncEncryptedStage",
+    "AsyncHandler",
+    "AsyncStageHandler",
+]

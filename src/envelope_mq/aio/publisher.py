@@ -232,6 +232,16 @@ class AsyncEncryptedPublisher:
             raise
         self._metrics.broker_connected(_COMPONENT, reconnect=False)
 
+    @property
+    def key_id(self) -> str:
+        """The master key every message is sealed under (as configured)."""
+        return self._key_id
+
+    @property
+    def wire_version(self) -> int:
+        """The wire format written (2, or 1)."""
+        return self._wire_version
+
     async def publish(
         self,
         body: bytes,
@@ -242,10 +252,13 @@ class AsyncEncryptedPublisher:
         content_encoding: str | None = None,
         type: str | None = None,  # the AMQP property's own name
         context: Mapping[str, str] | None = None,
+        causation_id: str | None = None,
     ) -> asyncio.Future[str]:
         """Seal ``body`` and hand it to the broker; the Future resolves on ack.
 
         Waits while the in-flight window is full (backpressure).
+        ``causation_id`` (wire format v2 only) names the message this one was
+        made from, bound into the tag (``ReceivedMessage.causation_id``).
 
         Raises:
             KmsError: no data key could be had; nothing was published.
@@ -262,6 +275,7 @@ class AsyncEncryptedPublisher:
             content_type=content_type,
             content_encoding=content_encoding,
             type=type,
+            causation_id=causation_id,
         )
         sealer = self._default_sealer if context is None else self._sealer_for(context)
         sealed = await sealer.seal(body, meta)
