@@ -164,7 +164,7 @@ class EncryptedPublisher:
         owned: KmsClient | RegionClients | None = None
         if provider is None:
             # One KMS; with KMS_WRAP_ALSO, a copy of each data key per region.
-            provider, owned = writer_keys_from_settings(settings)
+            provider, owned = writer_keys_from_settings(settings, metrics)
         if metrics is not None:
             provider = metrics.instrument_provider(provider)
         cache = DataKeyCache(

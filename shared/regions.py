@@ -41,6 +41,7 @@ from envelope_mq.shared.kms import (
     key_id_of,
     kms_from_settings,
 )
+from envelope_mq.shared.observability.metrics import NULL_METRICS, MetricsHooks
 
 __all__ = [
     "DEFAULT_COOLDOWN",
@@ -187,6 +188,7 @@ class MultiRegionKeys:
         *,
         require_all_copies: bool = False,
         health: RegionHealth | None = None,
+        metrics: MetricsHooks | None = None,
     ) -> None:
         if not regions:
             raise ConfigError("a multi-region key provider needs a region")
@@ -196,6 +198,7 @@ class MultiRegionKeys:
         self._regions = tuple(regions)
         self._require_all = require_all_copies
         self.health = health or RegionHealth()
+        self._metrics = NULL_METRICS if metrics is None else metrics
         self._lock = threading.Lock()
         self._data_keys = self._failovers = 0
         self._missing: Counter[str] = Counter()
@@ -247,6 +250,7 @@ class MultiRegionKeys:
         if maker is not order[0]:
             with self._lock:
                 self._failovers += 1
+            self._metrics.kms_failover(maker.region)
             logger.warning(
                 "data key generated in KMS region %s: %s did not answer",
                 maker.region,
@@ -301,6 +305,7 @@ class MultiRegionKeys:
             raise error
         with self._lock:
             self._missing[region.region] += 1
+        self._metrics.kms_copy_missing(region.region)
         logger.warning(
             "data key sealed without its copy for KMS region %s (%s)",
             region.region,
@@ -555,14 +560,14 @@ def writer_regions(settings: Settings, clients: RegionClients) -> list[RegionKey
 
 
 def writer_keys_from_settings(
-    settings: Settings,
+    settings: Settings, metrics: MetricsHooks | None = None
 ) -> tuple[KeyProvider, KmsClient | RegionClients]:
     """A writer's KeyProvider and what to close when done.
 
     The KMS client of :func:`kms_from_settings`; with KMS_WRAP_ALSO, a
     :class:`MultiRegionKeys` over a client per region (the primary is
     ALIBABA_CLOUD_REGION_ID), refusing incomplete keys with
-    KMS_REQUIRE_ALL_COPIES.
+    KMS_REQUIRE_ALL_COPIES; missing copies and failovers go to ``metrics``.
     """
     if not settings.kms_wrap_also:
         client = kms_from_settings(settings)
@@ -572,6 +577,7 @@ def writer_keys_from_settings(
     keys = MultiRegionKeys(
         writer_regions(settings, clients),
         require_all_copies=settings.kms_require_all_copies,
+        metrics=metrics,
     )
     return keys, clients
 

@@ -79,6 +79,12 @@ class MetricsHooks:
         """``sealer``, or a wrapper that samples its timings."""
         return sealer
 
+    def kms_copy_missing(self, region: str) -> None:
+        """A data key was sealed without its copy for ``region`` (shared/regions.py)."""
+
+    def kms_failover(self, region: str) -> None:
+        """A data key was generated in ``region``: the primary region did not answer."""
+
     # consumer
     def consumed(self) -> None:
         """One delivery taken from the queue (redeliveries included)."""
@@ -219,6 +225,18 @@ class Metrics(MetricsHooks):
             "crash, a lost connection or a nacked output): at most this many "
             "duplicates downstream.",
         )
+        self._copies_missing = counter(
+            "envelope_mq_kms_copies_missing_total",
+            "Data keys sealed without their wrapped copy for a region that did "
+            "not answer or refused (KMS_WRAP_ALSO), by region.",
+            ("region",),
+        )
+        self._failovers = counter(
+            "envelope_mq_kms_failovers_total",
+            "Data keys generated in another region than the primary, which did "
+            "not answer, by the region that made them.",
+            ("region",),
+        )
         self._kms_retries = counter(
             "envelope_mq_kms_retries_total",
             "Retries of a message held unacknowledged while KMS was unavailable.",
@@ -336,6 +354,14 @@ class Metrics(MetricsHooks):
     def kms_retry(self) -> None:
         """One retry while KMS was unavailable."""
         self._kms_retries.inc()
+
+    def kms_copy_missing(self, region: str) -> None:
+        """One data key without its copy for ``region``."""
+        self._copies_missing.labels(region).inc()
+
+    def kms_failover(self, region: str) -> None:
+        """One data key generated in ``region`` instead of the primary."""
+        self._failovers.labels(region).inc()
 
     def stage_repeated_outputs(self, count: int) -> None:
         """``count`` stage outputs that may repeat earlier ones."""

@@ -23,7 +23,7 @@ from envelope_mq.shared.errors import (
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import InMemoryKeyProvider, WrappedCopy
-from envelope_mq.shared.observability import NULL_METRICS
+from envelope_mq.shared.observability import NULL_METRICS, Metrics
 from envelope_mq.shared.regions import (
     NO_REGION_CODE,
     MultiRegionKeys,
@@ -111,13 +111,24 @@ def test_a_primary_that_does_not_answer_fails_over_and_goes_last_for_a_cooldown(
 ):
     a, b, c = _regions()
     clock = Clock()
-    writer = _writer(a, b, c, clock)
+    metrics = Metrics(process_metrics=False)
+    writer = MultiRegionKeys(
+        [RegionKey("a", a), RegionKey("b", b, "key-b"), RegionKey("c", c, "key-c")],
+        health=RegionHealth(10.0, clock=clock),
+        metrics=metrics,
+    )
     a.fail_with(_down())
     key = writer.generate_data_key("key-a", CONTEXT)
     assert [x.region for x in key.copies] == ["b", "c"]  # made in b, a is missing
     assert b.decrypt_data_key(key.wrapped, CONTEXT).plaintext == key.plaintext
     stats = writer.stats()
     assert (stats.failovers, dict(stats.copies_missing)) == (1, {"a": 1})
+    registry = metrics.registry
+    labels = {"region": "a"}
+    assert (
+        registry.get_sample_value("envelope_mq_kms_copies_missing_total", labels) == 1
+    )
+    assert registry.get_sample_value("envelope_mq_kms_failovers_total", {"region": "b"})
     calls = a.generate_calls
     writer.generate_data_key("key-a", CONTEXT)
     assert a.generate_calls == calls  # marked down: not asked again at once
