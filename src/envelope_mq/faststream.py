@@ -68,7 +68,7 @@ from envelope_mq.aio.quarantine import (
     quarantine_copy,
 )
 from envelope_mq.consumer.backoff import Backoff
-from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
 from envelope_mq.consumer.freshness import DEFAULT_MAX_SKEW, ReplayGuard
 from envelope_mq.consumer.keypolicy import KeyPolicy, KeyResolver
 from envelope_mq.consumer.message import Delivery, ReceivedMessage
@@ -81,6 +81,7 @@ from envelope_mq.consumer.outcome import (
     admit,
 )
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
 from envelope_mq.producer.publisher import new_message_id
 from envelope_mq.shared import wire
 from envelope_mq.shared.amqp import QUARANTINE_SUFFIX
@@ -88,7 +89,7 @@ from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta
 from envelope_mq.shared.errors import ConfigError, DecryptionError, SealingError
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.kms import KeyProvider, kms_from_settings
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
 
 __all__ = ["EnvelopeMiddleware", "guard_connection"]
@@ -206,7 +207,7 @@ class EnvelopeMiddleware:
         self._guard = guard if guard.enabled else None
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=5.0)
         self._kms_hold = kms_hold
-        self._owned: list[KmsClient] = []
+        self._owned: list[Closeable] = []
         self._quarantine_copies = QuarantinePublisher()
         self._serializer = serializer or _default_serializer()
         self._unguarded_warned = False
@@ -266,42 +267,54 @@ class EnvelopeMiddleware:
         credentials need the Decrypt permission for that, GenerateDataKey to
         seal). An allowed-key ``key_policy`` is resolved by DescribeKey on
         the first message. ``max_decrypt_rate`` bounds the Decrypt calls per
-        second of data keys not cached (consumer/budget.py).
+        second of data keys not cached (consumer/budget.py). Settings that
+        name more than one KMS region open with one client and cache per
+        region, as the consumers' ``from_settings`` (consumer/unwrapping.py);
+        sealing uses the settings' own region, as the publishers.
         """
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: KmsClient | None = None
-        if provider is None:
-            provider = owned = kms_from_settings(settings)
-        instrumented = hooks.instrument_provider(provider)
         master = key_id or settings.kms_key_id
-        middleware = cls(
-            master,
-            data_keys=(
-                None
-                if master is None
-                else DataKeyCache(
-                    instrumented,
+        # Opening as the consumers do: one KMS, or one per region
+        # (KMS_REGIONS / KMS_REGION_ENDPOINTS), under the Decrypt budget.
+        wiring = unwrapping_from_settings(
+            settings,
+            hooks,
+            provider=provider,
+            max_decrypt_rate=max_decrypt_rate,
+            keep_alive=False,
+        )
+        owned: list[Closeable] = [] if wiring.owned is None else [wiring.owned]
+        try:
+            data_keys = None
+            if master is not None:
+                sealing = provider
+                if sealing is None:  # the settings' own region, as the publishers
+                    sealing = kms_from_settings(settings)
+                    owned.append(sealing)
+                data_keys = DataKeyCache(
+                    hooks.instrument_provider(sealing),
                     max_age=settings.data_key_max_age,
                     max_messages=settings.data_key_max_messages,
                 )
-            ),
-            unwrap=UnwrapCache(
-                DecryptBudget(instrumented, max_decrypt_rate),
-                max_entries=settings.key_cache_size,
-                ttl=settings.key_cache_ttl,
-            ),
-            context=context,
-            policy=policy,
-            key_policy=key_policy,
-            key_resolver=provider if isinstance(provider, KeyResolver) else None,
-            max_age=max_age,
-            max_skew=max_skew,
-            dedup_window=dedup_window,
-            metrics=metrics,
-            wire_version=settings.wire_version,
-        )
-        if owned is not None:
-            middleware._owned.append(owned)
+            middleware = cls(
+                master,
+                data_keys=data_keys,
+                unwrap=wiring.unwrapper,
+                context=context,
+                policy=policy,
+                key_policy=key_policy,
+                key_resolver=wiring.resolver,
+                max_age=max_age,
+                max_skew=max_skew,
+                dedup_window=dedup_window,
+                metrics=metrics,
+                wire_version=settings.wire_version,
+            )
+        except BaseException:
+            for client in owned:
+                client.close()
+            raise
+        middleware._owned.extend(owned)
         return middleware
 
     def close(self) -> None:
