@@ -8,6 +8,7 @@ where it was made, under the same EncryptionContext, to the same key.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 
@@ -42,6 +43,7 @@ from regions_kit import (
 from scenario_kit import scenario_topology
 
 from envelope_mq.testing.plugin import AmqpNames
+from tests.integration.test_cli_pipeline import ENVELOPE_MQ, TIMEOUT, env_for
 
 pytestmark = pytest.mark.integration
 
@@ -234,3 +236,53 @@ def test_a_copy_claiming_another_key_id_is_a_key_mismatch(
     assert [m.message_id for m in received] == ["honest"]
     # Beijing's KMS says its copy is under the Beijing key, not the one claimed.
     assert dict(stats.quarantined) == {"key-mismatch": 1}
+
+
+def test_produce_and_consume_take_their_regions_from_flags_and_environment(
+    principals: Principals,
+    regions: tuple[Region, Region],
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+) -> None:
+    shanghai, beijing = regions
+    urls = [emq_rabbitmq_url]
+    queue = ["--queue", emq_amqp_names.queue, "--exchange", emq_amqp_names.exchange]
+    writer = region_settings("producer", principals, urls, [shanghai])
+    produced = subprocess.run(
+        [
+            *(ENVELOPE_MQ, "produce", *queue, "--count", "20"),
+            *("--wrap-also", f"cn-beijing={beijing.key_id}"),
+            *("--region-endpoint", f"cn-beijing={beijing.endpoint}"),
+        ],
+        env={
+            **env_for(writer),
+            "ALIBABA_CLOUD_REGION_ID": "cn-shanghai",
+            "EMQ_DATA_KEY_MAX_MESSAGES": "5",
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert produced.returncode == 0, produced.stderr
+    reader = region_settings("consumer", principals, urls, [beijing])
+    consumed = subprocess.run(
+        [
+            *(ENVELOPE_MQ, "consume", *queue, "--count", "20"),
+            *("--regions", "cn-beijing,cn-shanghai"),
+        ],
+        env={
+            **env_for(reader),
+            "ALIBABA_CLOUD_REGION_ID": "cn-beijing",
+            "KMS_REGION_ENDPOINTS": f"cn-shanghai={shanghai.endpoint}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert len(consumed.stdout.splitlines()) == 20
+    # Four data keys, each wrapped in Beijing by Encrypt and unwrapped there.
+    assert (beijing.requests("Encrypt"), beijing.requests("Decrypt")) == (4, 4)
+    assert shanghai.requests("Decrypt") == 0
