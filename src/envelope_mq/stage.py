@@ -51,7 +51,7 @@ from types import TracebackType
 from typing import NoReturn, Self
 
 from envelope_mq.consumer.backoff import Backoff
-from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE, DecryptBudget
+from envelope_mq.consumer.budget import DEFAULT_DECRYPT_RATE
 from envelope_mq.consumer.deliveries import DeliveryCounter
 from envelope_mq.consumer.keepalive import KeepAliveProvider
 from envelope_mq.consumer.keypolicy import KEY_IDS_ONLY, KeyPolicy, KeyResolver
@@ -70,6 +70,7 @@ from envelope_mq.consumer.outlet import NACKED, UNROUTABLE, check_exchange
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.streams import StreamCursor
 from envelope_mq.consumer.transport import BlockingTransport
+from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
 from envelope_mq.producer import frames
 from envelope_mq.shared.amqp import (
     DEFAULT_EXCHANGE,
@@ -95,9 +96,10 @@ from envelope_mq.shared.errors import (
     KmsUnavailableError,
     SealingError,
 )
-from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import KeyProvider, KmsClient, kms_from_settings
+from envelope_mq.shared.keycache import DataKeyCache
+from envelope_mq.shared.kms import KeyProvider
 from envelope_mq.shared.observability import NULL_METRICS, MetricsHooks
+from envelope_mq.shared.regions import writer_keys_from_settings
 from envelope_mq.stage_output import StageOutput, output_message_id, outputs_of
 
 __all__ = ["EncryptedStage", "StageHandler", "StageStats"]
@@ -256,7 +258,7 @@ class EncryptedStage:
         self.cursor = self._transport.cursor
         self._counter = DeliveryCounter()
         self._keep_alive = keep_alive
-        self._owned_kms: KmsClient | None = None
+        self._owned_kms: list[Closeable] = []
         self._inflight: deque[_InFlight] = deque()
         self._connected = False
         self._connected_at = 0.0
@@ -305,20 +307,28 @@ class EncryptedStage:
                 "the stage's KMS master key id is required (KMS_KEY_ID or --key-id)"
             )
         hooks = NULL_METRICS if metrics is None else metrics
-        owned: KmsClient | None = None
-        if provider is None:
-            provider = owned = kms_from_settings(settings)
-        client = hooks.instrument_provider(provider)
-        # Decrypt calls service the consuming connection while they wait.
-        kms = KeepAliveProvider(client)
-        cache = UnwrapCache(
-            DecryptBudget(kms, max_decrypt_rate),
-            max_entries=settings.key_cache_size,
-            ttl=settings.key_cache_ttl,
+        # Opening as the consumer does (one KMS, or one per region; Decrypt
+        # calls service the consuming connection while they wait) ...
+        wiring = unwrapping_from_settings(
+            settings,
+            hooks,
+            provider=provider,
+            max_decrypt_rate=max_decrypt_rate,
+            keep_alive=True,
         )
-        hooks.watch_cache(cache)
+        owned: list[Closeable] = [] if wiring.owned is None else [wiring.owned]
+        # ... and sealing as the publisher does (KMS_WRAP_ALSO: a copy of each
+        # data key per region).
+        writer: KeyProvider
+        if provider is None:
+            writer, writer_owned = writer_keys_from_settings(settings, metrics)
+            owned.append(writer_owned)
+        else:
+            writer = provider
+        if metrics is not None:
+            writer = metrics.instrument_provider(writer)
         data_keys = DataKeyCache(
-            client,
+            writer,
             max_age=settings.data_key_max_age,
             max_messages=settings.data_key_max_messages,
         )
@@ -326,7 +336,7 @@ class EncryptedStage:
             stage = cls(
                 settings.rabbitmq_urls,
                 topology,
-                Opener(cache),
+                Opener(wiring.unwrapper),
                 data_keys,
                 master,
                 handler,
@@ -338,20 +348,20 @@ class EncryptedStage:
                 max_deliveries=max_deliveries,
                 policy=policy,
                 key_policy=key_policy,
-                key_resolver=provider if isinstance(provider, KeyResolver) else None,
+                key_resolver=wiring.resolver,
                 kms_backoff=kms_backoff,
                 reconnect_backoff=reconnect_backoff,
                 connection_options=connection_options,
-                keep_alive=kms,
+                keep_alive=wiring.keep_alive,
                 metrics=metrics,
                 wire_version=settings.wire_version,
                 stream=stream,
             )
         except BaseException:
-            if owned is not None:
-                owned.close()
+            for client in owned:
+                client.close()
             raise
-        stage._owned_kms = owned  # its sockets are released by close()
+        stage._owned_kms = owned  # their sockets are released by close()
         return stage
 
     @property
@@ -394,8 +404,8 @@ class EncryptedStage:
         self._inflight.clear()
         self._transport.close()
         self._commit_position()
-        if self._owned_kms is not None:
-            self._owned_kms.close()
+        for client in self._owned_kms:
+            client.close()
         if was_connected:
             self._metrics.stopped(_COMPONENT)
 
