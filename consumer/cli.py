@@ -50,7 +50,7 @@ from envelope_mq.shared.kms.credentials import CHAIN_HELP
 from envelope_mq.shared.observability import add_observability_arguments, observability
 from envelope_mq.shared.observability.metrics import KMS_COMPONENT
 from envelope_mq.shared.observability.service import Observability
-from envelope_mq.shared.regions import consumer_regions
+from envelope_mq.shared.regions import consumer_regions, region_clients
 
 __all__ = ["add_stream_arguments", "register", "register_replay", "stream_cursor"]
 
@@ -244,6 +244,8 @@ def run_consume(args: argparse.Namespace) -> int:
             try:
                 if kms is not None:
                     _check_kms(kms, observed)
+                else:
+                    _check_regions(settings, observed)
                 writer = JsonLinesWriter(stream)
                 consumer = EncryptedConsumer.from_settings(
                     settings,
@@ -321,6 +323,33 @@ def _check_kms(kms: KmsClient, observed: Observability) -> None:
         )
         if observed.health is not None:
             observed.health.set_ready(KMS_COMPONENT, False, str(exc))
+
+
+def _check_regions(settings: Settings, observed: Observability) -> None:
+    """Say at start which KMS regions cannot be reached; not ready if none can.
+
+    Copies in an unreachable region are tried last (shared/regions.py); the
+    consumer runs anyway, as with one KMS.
+    """
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return
+    names = consumer_regions(settings)
+    unreachable = []
+    with region_clients(settings, names) as clients:
+        for name, client in clients.items():
+            try:
+                client.probe()
+            except KmsUnavailableError as exc:
+                unreachable.append(name)
+                observed.say(
+                    f"envelope-mq consume: KMS region {name}: {exc}; "
+                    "its copies are tried last",
+                    event="kms_unreachable",
+                    level="warning",
+                    region=name,
+                )
+    if len(unreachable) == len(names) and observed.health is not None:
+        observed.health.set_ready(KMS_COMPONENT, False, "no KMS region can be reached")
 
 
 def register_replay(subparsers: argparse._SubParsersAction[Any]) -> None:

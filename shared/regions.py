@@ -42,6 +42,7 @@ from envelope_mq.shared.kms import (
     kms_from_settings,
 )
 from envelope_mq.shared.observability.metrics import NULL_METRICS, MetricsHooks
+from envelope_mq.shared.wire_v2 import MAX_COPIES
 
 __all__ = [
     "DEFAULT_COOLDOWN",
@@ -63,6 +64,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# What wire format v2 can carry: copies per data key, bytes per region label.
+_MAX_LABEL_BYTES = 255
 # A message none of whose copies is in a region this reader can ask.
 NO_REGION_CODE = "EMQ.NoCopyForRegion"
 # How long a region that failed goes last (and writers skip it).
@@ -190,8 +193,11 @@ class MultiRegionKeys:
         health: RegionHealth | None = None,
         metrics: MetricsHooks | None = None,
     ) -> None:
-        if not regions:
-            raise ConfigError("a multi-region key provider needs a region")
+        if not 1 <= len(regions) <= MAX_COPIES:
+            raise ConfigError(f"a data key has 1 to {MAX_COPIES} wrapped copies")
+        for region in regions:
+            if not 1 <= len(region.region.encode("utf-8")) <= _MAX_LABEL_BYTES:
+                raise ConfigError(f"a region name is 1..255 bytes: {region.region!r}")
         for extra in regions[1:]:
             if not extra.key_id:
                 raise ConfigError(f"region {extra.region!r} needs a master key id")

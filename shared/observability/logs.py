@@ -80,6 +80,7 @@ LOG_FIELDS: Final = (
     "broker",
     "url",
     "service",
+    "region",  # a KMS region (shared/regions.py)
 )
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")

@@ -8,6 +8,7 @@ where it was made, under the same EncryptionContext, to the same key.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -48,6 +49,13 @@ from tests.integration.test_cli_pipeline import ENVELOPE_MQ, TIMEOUT, env_for
 pytestmark = pytest.mark.integration
 
 CONTEXT = {"queue": "orders", "tenant": "a"}
+
+
+def _dead_endpoint() -> str:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -269,12 +277,14 @@ def test_produce_and_consume_take_their_regions_from_flags_and_environment(
     consumed = subprocess.run(
         [
             *(ENVELOPE_MQ, "consume", *queue, "--count", "20"),
-            *("--regions", "cn-beijing,cn-shanghai"),
+            *("--regions", "cn-guangzhou,cn-beijing,cn-shanghai"),
         ],
         env={
             **env_for(reader),
             "ALIBABA_CLOUD_REGION_ID": "cn-beijing",
-            "KMS_REGION_ENDPOINTS": f"cn-shanghai={shanghai.endpoint}",
+            # cn-guangzhou: nothing listens there, and no message has a copy
+            "KMS_REGION_ENDPOINTS": f"cn-shanghai={shanghai.endpoint},"
+            f"cn-guangzhou={_dead_endpoint()}",
         },
         capture_output=True,
         text=True,
@@ -283,6 +293,7 @@ def test_produce_and_consume_take_their_regions_from_flags_and_environment(
     )
     assert consumed.returncode == 0, consumed.stderr
     assert len(consumed.stdout.splitlines()) == 20
+    assert "KMS region cn-guangzhou: cannot reach KMS" in consumed.stderr
     # Four data keys, each wrapped in Beijing by Encrypt and unwrapped there.
     assert (beijing.requests("Encrypt"), beijing.requests("Decrypt")) == (4, 4)
     assert shanghai.requests("Decrypt") == 0

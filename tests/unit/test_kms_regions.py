@@ -158,6 +158,12 @@ def test_a_refusal_is_not_an_outage_nothing_fails_over() -> None:
     assert b.generate_calls == 0
     with pytest.raises(ConfigError):
         MultiRegionKeys([RegionKey("a", a), RegionKey("b", b)])  # b has no key
+    with pytest.raises(ConfigError):  # more copies than wire format v2 carries
+        MultiRegionKeys(
+            [RegionKey("a", a)] + [RegionKey(f"r{n}", b, "k") for n in range(8)]
+        )
+    with pytest.raises(ConfigError):
+        MultiRegionKeys([RegionKey("", a)])
 
 
 # ---- reading -------------------------------------------------------------------
