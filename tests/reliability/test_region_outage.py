@@ -13,10 +13,12 @@ lost = 0, nothing quarantined, and Beijing did the work after the kill.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 from envelope_mq.consumer.backoff import Backoff
+from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
 from regions_kit import RegionProcess, new_principals, region_settings
@@ -41,7 +43,7 @@ from tests.reliability.test_aio_consumer import AsyncConsumerThread
 pytestmark = pytest.mark.reliability
 
 ROTATE_EVERY = 50  # messages per data key
-BACKLOG = 1_500  # published before the consumers start: 30 data keys
+BACKLOG = 3_000  # published before the consumers start: 60 data keys
 SETTLED_AT_KILL = 300  # the consumers are this far into the backlog
 AFTER_KILL = 1_500  # published once the primary region is gone
 
@@ -68,10 +70,18 @@ def test_primary_kms_region_killed_mid_stream_loses_and_quarantines_nothing(
             options=quick_publisher_options(),
         )
         consumer_settings = region_settings("consumer", principals, urls, regions)
+        booked = ledger_handler(ledger)
+
+        def handler(message: ReceivedMessage) -> None:
+            # A millisecond a message: the backlog outlasts the kill by far,
+            # even on a loaded machine.
+            time.sleep(0.001)
+            booked(message)
+
         consumer = EncryptedConsumer.from_settings(
             consumer_settings,
             topology,
-            ledger_handler(ledger),
+            handler,
             prefetch=200,
             reconnect_backoff=FAST_RECONNECT,
             kms_backoff=Backoff(initial=0.2, cap=1.0),
