@@ -7,6 +7,7 @@ where it was made, under the same EncryptionContext, to the same key.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from regions_kit import (
 )
 from scenario_kit import scenario_topology
 
+from envelope_mq.aio import AsyncEncryptedPublisher
 from envelope_mq.testing.plugin import AmqpNames
 from tests.integration.test_cli_pipeline import ENVELOPE_MQ, TIMEOUT, env_for
 
@@ -296,4 +298,36 @@ def test_produce_and_consume_take_their_regions_from_flags_and_environment(
     assert "KMS region cn-guangzhou: cannot reach KMS" in consumed.stderr
     # Four data keys, each wrapped in Beijing by Encrypt and unwrapped there.
     assert (beijing.requests("Encrypt"), beijing.requests("Decrypt")) == (4, 4)
+    assert shanghai.requests("Decrypt") == 0
+
+
+def test_the_asyncio_publisher_wraps_in_every_region_too(
+    principals: Principals,
+    regions: tuple[Region, Region],
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+) -> None:
+    shanghai, beijing = regions
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
+    writer = region_settings(
+        "producer", principals, urls, regions, data_key_max_messages=5
+    )
+
+    async def publish() -> None:
+        publisher = AsyncEncryptedPublisher.from_settings(writer, topology=topology)
+        async with publisher:
+            confirms = [
+                await publisher.publish(f"order {n}".encode(), message_id=f"m-{n}")
+                for n in range(10)  # two data keys
+            ]
+            await asyncio.gather(*confirms)
+
+    asyncio.run(publish())
+    received: list[ReceivedMessage] = []
+    reader = region_settings("consumer", principals, urls, [beijing, shanghai])
+    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
+    _run(consumer, 10)
+    assert len(received) == 10
+    assert (beijing.requests("Encrypt"), beijing.requests("Decrypt")) == (2, 2)
     assert shanghai.requests("Decrypt") == 0
