@@ -25,6 +25,8 @@ from envelope_mq.shared.kms import (
     WrappedCopy,
     local_copy,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 KEY_ID = "key-1"
 CONTEXT = {"tenant": "acme"}
@@ -335,3 +337,31 @@ def test_pamqps_bytearray_for_x_opens_too() -> None:
     sealed = _seal(keys)
     headers = {"x-emq": bytearray(sealed.headers["x-emq"])}
     assert _open(keys, headers, sealed.body, META) == b"payload"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_damaged_x_emq_is_malformed_or_fails_the_tag_never_anything_else(
+    data: st.DataObject,
+) -> None:
+    extra = (WrappedCopy("eu", "key-eu", base64.b64encode(b"eu").decode()),)
+    keys = Keys(*extra)
+    sealed = _seal(keys)
+    value = bytearray(sealed.headers["x-emq"])
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, len(value) - 1 if value else 0))
+        if kind == "flip" and value:
+            value[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del value[at : at + data.draw(st.integers(1, 8))]
+        else:
+            value[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        _open(keys, {"x-emq": bytes(value)}, sealed.body, META)
+    except MalformedMessageError:
+        assert keys.unwraps == []  # refused before any KMS call
+    except DecryptionError:
+        assert len(keys.unwraps) == 1  # decoded, unwrapped, tag failed
+    else:
+        assert bytes(value) == sealed.headers["x-emq"]
