@@ -365,3 +365,50 @@ def test_a_damaged_x_emq_is_malformed_or_fails_the_tag_never_anything_else(
         assert len(keys.unwraps) == 1  # decoded, unwrapped, tag failed
     else:
         assert bytes(value) == sealed.headers["x-emq"]
+
+
+class RegionFirst:
+    """A reader that unwraps the copy of its own region first (as regions do)."""
+
+    def __init__(self, provider: InMemoryKeyProvider, region: str) -> None:
+        self.provider, self.region = provider, region
+
+    def unwrap_any(
+        self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
+    ) -> tuple[WrappedCopy, UnwrappedKey]:
+        copy = next(c for c in copies if c.region == self.region)
+        return copy, self.provider.decrypt_data_key(copy.blob, context)
+
+
+def test_the_allowed_key_policy_takes_a_claim_of_any_copy_before_decrypt() -> None:
+    """A reader allowed only the second region's key opens a message whose
+    primary copy is under another key: the claim checked before Decrypt is
+    any copy's, the KeyId KMS reports after it is the one that counts."""
+    from envelope_mq.consumer.keypolicy import KeyPolicy
+
+    provider = InMemoryKeyProvider(["key-a", "key-b"])
+
+    class TwoRegions:
+        def acquire(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+            primary = provider.generate_data_key("key-a", context)
+            key_b, blob = provider.wrap_data_key("key-b", primary.plaintext, context)
+            extra = (WrappedCopy("eu", key_b, blob),)
+            return dataclasses.replace(primary, extra=extra)
+
+    sealed = Sealer(TwoRegions(), "key-a", CONTEXT).seal(b"payload", META)
+    only_b = KeyPolicy.parse(["key-b"]).resolve(provider)
+    only_c = KeyPolicy.parse(["key-a@tenant=other"]).resolve(provider)
+    for policy, expected in ((only_b, None), (only_c, Reason.CONTEXT_DENIED)):
+        received: list[Any] = []
+        outcome = handle(
+            _delivery(sealed),
+            Opener(RegionFirst(provider, "eu")),
+            received.append,
+            policy=ContextPolicy(),
+            key_policy=policy,
+        )
+        if expected is None:
+            assert outcome is ACK
+            assert received[0].key_id == "key-b"
+        else:
+            assert outcome.reason is expected
