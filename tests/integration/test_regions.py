@@ -14,10 +14,14 @@ import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 
+import pika
 import pytest
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
+from envelope_mq.shared import wire_v2
+from envelope_mq.shared.amqp import Topology
+from envelope_mq.shared.envelope import MessageMeta, SealedMessage, Sealer
 from envelope_mq.shared.errors import KmsRequestError
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
 from envelope_mq.shared.kms import (
@@ -331,3 +335,74 @@ def test_the_asyncio_publisher_wraps_in_every_region_too(
     assert len(received) == 10
     assert (beijing.requests("Encrypt"), beijing.requests("Decrypt")) == (2, 2)
     assert shanghai.requests("Decrypt") == 0
+
+
+def test_a_dropped_or_swapped_copy_fails_authentication_in_every_region(
+    principals: Principals,
+    regions: tuple[Region, Region],
+    emq_rabbitmq_url: str,
+    emq_amqp_names: AmqpNames,
+) -> None:
+    shanghai, beijing = regions
+    topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
+    urls = [emq_rabbitmq_url]
+    keys, owned = writer_keys_from_settings(
+        region_settings("producer", principals, urls, regions)
+    )
+    with owned:
+        sealer = Sealer(DataKeyCache(keys), shanghai.key_id, CONTEXT)
+        sealed = {
+            name: sealer.seal(b"pay 100", MessageMeta(name, 1_700_000_000))
+            for name in ("dropped", "swapped", "intact")
+        }
+    header = wire_v2.decode(sealed["intact"].headers[wire_v2.HEADER])
+    first, second = header.copies
+    copies = {
+        "dropped": (second,),  # Beijing's copy alone: it would open there
+        "swapped": (second, first),
+        "intact": header.copies,
+    }
+    for order in ([beijing, shanghai], [shanghai, beijing]):
+        _publish_raw(
+            emq_rabbitmq_url,
+            topology,
+            [
+                (message, wire_v2.encode(header.context_json, copies[name]))
+                for name, message in sealed.items()
+            ],
+        )
+        received: list[ReceivedMessage] = []
+        reader = region_settings("consumer", principals, urls, order)
+        consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
+        stats = _run(consumer, 1)
+        assert [m.message_id for m in received] == ["intact"]
+        assert dict(stats.quarantined) == {"undecryptable": 2}
+    # One Decrypt per reader, both in Beijing: the Shanghai-first reader met
+    # the dropped message first, whose only copy is Beijing's, and from then
+    # on its Beijing cache answered (a hit anywhere comes before a KMS call).
+    assert (beijing.requests("Decrypt"), shanghai.requests("Decrypt")) == (2, 0)
+
+
+def _publish_raw(
+    url: str, topology: Topology, messages: list[tuple[SealedMessage, bytes]]
+) -> None:
+    """Publish sealed bodies under the given x-emq values, confirmed."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        topology.declare(channel)
+        channel.confirm_delivery()
+        for message, value in messages:
+            channel.basic_publish(
+                topology.exchange,
+                topology.binding_key,
+                message.body,
+                pika.BasicProperties(
+                    message_id=message.meta.message_id,
+                    timestamp=message.meta.timestamp,
+                    headers={wire_v2.HEADER: value},
+                ),
+                mandatory=True,
+            )
+    finally:
+        connection.close()
