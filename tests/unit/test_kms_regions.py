@@ -367,3 +367,13 @@ def test_settings_with_regions_wire_a_client_and_a_cache_per_region() -> None:
     plain, owned = writer_keys_from_settings(Settings(kms_key_id="k"))
     assert plain is owned  # no KMS_WRAP_ALSO: the one client
     owned.close()
+
+
+def test_allowed_keys_resolve_in_the_region_that_has_them() -> None:
+    a, b, _c = _regions()
+    resolver = RegionalKeyResolver([("a", a), ("b", b)])  # type: ignore[list-item]
+    assert resolver.describe_key_id("key-b") == "key-b"  # a does not know it
+    # An ARN names its region; one this reader does not use names its id as is.
+    assert resolver.describe_key_id("acs:kms:zz:1234:key/key-q") == "key-q"
+    with pytest.raises(KmsRequestError):
+        resolver.describe_key_id("key-z")
