@@ -6,6 +6,7 @@ provider (the integration suite runs a real worker against the emulator).
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import ClassVar
 
@@ -132,4 +133,45 @@ def test_the_allowed_key_policy_applies_to_task_messages() -> None:
     outcome, payload = judge(codec, CONTENT_TYPE, {}, body)
     assert outcome is not None
     assert outcome.reason is Reason.KEY_DENIED
+    assert payload is None
+
+
+def _header(body: bytes) -> dict[str, object]:
+    parts = unframe(body)
+    return json.loads(body[8 : len(body) - len(parts.body)])  # type: ignore[no-any-return]
+
+
+def _reframed(header: dict[str, object], body: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return MAGIC + len(encoded).to_bytes(4, "big") + encoded + unframe(body).body
+
+
+def test_wire_format_2_frames_carry_x_emq_as_base64_and_open_on_any_worker() -> None:
+    provider = InMemoryKeyProvider([KEY])
+    v1 = setup(_App(), key_id=KEY, context={"app": "t"}, provider=provider)
+    v2 = setup(
+        _App(), key_id=KEY, context={"app": "t"}, provider=provider, wire_version=2
+    )
+    body = v2.encode([["x"], {}, {}])
+    header = _header(body)
+    assert "x-emq-version" not in header
+    assert isinstance(header["x-emq"], str)
+    assert unframe(body).headers["x-emq"] == base64.b64decode(header["x-emq"])
+    for worker in (v1, v2):  # each opens both versions
+        assert worker.decode(body) == [["x"], {}, {}]
+        assert worker.decode(v1.encode([["y"], {}, {}])) == [["y"], {}, {}]
+
+
+@pytest.mark.parametrize("value", [None, 7, "not base64!", "AAE", "AAF="])
+def test_a_v2_frame_whose_x_emq_is_not_canonical_base64_is_malformed(
+    value: object,
+) -> None:
+    codec = setup(
+        _App(), key_id=KEY, provider=InMemoryKeyProvider([KEY]), wire_version=2
+    )
+    body = codec.encode([[1], {}, {}])
+    forged = _reframed({**_header(body), "x-emq": value}, body)
+    outcome, payload = judge(codec, CONTENT_TYPE, {"id": "x", "task": "t"}, forged)
+    assert outcome is not None
+    assert (outcome.verdict, outcome.reason) == (Verdict.QUARANTINE, Reason.MALFORMED)
     assert payload is None

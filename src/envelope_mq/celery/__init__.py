@@ -70,6 +70,7 @@ def setup(
     allow_context: Iterable[str] = (),
     allow_key: Iterable[str] = (),
     quarantine_arguments: Mapping[str, Any] | None = None,
+    wire_version: int = 1,
 ) -> EnvelopeCodec:
     """Seal ``app``'s task messages (and results) under ``key_id`` and ``context``.
 
@@ -80,18 +81,17 @@ def setup(
     whoever can seal). ``allow_context`` (``k=v``) and ``allow_key``
     (``KEY[@k=v,...]``) are the consumer's policies. ``quarantine_arguments``
     are the arguments of the ``<queue>.quarantine`` queues the worker declares.
-    Returns the codec (the process has one ``envelope`` serializer: the last
-    setup wins).
+    ``wire_version`` is the envelope the frame carries: 1 (the default: the
+    frame is JSON in the body, where v2's one binary header saves the broker
+    nothing) or 2; workers open both. Returns the codec (the process has one
+    ``envelope`` serializer: the last setup wins).
     """
     if provider is None:
         from envelope_mq.shared.kms import kms_from_settings
 
         provider = kms_from_settings(settings or Settings.from_env())
     opening = open_provider or provider
-    # The frame carries the envelope in the body, as JSON (framing.py): v1's
-    # text headers. v2 saves header-table work at the broker, which a
-    # serializer's frame never costs.
-    sealer = Sealer(DataKeyCache(provider), key_id, context, wire_version=1)
+    sealer = Sealer(DataKeyCache(provider), key_id, context, wire_version=wire_version)
     opener = Opener(UnwrapCache(opening))
     key_policy = KeyPolicy.parse(allow_key)
     resolver = opening if isinstance(opening, KeyResolver) else None

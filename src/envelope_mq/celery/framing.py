@@ -5,22 +5,27 @@ properties wire format v1 puts the envelope in. So the body carries them::
 
     frame = "EMQC" ‖ length (4 bytes, unsigned big-endian) ‖ header ‖ sealed
 
-``header`` is a JSON object with the five x-emq-* headers of wire format v1
-§3 and the five bound properties of §5 (``message_id``, ``timestamp``,
-``content_type``, ``content_encoding``, ``type``); ``sealed`` is the v1 body
-(nonce ‖ ciphertext ‖ tag). Everything in the header is bound into the GCM
-associated data exactly as for any v1 message, so changing a byte of it
-makes the message undecryptable. This module does no crypto and no I/O.
+``header`` is a JSON object with the envelope headers (v1's five x-emq-*
+headers, §3; or v2's ``x-emq`` as standard base64 text, since JSON has no
+bytes, §11) and the five bound properties of §5 (``message_id``,
+``timestamp``, ``content_type``, ``content_encoding``, ``type``); ``sealed``
+is the body (nonce ‖ ciphertext ‖ tag). Everything in the header is bound
+into the GCM associated data exactly as for any message of its version, so
+changing a byte of it makes the message undecryptable. This module does no
+crypto and no I/O.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from envelope_mq.shared.envelope import MessageMeta, SealedMessage
 from envelope_mq.shared.errors import DecryptionError
+from envelope_mq.shared.wire_v2 import HEADER as V2_HEADER
 
 __all__ = ["MAGIC", "MAX_HEADER", "Frame", "frame", "unframe"]
 
@@ -44,7 +49,10 @@ class Frame:
 def frame(sealed: SealedMessage) -> bytes:
     """The body a sealed message travels in."""
     meta = sealed.meta
-    header = dict(sealed.headers)
+    header: dict[str, object] = dict(sealed.headers)
+    value = header.get(V2_HEADER)
+    if isinstance(value, bytes):
+        header[V2_HEADER] = base64.b64encode(value).decode("ascii")
     header.update({name: getattr(meta, name) for name in _PROPERTIES})
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     return MAGIC + len(encoded).to_bytes(_LENGTH, "big") + encoded + sealed.body
@@ -62,6 +70,19 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     if len(result) != len(pairs):
         raise _refuse("duplicate member in the frame header")
     return result
+
+
+def _v2_value(text: object) -> bytes:
+    """The x-emq bytes of a frame: canonical standard base64, nothing else."""
+    if not isinstance(text, str):
+        raise _refuse("x-emq is not base64 text")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error) as exc:
+        raise _refuse("x-emq is not base64") from exc
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise _refuse("x-emq is not canonical base64")
+    return raw
 
 
 def unframe(data: bytes) -> Frame:
@@ -91,5 +112,7 @@ def unframe(data: bytes) -> Frame:
     if any(value is not None and type(value) is not str for value in optional):
         raise _refuse("a bound property is not a string")
     content_type, content_encoding, type_ = optional
+    if V2_HEADER in header:
+        header[V2_HEADER] = _v2_value(header[V2_HEADER])
     meta = MessageMeta(message_id, timestamp, content_type, content_encoding, type_)
     return Frame(header, meta, view[start + length :])
