@@ -48,8 +48,9 @@ _CacheKey = tuple[str, tuple[tuple[str, str], ...]]
 
 def _cache_key(first: str, context: Mapping[str, str]) -> _CacheKey:
     # Sorted pairs identify a context exactly as its canonical JSON does, and
-    # are cheaper to build on every message than JSON.
-    return (first, tuple(sorted(context.items())) if context else ())
+    # are cheaper to build on every message than JSON (one pair needs no sort).
+    pairs = tuple(context.items())
+    return (first, pairs if len(pairs) < 2 else tuple(sorted(pairs)))
 
 
 def _wait(flight: Future[_T]) -> _T:
@@ -129,7 +130,13 @@ class DataKeyCache:
         key = _cache_key(key_id, context)
         with self._lock:
             lease = self._leases.get(key)
-            if lease is not None and self._take(lease):
+            # _take, inlined: this runs once per message sealed.
+            if (
+                lease is not None
+                and lease.uses < self._max_messages
+                and self._clock() - lease.born < self._max_age
+            ):
+                lease.uses += 1
                 self._hits += 1
                 return lease.data_key
             self._misses += 1
@@ -309,7 +316,15 @@ class UnwrapCache:
         The copy in region "" if there is one, else the first: a reader with
         one KMS has no other to try.
         """
-        copy = local_copy(copies)
+        # One copy is the usual case, and local_copy's answer then.
+        copy = copies[0] if len(copies) == 1 else local_copy(copies)
+        key = _cache_key(copy.blob, context)
+        with self._lock:  # unwrap()'s hit path, inlined: once per message
+            found = self._keys.get(key)
+            if found is not None and self._clock() < found[1]:
+                self._keys.move_to_end(key)
+                self._hits += 1
+                return copy, found[0]
         return copy, self.unwrap(copy.blob, context)
 
     def unwrap_any_cached(

@@ -27,4 +27,6 @@ def key_id_of(name: str) -> str:
 
 def same_key(claimed: str, verified: str) -> bool:
     """Whether ``claimed`` (a message's header) names the KeyId KMS ``verified``."""
+    if claimed == verified:  # every message of a key id sender: no parsing
+        return bool(claimed)
     return bool(claimed) and key_id_of(claimed) == key_id_of(verified)

@@ -544,3 +544,18 @@ def test_v1_cannot_carry_a_causation_id() -> None:
     meta = dataclasses.replace(META, causation_id="m-0")
     with pytest.raises(SealingError, match="causation"):
         Sealer(FixedKeys(), KEY_ID, CONTEXT).seal(b"x", meta)
+
+
+def test_sealed_and_opened_messages_stay_frozen_dataclasses() -> None:
+    from envelope_mq.shared.envelope import OpenedMessage, SealedMessage
+
+    meta = MessageMeta("m-1", 1_700_000_000)
+    sealed = SealedMessage(b"body", {"x-emq": b"v"}, meta)
+    assert sealed == SealedMessage(b"body", {"x-emq": b"v"}, meta)
+    assert dataclasses.replace(sealed, body=b"other").body == b"other"
+    opened = OpenedMessage(b"secret", {}, "key", meta)
+    assert "secret" not in repr(opened)
+    assert (opened.plaintext, opened.key_id, opened.meta) == (b"secret", "key", meta)
+    for message, name in ((sealed, "body"), (opened, "plaintext")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(message, name, b"x")

@@ -317,3 +317,46 @@ def test_body_that_is_not_bytes_is_refused(body: Any) -> None:
 def test_an_empty_message_id_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         wire.message_aad("", 0, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [],
+        ["x-emq"],
+        ["x-emq", "x-emq-cause"],
+        ["x-emq", "x-emq-key-id"],
+        ["x-emq-version", "x-emq-alg", "x-emq-key-id", "x-emq-data-key"],
+        ["x-emq-version", "x-emq-context", "x-emq"],
+        ["x-emqx", "x-emq-quarantine-reason", "app", 7, b"x-emq-cause"],
+        ["x-emq-quarantine-reason", "x-emq-other"],
+        ["X-EMQ", "x-emq-"],
+    ],
+)
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        frozenset({"x-emq", "x-emq-cause"}),
+        frozenset(wire.HEADER_NAMES),
+    ],
+)
+def test_only_ours_agrees_with_our_headers(
+    names: list[object], allowed: frozenset[str]
+) -> None:
+    headers = dict.fromkeys(names, "v")
+    assert wire.only_ours(headers, allowed) == (wire.our_headers(headers) <= allowed)
+
+
+def test_remembered_message_fields_never_let_a_str_subclass_through() -> None:
+    class Text(str):
+        pass
+
+    mid, ts = "m-1", 1_700_000_000
+    first = wire.message_aad(mid, ts, "text/plain", None, "t")
+    assert wire.message_aad(mid, ts, "text/plain", None, "t") == first  # remembered
+    with pytest.raises(ValueError, match="content_type"):
+        wire.message_aad(mid, ts, Text("text/plain"), None, "t")
+    with pytest.raises(ValueError, match="type"):
+        wire.message_aad(mid, ts, "text/plain", None, Text("t"))
+    with pytest.raises(ValueError, match="message_id"):
+        wire.message_aad(Text(mid), ts, None, None, None)
