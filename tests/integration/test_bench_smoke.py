@@ -78,7 +78,7 @@ def test_bench_smoke_run_reports_every_section(
         for section in ("asyncio: publish, msg/s", "asyncio: consume, msg/s"):
             assert by_name[(section, side)]["value"] > 0
     names = [t["name"] for t in document["targets"]]
-    assert len(names) == 22, names
+    assert len(names) == 23, names
     for target in document["targets"]:
         assert target["passed"] in (True, False)
     # Only the AWS Encryption SDK may be missing (an optional extra).

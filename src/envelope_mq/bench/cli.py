@@ -138,6 +138,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "default: classic and quorum)",
     )
     parser.add_argument(
+        "--wire-version",
+        action="append",
+        type=int,
+        choices=(1, 2),
+        help="throughput and crypto: the wire formats measured (repeatable; "
+        "default 2 and 1). v2, the default format, carries the targets and "
+        "always runs; 1 adds v1's rows beside it",
+    )
+    parser.add_argument(
         "--layouts",
         action="store_true",
         help="also measure the header layouts (slow; not in the default run)",
@@ -158,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         if sections & _BROKER_SECTIONS:
             _broker_sections(report, args, sections)
         if "crypto" in sections:
-            run_crypto(report, args.rounds)
+            run_crypto(report, args.rounds, _wire_versions(args))
         if "emulator" in sections:
             run_emulator_load(report, args.emulator_seconds)
         if "files" in sections:
@@ -195,7 +204,15 @@ def _broker_sections(
             run_latency(report, lab, args.rate, args.duration, args.size)
         if "throughput" in sections:
             for kind in args.queue_type or QUEUE_TYPES:
-                run_throughput(report, lab, args.messages, args.size, args.rounds, kind)
+                run_throughput(
+                    report,
+                    lab,
+                    args.messages,
+                    args.size,
+                    args.rounds,
+                    kind,
+                    v1=1 in _wire_versions(args),
+                )
         if sections & {"throughput", "latency"}:
             run_kms_economy(report, lab)
         if "memory" in sections:
@@ -239,6 +256,12 @@ def _broker_sections(
             run_stage(report, lab, args.messages, args.size, args.rounds)
 
 
+def _wire_versions(args: argparse.Namespace) -> tuple[int, ...]:
+    """The wire formats to measure: v2 always (the targets), then the rest."""
+    chosen = getattr(args, "wire_version", None) or (2, 1)
+    return (2, *sorted(set(chosen) - {2}))
+
+
 def _sections(args: argparse.Namespace) -> set[str]:
     """The sections to run: --only's, else all but the opt-in ones (+ --layouts)."""
     chosen = set(args.only) if args.only else set(SECTIONS) - _OPT_IN
@@ -260,5 +283,6 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         "emulator load, s per action": args.emulator_seconds,
         "sealed file, MiB": args.file_size,
         "queue types": ", ".join(args.queue_type or QUEUE_TYPES),
+        "wire versions": ", ".join(str(v) for v in _wire_versions(args)),
         "sections": ", ".join(s for s in SECTIONS if s in _sections(args)),
     }

@@ -52,9 +52,11 @@ from envelope_mq.shared.envelope import MessageMeta, Opener, Sealer
 from envelope_mq.shared.errors import BrokerError
 from envelope_mq.shared.wire_v2 import data_key_token
 
-__all__ = ["PLAIN", "SEALED", "SIDES", "UNSEALED", "run_throughput"]
+__all__ = ["PLAIN", "SEALED", "SEALED_V1", "SIDES", "UNSEALED", "run_throughput"]
 
 PLAIN, SEALED, UNSEALED = "plain pika", "envelope-mq", "envelope-mq, sealing off"
+# envelope-mq writes wire format v2 by default (SEALED); v1 beside it.
+SEALED_V1 = "envelope-mq, wire v1"
 PLAIN_CONFIRMED = "pika, plain messages, pipelined confirms"
 REFERENCE = "pika, envelope-mq's messages, pipelined confirms (reference)"
 SIDES = (PLAIN, SEALED, UNSEALED)
@@ -117,9 +119,12 @@ class _Sides:
         messages: int,
         unsealed: Unsealed | None,
         kind: QueueType,
+        v1: bool,
     ) -> None:
         broker = self._broker = lab.broker
         self.sides = SIDES if unsealed else (PLAIN, SEALED)
+        if v1:
+            self.sides = (*self.sides, SEALED_V1)
         self.publish_sides = (*self.sides, PLAIN_CONFIRMED, REFERENCE)
         self.keys_seen = _KeysSeen()
         plain = broker.plain_queue(f"plain-{kind}", kind)
@@ -127,6 +132,7 @@ class _Sides:
             side: broker.topology(f"{name}-{kind}", queue_type=kind)
             for side, name in (
                 (SEALED, "sealed"),
+                (SEALED_V1, "sealed-v1"),
                 (UNSEALED, "unsealed"),
                 (PLAIN_CONFIRMED, "plain-confirmed"),
                 (REFERENCE, "reference"),
@@ -153,7 +159,16 @@ class _Sides:
                 context=CONTEXT,
             ).connect(),
         }
-        unsealed_seen = _Consumed()
+        unsealed_seen, v1_seen = _Consumed(), _Consumed()
+        if v1:
+            self.publishers[SEALED_V1] = EncryptedPublisher(
+                broker.urls,
+                lab.data_keys,
+                lab.key_id,
+                topology=topologies[SEALED_V1],
+                context=CONTEXT,
+                wire_version=1,
+            ).connect()
         consumers = {
             SEALED: EncryptedConsumer(
                 broker.urls,
@@ -163,6 +178,14 @@ class _Sides:
                 prefetch=PREFETCH,
             ),
         }
+        if v1:
+            consumers[SEALED_V1] = EncryptedConsumer(
+                broker.urls,
+                topologies[SEALED_V1],
+                Opener(lab.unwrap),
+                v1_seen,
+                prefetch=PREFETCH,
+            )
         if unsealed is not None:
             self.publishers[UNSEALED] = unsealed.publisher_class(
                 broker.urls,
@@ -183,6 +206,7 @@ class _Sides:
             PLAIN: lambda: plain_publish(url, plain, body, n),
             SEALED: lambda: _publish_ours(self.publishers[SEALED], body, n),
             UNSEALED: lambda: _publish_ours(self.publishers[UNSEALED], body, n),
+            SEALED_V1: lambda: _publish_ours(self.publishers[SEALED_V1], body, n),
             PLAIN_CONFIRMED: lambda: pika_confirmed_publish(
                 url, references[PLAIN_CONFIRMED], n
             ),
@@ -192,6 +216,7 @@ class _Sides:
             PLAIN: lambda: plain_consume(url, plain, n, _plain_handler),
             SEALED: lambda: _consume_ours(consumers[SEALED], self.keys_seen, n),
             UNSEALED: lambda: _consume_ours(consumers[UNSEALED], unsealed_seen, n),
+            SEALED_V1: lambda: _consume_ours(consumers[SEALED_V1], v1_seen, n),
         }
 
     def close(self) -> None:
@@ -217,6 +242,7 @@ def run_throughput(
     size: int,
     rounds: int,
     kind: QueueType = "classic",
+    v1: bool = True,
 ) -> None:
     """Measure publish and consume rates of every side on ``kind`` queues; add
     figures and targets."""
@@ -230,6 +256,7 @@ def run_throughput(
         messages,
         None if isinstance(unsealed, str) else unsealed,
         kind,
+        v1,
     )
     published: dict[str, list[float]] = {side: [] for side in sides.publish_sides}
     received: dict[str, list[float]] = {side: [] for side in sides.sides}
@@ -285,6 +312,16 @@ def _report_publish(
         rounds=target,
         note="the publish target: same delivery guarantee and routing",
     )
+    if SEALED_V1 in published:
+        v1 = round_ratios(published[SEALED_V1], published[PLAIN_CONFIRMED])
+        report.add(
+            section,
+            f"{SEALED_V1} ÷ pika, plain messages, pipelined confirms",
+            median(v1),
+            "x",
+            rounds=v1,
+            note="v1 beside v2: the five x-emq-* headers",
+        )
     premise = round_ratios(published[PLAIN_CONFIRMED], published[PLAIN])
     report.add(
         section,
@@ -330,7 +367,9 @@ def _report_sides(
             rounds=rates[side],
             note=absent if side == UNSEALED else "",
         )
-    for side in (SEALED, UNSEALED):
+    for side in (SEALED, SEALED_V1, UNSEALED):
+        if side not in rates:
+            continue
         ratios = round_ratios(rates[side], rates[PLAIN]) if rates[side] else []
         report.add(
             section,
