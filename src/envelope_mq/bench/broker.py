@@ -40,6 +40,27 @@ class BenchBroker:
         self._queues: list[str] = []
         self._exchanges: list[str] = []
 
+    def _open_channel(self) -> Any:
+        """The admin channel, reconnected if the broker dropped it meanwhile.
+
+        This connection sits idle while a long section runs on others (the
+        celery and asyncio sections take minutes), and a blocking connection
+        answers heartbeats only when called: the broker may have closed it for
+        missed heartbeats. Reconnecting here keeps one such gap from ending
+        the whole run.
+        """
+        try:
+            self._connection.process_data_events(0)
+            if self._channel.is_open:
+                return self._channel
+        except (pika.exceptions.AMQPError, OSError):
+            pass
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            self._connection.close()
+        self._connection = connect_blocking(self.urls)
+        self._channel = self._connection.channel()
+        return self._channel
+
     @property
     def url(self) -> str:
         """The broker URL the benchmark's clients connect to."""
@@ -58,7 +79,7 @@ class BenchBroker:
         queue = f"emq-bench-{self.tag}-{name}"
         arguments = {"x-expires": QUEUE_EXPIRES_MS, "x-queue-type": queue_type}
         with broker_errors(f"declare {queue!r}"):
-            self._channel.queue_declare(queue, durable=True, arguments=arguments)
+            self._open_channel().queue_declare(queue, durable=True, arguments=arguments)
         self._queues.append(queue)
         return queue
 
@@ -71,7 +92,7 @@ class BenchBroker:
             queue_arguments={"x-expires": QUEUE_EXPIRES_MS},
             exchange_auto_delete=True,
         )
-        topology.declare(self._channel)
+        topology.declare(self._open_channel())
         self._queues += [topology.queue, topology.quarantine_queue]
         self._exchanges.append(topology.exchange)
         return topology
@@ -79,7 +100,7 @@ class BenchBroker:
     def count(self, queue: str) -> int:
         """Messages ready in ``queue`` now."""
         with broker_errors(f"inspect {queue!r}"):
-            frame = self._channel.queue_declare(queue, passive=True)
+            frame = self._open_channel().queue_declare(queue, passive=True)
         return int(frame.method.message_count)
 
     def wait_for_count(self, queue: str, expected: int, timeout: float = 120.0) -> None:
@@ -99,7 +120,7 @@ class BenchBroker:
     def purge(self, queue: str) -> None:
         """Drop every ready message of ``queue``."""
         with broker_errors(f"purge {queue!r}"):
-            self._channel.queue_purge(queue)
+            self._open_channel().queue_purge(queue)
 
     def stream_topology(self, name: str) -> Topology:
         """A stream topology of our own; its quarantine queue expires.
@@ -115,7 +136,7 @@ class BenchBroker:
             quarantine_arguments={"x-expires": QUEUE_EXPIRES_MS},
             exchange_auto_delete=True,
         )
-        topology.declare(self._channel)
+        topology.declare(self._open_channel())
         self._queues += [topology.queue, topology.quarantine_queue]
         self._exchanges.append(topology.exchange)
         return topology
@@ -123,9 +144,10 @@ class BenchBroker:
     def close(self) -> None:
         """Delete what the benchmark declared, then disconnect; never raises."""
         with contextlib.suppress(BrokerError, pika.exceptions.AMQPError, OSError):
+            channel = self._open_channel()
             for queue in self._queues:
-                self._channel.queue_delete(queue)
+                channel.queue_delete(queue)
             for exchange in self._exchanges:
-                self._channel.exchange_delete(exchange)
+                channel.exchange_delete(exchange)
         with contextlib.suppress(pika.exceptions.AMQPError, OSError):
             self._connection.close()

@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             run_files(report, args.rounds, args.file_size * 1024 * 1024)
     except MessagingError as exc:
         print(f"envelope-mq bench: {exc}", file=sys.stderr)
+        # What was measured before the failure is still worth having.
+        sys.stdout.write(report.table())
         return 1
     report.parameters["wall time, s"] = round(time.monotonic() - started, 1)
     sys.stdout.write(report.table())
