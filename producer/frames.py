@@ -3,7 +3,10 @@
 pika marshals every message's properties from scratch, headers table included,
 which costs more than sealing the message. Our headers are the same five
 x-emq-* values for every message under one data key, so this module encodes
-that table once and builds the rest with ``struct``. The unit tests check the
+that table once and builds the rest with ``struct``. Wire format v2's
+per-message ``x-emq-cause`` (the stage sets it on every output) is left out of
+that cache: an AMQP table is a length-prefixed run of entries, so the cached
+entries get the cause entry appended and a new length. The unit tests check the
 output byte for byte against pika's own marshaller.
 
 A message is published as three kinds of frame: the ``basic.publish`` method,
@@ -42,8 +45,16 @@ _frame_head = struct.Struct(">BHI").pack
 _header_head = struct.Struct(">HHQH").pack
 _timestamp = struct.Struct(">Q").pack
 _method_head = struct.Struct(">HHH").pack
+_long = struct.Struct(">I").pack
 
-_tables: dict[tuple[tuple[str, object], ...], bytes] = {}
+# The one per-message header (shared/wire_v2.CAUSE_HEADER, not imported: this
+# module knows the AMQP encoding, not the envelope) and its entry up to the
+# value: key as a short string, then the long string type tag.
+_CAUSE = "x-emq-cause"
+_CAUSE_ENTRY = bytes((len(_CAUSE),)) + _CAUSE.encode("ascii") + b"S"
+
+# header set -> (the whole table, its entries without the length prefix)
+_tables: dict[tuple[tuple[str, object], ...], tuple[bytes, bytes]] = {}
 _MAX_TABLES = 256  # distinct header sets: one per data key in practice
 
 
@@ -54,17 +65,31 @@ def _short(value: str, what: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def _table(headers: Mapping[str, object]) -> bytes:
-    key = tuple(headers.items())
-    encoded = _tables.get(key)
+def _cached(items: tuple[tuple[str, object], ...]) -> tuple[bytes, bytes]:
+    encoded = _tables.get(items)
     if encoded is None:
         pieces: list[bytes] = []
-        pika.data.encode_table(pieces, dict(headers))
-        encoded = b"".join(pieces)
+        pika.data.encode_table(pieces, dict(items))
+        table = b"".join(pieces)
+        encoded = (table, table[4:])
         if len(_tables) >= _MAX_TABLES:
             _tables.clear()
-        _tables[key] = encoded
+        _tables[items] = encoded
     return encoded
+
+
+def _table(headers: Mapping[str, object]) -> bytes:
+    items = tuple(headers.items())
+    name, value = items[-1] if items else ("", None)
+    if name == _CAUSE and type(value) is str:
+        # Same bytes as pika's encode_table, whose entries follow the dict's
+        # order: the cause is last (the envelope adds it last), so it is the
+        # cached entries plus one long string entry.
+        entries = _cached(items[:-1])[1]
+        cause = value.encode("utf-8")
+        size = len(entries) + len(_CAUSE_ENTRY) + 4 + len(cause)
+        return b"".join((_long(size), entries, _CAUSE_ENTRY, _long(len(cause)), cause))
+    return _cached(items)[0]
 
 
 def method_payload(exchange: str, routing_key: str) -> bytes:
