@@ -14,19 +14,35 @@ Every other frame is pika's business.
 
 This hooks into pika below its public API (a ``SelectConnection`` subclass
 given to ``BlockingConnection``); it is kept to this module and checked by
-tests against the real broker.
+tests against the real broker. :func:`connection_class` checks the hook's
+shape once per process: on a pika without it, connections fall back to
+pika's own decoding (valid messages still flow, hostile content headers drop
+the connection again) and a WARNING says so once, naming the pika version.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import struct
 from typing import Any
 
 import pika
+import pika.connection
 import pika.frame
 from envelope_mq.shared.content_header import decode_basic_properties
 
-__all__ = ["SafeHeaderConnection", "header_frame_budget", "negotiated_frame_max"]
+__all__ = [
+    "SafeHeaderConnection",
+    "connection_class",
+    "header_frame_budget",
+    "hook_usable",
+    "negotiated_frame_max",
+]
+
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 _HEADER_FRAME = 2
 _FRAME_END = 0xCE
@@ -53,6 +69,46 @@ class SafeHeaderConnection(pika.SelectConnection):  # type: ignore[misc]
         # pika hands the frame's properties object to the delivery callback
         # as it is; nothing in between reads it.
         return end, pika.frame.Header(channel, body_size, properties)
+
+
+@functools.cache
+def hook_usable() -> bool:
+    """Whether pika reads frames the way :class:`SafeHeaderConnection` overrides.
+
+    ``Connection._read_frame(self)`` decodes one frame from ``_frame_buffer``
+    (set up with the connection's state) and ``_on_data_available`` calls it.
+    """
+    base = pika.connection.Connection
+    read = getattr(base, "_read_frame", None)
+    try:
+        if not callable(read) or list(inspect.signature(read).parameters) != ["self"]:
+            return False
+        state = base._init_connection_state.__code__.co_names
+        reader = base._on_data_available.__code__.co_names
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "_frame_buffer" in state and "_read_frame" in reader
+
+
+def connection_class(decode_headers: bool = True) -> type[pika.SelectConnection]:
+    """The connection class to consume with: ours, or pika's own as the fallback.
+
+    ``decode_headers=False`` takes the fallback on purpose (it is how tests
+    reach it on a pika that has the hook).
+    """
+    if decode_headers and hook_usable():
+        return SafeHeaderConnection
+    why = "turned off" if not decode_headers else "its private _read_frame hook changed"
+    if why not in _warned:
+        _warned.add(why)
+        _log.warning(
+            "content headers are decoded by pika %s (%s): hostile content headers "
+            "are not defended and drop the connection",
+            pika.__version__,
+            why,
+            extra={"event": "header_decoder_fallback"},
+        )
+    return pika.SelectConnection  # type: ignore[no-any-return]
 
 
 def negotiated_frame_max(connection: pika.BlockingConnection) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from envelope_mq.consumer.header_frames import SafeHeaderConnection
+from envelope_mq.consumer.header_frames import connection_class
 from envelope_mq.shared.amqp import ConnectionOptions, broker_errors, connect_blocking
 
 __all__ = ["StoredMessage", "peek"]
@@ -43,7 +43,7 @@ def peek(
     Raises:
         BrokerError: the broker could not be reached or the queue does not exist.
     """
-    connection = connect_blocking(urls, options, connection_class=SafeHeaderConnection)
+    connection = connect_blocking(urls, options, connection_class=connection_class())
     try:
         with broker_errors(f"peek at {queue!r}"):
             channel = connection.channel()
@@ -61,7 +61,8 @@ def peek(
                         message_id=properties.message_id,
                         timestamp=properties.timestamp,
                         content_type=properties.content_type,
-                        defects=properties.defects,
+                        # pika's own properties (the fallback) have no defects
+                        defects=getattr(properties, "defects", ()),
                     )
                 )
             if last_tag:

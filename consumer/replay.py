@@ -19,7 +19,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import pika
-from envelope_mq.consumer.header_frames import SafeHeaderConnection
+from envelope_mq.consumer.header_frames import connection_class
 from envelope_mq.consumer.transport import (
     QUARANTINE_HEADER_PREFIX,
     QUARANTINE_REASON_HEADER,
@@ -74,7 +74,7 @@ def replay_quarantine(
         BrokerError: the broker could not be reached or refused a message.
     """
     result = ReplayResult()
-    connection = connect_blocking(urls, options, connection_class=SafeHeaderConnection)
+    connection = connect_blocking(urls, options, connection_class=connection_class())
     try:
         with broker_errors(f"replay {topology.quarantine_queue!r}"):
             channel = connection.channel()
@@ -118,8 +118,10 @@ def replay_quarantine(
     return result
 
 
-def _restored(properties: ContentProperties) -> pika.BasicProperties:
-    notes = list(properties.defects)
+def _restored(
+    properties: ContentProperties | pika.BasicProperties,
+) -> pika.BasicProperties:
+    notes = list(getattr(properties, "defects", ()))  # none from pika (the fallback)
     headers = copyable_headers(
         {
             k: v

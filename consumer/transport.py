@@ -25,6 +25,7 @@ import pika
 import pika.spec
 from envelope_mq.consumer.header_frames import (
     SafeHeaderConnection,
+    connection_class,
     header_frame_budget,
     negotiated_frame_max,
 )
@@ -97,10 +98,13 @@ class BlockingTransport:
         cursor: StreamCursor | None = None,
         outlet: Callable[[Any], None] | None = None,
         framer: Framer | None = None,
+        decode_headers: bool = True,
     ) -> None:
         """``outlet``: also open an :class:`~consumer.outlet.Outlet` (with
         ``framer``) on every connection, after calling ``outlet(channel)`` to
-        declare (or check) where it publishes; :attr:`outlet` while connected."""
+        declare (or check) where it publishes; :attr:`outlet` while connected.
+        ``decode_headers=False``: pika decodes content headers, as on a pika
+        without the hook (consumer/header_frames.py)."""
         if prefetch < 1 or not 1 <= ack_batch <= prefetch:
             raise ValueError("need prefetch >= 1 and 1 <= ack_batch <= prefetch")
         if topology.is_stream and cursor is None:
@@ -116,6 +120,7 @@ class BlockingTransport:
         self._confirm_channel: Any = None
         self._outlet_declare = outlet
         self._framer = framer
+        self._decode_headers = decode_headers
         self.outlet: Outlet | None = None
         self._header_budget = header_frame_budget(4096)
         self._unacked_tag = 0  # highest processed tag not yet acked on the wire
@@ -134,9 +139,11 @@ class BlockingTransport:
 
         On failure nothing stays open; raises BrokerError.
         """
-        connection = connect_blocking(
-            self._urls, self._options, connection_class=SafeHeaderConnection
+        kind = connection_class(self._decode_headers)
+        on_message = (
+            self._on_message if kind is SafeHeaderConnection else self._on_pika_message
         )
+        connection = connect_blocking(self._urls, self._options, connection_class=kind)
         try:
             with self.errors("open"):
                 channel = connection.channel()
@@ -153,7 +160,7 @@ class BlockingTransport:
                 self.pending.clear()
                 channel.basic_consume(
                     self._topology.queue,
-                    self._on_message,
+                    on_message,
                     auto_ack=False,
                     arguments=(
                         None if self.cursor is None else self.cursor.consume_arguments()
@@ -190,6 +197,30 @@ class BlockingTransport:
                 method.delivery_tag,
                 properties,
                 properties.defects,
+            )
+        )
+
+    def _on_pika_message(
+        self,
+        _channel: object,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        """The fallback's deliveries: pika decoded them, nothing was dropped."""
+        self.pending.append(
+            Delivery(
+                body,
+                properties.headers or {},
+                properties.message_id,
+                properties.timestamp,
+                properties.content_type,
+                properties.content_encoding,
+                properties.type,
+                method.redelivered,
+                method.delivery_tag,
+                properties,
+                (),
             )
         )
 
