@@ -19,6 +19,7 @@ that any module may call it without an import cycle.
 from __future__ import annotations
 
 import logging
+import re
 
 __all__ = ["THIRD_PARTY_LOGGERS", "route_third_party_loggers", "set_policy"]
 
@@ -49,6 +50,23 @@ def policy() -> int | None:
     return _policy
 
 
+# urllib3 logs each request line at DEBUG, query string included; the KMS RPC
+# API sends its parameters there, and Encrypt's are a data key (the copies
+# wrapped for other regions). The query is cut from every urllib3 record.
+_QUERY = re.compile(r"\?[^\s\"']*")
+
+
+class _DropQueryStrings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "?" in text:
+            record.msg, record.args = _QUERY.sub("?<query hidden>", text), ()
+        return True
+
+
+_DROP_QUERY = _DropQueryStrings()
+
+
 def route_third_party_loggers() -> None:
     """Remove the SDKs' own stream handlers and apply the level policy."""
     manager = logging.Logger.manager
@@ -69,3 +87,6 @@ def route_third_party_loggers() -> None:
             logger.propagate = True
             logger.setLevel(logging.NOTSET)
         logging.getLogger(name).setLevel(logging.NOTSET if _policy is None else _policy)
+    pool = logging.getLogger("urllib3.connectionpool")
+    if _DROP_QUERY not in pool.filters:
+        pool.addFilter(_DROP_QUERY)
