@@ -9,15 +9,18 @@ event loop, or in a process of its own that is SIGKILLed).
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from crash_kit import (
+    KillableProcess,
+    OutputTail,
+    Processes,
+    consumer_env,
+    kill_consumers_mid_stream,
+)
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.producer.options import TransportStats
 from envelope_mq.shared.amqp import Topology
@@ -43,7 +46,6 @@ from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from tests.reliability.test_consumer_crash import OutputTail, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -146,61 +148,19 @@ def test_connection_reset_every_two_seconds_loses_nothing_with_asyncio(
     assert consumer.stats.reconnects >= 5
 
 
-class _AioProcess:
-    """One asyncio consumer process writing to its own file."""
-
-    def __init__(self, env: dict[str, str], topology: Topology, out: Path) -> None:
-        self.output = out
-        self._log = out.with_suffix(".stderr").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROCESS), str(out), topology.queue, topology.exchange],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    def kill(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(PATIENCE)
-        self._log.close()
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(PATIENCE)
-        finally:
-            self._log.close()
-
-
-@pytest.fixture
-def aio_processes() -> Iterator[list[_AioProcess]]:
-    started: list[_AioProcess] = []
-    yield started
-    for proc in started:  # a failed test must not leave consumers behind
-        if proc.process.poll() is None:
-            proc.kill()
-
-
 def test_asyncio_consumers_killed_three_times_lose_nothing(
     emq_kms: KmsFixture,
     emq_rabbitmq_url: str,
     emq_amqp_names: AmqpNames,
     tmp_path: Path,
-    aio_processes: list[_AioProcess],
+    processes: Processes,
 ) -> None:
     messages, kills, lines_before_kill = 8_000, 3, 1_000
     ledger = MessageLedger("asyncio consumer SIGKILLed 3 times mid-stream, restarted")
     topology = scenario_topology(
         emq_amqp_names.queue, emq_amqp_names.exchange, expires=False
     )
-    env = {
-        **os.environ,
-        "RABBITMQ_URL": emq_rabbitmq_url,
-        "KMS_ENDPOINT": emq_kms.endpoint,
-        "ALIBABA_CLOUD_ACCESS_KEY_ID": emq_kms.consumer.access_key_id,
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": emq_kms.consumer.access_key_secret,
-    }
+    env = consumer_env(emq_kms, emq_rabbitmq_url)
     tail = OutputTail(ledger)
     publisher = scenario_publisher(emq_kms, [emq_rabbitmq_url], topology)
     producer, sent = stream_in_background(
@@ -214,26 +174,23 @@ def test_asyncio_consumers_killed_three_times_lose_nothing(
     )
     with QuarantineWatcher([emq_rabbitmq_url], topology, ledger), publisher:
         producer.start()
-        for run in range(1, kills + 1):
-            out = tmp_path / f"run-{run}.jsonl"
-            proc = _AioProcess(env, topology, out)
-            aio_processes.append(proc)
-            wait_until(
-                lambda out=out: tail.lines_in(out) >= lines_before_kill,  # type: ignore[misc]
-                f"consumer {run} to write {lines_before_kill} lines",
-            )
-            proc.kill()
-            ledger.fault("consumer SIGKILLs", 1)
-        final = _AioProcess(env, topology, tmp_path / "run-last.jsonl")
-        aio_processes.append(final)
+
+        def start(out: Path) -> KillableProcess:
+            argv = [sys.executable, str(PROCESS), str(out)]
+            argv += [topology.queue, topology.exchange]
+            return processes.start(argv, env, out.with_suffix(".stderr"))
+
+        final = kill_consumers_mid_stream(
+            start,
+            tail,
+            ledger,
+            tmp_path,
+            kills=kills,
+            lines_before_kill=lines_before_kill,
+        )
         producer.join(PATIENCE)
         errors = confirm_all(publisher, ledger, sent)
-
-        def all_handled() -> bool:
-            tail.poll(*tmp_path.glob("*.jsonl"))
-            return ledger.settled >= messages
-
-        wait_until(all_handled, "every message to be handled")
+        tail.wait_handled(tmp_path, messages, "every message to be handled")
         settle(ledger, timeout=5)
         assert final.terminate() == 0
     assert errors == []

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
 import pytest
+from crash_kit import ENVELOPE_MQ, Processes, wait_until
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer.publisher import EncryptedPublisher
@@ -48,41 +46,6 @@ pytestmark = pytest.mark.reliability
 MESSAGES = 8_000
 KILLS = 3
 OUTPUTS_BETWEEN_KILLS = 1_200
-
-
-class StageProcess:
-    """One ``envelope-mq stage`` process (pass-through handler)."""
-
-    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "envelope_mq", "stage", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: nothing is flushed, nothing acknowledged, outputs in flight."""
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(PATIENCE)
-        self._log.close()
-
-    def terminate(self) -> int:
-        """SIGTERM: the graceful stop; returns the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(PATIENCE)
-        finally:
-            self._log.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -113,29 +76,20 @@ def hops(emq_rabbitmq_url: str) -> Iterator[tuple[Topology, Topology]]:
             connection.close()
 
 
-@pytest.fixture
-def processes() -> Iterator[list[StageProcess]]:
-    started: list[StageProcess] = []
-    yield started
-    for proc in started:  # a failed test must not leave stages behind
-        if proc.process.poll() is None:
-            proc.kill()
-
-
 def test_a_stage_killed_three_times_loses_nothing_across_two_hops(
     kms: PipelineKms,
     emq_rabbitmq_url: str,
     hops: tuple[Topology, Topology],
     tmp_path: Path,
-    processes: list[StageProcess],
+    processes: Processes,
 ) -> None:
     inp, out = hops
     urls = [emq_rabbitmq_url]
     ledger = MessageLedger("stage SIGKILLed 3 times mid-stream, two hops")
     env = {**os.environ, **kms.env("stage", urls)}
-    args = ["--queue", inp.queue, "--exchange", inp.exchange]
-    args += ["--to-queue", out.queue, "--to-exchange", out.exchange]
-    args += ["--context", "stage=analytics", "--prefetch", "200"]
+    argv = [*ENVELOPE_MQ, "stage", "--queue", inp.queue, "--exchange", inp.exchange]
+    argv += ["--to-queue", out.queue, "--to-exchange", out.exchange]
+    argv += ["--context", "stage=analytics", "--prefetch", "200"]
 
     strays: list[str] = []  # outputs not sealed as the stage seals them
 
@@ -186,14 +140,12 @@ def test_a_stage_killed_three_times_loses_nothing_across_two_hops(
     ):
         producer.start()
         for run in range(1, KILLS + 1):
-            stage = StageProcess(env, args, tmp_path / f"stage-{run}.stderr")
-            processes.append(stage)
+            stage = processes.start(argv, env, tmp_path / f"stage-{run}.stderr")
             target = run * OUTPUTS_BETWEEN_KILLS
             wait_until(lambda t=target: ledger.settled >= t, f"{target} outputs")  # type: ignore[misc]
             stage.kill()
             ledger.fault("stage SIGKILLs", 1)
-        final = StageProcess(env, args, tmp_path / "stage-last.stderr")
-        processes.append(final)
+        final = processes.start(argv, env, tmp_path / "stage-last.stderr")
         producer.join(PATIENCE)
         for item in sent:
             item.future.result(PATIENCE)

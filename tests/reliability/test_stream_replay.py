@@ -11,12 +11,11 @@ what a kill makes the next run read again is bounded by ``--commit-every``.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from crash_kit import OutputTail, Processes, consumer_env, kill_consumers_mid_stream
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.streams import OffsetFile, OffsetSpec, StreamCursor
 from envelope_mq.consumer.worker import EncryptedConsumer
@@ -36,11 +35,6 @@ from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from tests.reliability.test_consumer_crash import (
-    ConsumerProcess,
-    OutputTail,
-    wait_until,
-)
 
 pytestmark = pytest.mark.reliability
 
@@ -94,21 +88,12 @@ KILLED_EVENTS = 10_000
 COMMIT_EVERY = 100
 
 
-@pytest.fixture
-def processes() -> Iterator[list[ConsumerProcess]]:
-    started: list[ConsumerProcess] = []
-    yield started
-    for proc in started:  # a failed test must not leave consumers behind
-        if proc.process.poll() is None:
-            proc.kill()
-
-
 def test_a_stream_consumer_killed_three_times_resumes_from_its_offset_file(
     emq_kms: KmsFixture,
     emq_rabbitmq_url: str,
     emq_amqp_names: AmqpNames,
     tmp_path: Path,
-    processes: list[ConsumerProcess],
+    processes: Processes,
 ) -> None:
     ledger = MessageLedger(
         f"envelope-mq consume on a stream SIGKILLed 3 times, --commit-every "
@@ -123,37 +108,26 @@ def test_a_stream_consumer_killed_three_times_resumes_from_its_offset_file(
             publisher, ledger, count=KILLED_EVENTS, size=200, tag="killed"
         )
         assert confirm_all(publisher, ledger, sent) == []
-    env = {
-        **os.environ,
-        "RABBITMQ_URL": emq_rabbitmq_url,
-        "KMS_ENDPOINT": emq_kms.endpoint,
-        "ALIBABA_CLOUD_ACCESS_KEY_ID": emq_kms.consumer.access_key_id,
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": emq_kms.consumer.access_key_secret,
-    }
+    env = consumer_env(emq_kms, emq_rabbitmq_url)
     position = tmp_path / "position"
     args = ["--queue", topology.queue, "--exchange", topology.exchange]
     args += ["--queue-type", "stream", "--offset", "first", "--prefetch", "200"]
     args += ["--offset-file", str(position), "--commit-every", str(COMMIT_EVERY)]
     tail = OutputTail(ledger)
-    for run in range(1, 4):
-        out = tmp_path / f"run-{run}.jsonl"
-        proc = ConsumerProcess(env, args, out)
-        processes.append(proc)
-        wait_until(
-            lambda out=out: tail.lines_in(out) >= 1_000,  # type: ignore[misc]
-            f"consumer {run} to write 1,000 lines",
-        )
-        proc.kill()
-        ledger.fault("consumer SIGKILLs", 1)
+
+    def committed() -> None:
         assert OffsetFile(position).load() is not None
-    final = ConsumerProcess(env, args, tmp_path / "run-last.jsonl")
-    processes.append(final)
 
-    def all_handled() -> bool:
-        tail.poll(*tmp_path.glob("*.jsonl"))
-        return ledger.settled >= KILLED_EVENTS
-
-    wait_until(all_handled, "every event to be handled")
+    final = kill_consumers_mid_stream(
+        lambda out: processes.consume(env, args, out),
+        tail,
+        ledger,
+        tmp_path,
+        kills=3,
+        lines_before_kill=1_000,
+        after_kill=committed,
+    )
+    tail.wait_handled(tmp_path, KILLED_EVENTS, "every event to be handled")
     assert final.terminate() == 0
     report = ledger.check()
     assert report["lost"] == 0
