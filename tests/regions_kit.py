@@ -5,7 +5,8 @@ exists in no other), and the same two principals in each, as one RAM user
 is valid in every region: the producer may GenerateDataKey and Encrypt, the
 consumer Decrypt and DescribeKey. :func:`region_emulator` runs one in this
 process; :class:`RegionProcess` runs one as a process of its own, to be
-killed with SIGKILL.
+killed with SIGKILL. Most tests take two: :func:`two_regions` (in process)
+or :func:`two_region_processes`, Shanghai first and Beijing second.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ __all__ = [
     "region_emulator",
     "region_seed",
     "region_settings",
+    "two_region_processes",
+    "two_regions",
 ]
 
 _PATIENCE = 60.0
@@ -105,6 +108,16 @@ def region_emulator(
         ca_file = str(emulator.ca_file) if tls else None
         endpoint = emulator.url if tls else emulator.endpoint
         yield Region(name, endpoint, key_id, emulator, ca_file)
+
+
+@contextlib.contextmanager
+def two_regions(principals: Principals) -> Iterator[tuple[Region, Region]]:
+    """Shanghai and Beijing, each an emulator in this process."""
+    with (
+        region_emulator("cn-shanghai", principals) as shanghai,
+        region_emulator("cn-beijing", principals) as beijing,
+    ):
+        yield shanghai, beijing
 
 
 class RegionProcess:
@@ -184,6 +197,18 @@ class RegionProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def two_region_processes(
+    principals: Principals, workdir: Path
+) -> Iterator[tuple[RegionProcess, RegionProcess]]:
+    """Shanghai and Beijing, each an emulator process (logs under ``workdir``)."""
+    with (
+        RegionProcess("cn-shanghai", principals, workdir) as shanghai,
+        RegionProcess("cn-beijing", principals, workdir) as beijing,
+    ):
+        yield shanghai, beijing
 
 
 def region_settings(

@@ -45,6 +45,7 @@ from regions_kit import (
     new_principals,
     region_emulator,
     region_settings,
+    two_regions,
 )
 from scenario_kit import scenario_topology
 
@@ -71,11 +72,8 @@ def principals() -> Principals:
 
 @pytest.fixture
 def regions(principals: Principals) -> Iterator[tuple[Region, Region]]:
-    with (
-        region_emulator("cn-shanghai", principals) as shanghai,
-        region_emulator("cn-beijing", principals) as beijing,
-    ):
-        yield shanghai, beijing
+    with two_regions(principals) as both:
+        yield both
 
 
 def _clients(principals: Principals, role: str, order: list[Region]) -> RegionClients:
@@ -173,12 +171,22 @@ def test_a_reader_asks_its_own_region_first_and_caches_by_the_copy_it_used(
     assert (beijing.requests("Decrypt"), shanghai.requests("Decrypt")) == (4, 0)
 
 
-def _run(consumer: EncryptedConsumer, count: int) -> ConsumerStats:
-    """``consumer.run(count)``, stopped after a minute whatever happened."""
+def _consume(
+    principals: Principals,
+    urls: list[str],
+    order: list[Region],
+    topology: Topology,
+    count: int,
+) -> tuple[list[ReceivedMessage], ConsumerStats]:
+    """What a consumer asking the regions in ``order`` received of ``count``
+    messages, and its stats; stopped after a minute whatever happened."""
+    received: list[ReceivedMessage] = []
+    reader = region_settings("consumer", principals, urls, order)
+    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
     timer = threading.Timer(60.0, consumer.stop)
     timer.start()
     try:
-        return consumer.run(count=count)
+        return received, consumer.run(count=count)
     finally:
         timer.cancel()
 
@@ -211,10 +219,7 @@ def test_through_the_broker_a_consumer_opens_in_its_own_region_first(
         for n in range(30):  # three data keys
             publisher.publish(f"order {n}".encode(), message_id=f"m-{n}")
         publisher.flush()
-    received: list[ReceivedMessage] = []
-    reader = region_settings("consumer", principals, urls, [beijing, shanghai])
-    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
-    stats = _run(consumer, 30)
+    received, stats = _consume(principals, urls, [beijing, shanghai], topology, 30)
     assert sorted(m.body for m in received) == sorted(
         f"order {n}".encode() for n in range(30)
     )
@@ -243,10 +248,7 @@ def test_a_copy_claiming_another_key_id_is_a_key_mismatch(
                 urls, source, shanghai.key_id, topology=topology
             ) as publisher:
                 publisher.publish(b"pay 100", message_id=message_id).result(30)
-    received: list[ReceivedMessage] = []
-    reader = region_settings("consumer", principals, urls, [beijing, shanghai])
-    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
-    stats = _run(consumer, 1)
+    received, stats = _consume(principals, urls, [beijing, shanghai], topology, 1)
     assert [m.message_id for m in received] == ["honest"]
     # Beijing's KMS says its copy is under the Beijing key, not the one claimed.
     assert dict(stats.quarantined) == {"key-mismatch": 1}
@@ -328,10 +330,7 @@ def test_the_asyncio_publisher_wraps_in_every_region_too(
             await asyncio.gather(*confirms)
 
     asyncio.run(publish())
-    received: list[ReceivedMessage] = []
-    reader = region_settings("consumer", principals, urls, [beijing, shanghai])
-    consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
-    _run(consumer, 10)
+    received, _ = _consume(principals, urls, [beijing, shanghai], topology, 10)
     assert len(received) == 10
     assert (beijing.requests("Encrypt"), beijing.requests("Decrypt")) == (2, 2)
     assert shanghai.requests("Decrypt") == 0
@@ -371,10 +370,7 @@ def test_a_dropped_or_swapped_copy_fails_authentication_in_every_region(
                 for name, message in sealed.items()
             ],
         )
-        received: list[ReceivedMessage] = []
-        reader = region_settings("consumer", principals, urls, order)
-        consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
-        stats = _run(consumer, 1)
+        received, stats = _consume(principals, urls, order, topology, 1)
         assert [m.message_id for m in received] == ["intact"]
         assert dict(stats.quarantined) == {"undecryptable": 2}
     # One Decrypt per reader, both in Beijing: the Shanghai-first reader met

@@ -21,7 +21,7 @@ from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
-from regions_kit import RegionProcess, new_principals, region_settings
+from regions_kit import new_principals, region_settings, two_region_processes
 from scenario_kit import (
     FAST_RECONNECT,
     PATIENCE,
@@ -58,10 +58,7 @@ def test_primary_kms_region_killed_mid_stream_loses_and_quarantines_nothing(
     topology = scenario_topology(emq_amqp_names.queue, emq_amqp_names.exchange)
     urls = [emq_rabbitmq_url]
     principals = new_principals()
-    with (
-        RegionProcess("cn-shanghai", principals, tmp_path) as shanghai,
-        RegionProcess("cn-beijing", principals, tmp_path) as beijing,
-    ):
+    with two_region_processes(principals, tmp_path) as (shanghai, beijing):
         regions = [shanghai.region, beijing.region]
         producer_settings = region_settings("producer", principals, urls, regions)
         publisher = EncryptedPublisher.from_settings(
