@@ -61,14 +61,12 @@ from envelope_mq.shared.kms.retry import RetryPolicy
 __all__ = ["AliyunKms"]
 
 logger = logging.getLogger(__name__)
-# The SDKs imported above attach stream handlers of their own: route them.
+# The SDKs imported above attach stream handlers of their own: route them. The
+# SDK logs every response body at DEBUG (GenerateDataKey's and Decrypt's carry
+# the plaintext data key), every request parameter (Encrypt's Plaintext) at
+# DEBUG, and server messages that may quote them at ERROR; _translate says what
+# failed without them, so no record of its loggers is kept (thirdparty_logs).
 thirdparty_logs.route_third_party_loggers()
-# The SDK logs every response body at DEBUG (GenerateDataKey's and Decrypt's
-# carry the plaintext data key), every request parameter (Encrypt's Plaintext)
-# at DEBUG, and server messages that may quote them at ERROR. _translate says
-# what failed without them, so nothing under this logger may reach a handler.
-_SDK_LOGGER = "aliyunsdkcore"
-_NOTHING = logging.CRITICAL + 1
 
 _API_VERSION = "2016-01-20"
 
@@ -127,7 +125,7 @@ class AliyunKms:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._retry = RetryPolicy(max_attempts, backoff, max_backoff, sleep)
-        _silence_sdk_loggers()
+        thirdparty_logs.guard_sdk_loggers()
         self._ca_bundle = ca_bundle
         if ca_bundle is not None:
             _check_ca_bundle(ca_bundle)
@@ -408,26 +406,6 @@ def _translate(action: str, where: str = "") -> Iterator[None]:
         raise KmsUnavailableError(
             f"KMS {action} failed{at}: {HTTP_ERROR}", code=HTTP_ERROR
         ) from exc
-
-
-def _silence_sdk_loggers() -> None:
-    """Mute every aliyunsdkcore logger, including the one ``DEBUG=sdk`` feeds.
-
-    aliyunsdkcore.http.http_response sets its own level (DEBUG) and its own
-    stderr handler, so muting the parent is not enough: with the SDK's debug
-    switch on (env DEBUG=sdk) it would print each request URL, which carries
-    every parameter (Encrypt's Plaintext, the AccessKeyId). A disabled logger
-    drops records whatever its level and handlers.
-    """
-    names = [_SDK_LOGGER] + [
-        name
-        for name in list(logging.Logger.manager.loggerDict)
-        if name.startswith(_SDK_LOGGER + ".")
-    ]
-    for name in names:
-        sdk_logger = logging.getLogger(name)
-        sdk_logger.setLevel(_NOTHING)
-        sdk_logger.disabled = True
 
 
 def _check_ca_bundle(path: str) -> None:

@@ -25,6 +25,7 @@ from alibabacloud_kms20160120.client import Client
 from alibabacloud_tea_openapi.models import Config
 from darabonba.exceptions import ResponseException, UnretryableException
 from darabonba.runtime import RuntimeOptions
+from envelope_mq.shared import thirdparty_logs
 from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import (
     ConfigError,
@@ -54,9 +55,10 @@ from Tea.exceptions import TeaException
 __all__ = ["DedicatedKms"]
 
 logger = logging.getLogger(__name__)
-# The SDK's own loggers print request URLs (every parameter) under DEBUG=sdk.
-_SDK_LOGGERS = ("darabonba", "Tea", "alibabacloud_tea_openapi", "credentials")
-_NOTHING = logging.CRITICAL + 1
+# darabonba (and Tea) attach a stderr handler of their own when imported, and
+# log each request line, with every parameter, under DEBUG=sdk: their handler
+# is taken away and their records dropped (thirdparty_logs).
+thirdparty_logs.route_third_party_loggers()
 
 
 class DedicatedKms:
@@ -97,8 +99,7 @@ class DedicatedKms:
             raise ConfigError("KMS timeouts must be positive")
         if ca_file is not None:
             _check_ca_file(ca_file)
-        for name in _SDK_LOGGERS:
-            logging.getLogger(name).setLevel(_NOTHING)
+        thirdparty_logs.guard_sdk_loggers()
         self.credentials = credentials
         self._where = where(scheme, host)
         self._host, self._ca_file, self._proxy = host, ca_file, https_proxy

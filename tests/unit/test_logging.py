@@ -220,14 +220,61 @@ def test_an_sdks_own_stream_handler_is_routed_through_ours(
     stream: io.StringIO,
 ) -> None:
     private = io.StringIO()
-    sdk = logging.getLogger("alibabacloud-tea")
-    sdk.setLevel(logging.DEBUG)  # as Tea does when imported
+    sdk = logging.getLogger("credentials")
+    sdk.setLevel(logging.DEBUG)  # as alibabacloud-credentials does when imported
     sdk.addHandler(logging.StreamHandler(private))
     configure_logging("json", "debug", stream=stream)
-    sdk.debug("a request")
+    sdk.debug("a refresh")
     assert private.getvalue() == ""
     [line] = lines(stream)
-    assert line["logger"] == "alibabacloud-tea"
+    assert line["logger"] == "credentials"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "aliyunsdkcore.client",
+        "aliyunsdkcore.http.http_response",
+        "aliyunsdkcore.vendored.requests.packages.urllib3.connectionpool",
+        "alibabacloud-tea",
+        "darabonba-core",
+    ],
+)
+def test_no_record_of_a_kms_sdk_reaches_a_handler_whatever_its_level(
+    stream: io.StringIO, name: str
+) -> None:
+    import envelope_mq.shared.kms  # noqa: F401  (imports every KMS SDK we use)
+
+    configure_logging("json", "debug", stream=stream)
+    sdk = logging.getLogger(name)
+    # What an application's setLevel and dictConfig (which re-enables every
+    # logger it does not name) would do.
+    saved = sdk.level, sdk.disabled
+    sdk.setLevel(logging.DEBUG)
+    sdk.disabled = False
+    try:
+        sdk.debug("> POST /?Action=Encrypt&Plaintext=%s", "ZGF0YSBrZXk=")
+        sdk.error("Response-body: %s", b'{"Plaintext": "ZGF0YSBrZXk="}')
+    finally:
+        sdk.setLevel(saved[0])
+        sdk.disabled = saved[1]
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "name", ["urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager"]
+)
+def test_urllib3_records_lose_their_query_strings(
+    stream: io.StringIO, name: str
+) -> None:
+    import envelope_mq.shared.kms  # noqa: F401
+
+    configure_logging("json", "debug", stream=stream)
+    logging.getLogger(name).debug(
+        "Incremented Retry for (url='%s')", "/?Action=Encrypt&Plaintext=ZGF0YSBrZXk="
+    )
+    [line] = lines(stream)
+    assert line["message"] == "Incremented Retry for (url='/?<query hidden>')"
 
 
 def test_text_format_has_time_level_and_logger(stream: io.StringIO) -> None:
