@@ -826,7 +826,11 @@ class EncryptedStage:
         logger.warning(
             "lost the broker (%s); reconnecting",
             exc,
-            extra={"event": "broker_lost", "component": _COMPONENT},
+            extra={
+                "event": "broker_lost",
+                "component": _COMPONENT,
+                "queue": self._topology.queue,
+            },
         )
         # Their acks can no longer be sent: they come back, and their outputs
         # (confirmed or not) are published again (repeated_outputs).
@@ -837,8 +841,17 @@ class EncryptedStage:
         else:
             self._short_lived = 0
         delays = self._reconnect_backoff.delays()
-        for _ in range(min(self._short_lived, 32)):
-            self._wait(next(delays))
+        if self._short_lived:
+            # the n-th early loss in a row waits the n-th delay of the backoff
+            pause = 0.0
+            for _ in range(min(self._short_lived, 32)):
+                pause = next(delays)
+            logger.info(
+                "connection lost soon after connecting; waiting %.1fs",
+                pause,
+                extra={"event": "reconnect_delayed", "delay": round(pause, 3)},
+            )
+            self._wait(pause)
         where = ", ".join(redact_url(u) for u in self._urls)
         for delay in delays:
             if self._stopping:
