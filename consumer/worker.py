@@ -27,7 +27,6 @@ what was unacknowledged comes back from the broker (at-least-once).
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,14 +51,14 @@ from envelope_mq.consumer.outcome import (
     handle,
 )
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.runloop import RunLoop
 from envelope_mq.consumer.streams import StreamCursor
 from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
-from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
+from envelope_mq.shared.amqp import ConnectionOptions, Topology, split_urls
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import EnvelopeHeader, KeyUnwrapper, Opener
 from envelope_mq.shared.errors import (
-    BrokerError,
     BrokerUnavailableError,
     ConfigError,
     KmsCallerError,
@@ -73,8 +72,6 @@ logger = logging.getLogger(__name__)
 
 # How long an idle consumer waits for deliveries before it looks at stop().
 _POLL_SECONDS = 0.25
-# A connection that lived less than this before it was lost "died young".
-_STABLE_SECONDS = 10.0
 _COMPONENT = "consumer"  # in metrics labels, health checks and log lines
 # Verdicts after which a delivery is done with: a stream position may pass it.
 _SETTLED = frozenset({Verdict.ACK, Verdict.DUPLICATE, Verdict.QUARANTINE})
@@ -179,7 +176,6 @@ class EncryptedConsumer:
         self._key_policy = key_policy if key_policy else None
         self._key_resolver = key_resolver or KEY_IDS_ONLY
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
-        self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
         self._transport = BlockingTransport(
             self._urls,
             topology,
@@ -199,14 +195,21 @@ class EncryptedConsumer:
             else None
         )
         self._counter = DeliveryCounter()
-        self._keep_alive = keep_alive
         self._owned_kms: Closeable | None = None  # made by from_settings
-        self._connected = False
-        self._connected_at = 0.0
-        self._short_lived = 0
-        self._stopping = False
         self._limit: int | None = None
         self.stats = ConsumerStats()
+        # Connect, reconnect with backoff, stop (consumer/runloop.py).
+        self._loop = RunLoop(
+            self._transport,
+            self._urls,
+            component=_COMPONENT,
+            queue=topology.queue,
+            metrics=self._metrics,
+            backoff=reconnect_backoff,
+            keep_alive=keep_alive,
+            stats=self.stats,
+            log=logger,
+        )
         # Replay protection (consumer/freshness.py); off unless asked for.
         guard = ReplayGuard(
             max_age=max_age, dedup_window=dedup_window, max_skew=max_skew
@@ -309,7 +312,7 @@ class EncryptedConsumer:
             BrokerError: the topology could not be declared (e.g. a queue
                 exists with other arguments).
         """
-        if self._connected:
+        if self._loop.connected:
             return self
         resolver = self._key_resolver
         if self._key_policy and not self._key_policy.resolved and resolver:
@@ -319,10 +322,7 @@ class EncryptedConsumer:
                 ", ".join(self._key_policy.key_ids()),
                 extra={"event": "key_policy", "queue": self._topology.queue},
             )
-        self._transport.open()
-        self._connected = True
-        self._connected_at = time.monotonic()
-        self._metrics.broker_connected(_COMPONENT, reconnect=False)
+        self._loop.open()
         return self
 
     def close(self) -> None:
@@ -331,8 +331,7 @@ class EncryptedConsumer:
         Never raises; idempotent. A later :meth:`connect` or :meth:`run`
         connects again.
         """
-        was_connected, self._connected = self._connected, False
-        self._transport.close()
+        was_connected = self._loop.close()
         self._commit_position()
         if self._ahead is not None:
             self._ahead.close()
@@ -360,7 +359,7 @@ class EncryptedConsumer:
         Safe from a signal handler or another thread: it only sets a flag. A
         stop() that comes before :meth:`run` makes the next run return at once.
         """
-        self._stopping = True
+        self._loop.stop()
 
     def run(self, count: int | None = None) -> ConsumerStats:
         """Consume until :meth:`stop`, or until ``count`` messages were handled.
@@ -378,43 +377,12 @@ class EncryptedConsumer:
         """
         self._limit = None if count is None else self.stats.handled + count
         transport = self._transport
-        connected_here = not self._connected
-        try:
-            self.connect()
-        except BaseException:
-            self._stopping = False
-            raise
-        if self._keep_alive is not None:
-            self._keep_alive.attach(transport.pump)
-        try:
-            while not self._stopping and not self._reached_limit():
-                try:
-                    self._consume(transport)
-                except BrokerError as exc:
-                    if self._stopping:
-                        break
-                    self._metrics.broker_lost(
-                        _COMPONENT, f"connection lost ({type(exc).__name__})"
-                    )
-                    logger.warning(
-                        "lost the broker (%s); reconnecting",
-                        exc,
-                        extra={
-                            "event": "broker_lost",
-                            "component": _COMPONENT,
-                            "queue": self._topology.queue,
-                        },
-                    )
-                    transport.abandon()
-                    self._reconnect(transport)
-        finally:
-            if self._keep_alive is not None:
-                self._keep_alive.attach(None)
-            # A connection lost and not regained (stop() came first) is closed,
-            # so that the next run() connects again.
-            if connected_here or not transport.consuming:
-                self.close()
-            self._stopping = False  # a stop() before run() still counts; now reset
+        self._loop.run(
+            self.connect,
+            lambda: self._consume(transport),
+            self.close,
+            reached_limit=self._reached_limit,
+        )
         return self.stats
 
     def _reached_limit(self) -> bool:
@@ -423,7 +391,7 @@ class EncryptedConsumer:
     def _consume(self, transport: BlockingTransport) -> None:
         pending = transport.pending
         with transport.errors():
-            while not self._stopping:
+            while not self._loop.stopping:
                 if not pending:
                     # Reached at least once per prefetch window, busy or idle.
                     self._metrics.alive(_COMPONENT)
@@ -498,8 +466,8 @@ class EncryptedConsumer:
             else:
                 self.stats.retried += 1
             self._metrics.requeued()
-            transport.sleep(next(delays), self._stop_requested)
-            if self._stopping:
+            transport.sleep(next(delays), self._loop.stop_requested)
+            if self._loop.stopping:
                 break
             outcome = self._outcome(delivery, deliveries)
         return outcome, deliveries
@@ -635,8 +603,8 @@ class EncryptedConsumer:
         outcome = RETRY_LATER
         for delay in self._kms_backoff.delays():
             self._metrics.alive(_COMPONENT)  # held, not stuck
-            transport.sleep(delay, self._stop_requested)
-            if self._stopping:
+            transport.sleep(delay, self._loop.stop_requested)
+            if self._loop.stopping:
                 break
             self.stats.kms_retries += 1
             self._metrics.kms_retry()
@@ -648,61 +616,3 @@ class EncryptedConsumer:
                 )
                 break
         return outcome
-
-    def _stop_requested(self) -> bool:
-        return self._stopping
-
-    def _reconnect(self, transport: BlockingTransport) -> None:
-        """Open a new connection, backing off between failed attempts.
-
-        A connection that died young (say, the broker drops it at once) counts
-        as a failure too, so that a connection lost again and again right
-        after connecting cannot become a hot loop.
-        """
-        where = ", ".join(redact_url(u) for u in self._urls)
-        if time.monotonic() - self._connected_at < _STABLE_SECONDS:
-            self._short_lived += 1
-        else:
-            self._short_lived = 0
-        delays = self._reconnect_backoff.delays()
-        if self._short_lived:
-            # the n-th early loss in a row waits the n-th delay of the backoff
-            pause = 0.0
-            for _ in range(min(self._short_lived, 32)):
-                pause = next(delays)
-            logger.info(
-                "connection lost soon after connecting; waiting %.1fs",
-                pause,
-                extra={"event": "reconnect_delayed", "delay": round(pause, 3)},
-            )
-            self._wait(pause)
-        for delay in delays:
-            if self._stopping:
-                return
-            try:
-                transport.open()
-            except BrokerUnavailableError as exc:
-                logger.warning(
-                    "reconnect failed (%s); retrying in %.1fs",
-                    exc,
-                    delay,
-                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
-                )
-                self._wait(delay)
-                continue
-            self._connected_at = time.monotonic()
-            self.stats.reconnects += 1
-            self._metrics.broker_connected(_COMPONENT, reconnect=True)
-            logger.info(
-                "reconnected to %s",
-                where,
-                extra={"event": "broker_reconnected", "component": _COMPONENT},
-            )
-            return
-
-    def _wait(self, seconds: float) -> None:
-        # No connection to service here: plain sleeps, short enough to notice stop().
-        deadline = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < deadline:
-            self._metrics.alive(_COMPONENT)  # reconnecting, not stuck
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -68,6 +68,7 @@ from envelope_mq.consumer.outcome import (
 )
 from envelope_mq.consumer.outlet import NACKED, UNROUTABLE, check_exchange
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.runloop import RunLoop
 from envelope_mq.consumer.streams import StreamCursor
 from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
@@ -76,7 +77,6 @@ from envelope_mq.shared.amqp import (
     DEFAULT_EXCHANGE,
     ConnectionOptions,
     Topology,
-    redact_url,
     split_urls,
 )
 from envelope_mq.shared.config import Settings
@@ -88,7 +88,6 @@ from envelope_mq.shared.envelope import (
     Sealer,
 )
 from envelope_mq.shared.errors import (
-    BrokerError,
     BrokerUnavailableError,
     ConfigError,
     KmsCallerError,
@@ -113,7 +112,6 @@ _POLL_SECONDS = 0.25
 # What a stream cannot requeue: the stage hands the input on again in place.
 _IN_PLACE = frozenset({Verdict.REQUEUE, Verdict.RETRY})
 _INTERLEAVE = 32  # inputs taken between two looks at the socket
-_STABLE_SECONDS = 10.0
 _DRAIN_SECONDS = 30.0  # stop(): how long to wait for the outputs in flight
 _COMPONENT = "stage"
 
@@ -243,7 +241,6 @@ class EncryptedStage:
         self._key_policy = key_policy if key_policy else None
         self._key_resolver = key_resolver or KEY_IDS_ONLY
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
-        self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
         self._transport = BlockingTransport(
             self._urls,
             topology,
@@ -257,15 +254,22 @@ class EncryptedStage:
         #: The input stream's position (None unless the input is a stream).
         self.cursor = self._transport.cursor
         self._counter = DeliveryCounter()
-        self._keep_alive = keep_alive
         self._owned_kms: list[Closeable] = []
         self._inflight: deque[_InFlight] = deque()
-        self._connected = False
-        self._connected_at = 0.0
-        self._short_lived = 0
-        self._stopping = False
         self._limit: int | None = None
         self.stats = StageStats()
+        # Connect, reconnect with backoff, stop: the consumer's (consumer/runloop.py).
+        self._loop = RunLoop(
+            self._transport,
+            self._urls,
+            component=_COMPONENT,
+            queue=topology.queue,
+            metrics=self._metrics,
+            backoff=reconnect_backoff,
+            keep_alive=keep_alive,
+            stats=self.stats,
+            log=logger,
+        )
 
     @classmethod
     def from_settings(
@@ -383,15 +387,12 @@ class EncryptedStage:
         ``EncryptedConsumer.connect`` raises (BrokerError, 404, when the
         output exchange does not exist).
         """
-        if self._connected:
+        if self._loop.connected:
             return self
         resolver = self._key_resolver
         if self._key_policy and not self._key_policy.resolved and resolver:
             self._key_policy = self._key_policy.resolve(resolver)
-        self._transport.open()
-        self._connected = True
-        self._connected_at = time.monotonic()
-        self._metrics.broker_connected(_COMPONENT, reconnect=False)
+        self._loop.open()
         return self
 
     def close(self) -> None:
@@ -400,9 +401,8 @@ class EncryptedStage:
         An input whose outputs were published but not all confirmed comes back
         and is handed on again (counted as repeated outputs then).
         """
-        was_connected, self._connected = self._connected, False
         self._inflight.clear()
-        self._transport.close()
+        was_connected = self._loop.close()
         self._commit_position()
         for client in self._owned_kms:
             client.close()
@@ -425,7 +425,7 @@ class EncryptedStage:
 
         Safe from a signal handler, another thread or the handler: sets a flag.
         """
-        self._stopping = True
+        self._loop.stop()
 
     # ---- the loop --------------------------------------------------------------
 
@@ -444,40 +444,30 @@ class EncryptedStage:
         """
         self._limit = None if count is None else self.stats.handled + count
         transport = self._transport
-        connected_here = not self._connected
-        try:
-            self.connect()
-        except BaseException:
-            self._stopping = False
-            raise
-        if self._keep_alive is not None:
-            self._keep_alive.attach(transport.pump)
-        try:
-            while not self._finished():
-                try:
-                    self._consume(transport)
-                except BrokerError as exc:
-                    if self._stopping and not self._inflight:
-                        break
-                    self._lost(transport, exc)
-        finally:
-            if self._keep_alive is not None:
-                self._keep_alive.attach(None)
-            if connected_here or not transport.consuming:
-                self.close()
-            self._stopping = False
+        self._loop.run(
+            self.connect,
+            lambda: self._consume(transport),
+            self.close,
+            reached_limit=self._reached_limit,
+            # Outputs on their way: their confirms settle them, even when stopping.
+            busy=lambda: bool(self._inflight),
+            # Their acks can no longer be sent: they come back, and their outputs
+            # (confirmed or not) are published again (repeated_outputs).
+            on_lost=self._inflight.clear,
+        )
         return self.stats
 
     def _finished(self) -> bool:
         if self._inflight:
             return False
-        return self._stopping or (
-            self._limit is not None and self.stats.handled >= self._limit
-        )
+        return self._loop.stopping or self._reached_limit()
+
+    def _reached_limit(self) -> bool:
+        return self._limit is not None and self.stats.handled >= self._limit
 
     def _taking(self) -> bool:
         """Whether to take more inputs (not when stopping or at ``count``)."""
-        if self._stopping:
+        if self._loop.stopping:
             return False
         if self._limit is None:
             return True
@@ -556,7 +546,7 @@ class EncryptedStage:
                 delivery.message_id,
                 extra={"event": "stage_output_nacked", "queue": self._topology.queue},
             )
-            transport.sleep(next(self._kms_backoff.delays()), self._stop_requested)
+            transport.sleep(next(self._kms_backoff.delays()), self._loop.stop_requested)
             return
         if error == UNROUTABLE:
             raise ConfigError(
@@ -739,8 +729,8 @@ class EncryptedStage:
                 self.stats.retried += 1
             else:
                 self.stats.kms_retries += 1
-            transport.sleep(next(delays), self._stop_requested)
-            if self._stopping:
+            transport.sleep(next(delays), self._loop.stop_requested)
+            if self._loop.stopping:
                 self._inflight.clear()  # nothing later may settle past it
                 return
             attempt = self._attempt(delivery, deliveries, front=True)
@@ -791,8 +781,8 @@ class EncryptedStage:
         outcome: Outcome | None = RETRY_LATER
         for delay in self._kms_backoff.delays():
             self._metrics.alive(_COMPONENT)
-            transport.sleep(delay, self._stop_requested)
-            if self._stopping:
+            transport.sleep(delay, self._loop.stop_requested)
+            if self._loop.stopping:
                 break
             self.stats.kms_retries += 1
             self._metrics.kms_retry()
@@ -814,71 +804,3 @@ class EncryptedStage:
         logger.error(text, extra={"event": "stage_halted", "queue": queue})
         self._metrics.halted(_COMPONENT, f"{outcome.kms_code}: {outcome.cause}")
         raise KmsCallerError(text, code=outcome.kms_code, cause=outcome.cause)
-
-    def _stop_requested(self) -> bool:
-        return self._stopping
-
-    # ---- losing the input connection -----------------------------------------
-
-    def _lost(self, transport: BlockingTransport, exc: BrokerError) -> None:
-        """Drop what is in flight (the broker requeues it) and reconnect."""
-        self._metrics.broker_lost(_COMPONENT, f"connection lost ({type(exc).__name__})")
-        logger.warning(
-            "lost the broker (%s); reconnecting",
-            exc,
-            extra={
-                "event": "broker_lost",
-                "component": _COMPONENT,
-                "queue": self._topology.queue,
-            },
-        )
-        # Their acks can no longer be sent: they come back, and their outputs
-        # (confirmed or not) are published again (repeated_outputs).
-        self._inflight.clear()
-        transport.abandon()
-        if time.monotonic() - self._connected_at < _STABLE_SECONDS:
-            self._short_lived += 1
-        else:
-            self._short_lived = 0
-        delays = self._reconnect_backoff.delays()
-        if self._short_lived:
-            # the n-th early loss in a row waits the n-th delay of the backoff
-            pause = 0.0
-            for _ in range(min(self._short_lived, 32)):
-                pause = next(delays)
-            logger.info(
-                "connection lost soon after connecting; waiting %.1fs",
-                pause,
-                extra={"event": "reconnect_delayed", "delay": round(pause, 3)},
-            )
-            self._wait(pause)
-        where = ", ".join(redact_url(u) for u in self._urls)
-        for delay in delays:
-            if self._stopping:
-                return
-            try:
-                transport.open()
-            except BrokerUnavailableError as exc2:
-                logger.warning(
-                    "reconnect failed (%s); retrying in %.1fs",
-                    exc2,
-                    delay,
-                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
-                )
-                self._wait(delay)
-                continue
-            self._connected_at = time.monotonic()
-            self.stats.reconnects += 1
-            self._metrics.broker_connected(_COMPONENT, reconnect=True)
-            logger.info(
-                "reconnected to %s",
-                where,
-                extra={"event": "broker_reconnected", "component": _COMPONENT},
-            )
-            return
-
-    def _wait(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stopping and time.monotonic() < deadline:
-            self._metrics.alive(_COMPONENT)
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
