@@ -548,6 +548,7 @@ def region_clients(
                 region_id=region,
                 credentials=credentials,
                 endpoint=endpoints.get(region),
+                endpoint_name=f"KMS_REGION_ENDPOINTS entry for {region}",
                 ca_bundle=settings.kms_ca_file,
                 **options,  # type: ignore[arg-type]
             )

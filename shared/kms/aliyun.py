@@ -81,7 +81,9 @@ class AliyunKms:
 
     ``endpoint`` overrides the regional endpoint: ``https://host[:port]`` and
     ``http://host:port`` are taken as written; a bare ``host[:port]`` means TLS,
-    except on a loopback address (the local emulator), where it means plain HTTP.
+    except on a loopback address (the local emulator), where it means plain HTTP;
+    a malformed one is a ConfigError naming ``endpoint_name``, the setting (or
+    flag) it came from.
     ``ca_bundle`` names a PEM file of CAs to trust instead of the system's (a
     KMS 3.0 dedicated gateway presents a certificate of the instance's own CA);
     certificate verification is never turned off.
@@ -99,6 +101,7 @@ class AliyunKms:
         *,
         credentials: Credentials | None = None,
         endpoint: str | None = None,
+        endpoint_name: str = "KMS_ENDPOINT",
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
         max_attempts: int = 3,
@@ -119,7 +122,7 @@ class AliyunKms:
         self.credentials = credentials
         if max_attempts < 1 or connect_timeout <= 0 or read_timeout <= 0:
             raise ConfigError("KMS timeouts must be positive and max_attempts >= 1")
-        self._endpoint = parse_endpoint(endpoint) if endpoint else None
+        self._endpoint = parse_endpoint(endpoint, endpoint_name) if endpoint else None
         self._where = where(*(self._endpoint or _regional(region_id)))
         self._region_id = region_id
         self._connect_timeout = connect_timeout

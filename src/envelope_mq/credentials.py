@@ -137,10 +137,12 @@ def connect(
             settings,
             credential_chain=replace(settings.credential_chain, sts_endpoint=sts),
         )
+    flag = _flag(args, "endpoint")
     return AliyunKms(
         region_id=_region(args, environ, settings),
         credentials=credentials_from_args(args, settings),
-        endpoint=_flag(args, "endpoint") or settings.kms_endpoint,
+        endpoint=flag or settings.kms_endpoint,
+        endpoint_name="--endpoint" if flag else "KMS_ENDPOINT",
         ca_bundle=_flag(args, "ca_file") or settings.kms_ca_file,
         **options,
     )

@@ -177,6 +177,16 @@ def test_endpoint_comes_from_flag_then_kms_endpoint(home: Path) -> None:
     assert "127.0.0.1:2" in repr(connect(parse("--endpoint", "127.0.0.1:2"), environ))
 
 
+def test_a_malformed_endpoint_is_refused_naming_where_it_came_from(
+    home: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^--endpoint must be host:port"):
+        connect(parse("--endpoint", "htps://kms.example"), env(home, **ENV_KEY))
+    environ = env(home, KMS_ENDPOINT="htps://kms.example", **ENV_KEY)
+    with pytest.raises(ConfigError, match=r"^KMS_ENDPOINT must be host:port"):
+        connect(parse(), environ)
+
+
 def test_secrets_stay_out_of_reprs(home: Path) -> None:
     args = parse("--access-key-id", "i", "--access-key-secret", "flag-secret")
     kms = connect(args, env(home))

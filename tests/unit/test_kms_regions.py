@@ -32,6 +32,7 @@ from envelope_mq.shared.regions import (
     RegionHealth,
     RegionKey,
     consumer_regions,
+    region_clients,
     writer_keys_from_settings,
 )
 from fakes import Clock
@@ -367,6 +368,38 @@ def test_settings_with_regions_wire_a_client_and_a_cache_per_region() -> None:
     plain, owned = writer_keys_from_settings(Settings(kms_key_id="k"))
     assert plain is owned  # no KMS_WRAP_ALSO: the one client
     owned.close()
+
+
+@pytest.mark.parametrize("typo", ["htps://kms.example", "kms.example/path"])
+def test_a_malformed_region_endpoint_is_refused_naming_the_setting_and_region(
+    typo: str,
+) -> None:
+    settings = Settings(
+        region_id="cn-shanghai",
+        kms_endpoint="127.0.0.1:1",
+        kms_key_id="key-sh",
+        kms_region_endpoints=(("cn-beijing", typo),),
+        kms_wrap_also=(("cn-beijing", "key-bj"),),
+        access_key_id="id",
+        access_key_secret="secret",
+    )
+    wirings = (
+        lambda: region_clients(settings, ["cn-shanghai", "cn-beijing"]),
+        lambda: writer_keys_from_settings(settings),
+        lambda: unwrapping_from_settings(
+            settings, NULL_METRICS, provider=None, max_decrypt_rate=5, keep_alive=False
+        ),
+    )
+    for wire in wirings:
+        with pytest.raises(ConfigError) as refused:
+            wire()
+        assert str(refused.value).startswith(
+            "KMS_REGION_ENDPOINTS entry for cn-beijing must be host:port"
+        )
+    # The region's own endpoint is still KMS_ENDPOINT.
+    own = dataclasses.replace(settings, kms_endpoint=typo, kms_region_endpoints=())
+    with pytest.raises(ConfigError, match=r"^KMS_ENDPOINT must be"):
+        region_clients(own, ["cn-shanghai"])
 
 
 def test_allowed_keys_resolve_in_the_region_that_has_them() -> None:
