@@ -17,8 +17,10 @@ from envelope_mq.bench.layouts import (
     LAYOUTS,
     LONG_STRING,
     NESTED,
+    PERSISTENCE_ONLY,
     REGION,
     V1,
+    WRAPPED_ONLY,
     layout_properties,
     v2_blob,
 )
@@ -65,8 +67,12 @@ def test_the_v2_blob_is_the_specified_layout() -> None:
 def test_every_layout_carries_the_metadata_or_none(layout: str) -> None:
     headers, body = layout_properties(layout, KEY_ID, WRAPPED, CONTEXT, BODY)
     blob = v2_blob(KEY_ID, WRAPPED, CONTEXT)
-    if layout == BASELINE:
+    if layout in (BASELINE, PERSISTENCE_ONLY):
         assert (headers, body) == (None, BODY)
+    elif layout == WRAPPED_ONLY:
+        # The floor: the raw wrapped key, nothing else.
+        assert headers == {"x-emq": BLOB}
+        assert body == BODY
     elif layout == V1:
         assert headers is not None
         assert headers["x-emq-data-key"] == WRAPPED

@@ -7,17 +7,25 @@ topic exchange with ``mandatory``, as envelope-mq does, carrying the envelope
 metadata of one real data key (from the run's KMS emulator) in each layout:
 
 - baseline: message_id + timestamp only, no metadata at all;
+- persistence only: no property but delivery mode, as the publish target's
+  baseline sends (so the cost of message_id + timestamp shows too);
 - v1: the five x-emq-* headers of wire format v1 (base64 wrapped key);
 - one long string: one ``S`` header holding the v2 binary metadata, base64;
 - one byte array: one ``x`` header holding the v2 binary metadata (v2's layout);
 - nested table: one ``F`` header holding v1's five values as a table;
-- in the body: the v2 binary metadata prefixed to the body, no header.
+- in the body: the v2 binary metadata prefixed to the body, no header;
+- the wrapped key alone: one ``x`` header holding only the raw
+  CiphertextBlob, the least any layout that keeps the wrapped key in a header
+  can carry (not a usable format: no version, no key id, no context). If
+  this does not reach the publish target, no header layout can.
 
 Layouts take turns within a round (the first rotating every round); each
 publish is followed by a wait until the queue holds every message, then a
 purge, so every layout meets an empty queue. The ratio of each layout to the
 baseline of the same round, median over rounds, is the figure: classic and
-quorum queues, one section each.
+quorum queues, one section each. When the broker runs on this machine, the
+broker's own CPU time per message is reported beside each layout
+(:mod:`.broker_cpu`): it varies much less with the machine's load than rates.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from collections.abc import Callable
 
 import pika
 
+from envelope_mq.bench.broker_cpu import BrokerCpu, find_broker_cpu
 from envelope_mq.bench.ceiling import Message, pika_confirmed_publish
 from envelope_mq.bench.lab import CONTEXT, Lab
 from envelope_mq.bench.report import Report
@@ -49,7 +58,18 @@ LONG_STRING = "one long-string header (v2 bytes, base64)"
 BYTE_ARRAY = "one byte-array header `x` (v2 layout)"
 NESTED = "one nested table `F` (v1's five values)"
 IN_BODY = "metadata in the body (v2 bytes), no header"
-LAYOUTS = (BASELINE, V1, LONG_STRING, BYTE_ARRAY, NESTED, IN_BODY)
+PERSISTENCE_ONLY = "persistence only, no other property (the publish target's)"
+WRAPPED_ONLY = "the wrapped key alone, one `x` header (the floor of any header layout)"
+LAYOUTS = (
+    BASELINE,
+    PERSISTENCE_ONLY,
+    V1,
+    LONG_STRING,
+    BYTE_ARRAY,
+    NESTED,
+    IN_BODY,
+    WRAPPED_ONLY,
+)
 QUEUE_TYPES: tuple[QueueType, ...] = ("classic", "quorum")
 # The region name a v2 copy of the wrapped key carries.
 REGION = "cn-hangzhou"
@@ -91,7 +111,7 @@ def layout_properties(
         "x-emq-data-key": wrapped,
         "x-emq-context": context_json,
     }
-    if layout == BASELINE:
+    if layout in (BASELINE, PERSISTENCE_ONLY):
         return None, body
     if layout == V1:
         return v1, body
@@ -103,18 +123,23 @@ def layout_properties(
         return {"x-emq": v1}, body
     if layout == IN_BODY:
         return None, struct.pack(">H", len(blob)) + blob + body
+    if layout == WRAPPED_ONLY:
+        return {"x-emq": base64.b64decode(wrapped)}, body
     raise ValueError(f"unknown layout: {layout}")
 
 
 def _message(
-    topology: Topology, headers: dict[str, object] | None, body: bytes
+    topology: Topology, layout: str, headers: dict[str, object] | None, body: bytes
 ) -> Message:
-    properties = pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent,
-        headers=headers,
-        message_id=str(uuid.uuid4()),
-        timestamp=int(time.time()),
-    )
+    if layout == PERSISTENCE_ONLY:
+        properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+    else:
+        properties = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers=headers,
+            message_id=str(uuid.uuid4()),
+            timestamp=int(time.time()),
+        )
     return Message(topology.exchange, topology.binding_key, body, properties, True)
 
 
@@ -140,19 +165,26 @@ def run_layouts(
             headers, payload = layout_properties(
                 layout, data_key.key_id, data_key.wrapped, context_json, body
             )
-            message = _message(topology, headers, payload)
+            message = _message(topology, layout, headers, payload)
             queues[kind, layout] = topology.queue
             publish[kind, layout] = functools.partial(
                 pika_confirmed_publish, broker.url, message, messages
             )
     rates: dict[tuple[str, str], list[float]] = {key: [] for key in publish}
+    cpu: dict[tuple[str, str], list[float]] = {key: [] for key in publish}
+    parameters = pika.URLParameters(broker.url)
+    probe = find_broker_cpu(str(parameters.host), int(parameters.port))
     with Progress("layouts", rounds * len(publish), announce=True) as bar:
         for r in range(rounds):
             for kind in kinds:
                 shift = r % len(LAYOUTS)
                 for layout in LAYOUTS[shift:] + LAYOUTS[:shift]:
+                    before = probe.seconds() if isinstance(probe, BrokerCpu) else 0.0
                     seconds = publish[kind, layout]()
                     broker.wait_for_count(queues[kind, layout], messages)
+                    if isinstance(probe, BrokerCpu):
+                        used = probe.seconds() - before
+                        cpu[kind, layout].append(used / messages * 1e6)
                     broker.purge(queues[kind, layout])
                     rates[kind, layout].append(rate(messages, seconds))
                     bar.advance()
@@ -165,6 +197,16 @@ def run_layouts(
         results[kind] = {}
         base = rates[kind, BASELINE]
         report.add(section, BASELINE, median(base), "msg/s", rounds=base)
+        if isinstance(probe, BrokerCpu):
+            for layout in LAYOUTS:
+                report.add(
+                    section,
+                    f"broker CPU per message: {layout}",
+                    median(cpu[kind, layout]),
+                    "µs",
+                    rounds=cpu[kind, layout],
+                    note="the broker process's user + system time ÷ messages",
+                )
         for layout in LAYOUTS[1:]:
             ratios = round_ratios(rates[kind, layout], base)
             results[kind][layout] = median(ratios)
@@ -177,4 +219,9 @@ def run_layouts(
                 note=f"{median(rates[kind, layout]):,.0f} msg/s",
             )
     report.parameters["v2 metadata bytes (one copy)"] = len(blob)
+    report.parameters["wrapped key bytes (raw CiphertextBlob)"] = len(
+        base64.b64decode(data_key.wrapped)
+    )
+    if not isinstance(probe, BrokerCpu):
+        report.parameters["broker CPU per message"] = f"not measured: {probe}"
     return results
