@@ -8,6 +8,7 @@ message in a :class:`MessageLedger`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pika
@@ -32,13 +33,18 @@ from envelope_mq.shared.errors import KmsUnavailableError, MessageNackedError
 from envelope_mq.shared.keycache import DataKeyCache
 from envelope_mq.shared.kms import AliyunKms
 
+from envelope_mq.testing.faultproxy import FaultProxy
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import PREFIX as LEDGER_PREFIX
 from envelope_mq.testing.ledger import MessageLedger
 
+if TYPE_CHECKING:  # the asyncio extra is needed only by the tests that use it
+    from envelope_mq.aio import AsyncEncryptedConsumer
+
 __all__ = [
     "FAST_RECONNECT",
     "TRACE_HEADER",
+    "AsyncConsumerThread",
     "ConsumerThread",
     "QuarantineWatcher",
     "RawMessage",
@@ -52,6 +58,7 @@ __all__ = [
     "payload",
     "publish_stream",
     "quick_publisher_options",
+    "resetting",
     "scenario_clients",
     "scenario_publisher",
     "scenario_topology",
@@ -286,6 +293,56 @@ class ConsumerThread:
             raise AssertionError(f"the consumer died: {self.error!r}") from self.error
 
 
+async def _cancel_the_rest() -> None:
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+class AsyncConsumerThread:
+    """Runs an AsyncEncryptedConsumer on its own event loop in a thread."""
+
+    def __init__(self, consumer: AsyncEncryptedConsumer, ledger: MessageLedger):
+        self.consumer = consumer
+        self.error: BaseException | None = None
+        self._ledger = ledger
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="aio-consumer")
+
+    def _run(self) -> None:
+        async def handler(message: ReceivedMessage) -> None:
+            self._ledger.handled(message.message_id, message.body)
+
+        async def consume() -> None:
+            async with self.consumer:
+                await self.consumer.run(handler)
+
+        try:
+            self._loop.run_until_complete(consume())
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
+        finally:
+            # As asyncio.run ends: whatever is still pending is cancelled.
+            self._loop.run_until_complete(_cancel_the_rest())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def __enter__(self) -> AsyncConsumerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.consumer.stop)
+        self._thread.join(PATIENCE)
+        if self._thread.is_alive():
+            raise AssertionError("the consumer did not stop")
+        if self.error is not None:
+            raise AssertionError(f"the consumer died: {self.error!r}") from self.error
+
+
 class QuarantineWatcher:
     """Consumes ``<queue>.quarantine`` in a thread and books each message.
 
@@ -385,6 +442,25 @@ def every(
     finally:
         stop.set()
         thread.join(PATIENCE)
+
+
+@contextlib.contextmanager
+def resetting(
+    proxy: FaultProxy,
+    ledger: MessageLedger,
+    seconds: float,
+    fault: str = "connection resets",
+) -> Iterator[None]:
+    """Reset every connection through ``proxy`` every ``seconds`` for the block,
+    booking the resets in ``ledger`` as ``fault``."""
+
+    def reset() -> int:
+        resets = proxy.reset_all()
+        ledger.fault(fault, resets)
+        return resets
+
+    with every(seconds, reset, name="resetter"):
+        yield
 
 
 def settle(ledger: MessageLedger, timeout: float = PATIENCE) -> None:

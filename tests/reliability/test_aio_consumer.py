@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,20 @@ from crash_kit import (
     consumer_env,
     kill_consumers_mid_stream,
 )
-from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.producer.options import TransportStats
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 from scenario_kit import (
     FAST_RECONNECT,
     PATIENCE,
+    AsyncConsumerThread,
     QuarantineWatcher,
     address_of,
     confirm_all,
-    every,
     payload,
     publish_stream,
     quick_publisher_options,
+    resetting,
     scenario_publisher,
     scenario_topology,
     settle,
@@ -52,56 +51,6 @@ pytestmark = pytest.mark.reliability
 PROCESS = Path(__file__).with_name("aio_consume_process.py")
 
 
-async def _cancel_the_rest() -> None:
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
-class AsyncConsumerThread:
-    """Runs an AsyncEncryptedConsumer on its own event loop in a thread."""
-
-    def __init__(self, consumer: AsyncEncryptedConsumer, ledger: MessageLedger):
-        self.consumer = consumer
-        self.error: BaseException | None = None
-        self._ledger = ledger
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="aio-consumer")
-
-    def _run(self) -> None:
-        async def handler(message: ReceivedMessage) -> None:
-            self._ledger.handled(message.message_id, message.body)
-
-        async def consume() -> None:
-            async with self.consumer:
-                await self.consumer.run(handler)
-
-        try:
-            self._loop.run_until_complete(consume())
-        except BaseException as exc:  # reported by __exit__
-            self.error = exc
-        finally:
-            # As asyncio.run ends: whatever is still pending is cancelled.
-            self._loop.run_until_complete(_cancel_the_rest())
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
-
-    def __enter__(self) -> AsyncConsumerThread:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.consumer.stop)
-        self._thread.join(PATIENCE)
-        if self._thread.is_alive():
-            raise AssertionError("the consumer did not stop")
-        if self.error is not None:
-            raise AssertionError(f"the consumer died: {self.error!r}") from self.error
-
-
 def test_connection_reset_every_two_seconds_loses_nothing_with_asyncio(
     emq_kms: KmsFixture, emq_rabbitmq_url: str, emq_amqp_names: AmqpNames
 ) -> None:
@@ -116,15 +65,10 @@ def test_connection_reset_every_two_seconds_loses_nothing_with_asyncio(
         )
         publisher = scenario_publisher(emq_kms, [url], topology)
 
-        def reset() -> int:
-            resets = proxy.reset_all()
-            ledger.fault("connection resets", resets)
-            return resets
-
         with (
             QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
             AsyncConsumerThread(consumer, ledger),
-            every(2.0, reset, name="resetter"),
+            resetting(proxy, ledger, 2.0),
         ):
             with publisher:
                 # Paced at about 1,000 messages/s: some ten resets mid-stream.
@@ -214,18 +158,12 @@ def test_the_asyncio_publisher_republishes_through_connection_resets(
         reconnect_backoff=FAST_RECONNECT,
     )
     with FaultProxy(address_of(emq_rabbitmq_url), name="broker") as proxy:
-
-        def reset() -> int:
-            resets = proxy.reset_all()
-            ledger.fault("connection resets", resets)
-            return resets
-
         settings = emq_kms.settings("producer", [proxy.rewrite(emq_rabbitmq_url)])
         with (
             QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
             AsyncConsumerThread(consumer, ledger),
         ):
-            with every(1.0, reset, name="resetter"):
+            with resetting(proxy, ledger, 1.0):
                 stats, errors = asyncio.run(
                     _publish_paced(settings, topology, ledger, 6_000)
                 )

@@ -14,8 +14,8 @@ from scenario_kit import (
     address_of,
     check_with_reconnects,
     confirm_all,
-    every,
     publish_stream,
+    resetting,
     scenario_clients,
     scenario_topology,
     settle,
@@ -38,15 +38,10 @@ def test_connection_reset_every_two_seconds_loses_nothing(
         url = proxy.rewrite(emq_rabbitmq_url)
         consumer, publisher = scenario_clients(emq_kms, [url], topology, ledger)
 
-        def reset() -> int:
-            resets = proxy.reset_all()
-            ledger.fault("connection resets", resets)
-            return resets
-
         with (
             QuarantineWatcher([emq_rabbitmq_url], topology, ledger),
             ConsumerThread(consumer),
-            every(2.0, reset, name="resetter"),
+            resetting(proxy, ledger, 2.0),
         ):
             with publisher:
                 # Paced at about 1,000 messages/s, so that the run spans

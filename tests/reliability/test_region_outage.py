@@ -25,6 +25,7 @@ from regions_kit import new_principals, region_settings, two_region_processes
 from scenario_kit import (
     FAST_RECONNECT,
     PATIENCE,
+    AsyncConsumerThread,
     ConsumerThread,
     QuarantineWatcher,
     confirm_all,
@@ -38,7 +39,6 @@ from scenario_kit import (
 from envelope_mq.aio import AsyncEncryptedConsumer
 from envelope_mq.testing.ledger import MessageLedger
 from envelope_mq.testing.plugin import AmqpNames
-from tests.reliability.test_aio_consumer import AsyncConsumerThread
 
 pytestmark = pytest.mark.reliability
 

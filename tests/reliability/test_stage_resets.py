@@ -29,9 +29,9 @@ from scenario_kit import (
     QuarantineWatcher,
     Sent,
     address_of,
-    every,
     payload,
     quick_publisher_options,
+    resetting,
     settle,
 )
 from stage_kit import PipelineKms, pipeline_kms
@@ -118,11 +118,6 @@ def test_a_stage_whose_connection_is_reset_again_and_again_loses_nothing(
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-        def reset() -> int:
-            resets = proxy.reset_all()
-            ledger.fault("stage connection resets", resets)
-            return resets
-
         runner = threading.Thread(target=run_stage, name="stage")
         sent: list[Sent] = []
         with (
@@ -132,7 +127,7 @@ def test_a_stage_whose_connection_is_reset_again_and_again_loses_nothing(
             ConsumerThread(downstream),
         ):
             runner.start()
-            with every(1.5, reset, name="resetter"):
+            with resetting(proxy, ledger, 1.5, "stage connection resets"):
                 # About 1,000 messages/s: the run spans several resets.
                 for index in range(MESSAGES):
                     body = payload("reset", index, 200)

@@ -25,8 +25,8 @@ from scenario_kit import (
     ConsumerThread,
     address_of,
     confirm_all,
-    every,
     publish_stream,
+    resetting,
     scenario_publisher,
     settle,
 )
@@ -68,12 +68,7 @@ def test_replay_through_connection_resets_loses_nothing_and_keeps_its_position(
             stream=StreamCursor(OffsetSpec.parse("first"), position, commit_every=500),
         )
 
-        def reset() -> int:
-            resets = proxy.reset_all()
-            ledger.fault("connection resets", resets)
-            return resets
-
-        with ConsumerThread(consumer), every(1.0, reset, name="resetter"):
+        with ConsumerThread(consumer), resetting(proxy, ledger, 1.0):
             settle(ledger)
     ledger.fault("consumer reconnects", consumer.stats.reconnects)
     report = ledger.check()
