@@ -140,7 +140,7 @@ class EnvelopeHeader:
     copies: tuple[WrappedCopy, ...] = ()
     version: int = 1
     # The per-key half of the associated data, computed once per header.
-    _key_aad: bytes = field(init=False, repr=False, compare=False)
+    _aad: wire.MessageAad = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for value in (self.key_id, self.wrapped_key):
@@ -166,7 +166,7 @@ class EnvelopeHeader:
             raise MalformedMessageError() from exc
         # A read-only copy: the associated data above must stay true to it.
         object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
-        object.__setattr__(self, "_key_aad", key_aad)
+        object.__setattr__(self, "_aad", _message_aads(key_aad, self.version))
 
 
 @dataclass(frozen=True)
@@ -201,21 +201,32 @@ class OpenedMessage:
 _NO_CAUSE = wire_v2.cause_field(None)
 
 
-def _message_aad(meta: MessageMeta, version: int) -> bytes:
-    """Fields 6-10 (v1), 6-11 (v2: the causation id). Raises ValueError."""
-    aad = wire.message_aad(
+def _message_aads(key_aad: bytes, version: int) -> wire.MessageAad:
+    """Builds the associated data of each message under one key.
+
+    v1: fields 1-5 ‖ 6-10; v2: fields 1-2 ‖ 6-10 ‖ 11 (the causation id,
+    absent unless :func:`_cause_field` gives it).
+    """
+    return wire.MessageAad(key_aad, _NO_CAUSE if version == 2 else b"")
+
+
+def _build(aads: wire.MessageAad, meta: MessageMeta, extra: bytes | None) -> bytes:
+    """The associated data of the message ``meta`` (``extra``: field 11)."""
+    return aads.build(
         meta.message_id,
         meta.timestamp,
         meta.content_type,
         meta.content_encoding,
         meta.type,
+        extra,
     )
-    if version == 2:
-        cause = meta.causation_id
-        return aad + (_NO_CAUSE if cause is None else wire_v2.cause_field(cause))
-    if meta.causation_id is not None:
+
+
+def _cause_field(cause: str, version: int) -> bytes:
+    """Field 11 for a message with a causation id. Raises ValueError."""
+    if version != 2:
         raise ValueError("wire format v1 cannot carry a causation id")
-    return aad
+    return wire_v2.cause_field(cause)
 
 
 @dataclass(frozen=True)
@@ -224,7 +235,7 @@ class _SealingKey:
 
     data_key: DataKey = field(repr=False)
     cipher: Aes256Gcm = field(repr=False)
-    key_aad: bytes
+    aads: wire.MessageAad
     headers: dict[str, str | int | bytes]
 
 
@@ -255,6 +266,8 @@ class Sealer:
         self._cache = cache
         self._key_id = key_id
         self._current: _SealingKey | None = None
+        # Checks a message's properties while there is no key yet.
+        self._unkeyed_aads = _message_aads(b"", wire_version)
 
     def __repr__(self) -> str:
         return (
@@ -288,19 +301,32 @@ class Sealer:
         """Seal with a given nonce: only for known-answer vectors, never in use."""
         if not isinstance(plaintext, bytes):
             raise SealingError("the plaintext must be bytes")
+        cause = meta.causation_id
+        current = self._current
         try:
-            message_aad = _message_aad(meta, self._version)
+            extra = None if cause is None else _cause_field(cause, self._version)
+            # Built under the current key, which is nearly always the one
+            # acquire() gives; built in any case, since that checks the
+            # properties, and they must be checked before acquire() counts a
+            # message against the key.
+            aad = (self._unkeyed_aads if current is None else current.aads).build(
+                meta.message_id,
+                meta.timestamp,
+                meta.content_type,
+                meta.content_encoding,
+                meta.type,
+                extra,
+            )
         except ValueError as exc:
             raise SealingError(f"invalid message properties: {exc}") from exc
-        # Checked before acquire(), which counts a message against the key.
         data_key = self._cache.acquire(self._key_id, self._context)
-        current = self._current
         if current is None or current.data_key is not data_key:
             current = self._current = self._prepare(data_key)
-        sealed = current.cipher.seal(nonce, plaintext, current.key_aad + message_aad)
+            aad = _build(current.aads, meta, extra)
+        sealed = current.cipher.seal(nonce, plaintext, aad)
         headers = dict(current.headers)
-        if meta.causation_id is not None:
-            headers[wire_v2.CAUSE_HEADER] = meta.causation_id
+        if cause is not None:
+            headers[wire_v2.CAUSE_HEADER] = cause
         return SealedMessage(nonce + sealed, headers, meta)
 
     def _prepare(self, data_key: DataKey) -> _SealingKey:
@@ -320,7 +346,9 @@ class Sealer:
         return _SealingKey(
             data_key=data_key,
             cipher=Aes256Gcm(data_key.plaintext),
-            key_aad=wire.key_aad(key_id, wrapped, self._context_json),
+            aads=_message_aads(
+                wire.key_aad(key_id, wrapped, self._context_json), self._version
+            ),
             headers={
                 wire.VERSION_HEADER: wire.VERSION,
                 wire.ALG_HEADER: wire.ALGORITHM,
@@ -341,7 +369,7 @@ class Sealer:
         return _SealingKey(
             data_key=data_key,
             cipher=Aes256Gcm(data_key.plaintext),
-            key_aad=wire_v2.key_aad(value),
+            aads=_message_aads(wire_v2.key_aad(value), self._version),
             headers={wire_v2.HEADER: value},
         )
 
@@ -441,8 +469,16 @@ class Opener:
             KmsRequestError: KMS refused to unwrap the data key.
         """
         nonce, sealed = wire.split_body(body)
+        cause = meta.causation_id
         try:
-            aad = header._key_aad + _message_aad(meta, header.version)
+            aad = header._aad.build(
+                meta.message_id,
+                meta.timestamp,
+                meta.content_type,
+                meta.content_encoding,
+                meta.type,
+                None if cause is None else _cause_field(cause, header.version),
+            )
         except ValueError as exc:
             raise MalformedMessageError() from exc
         used, unwrapped = self._cache.unwrap_any(header.copies, header.context)

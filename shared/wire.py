@@ -30,6 +30,7 @@ __all__ = [
     "QUARANTINE_PREFIX",
     "VERSION",
     "VERSION_HEADER",
+    "MessageAad",
     "ReceivedEnvelope",
     "canonical_context",
     "check_envelope",
@@ -167,6 +168,96 @@ def message_aad(
     return head + tail
 
 
+class MessageAad:
+    """The whole associated data of the messages under one key, per message.
+
+    ``prefix`` is the per-key part (:func:`key_aad`, or v2's fields 1-2) and
+    ``suffix`` what follows field 10 when the message adds nothing after it
+    (v2: the absent causation id). :meth:`build` gives exactly
+    ``prefix + message_aad(...) + (suffix if extra is None else extra)``: the
+    same bytes, with the same refusals, in about half the Python steps. It runs
+    twice per message (seal and open), so the prefix and fields 6-7 are
+    written by one ``struct`` pack for the message_id's length, and fields
+    8-10 (with the suffix) come from a memo. Nothing of one message is
+    remembered: only the layout, and the fields that repeat across messages.
+    """
+
+    __slots__ = ("_packs", "_prefix", "_suffix", "_tails")
+
+    def __init__(self, prefix: bytes, suffix: bytes = b"") -> None:
+        self._prefix = prefix
+        self._suffix = suffix
+        # prefix ‖ fields 6-7, by message_id length in bytes.
+        self._packs: dict[int, Callable[..., bytes]] = {}
+        # Fields 8-10 ‖ suffix, by value (exact str or None only): the memo
+        # of every key with this suffix, shared, so bounded once.
+        self._tails = _TAILS_BY_SUFFIX.setdefault(suffix, {})
+
+    def __repr__(self) -> str:
+        return f"MessageAad(<{len(self._prefix)} bytes of key fields>)"
+
+    def build(
+        self,
+        message_id: str,
+        timestamp: int,
+        content_type: str | None,
+        content_encoding: str | None,
+        type_: str | None,
+        extra: bytes | None = None,
+    ) -> bytes:
+        """The associated data of one message; ``extra`` replaces the suffix.
+
+        Raises:
+            ValueError: as :func:`message_aad`.
+        """
+        # The common case in the fewest steps; anything unusual (a refusal
+        # included) takes message_aad, the definition.
+        if (
+            type(message_id) is str
+            and message_id
+            and type(timestamp) is int
+            and 0 <= timestamp < _U64_LIMIT
+        ):
+            raw = message_id.encode("utf-8")  # UnicodeEncodeError is a ValueError
+            size = len(raw)
+            # A str subclass could equal a remembered value and hash alike:
+            # only exact str or None are ever looked up.
+            if size <= MAX_SHORTSTR_BYTES and (
+                (content_type is None or type(content_type) is str)
+                and (content_encoding is None or type(content_encoding) is str)
+                and (type_ is None or type(type_) is str)
+            ):
+                fields = (content_type, content_encoding, type_)
+                if extra is None:
+                    tail = self._tails.get(fields)
+                else:
+                    tail = _TAILS.get(fields)
+                    if tail is not None:
+                        tail += extra
+                if tail is not None:
+                    pack = self._packs.get(size) or self._pack(size)
+                    return pack(self._prefix, 1, size, raw, 1, 8, timestamp) + tail
+        own = message_aad(message_id, timestamp, content_type, content_encoding, type_)
+        if extra is not None:
+            return self._prefix + own + extra
+        # message_aad checked every field: each is an exact str or None.
+        tails = self._tails
+        if len(tails) >= _MAX_TAILS:
+            tails.clear()
+        tail = _encode_tail(content_type, content_encoding, type_) + self._suffix
+        tails[content_type, content_encoding, type_] = tail
+        return self._prefix + own + self._suffix
+
+    def _pack(self, size: int) -> Callable[..., bytes]:
+        packs = self._packs
+        # Message ids of a sender come in a length or few; a flood of other
+        # lengths must not grow a pack per length for each remembered key.
+        if len(packs) >= _MAX_PACKS:
+            packs.clear()
+        pack = packs[size] = struct.Struct(f">{len(self._prefix)}sBI{size}sBIQ").pack
+        return pack
+
+
 # Packers of fields 6 and 7 (message_id, timestamp) by message_id length.
 _HEADS: dict[int, Callable[..., bytes]] = {}
 _THREE_ABSENT = _ABSENT * 3
@@ -174,6 +265,13 @@ _THREE_ABSENT = _ABSENT * 3
 # message. Bounded: cleared when full.
 _TAILS: dict[tuple[str | None, str | None, str | None], bytes] = {}
 _MAX_TAILS = 256
+# MessageAad's memos of fields 8-10 followed by a suffix, by suffix; v1's
+# (no suffix) is _TAILS itself. Each bounded like _TAILS.
+_TAILS_BY_SUFFIX: dict[
+    bytes, dict[tuple[str | None, str | None, str | None], bytes]
+] = {b"": _TAILS}
+# MessageAad's packs per key: one per message_id length in use.
+_MAX_PACKS = 16
 
 
 def _head(size: int) -> Callable[..., bytes]:
@@ -181,16 +279,23 @@ def _head(size: int) -> Callable[..., bytes]:
     return pack
 
 
-def _tail(
+def _encode_tail(
     content_type: str | None, content_encoding: str | None, type_: str | None
 ) -> bytes:
-    tail = b"".join(
+    """Fields 8-10. Raises ValueError."""
+    return b"".join(
         (
             _optional_text(content_type, "content_type"),
             _optional_text(content_encoding, "content_encoding"),
             _optional_text(type_, "type"),
         )
     )
+
+
+def _tail(
+    content_type: str | None, content_encoding: str | None, type_: str | None
+) -> bytes:
+    tail = _encode_tail(content_type, content_encoding, type_)
     # Every value passed _optional_text: each is an exact str or None.
     if len(_TAILS) >= _MAX_TAILS:
         _TAILS.clear()

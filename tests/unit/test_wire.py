@@ -207,6 +207,77 @@ def test_a_255_byte_property_is_accepted() -> None:
     wire.message_aad("é" * 127 + "x", 0, "t" * 255, None, None)
 
 
+optional_text = st.one_of(st.none(), short_text)
+
+
+@settings(max_examples=300)
+@given(
+    prefix=st.binary(max_size=300),
+    suffix=st.sampled_from([b"", b"\x00"]),
+    message_id=st.text(max_size=70),
+    timestamp=st.integers(min_value=-1, max_value=2**64),
+    content_type=optional_text,
+    content_encoding=optional_text,
+    type_=optional_text,
+    extra=st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
+)
+def test_message_aad_builder_gives_the_definitions_bytes_and_refusals(
+    prefix: bytes,
+    suffix: bytes,
+    message_id: str,
+    timestamp: int,
+    content_type: str | None,
+    content_encoding: str | None,
+    type_: str | None,
+    extra: bytes | None,
+) -> None:
+    args = (message_id, timestamp, content_type, content_encoding, type_)
+    builder = wire.MessageAad(prefix, suffix)
+
+    def definition() -> bytes | str:
+        try:
+            own = wire.message_aad(*args)
+        except ValueError as refusal:
+            return str(refusal)
+        return prefix + own + (suffix if extra is None else extra)
+
+    def built() -> bytes | str:
+        try:
+            return builder.build(*args, extra)
+        except ValueError as refusal:
+            return str(refusal)
+
+    expected = definition()
+    # A miss, then whatever the first call remembered.
+    assert built() == expected
+    assert built() == expected
+
+
+def test_message_aad_builder_never_lets_a_str_subclass_through() -> None:
+    class Text(str):
+        pass
+
+    builder = wire.MessageAad(b"key fields", b"\x00")
+    first = builder.build("m-1", 1, "text/plain", None, "t")
+    assert builder.build("m-2", 1, "text/plain", None, "t") != first  # remembered
+    with pytest.raises(ValueError, match="content_type"):
+        builder.build("m-1", 1, Text("text/plain"), None, "t")
+    with pytest.raises(ValueError, match="type"):
+        builder.build("m-1", 1, "text/plain", None, Text("t"))
+    with pytest.raises(ValueError, match="message_id"):
+        builder.build(Text("m-1"), 1, "text/plain", None, "t")
+
+
+def test_message_aad_builder_keeps_each_message_apart() -> None:
+    builder = wire.MessageAad(b"key fields", b"\x00")
+    seen = {
+        builder.build(message_id, timestamp, "text/plain", None, None)
+        for message_id in ("a", "b", "ab", "é")
+        for timestamp in (0, 1, 2**63)
+    }
+    assert len(seen) == 12
+
+
 # --- headers --------------------------------------------------------------------
 
 
