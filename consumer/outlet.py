@@ -13,16 +13,27 @@ for its confirm); its callbacks only do bookkeeping, never call
 back into the connection. When the connection is lost, the unconfirmed
 messages are simply forgotten: whoever published them still holds the input
 they came from, unacknowledged, and the broker delivers it again.
+
+That asynchronous channel (``BlockingChannel._impl``) and the connection's
+output hook (``_adapter_emit_data``, as the producer's frame path uses it) are
+not pika's public API: each is checked where it is taken. Without the channel
+the outlet takes pika's public path, ``BlockingChannel.confirm_delivery``, on
+which each publish waits for its confirm (the same outcomes, one round trip
+each), and a WARNING says so once, naming the pika version; without the hook,
+pika marshals each publish.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import pika
+import pika.channel
+import pika.exceptions
 import pika.spec
 from envelope_mq.consumer.header_frames import negotiated_frame_max
 from envelope_mq.shared.envelope import SealedMessage
@@ -35,8 +46,13 @@ __all__ = [
     "Framer",
     "Outlet",
     "Settled",
+    "async_channel",
     "check_exchange",
+    "output_hook",
 ]
+
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 #: ``on_settled(None)``: confirmed; otherwise one of these.
 NACKED, UNROUTABLE, CLOSED = "nacked", "unroutable", "closed"
@@ -53,6 +69,51 @@ def _nothing() -> None:
     """What a confirm schedules to end a wait: the wake-up is the point."""
 
 
+def async_channel(channel: Any) -> pika.channel.Channel | None:
+    """The asynchronous channel under a ``BlockingChannel``, or None.
+
+    pika keeps it in the private ``_impl``: a pika that keeps it elsewhere (or
+    something else under that name) gets None, and the outlet the public path.
+    """
+    impl = getattr(channel, "_impl", None)
+    return impl if isinstance(impl, pika.channel.Channel) else None
+
+
+def output_hook(connection: Any) -> Callable[[bytes], None] | None:
+    """The output hook of a ``BlockingConnection``'s own connection, or None.
+
+    Both are pika's privates (``_impl``, ``_adapter_emit_data``): see
+    producer/transport.py's ``frame_writer`` for what the hook is.
+    """
+    emit = getattr(getattr(connection, "_impl", None), "_adapter_emit_data", None)
+    return emit if callable(emit) else None
+
+
+def _tell_public_path(why: str) -> None:
+    if why not in _warned:
+        _warned.add(why)
+        _log.warning(
+            "stage outputs are published through pika %s's public "
+            "BlockingChannel (%s): each publish waits for its confirm",
+            pika.__version__,
+            why,
+            extra={"event": "outlet_fallback"},
+        )
+
+
+def _properties(sealed: SealedMessage) -> pika.BasicProperties:
+    meta = sealed.meta
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        headers=dict(sealed.headers),
+        message_id=meta.message_id,
+        timestamp=meta.timestamp,
+        content_type=meta.content_type,
+        content_encoding=meta.content_encoding,
+        type=meta.type,
+    )
+
+
 def check_exchange(exchange: str) -> Callable[[Any], None]:
     """A declare step that only checks ``exchange`` exists (404 otherwise)."""
 
@@ -67,10 +128,16 @@ class Outlet:
 
     Made by :class:`~consumer.transport.BlockingTransport` when it connects;
     used from the thread that services that connection only.
+    ``pipelined=False`` takes the public path on purpose (it is how tests reach
+    it on a pika that has the asynchronous channel where the outlet looks).
     """
 
     def __init__(
-        self, connection: pika.BlockingConnection, framer: Framer | None = None
+        self,
+        connection: pika.BlockingConnection,
+        framer: Framer | None = None,
+        *,
+        pipelined: bool = True,
     ) -> None:
         self._pending: OrderedDict[int, tuple[str, Settled]] = OrderedDict()
         self._returned: set[str] = set()
@@ -81,20 +148,27 @@ class Outlet:
         # through its asynchronous channel: its callbacks run as
         # process_data_events services the socket, and publishes never wait.
         self._blocking = connection.channel()
-        channel = self._blocking._impl
-        channel.add_on_return_callback(self._on_return)
-        channel.add_on_close_callback(self._on_close)
-        ready: list[Any] = []
-        channel.confirm_delivery(
-            ack_nack_callback=self._on_confirm, callback=ready.append
-        )
-        self._wait(connection, ready, "enable publisher confirms")
+        channel = async_channel(self._blocking) if pipelined else None
         self._channel = channel
-        # With a framer, messages are framed by the caller's marshaller and
-        # written together, one write per batch instead of three per message
-        # (pika's private output hook, as the producer's transport uses it).
-        emit = getattr(connection._impl, "_adapter_emit_data", None)
-        self._emit = emit if framer is not None and callable(emit) else None
+        self._emit: Callable[[bytes], None] | None = None
+        if channel is None:
+            _tell_public_path(
+                "turned off" if not pipelined else "its private _impl channel changed"
+            )
+            self._blocking.confirm_delivery()
+        else:
+            channel.add_on_return_callback(self._on_return)
+            channel.add_on_close_callback(self._on_close)
+            ready: list[Any] = []
+            channel.confirm_delivery(
+                ack_nack_callback=self._on_confirm, callback=ready.append
+            )
+            self._wait(connection, ready, "enable publisher confirms")
+            # With a framer, messages are framed by the caller's marshaller and
+            # written together, one write per batch instead of three per
+            # message (pika's private output hook, as the producer uses it).
+            if framer is not None:
+                self._emit = output_hook(connection)
         self._framer = framer
         self._body_max = negotiated_frame_max(connection) - 8
         self._wire: list[bytes] = []
@@ -117,6 +191,11 @@ class Outlet:
         """Messages published and not yet settled."""
         return len(self._pending)
 
+    @property
+    def pipelined(self) -> bool:
+        """False on the public path, where each publish waits for its confirm."""
+        return self._channel is not None
+
     def publish(
         self,
         exchange: str,
@@ -130,6 +209,9 @@ class Outlet:
         """
         if self.closed is not None:
             raise BrokerUnavailableError(f"publishing channel closed: {self.closed}")
+        if self._channel is None:
+            self._publish_and_wait(exchange, routing_key, sealed, on_settled)
+            return
         if self._emit is not None and self._framer is not None:
             self._wire += self._framer(
                 self._channel.channel_number,
@@ -143,20 +225,36 @@ class Outlet:
             if self._held >= _WRITE_BATCH:
                 self.flush()
             return
-        meta = sealed.meta
-        properties = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent,
-            headers=dict(sealed.headers),
-            message_id=meta.message_id,
-            timestamp=meta.timestamp,
-            content_type=meta.content_type,
-            content_encoding=meta.content_encoding,
-            type=meta.type,
-        )
         self._channel.basic_publish(
-            exchange, routing_key, sealed.body, properties, mandatory=True
+            exchange, routing_key, sealed.body, _properties(sealed), mandatory=True
         )
-        self._record(meta.message_id, on_settled)
+        self._record(sealed.meta.message_id, on_settled)
+
+    def _publish_and_wait(
+        self,
+        exchange: str,
+        routing_key: str,
+        sealed: SealedMessage,
+        on_settled: Settled,
+    ) -> None:
+        # The public path: BlockingChannel in confirm mode waits for the
+        # confirm and says how it went by what it raises.
+        if self._blocking.is_closed:
+            self.closed = "closed"
+            raise BrokerUnavailableError("publishing channel closed")
+        try:
+            self._blocking.basic_publish(
+                exchange, routing_key, sealed.body, _properties(sealed), mandatory=True
+            )
+        except pika.exceptions.UnroutableError:
+            on_settled(UNROUTABLE)
+        except pika.exceptions.NackError:
+            on_settled(NACKED)
+        except pika.exceptions.ChannelClosed as exc:
+            self.closed = str(exc) or type(exc).__name__
+            on_settled(CLOSED)
+        else:
+            on_settled(None)
 
     def _record(self, message_id: str, on_settled: Settled) -> None:
         self._pending[self._next_tag] = (message_id, on_settled)
