@@ -16,7 +16,8 @@ without any help from the tests:
 After each test, the text of each record it produced (the formatted message,
 its arguments' reprs, and the formatted exception with its chained causes) is
 searched for each secret in every form it could take in text: raw UTF-8, the
-escaped ``bytes`` repr, hex and base64 (standard and URL-safe). A hit turns the
+escaped ``bytes`` repr, hex and base64 (standard, URL-safe, and percent-encoded
+as in a query string). A hit turns the
 test's teardown into a failure that names the kind of secret and the logger,
 never the secret itself. Payloads shorter than 16 bytes are not searched: they
 would match ordinary words.
@@ -32,6 +33,7 @@ import threading
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -56,10 +58,14 @@ class Leak:
 def forms_of(value: bytes | str) -> set[str]:
     """Every text form of ``value`` worth searching for."""
     raw = value.encode() if isinstance(value, str) else value
+    text = base64.b64encode(raw).decode().rstrip("=")
     found = {
         raw.hex(),
-        base64.b64encode(raw).decode().rstrip("="),
+        text,
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        # In a query string (the KMS RPC API's parameters: Encrypt's Plaintext
+        # is a data key), '+' and '/' are written %2B and %2F.
+        quote(text, safe=""),
         repr(raw)[2:-1],
     }
     with contextlib.suppress(UnicodeDecodeError):

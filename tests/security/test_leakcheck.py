@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from leakcheck import RecordingHandler, SecretRegistry, forms_of, scan
@@ -25,6 +26,16 @@ def test_forms_cover_text_hex_base64_and_bytes_repr() -> None:
     assert base64.urlsafe_b64encode(key).decode().rstrip("=") in forms
     assert repr(key)[2:-1] in forms
     assert "a payload of plain text" in forms_of(b"a payload of plain text")
+
+
+def test_a_data_key_in_a_query_string_is_found() -> None:
+    # '+' and '/' in its base64, written %2B and %2F in a URL.
+    key = b"\xfb\xff" * 16
+    registry = SecretRegistry()
+    registry.add("data key", key)
+    query = urlencode({"Action": "Encrypt", "Plaintext": base64.b64encode(key)})
+    line = f'https://kms:443 "POST /?{query} HTTP/1.1" 200 0'
+    assert [kind for kind, _ in registry.search(line)] == ["data key"]
 
 
 def test_a_data_key_in_base64_inside_a_json_line_is_found() -> None:

@@ -21,14 +21,13 @@ encoded as in a query) or the escaped bytes.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
-from urllib.parse import quote, quote_plus
 
 import pytest
+from leakcheck import forms_of
 from regions_kit import new_principals, region_emulator
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
@@ -87,19 +86,6 @@ print(json.dumps([key.hex() for key in keys]))
 """
 
 
-def forms(key: bytes) -> set[str]:
-    """Every text a data key could take in a log line."""
-    text = base64.b64encode(key).decode()
-    return {
-        key.hex(),
-        text.rstrip("="),
-        base64.urlsafe_b64encode(key).decode().rstrip("="),
-        quote(text, safe="").removesuffix("%3D%3D").removesuffix("%3D"),
-        quote_plus(text).removesuffix("%3D%3D").removesuffix("%3D"),
-        repr(key)[2:-1],
-    }
-
-
 @pytest.mark.parametrize("logging_by", ["ours", "the application"])
 def test_no_data_key_reaches_any_log_with_every_logger_at_debug(
     logging_by: str,
@@ -140,7 +126,7 @@ def test_no_data_key_reaches_any_log_with_every_logger_at_debug(
         line.replace(form, "<data key>")[:200]
         for line in done.stderr.splitlines()
         for key in keys
-        for form in forms(key)
+        for form in forms_of(key)
         if form in line
     ]
     assert leaks == []
