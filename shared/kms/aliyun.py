@@ -33,6 +33,7 @@ from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import (
     ConfigError,
     KmsCallerError,
+    KmsError,
     KmsRequestError,
     KmsUnavailableError,
 )
@@ -307,9 +308,18 @@ class AliyunKms:
                 # and the scheme in the host too, which its URL builder honours.
                 request.set_protocol_type(_PROTOCOLS[scheme])
                 request.set_endpoint(f"{scheme}://{host}")
-            with _translate(action, self._where):
-                raw: bytes = self._client.do_action_with_exception(request)
-            return raw
+            failure: KmsError | None = None
+            try:
+                with _translate(action, self._where):
+                    raw: bytes = self._client.do_action_with_exception(request)
+            except KmsError as exc:
+                failure = exc
+            if failure is None:
+                return raw
+            # Raised again out of the handler, so that the SDK's exception
+            # (it quotes the request URL: every parameter) is not its context.
+            failure.__context__ = None
+            raise failure
 
         return _json_body(
             self._retry.run(action, attempt, idempotent=idempotent), action

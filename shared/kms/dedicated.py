@@ -30,6 +30,7 @@ from envelope_mq.shared.config import DEFAULT_REGION_ID, Settings
 from envelope_mq.shared.errors import (
     ConfigError,
     KmsCallerError,
+    KmsError,
     KmsRequestError,
     KmsUnavailableError,
 )
@@ -242,11 +243,19 @@ class DedicatedKms:
             # Credentials first, outside the SDK: it would wrap our errors in
             # its own. The request is then signed with this very snapshot.
             self._provider.hold(self.credentials.current())
+            failure: KmsError | None = None
             try:
                 with _translate(action, self._where):
                     response = call()
+            except KmsError as exc:
+                failure = exc
             finally:
                 self._provider.hold(None)
+            if failure is not None:
+                # Raised again out of the handler, so that the SDK's exception
+                # (it quotes the request URL: every parameter) is not its context.
+                failure.__context__ = None
+                raise failure
             body = getattr(response, "body", None)
             answer = body.to_map() if body is not None else None
             if not isinstance(answer, dict):
