@@ -53,6 +53,39 @@ def _cache_key(first: str, context: Mapping[str, str]) -> _CacheKey:
     return (first, pairs if len(pairs) < 2 else tuple(sorted(pairs)))
 
 
+_Pairs = tuple[tuple[str, str], ...]
+# Contexts whose pairs a cache remembers (see _ContextPairs): far more than a
+# process seals or opens under at once.
+_MAX_CONTEXTS = 256
+
+
+class _ContextPairs:
+    """The sorted pairs of the contexts a cache is asked about, by object.
+
+    Building them (``_cache_key``) is a third of a cache hit, and the callers
+    on the per-message path pass the same context object message after
+    message (a Sealer's own, an EnvelopeHeader's). A context is remembered
+    with a private copy of its items, and its pairs are reused only while it
+    is the same object (the entry holds it, so its id is not reused) and
+    still equal to that copy, which a mutated dict no longer is.
+    """
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        # id(context) -> (context, a copy of its items, its sorted pairs)
+        self.known: dict[int, tuple[Mapping[str, str], dict[str, str], _Pairs]] = {}
+
+    def remember(self, context: Mapping[str, str]) -> _Pairs:
+        """The pairs of ``context``, remembered for the next lookup."""
+        pairs = _cache_key("", context)[1]
+        known = self.known
+        if len(known) >= _MAX_CONTEXTS:
+            known.clear()  # a caller with a new context per call: no use
+        known[id(context)] = (context, dict(pairs), pairs)
+        return pairs
+
+
 def _wait(flight: Future[_T]) -> _T:
     """The leader's result, or a copy of its error (raised in this thread)."""
     error = flight.exception()  # blocks until the leader is done
@@ -112,6 +145,7 @@ class DataKeyCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._leases: dict[_CacheKey, _Lease] = {}
+        self._contexts = _ContextPairs()
         self._flights: dict[_CacheKey, Future[None]] = {}
         self._last_sweep = clock()
         self._hits = self._misses = self._generate_calls = self._rotations = 0
@@ -127,9 +161,14 @@ class DataKeyCache:
             KmsUnavailableError, KmsRequestError: a new key was needed and KMS
                 could not give one.
         """
-        key = _cache_key(key_id, context)
-        # Once per message sealed: _take inlined, and the lock taken by hand
-        # (a with statement costs twice as much; try/finally is as safe).
+        # Once per message sealed: the key from the context's remembered
+        # pairs, _take inlined, and the lock taken by hand (a with statement
+        # costs twice as much; try/finally is as safe).
+        known = self._contexts.known.get(id(context))
+        if known is not None and known[0] is context and context == known[1]:
+            key = (key_id, known[2])
+        else:
+            key = (key_id, self._contexts.remember(context))
         lock = self._lock
         lock.acquire()
         try:
@@ -274,6 +313,7 @@ class UnwrapCache:
         self._keys: OrderedDict[_CacheKey, tuple[UnwrappedKey, float]] = OrderedDict()
         self._refusals: OrderedDict[_CacheKey, tuple[KmsError, float]] = OrderedDict()
         self._flights: dict[_CacheKey, Future[UnwrappedKey]] = {}
+        self._contexts = _ContextPairs()
         self._hits = self._misses = self._decrypt_calls = 0
         self._evictions = self._negative_hits = 0
 
@@ -323,9 +363,13 @@ class UnwrapCache:
         """
         # One copy is the usual case, and local_copy's answer then.
         copy = copies[0] if len(copies) == 1 else local_copy(copies)
-        key = _cache_key(copy.blob, context)
-        # unwrap()'s hit path, inlined: once per message; the lock taken by
-        # hand as in DataKeyCache.acquire.
+        # unwrap()'s hit path, inlined: once per message; the key and the
+        # lock as in DataKeyCache.acquire.
+        known = self._contexts.known.get(id(context))
+        if known is not None and known[0] is context and context == known[1]:
+            key = (copy.blob, known[2])
+        else:
+            key = (copy.blob, self._contexts.remember(context))
         lock = self._lock
         lock.acquire()
         try:

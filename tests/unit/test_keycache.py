@@ -18,7 +18,7 @@ from envelope_mq.shared.errors import (
     KmsUnavailableError,
 )
 from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
-from envelope_mq.shared.kms import InMemoryKeyProvider, ManualClock
+from envelope_mq.shared.kms import InMemoryKeyProvider, ManualClock, WrappedCopy
 from fakes import Clock, GatedProvider
 
 THREADS = 8
@@ -222,6 +222,33 @@ def test_the_context_is_part_of_the_cache_key(
     cache.unwrap(data_key.wrapped, {"t": "a"})
     with pytest.raises(KmsRequestError):
         cache.unwrap(data_key.wrapped, {"t": "b"})
+
+
+def test_a_context_changed_in_place_is_looked_up_by_what_it_now_says(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    # The caches remember the pairs of a context object between calls: a
+    # dict mutated in between must not be taken for what it used to say.
+    context = {"t": "a"}
+    data_keys = DataKeyCache(provider, clock=clock)
+    first = data_keys.acquire("k", context)
+    context["t"] = "b"
+    second = data_keys.acquire("k", context)
+    assert second is not first
+    assert provider.generate_calls == 2
+    context["t"] = "a"
+    assert data_keys.acquire("k", context) is first
+    context["u"] = "c"
+    assert data_keys.acquire("k", context) not in (first, second)
+
+    unwrap = UnwrapCache(provider, clock=clock)
+    copies = (WrappedCopy("", "k", first.wrapped),)
+    opened = {"t": "a"}
+    assert unwrap.unwrap_any(copies, opened)[1].plaintext == first.plaintext
+    opened["t"] = "b"  # first was wrapped under t=a: KMS must be asked, and refuse
+    with pytest.raises(KmsRequestError):
+        unwrap.unwrap_any(copies, opened)
+    assert provider.decrypt_calls == 2
 
 
 def test_the_least_recently_used_key_is_evicted(
