@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 
 __all__ = [
     "THIRD_PARTY_LOGGERS",
@@ -71,8 +72,12 @@ def policy() -> int | None:
 # do not (each failure once, with its cause), so no record of theirs is kept.
 _SDK_LOGGERS = ("aliyunsdkcore", "alibabacloud-tea", "darabonba-core")
 # urllib3 (the one requests uses, under the new SDK) logs request lines,
-# retries and redirects with their URL: the query is cut from its records.
-_URL_LOGGERS = ("urllib3",)
+# retries and redirects with their URL; alibabacloud-credentials logs a failed
+# refresh with its exception, whose text quotes the STS URL (AssumeRoleWithOIDC
+# sends the OIDC token, a bearer credential, in the query). Their warnings
+# matter (a background refresh that fails is not ours to see), so only the
+# query is cut from their records, traceback included.
+_URL_LOGGERS = ("urllib3", "credentials")
 _QUERY = re.compile(r"\?[^\s\"']*")
 
 
@@ -85,8 +90,18 @@ class _DropQueryStrings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if "?" in text:
-            record.msg, record.args = _QUERY.sub("?<query hidden>", text), ()
+            record.msg, record.args = _cut(text), ()
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            # The exception goes as its formatted text, cut (a formatter
+            # prints exc_text as it is); the object, which quotes the URL
+            # whole, goes with exc_info.
+            shown = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_info, record.exc_text = None, _cut(shown).rstrip("\n")
         return True
+
+
+def _cut(text: str) -> str:
+    return _QUERY.sub("?<query hidden>", text)
 
 
 _DROP_RECORDS = _DropRecords()

@@ -21,12 +21,19 @@ encoded as in a query) or the escaped bytes.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import pytest
+from envelope_mq.shared.errors import KmsUnavailableError
+from envelope_mq.shared.kms import Credentials
 from leakcheck import forms_of
 from regions_kit import new_principals, region_emulator
 
@@ -130,3 +137,40 @@ def test_no_data_key_reaches_any_log_with_every_logger_at_debug(
         if form in line
     ]
     assert leaks == []
+
+
+def test_an_unreachable_sts_leaves_the_oidc_token_out_of_the_credentials_log(
+    tmp_path: Path,
+) -> None:
+    # alibabacloud-credentials sends the OIDC token (a bearer credential) in
+    # the AssumeRoleWithOIDC query, and logs a failed refresh at WARNING and
+    # ERROR with the exception, whose text quotes that URL. An application
+    # logging at WARNING without our configure_logging lets them through.
+    token = "oidc-token-" + uuid.uuid4().hex
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{free.getsockname()[1]}"
+    credentials = Credentials.oidc(
+        "acs:ram::1:role/r",
+        "acs:ram::1:oidc-provider/p",
+        str(token_file),
+        sts_endpoint=nowhere,
+    )
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)  # the standard format, tracebacks too
+    sdk = logging.getLogger("credentials")
+    saved = sdk.level
+    sdk.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(KmsUnavailableError):
+            credentials.current()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        sdk.setLevel(saved)
+    written = stream.getvalue()
+    assert "Refresh credentials failed" in written  # the logs were on
+    leaked = written.count(token)  # a count: a failure must not print it
+    assert leaked == 0

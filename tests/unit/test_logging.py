@@ -262,9 +262,15 @@ def test_no_record_of_a_kms_sdk_reaches_a_handler_whatever_its_level(
 
 
 @pytest.mark.parametrize(
-    "name", ["urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager"]
+    "name",
+    [
+        "urllib3.connectionpool",
+        "urllib3.util.retry",
+        "urllib3.poolmanager",
+        "credentials",
+    ],
 )
-def test_urllib3_records_lose_their_query_strings(
+def test_records_that_quote_urls_lose_their_query_strings(
     stream: io.StringIO, name: str
 ) -> None:
     import envelope_mq.shared.kms  # noqa: F401
@@ -275,6 +281,28 @@ def test_urllib3_records_lose_their_query_strings(
     )
     [line] = lines(stream)
     assert line["message"] == "Incremented Retry for (url='/?<query hidden>')"
+
+
+def test_a_logged_credentials_exception_loses_its_query_too() -> None:
+    import envelope_mq.shared.kms  # noqa: F401
+
+    # alibabacloud-credentials logs a failed STS call with log.exception: the
+    # exception's text quotes the URL, the OIDC token in its query.
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)  # the standard format: tracebacks
+    sdk = logging.getLogger("credentials")
+    sdk.addHandler(handler)
+    try:
+        try:
+            raise ConnectionError("Max retries exceeded with url: /?OIDCToken=tok-1")
+        except ConnectionError as exc:
+            sdk.error(exc, exc_info=True)
+    finally:
+        sdk.removeHandler(handler)
+    assert "tok-1" not in written.getvalue()
+    assert "ConnectionError: Max retries exceeded with url: /?<query hidden>" in (
+        written.getvalue()
+    )
 
 
 def test_text_format_has_time_level_and_logger(stream: io.StringIO) -> None:
