@@ -266,6 +266,9 @@ def test_message_aad_builder_never_lets_a_str_subclass_through() -> None:
         builder.build("m-1", 1, "text/plain", None, Text("t"))
     with pytest.raises(ValueError, match="message_id"):
         builder.build(Text("m-1"), 1, "text/plain", None, "t")
+    builder.build("m-1", 1, "text/plain", None, None)  # remembered alone
+    with pytest.raises(ValueError, match="content_type"):
+        builder.build("m-1", 1, Text("text/plain"), None, None)
 
 
 def test_message_aad_builder_keeps_each_message_apart() -> None:
