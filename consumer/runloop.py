@@ -3,8 +3,9 @@
 What the sync consumer (consumer/worker.py) and the pipeline stage
 (envelope_mq.stage) share: connect, keep the KMS keep-alive attached to the
 connection while running, on a lost connection reconnect with backoff through
-the broker URL list (a connection that died young counts as a failure, so that
-one lost again and again right after connecting cannot become a hot loop),
+the broker URL list (consumer/reconnects.py: a connection that died young
+waits before its first attempt, so that one lost again and again right after
+connecting cannot become a hot loop),
 wait without a connection to service, and stop. What each does with a
 delivery stays with it: the loop only calls its ``consume``.
 
@@ -20,17 +21,13 @@ from typing import Protocol
 
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.keepalive import KeepAliveProvider
+from envelope_mq.consumer.reconnects import Reconnects
 from envelope_mq.consumer.transport import BlockingTransport
 from envelope_mq.shared.amqp import redact_url
 from envelope_mq.shared.errors import BrokerError, BrokerUnavailableError
 from envelope_mq.shared.observability import MetricsHooks
 
 __all__ = ["RunLoop"]
-
-# A connection that lived less than this before it was lost "died young".
-_STABLE_SECONDS = 10.0
-# The n-th early loss in a row waits the n-th delay, n at most this.
-_MAX_EARLY_LOSSES = 32
 
 
 class _Counts(Protocol):
@@ -67,15 +64,16 @@ class RunLoop:
         self._transport = transport
         self._urls = urls
         self._component = component
-        self._queue = queue
         self._metrics = metrics
-        self._backoff = backoff or Backoff(initial=0.5, cap=15.0)
+        self._reconnects = Reconnects(
+            backoff or Backoff(initial=0.5, cap=15.0),
+            log,
+            component=component,
+            queue=queue,
+        )
         self._keep_alive = keep_alive
         self._stats = stats
-        self._log = log
         self.connected = False
-        self._connected_at = 0.0
-        self._short_lived = 0
         #: Set by :meth:`stop`; reset when :meth:`run` returns.
         self.stopping = False
 
@@ -90,7 +88,7 @@ class RunLoop:
         """Open the transport (the first connection, not a reconnect)."""
         self._transport.open()
         self.connected = True
-        self._connected_at = time.monotonic()
+        self._reconnects.connected()
         self._metrics.broker_connected(self._component, reconnect=False)
 
     def close(self) -> bool:
@@ -148,66 +146,28 @@ class RunLoop:
         self._metrics.broker_lost(
             self._component, f"connection lost ({type(exc).__name__})"
         )
-        self._log.warning(
-            "lost the broker (%s); reconnecting",
-            exc,
-            extra={
-                "event": "broker_lost",
-                "component": self._component,
-                "queue": self._queue,
-            },
-        )
+        self._reconnects.lost(exc)
         if on_lost is not None:
             on_lost()
         self._transport.abandon()
         self._reconnect()
 
     def _reconnect(self) -> None:
-        """Open a new connection, backing off between failed attempts.
-
-        A connection that died young (say, the broker drops it at once) counts
-        as a failure too, so that a connection lost again and again right
-        after connecting cannot become a hot loop.
-        """
+        """Open a new connection, pacing the attempts as :class:`Reconnects` says."""
         where = ", ".join(redact_url(u) for u in self._urls)
-        if time.monotonic() - self._connected_at < _STABLE_SECONDS:
-            self._short_lived += 1
-        else:
-            self._short_lived = 0
-        delays = self._backoff.delays()
-        if self._short_lived:
-            # the n-th early loss in a row waits the n-th delay of the backoff
-            pause = 0.0
-            for _ in range(min(self._short_lived, _MAX_EARLY_LOSSES)):
-                pause = next(delays)
-            self._log.info(
-                "connection lost soon after connecting; waiting %.1fs",
-                pause,
-                extra={"event": "reconnect_delayed", "delay": round(pause, 3)},
-            )
-            self._wait(pause)
-        for delay in delays:
+        self._wait(self._reconnects.pause())
+        for delay in self._reconnects.delays():
             if self.stopping:
                 return
             try:
                 self._transport.open()
             except BrokerUnavailableError as exc:
-                self._log.warning(
-                    "reconnect failed (%s); retrying in %.1fs",
-                    exc,
-                    delay,
-                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
-                )
+                self._reconnects.failed(exc, delay)
                 self._wait(delay)
                 continue
-            self._connected_at = time.monotonic()
             self._stats.reconnects += 1
             self._metrics.broker_connected(self._component, reconnect=True)
-            self._log.info(
-                "reconnected to %s",
-                where,
-                extra={"event": "broker_reconnected", "component": self._component},
-            )
+            self._reconnects.reconnected(where)
             return
 
     def _wait(self, seconds: float) -> None:
