@@ -15,10 +15,12 @@ Two forms::
 
     await consumer.run(handler)           # handler may be async or not
 
-A lost connection is re-established with backoff through the URL list; what
-was unacknowledged comes back from the broker (at-least-once). :meth:`stop`,
-cancellation, or SIGTERM/SIGINT (``run(..., stop_on_signals=True)``) end it
-gracefully: what was handled is acknowledged, the rest is requeued.
+A lost connection is re-established with backoff through the URL list, by
+the sync consumer's policy (consumer/reconnects.py: one that keeps dying young
+waits longer each time); what was unacknowledged comes back from the broker
+(at-least-once). :meth:`stop`, cancellation, or SIGTERM/SIGINT
+(``run(..., stop_on_signals=True)``) end it gracefully: what was handled is
+acknowledged, the rest is requeued.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from envelope_mq.consumer.outcome import (
     after_handler,
 )
 from envelope_mq.consumer.policy import ContextPolicy
+from envelope_mq.consumer.reconnects import Reconnects
 from envelope_mq.consumer.unwrapping import Closeable, unwrapping_from_settings
 from envelope_mq.consumer.worker import ConsumerStats
 from envelope_mq.shared.amqp import ConnectionOptions, Topology, redact_url, split_urls
@@ -190,7 +193,12 @@ class AsyncEncryptedConsumer:
         self._max_deliveries = max_deliveries
         self._policy = policy or ContextPolicy()
         self._kms_backoff = kms_backoff or Backoff(initial=0.2, cap=10.0)
-        self._reconnect_backoff = reconnect_backoff or Backoff(initial=0.5, cap=15.0)
+        self._reconnects = Reconnects(
+            reconnect_backoff or Backoff(initial=0.5, cap=15.0),
+            _log,
+            component=_COMPONENT,
+            queue=topology.queue,
+        )
         self._connection_options = connection_options or ConnectionOptions()
         self._key_policy = key_policy if key_policy else None
         self._key_resolver = key_resolver
@@ -694,6 +702,7 @@ class AsyncEncryptedConsumer:
         self._generation = generation
         self._connection = connection
         self._quarantine = quarantine
+        self._reconnects.connected()
         connection.close_callbacks.add(
             lambda _conn, exc=None: self._lose(exc, generation)
         )
@@ -712,11 +721,9 @@ class AsyncEncryptedConsumer:
         closing.add_done_callback(self._closing.discard)
         self._generation += 1  # every delivery in hand is now stale
         self._unacked, self._unacked_count = None, 0
-        self._metrics.broker_lost(_COMPONENT, type(error).__name__ if error else "")
-        _log.warning(
-            "lost the connection to RabbitMQ; reconnecting",
-            extra={"event": "broker_lost", "component": _COMPONENT},
-        )
+        cause = type(error).__name__ if error else ""
+        self._metrics.broker_lost(_COMPONENT, cause)
+        self._reconnects.lost(cause or "connection closed")
         self._inbox.put_nowait(_LOST)
 
     @staticmethod
@@ -733,45 +740,34 @@ class AsyncEncryptedConsumer:
             if item is _STOP:
                 self._stopping = True
         where = ", ".join(redact_url(u) for u in self._urls)
+        reconnects = self._reconnects
+        await self._sleep(reconnects.pause())
         index = 0
-        for delay in self._reconnect_backoff.delays():
+        for delay in reconnects.delays():
             if self._stopping:
                 return
             try:
                 await self._open(index % len(self._urls))
             except BrokerUnavailableError as exc:
                 index += 1
-                _log.warning(
-                    "reconnect failed (%s); retrying in %.1fs",
-                    exc,
-                    delay,
-                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
-                )
+                reconnects.failed(exc, delay)
                 await self._sleep(delay)
                 continue
             except _BROKER_ERRORS as exc:
                 index += 1
-                _log.warning(
-                    "reconnect failed (%s); retrying in %.1fs",
-                    type(exc).__name__,
-                    delay,
-                    extra={"event": "reconnect_failed", "delay": round(delay, 3)},
-                )
+                reconnects.failed(type(exc).__name__, delay)
                 await self._sleep(delay)
                 continue
             self.stats.reconnects += 1
             self._metrics.broker_connected(_COMPONENT, reconnect=True)
-            _log.info(
-                "reconnected to %s",
-                where,
-                extra={"event": "broker_reconnected", "component": _COMPONENT},
-            )
+            reconnects.reconnected(where)
             return
 
     async def _sleep(self, seconds: float) -> None:
         # Short naps, so that stop() is seen within a tenth of a second.
         deadline = time.monotonic() + seconds
         while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            self._metrics.alive(_COMPONENT)  # waiting, not stuck
             await asyncio.sleep(min(0.1, left))
 
     def __repr__(self) -> str:
