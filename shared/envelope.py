@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
@@ -23,6 +24,12 @@ from envelope_mq.shared.errors import (
     KeyMismatchError,
     MalformedMessageError,
     SealingError,
+)
+from envelope_mq.shared.keycache import (
+    DataKeyCache,
+    DataKeyLookup,
+    UnwrapCache,
+    UnwrapLookup,
 )
 from envelope_mq.shared.kms import DataKey, UnwrappedKey, WrappedCopy, same_key
 
@@ -141,6 +148,8 @@ class EnvelopeHeader:
     version: int = 1
     # The per-key half of the associated data, computed once per header.
     _aad: wire.MessageAad = field(init=False, repr=False, compare=False)
+    # What an UnwrapCache finds the data key by, computed once per header.
+    _unwrap: UnwrapLookup = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for value in (self.key_id, self.wrapped_key):
@@ -167,6 +176,7 @@ class EnvelopeHeader:
         # A read-only copy: the associated data above must stay true to it.
         object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
         object.__setattr__(self, "_aad", _message_aads(key_aad, self.version))
+        object.__setattr__(self, "_unwrap", UnwrapLookup(self.copies, self.context))
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,14 @@ class Sealer:
         self._context: Mapping[str, str] = MappingProxyType(dict(context))
         self._cache = cache
         self._key_id = key_id
+        # The per-message question to the cache, asked the quickest way it
+        # answers: a DataKeyCache (exactly: a subclass may answer otherwise)
+        # by the cache key worked out once, any other source as it is.
+        self._acquire: Callable[[], DataKey] = (
+            partial(cache.acquire_by, DataKeyLookup(key_id, self._context))
+            if type(cache) is DataKeyCache
+            else partial(cache.acquire, key_id, self._context)
+        )
         self._current: _SealingKey | None = None
         # Checks a message's properties while there is no key yet.
         self._unkeyed_aads = _message_aads(b"", wire_version)
@@ -319,7 +337,7 @@ class Sealer:
             )
         except ValueError as exc:
             raise SealingError(f"invalid message properties: {exc}") from exc
-        data_key = self._cache.acquire(self._key_id, self._context)
+        data_key = self._acquire()
         if current is None or current.data_key is not data_key:
             current = self._current = self._prepare(data_key)
             aad = _build(current.aads, meta, extra)
@@ -391,6 +409,9 @@ class Opener:
 
     def __init__(self, cache: KeyUnwrapper) -> None:
         self._cache = cache
+        # An UnwrapCache (exactly, as in Sealer) is asked by the header's
+        # precomputed lookup; any other unwrapper by copies and context.
+        self._by_lookup = cache if type(cache) is UnwrapCache else None
         self._lock = threading.Lock()  # guards the memos on a miss only
         self._headers: dict[wire.ReceivedEnvelope, EnvelopeHeader] = {}
         self._v2_headers: dict[bytes, EnvelopeHeader] = {}
@@ -485,7 +506,12 @@ class Opener:
             )
         except ValueError as exc:
             raise MalformedMessageError() from exc
-        used, unwrapped = self._cache.unwrap_any(header.copies, header.context)
+        by_lookup = self._by_lookup
+        used, unwrapped = (
+            self._cache.unwrap_any(header.copies, header.context)
+            if by_lookup is None
+            else by_lookup.unwrap_by(header._unwrap)
+        )
         key = unwrapped.plaintext
         # The type check keeps an unhashable "key" from escaping as TypeError.
         cipher = self._ciphers.get(key) if type(key) is bytes else None

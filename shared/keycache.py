@@ -14,7 +14,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeVar
 
 from envelope_mq.shared.config import MAX_DATA_KEY_MESSAGES
@@ -36,8 +37,10 @@ from envelope_mq.shared.kms import (
 __all__ = [
     "DataKeyCache",
     "DataKeyCacheStats",
+    "DataKeyLookup",
     "UnwrapCache",
     "UnwrapCacheStats",
+    "UnwrapLookup",
 ]
 
 Clock = Callable[[], float]
@@ -84,6 +87,53 @@ class _ContextPairs:
             known.clear()  # a caller with a new context per call: no use
         known[id(context)] = (context, dict(pairs), pairs)
         return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class DataKeyLookup:
+    """What :meth:`DataKeyCache.acquire_by` finds a data key by, built once.
+
+    A sealer asks for the key of one (master key, context) message after
+    message: this is that question with its cache key worked out, so a hit
+    is a dict lookup. It holds a read-only copy of ``context``, so the key
+    stays true to what it says; only its fields make it, never a key given.
+    """
+
+    key_id: str
+    context: Mapping[str, str]
+    key: _CacheKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        context = MappingProxyType(dict(self.context))
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "key", _cache_key(self.key_id, context))
+
+
+@dataclass(frozen=True, slots=True)
+class UnwrapLookup:
+    """What :meth:`UnwrapCache.unwrap_by` finds a data key by, built once.
+
+    The wrapped copies and context of one received envelope header, with the
+    copy an :class:`UnwrapCache` unwraps (:func:`local_copy`) and its cache
+    key worked out: every message under that header then costs a dict
+    lookup. Holds a read-only copy of ``context``, as DataKeyLookup does.
+
+    Raises:
+        ValueError: there is no copy at all.
+    """
+
+    copies: tuple[WrappedCopy, ...]
+    context: Mapping[str, str]
+    copy: WrappedCopy = field(init=False, repr=False, compare=False)
+    key: _CacheKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        context = MappingProxyType(dict(self.context))
+        copy = local_copy(self.copies)
+        object.__setattr__(self, "copies", tuple(self.copies))
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "copy", copy)
+        object.__setattr__(self, "key", _cache_key(copy.blob, context))
 
 
 def _wait(flight: Future[_T]) -> _T:
@@ -185,6 +235,29 @@ class DataKeyCache:
         finally:
             lock.release()
         return self._replace(key, key_id, context)
+
+    def acquire_by(self, lookup: DataKeyLookup) -> DataKey:
+        """:meth:`acquire` of ``lookup``'s key id and context, its key ready.
+
+        The same limits, counters and lock; a sealer's per-message call.
+        """
+        key = lookup.key
+        lock = self._lock
+        lock.acquire()
+        try:
+            lease = self._leases.get(key)
+            if (
+                lease is not None
+                and lease.uses < self._max_messages
+                and self._clock() - lease.born < self._max_age
+            ):
+                lease.uses += 1
+                self._hits += 1
+                return lease.data_key
+            self._misses += 1
+        finally:
+            lock.release()
+        return self._replace(key, lookup.key_id, lookup.context)
 
     def acquire_cached(self, key_id: str, context: Mapping[str, str]) -> DataKey | None:
         """Like :meth:`acquire` on a hit; None instead of a KMS call on a miss.
@@ -381,6 +454,25 @@ class UnwrapCache:
         finally:
             lock.release()
         return copy, self.unwrap(copy.blob, context)
+
+    def unwrap_by(self, lookup: UnwrapLookup) -> tuple[WrappedCopy, UnwrappedKey]:
+        """:meth:`unwrap_any` of ``lookup``'s copies and context, its key ready.
+
+        The same TTL, counters and lock; an opener's per-message call.
+        """
+        key = lookup.key
+        lock = self._lock
+        lock.acquire()
+        try:
+            found = self._keys.get(key)
+            if found is not None and self._clock() < found[1]:
+                self._keys.move_to_end(key)
+                self._hits += 1
+                return lookup.copy, found[0]
+        finally:
+            lock.release()
+        copy = lookup.copy
+        return copy, self.unwrap(copy.blob, lookup.context)
 
     def unwrap_any_cached(
         self, copies: Sequence[WrappedCopy], context: Mapping[str, str]

@@ -17,7 +17,12 @@ from envelope_mq.shared.errors import (
     KmsRequestError,
     KmsUnavailableError,
 )
-from envelope_mq.shared.keycache import DataKeyCache, UnwrapCache
+from envelope_mq.shared.keycache import (
+    DataKeyCache,
+    DataKeyLookup,
+    UnwrapCache,
+    UnwrapLookup,
+)
 from envelope_mq.shared.kms import InMemoryKeyProvider, ManualClock, WrappedCopy
 from fakes import Clock, GatedProvider
 
@@ -95,6 +100,39 @@ def test_a_data_key_seals_at_most_max_messages(
     handed_out = [cache.acquire("k", {}) for _ in range(7)]
     assert [handed_out.index(key) for key in handed_out] == [0, 0, 0, 3, 3, 3, 6]
     assert (provider.generate_calls, cache.stats().rotations) == (3, 2)
+
+
+def test_a_lookup_shares_the_key_and_the_limits_of_acquire(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    cache = DataKeyCache(provider, max_messages=3, max_age=60.0, clock=clock)
+    lookup = DataKeyLookup("k", {"u": "1", "t": "a"})
+    first = cache.acquire_by(lookup)
+    assert cache.acquire("k", {"t": "a", "u": "1"}) is first
+    assert cache.acquire_by(lookup) is first
+    assert cache.acquire_by(lookup) is not first  # the 4th message: a new key
+    assert cache.acquire("k", {"t": "a", "u": "1"}) is cache.acquire_by(lookup)
+    clock.now += 60.0
+    assert cache.acquire_by(lookup) not in (first,)
+    assert provider.generate_calls == 3
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.rotations) == (4, 3, 2)
+
+
+def test_a_lookup_keeps_the_context_it_was_built_with(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    context = {"t": "a"}
+    lookup = DataKeyLookup("k", context)
+    context["t"] = "b"
+    cache = DataKeyCache(provider, clock=clock)
+    data_key = cache.acquire_by(lookup)
+    assert cache.acquire("k", {"t": "a"}) is data_key
+    assert provider.decrypt_data_key(data_key.wrapped, {"t": "a"}).plaintext == (
+        data_key.plaintext
+    )
+    with pytest.raises(TypeError):
+        lookup.context["t"] = "b"  # type: ignore[index]
 
 
 def test_expired_keys_of_idle_contexts_are_dropped(
@@ -249,6 +287,45 @@ def test_a_context_changed_in_place_is_looked_up_by_what_it_now_says(
     with pytest.raises(KmsRequestError):
         unwrap.unwrap_any(copies, opened)
     assert provider.decrypt_calls == 2
+
+
+def test_an_unwrap_lookup_shares_the_entry_and_the_ttl_of_unwrap(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    data_key = provider.generate_data_key("k", {"t": "a"})
+    cache = UnwrapCache(provider, ttl=60.0, clock=clock)
+    context = {"t": "a"}
+    lookup = UnwrapLookup(data_key.copies, context)
+    context["t"] = "b"  # the lookup kept its own copy
+    used, unwrapped = cache.unwrap_by(lookup)
+    assert (used, unwrapped.plaintext) == (data_key.copies[0], data_key.plaintext)
+    assert cache.unwrap(data_key.wrapped, {"t": "a"}) is unwrapped
+    clock.now += 59.9
+    assert cache.unwrap_by(lookup)[1] is unwrapped
+    assert provider.decrypt_calls == 1
+    clock.now += 0.1
+    assert cache.unwrap_by(lookup)[1].plaintext == data_key.plaintext
+    assert provider.decrypt_calls == 2
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (2, 2)
+
+
+def test_an_unwrap_lookup_takes_the_local_copy_and_its_refusals(
+    provider: InMemoryKeyProvider, clock: Clock
+) -> None:
+    data_key = provider.generate_data_key("k", {})
+    remote = WrappedCopy("cn-beijing", "k", "bm90IGEga2V5")
+    lookup = UnwrapLookup((remote, *data_key.copies), {})
+    assert lookup.copy == data_key.copies[0]
+    cache = UnwrapCache(provider, clock=clock)
+    assert cache.unwrap_by(lookup)[0] == data_key.copies[0]
+    with pytest.raises(KmsRequestError):
+        cache.unwrap_by(UnwrapLookup((remote,), {}))
+    with pytest.raises(KmsRequestError):  # remembered: no second Decrypt
+        cache.unwrap_by(UnwrapLookup((remote,), {}))
+    assert (provider.decrypt_calls, cache.stats().negative_hits) == (2, 1)
+    with pytest.raises(ValueError, match="no wrapped copy"):
+        UnwrapLookup((), {})
 
 
 def test_the_least_recently_used_key_is_evicted(
