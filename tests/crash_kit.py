@@ -12,18 +12,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from command_kit import ENVELOPE_MQ_MODULE
 from scenario_kit import PATIENCE
 
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
 
 __all__ = [
-    "ENVELOPE_MQ",
     "KillableProcess",
     "OutputTail",
     "Processes",
@@ -31,9 +30,6 @@ __all__ = [
     "kill_consumers_mid_stream",
     "wait_until",
 ]
-
-# The command line of ``envelope-mq`` in this interpreter.
-ENVELOPE_MQ = (sys.executable, "-m", "envelope_mq")
 
 
 class KillableProcess:
@@ -83,7 +79,7 @@ class Processes:
         self, env: dict[str, str], args: Sequence[str], out: Path
     ) -> KillableProcess:
         """``envelope-mq consume ARGS --output OUT``, its stderr beside ``out``."""
-        argv = [*ENVELOPE_MQ, "consume", *args, "--output", str(out)]
+        argv = [*ENVELOPE_MQ_MODULE, "consume", *args, "--output", str(out)]
         return self.start(argv, env, out.with_suffix(".stderr"))
 
     def reap(self) -> None:

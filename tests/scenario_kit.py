@@ -24,7 +24,7 @@ import pika.exceptions
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.transport import QUARANTINE_REASON_HEADER
-from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher, TransportOptions
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
@@ -59,6 +59,7 @@ __all__ = [
     "publish_stream",
     "quick_publisher_options",
     "resetting",
+    "run_at_most",
     "scenario_clients",
     "scenario_publisher",
     "scenario_topology",
@@ -264,6 +265,19 @@ def check_with_reconnects(
     ledger.fault("producer reconnects", publisher.stats().reconnects)
     ledger.fault("consumer reconnects", consumer.stats.reconnects)
     return ledger.check()
+
+
+def run_at_most(
+    consumer: EncryptedConsumer, count: int, seconds: float
+) -> ConsumerStats:
+    """``consumer.run(count=count)``, stopped after ``seconds`` whatever happened
+    (a test that would wait for ever fails on what it received instead)."""
+    watchdog = threading.Timer(seconds, consumer.stop)
+    watchdog.start()
+    try:
+        return consumer.run(count=count)
+    finally:
+        watchdog.cancel()
 
 
 class ConsumerThread:

@@ -1,4 +1,5 @@
-"""A KMS emulator for a pipeline hop (tests/ is on sys.path).
+"""A pipeline hop: its KMS emulator, its queues, its producer and consumer
+(tests/ is on sys.path).
 
 Two master keys, as two trust domains: the tenant's (``key_in``) and the
 stage's (``key_out``). Three principals: the producer may GenerateDataKey
@@ -16,11 +17,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from broker_kit import delete
+from envelope_mq.consumer.message import ReceivedMessage
+from envelope_mq.consumer.worker import EncryptedConsumer
+from envelope_mq.producer.publisher import EncryptedPublisher
+from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 
 from envelope_mq.testing.kms import Credentials
 
-__all__ = ["PipelineKms", "Role", "pipeline_kms"]
+__all__ = [
+    "STAGE_CONTEXT",
+    "PipelineKms",
+    "Role",
+    "hop_topologies",
+    "pipeline_kms",
+    "publish",
+    "read_all",
+]
+
+# The context the stage seals its outputs under.
+STAGE_CONTEXT = {"stage": "analytics"}
+EXPIRES = {"x-expires": 300_000}
 
 Role = Literal["producer", "stage", "consumer"]
 
@@ -99,3 +117,47 @@ def pipeline_kms() -> Iterator[PipelineKms]:
     }
     with Emulator(seed=seed, auth="strict", port=0) as emulator:
         yield PipelineKms(emulator, emulator.endpoint, key_in, key_out, principals)
+
+
+@contextmanager
+def hop_topologies(
+    url: str, *, plain: bool, name: str = "stage"
+) -> Iterator[tuple[Topology, Topology]]:
+    """Input and output on one exchange, deleted afterwards; ``plain``: as the
+    commands declare them (no expiry, the exchange kept)."""
+    tag = uuid.uuid4().hex[:8]
+    exchange = f"emq-test-{name}-x-{tag}"
+    made = tuple(
+        Topology(
+            queue=f"emq-test-{name}-{side}-{tag}",
+            exchange=exchange,
+            queue_arguments={} if plain else EXPIRES,
+            exchange_auto_delete=not plain,
+        )
+        for side in ("in", "out")
+    )
+    yield made[0], made[1]
+    delete(url, [q for t in made for q in (t.queue, t.quarantine_queue)], [exchange])
+
+
+def publish(
+    kms: PipelineKms, url: str, topology: Topology, bodies: list[bytes]
+) -> list[str]:
+    """Publish ``bodies`` as the tenant's producer; their message ids."""
+    with EncryptedPublisher.from_settings(
+        kms.settings("producer", [url]), topology, context={"tenant": "a"}
+    ) as publisher:
+        return [publisher.send(body) for body in bodies]
+
+
+def read_all(
+    kms: PipelineKms, url: str, topology: Topology, count: int
+) -> list[ReceivedMessage]:
+    """``count`` messages read as the downstream consumer, none quarantined."""
+    got: list[ReceivedMessage] = []
+    consumer = EncryptedConsumer.from_settings(
+        kms.settings("consumer", [url]), topology, got.append
+    )
+    stats = consumer.run(count=count)
+    assert stats.quarantined == {}
+    return got

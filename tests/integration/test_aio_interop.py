@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import threading
 import time
 import uuid
 
@@ -27,6 +26,7 @@ from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import KmsCallerError
+from scenario_kit import run_at_most
 
 from envelope_mq.aio import AsyncEncryptedConsumer, AsyncEncryptedPublisher
 
@@ -87,12 +87,7 @@ def _consume_sync(
         received[message.message_id] = _digest(message.body)
 
     consumer = EncryptedConsumer.from_settings(settings, topology, handler)
-    watchdog = threading.Timer(TIMEOUT, consumer.stop)
-    watchdog.start()
-    try:
-        consumer.run(count=count)
-    finally:
-        watchdog.cancel()
+    run_at_most(consumer, count, TIMEOUT)
     return received, consumer
 
 

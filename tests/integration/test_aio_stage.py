@@ -11,21 +11,22 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from broker_kit import queue_depth
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.errors import ConfigError
-from stage_kit import PipelineKms, pipeline_kms
+from stage_kit import (
+    STAGE_CONTEXT,
+    PipelineKms,
+    hop_topologies,
+    pipeline_kms,
+    publish,
+    read_all,
+)
 
 from envelope_mq import StageOutput
 from envelope_mq.aio import AsyncEncryptedStage
 from envelope_mq.stage_output import output_message_id
-from tests.integration.test_stage import (
-    STAGE_CONTEXT,
-    _topologies,
-    depth,
-    publish,
-    read_all,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,8 @@ def kms() -> Iterator[PipelineKms]:
 
 @pytest.fixture
 def topologies(emq_rabbitmq_url: str) -> Iterator[tuple[Topology, Topology]]:
-    yield from _topologies(emq_rabbitmq_url, plain=False)
+    with hop_topologies(emq_rabbitmq_url, plain=False) as made:
+        yield made
 
 
 def test_outputs_are_resealed_named_by_their_input_and_inputs_acked(
@@ -62,7 +64,7 @@ def test_outputs_are_resealed_named_by_their_input_and_inputs_acked(
     )
     stats = asyncio.run(stage.run(count=3))
     assert (stats.handled, stats.outputs, stats.repeated_outputs) == (3, 4, 0)
-    assert depth(emq_rabbitmq_url, inp.queue) == 0
+    assert queue_depth(emq_rabbitmq_url, inp.queue) == 0
     got = {m.message_id: m for m in read_all(kms, emq_rabbitmq_url, out, 4)}
     assert {m.key_id for m in got.values()} == {kms.key_out}
     first = got[output_message_id(kms.key_out, ids[0], 0)]
@@ -86,5 +88,5 @@ def test_an_unroutable_output_stops_the_stage_and_requeues_the_input(
     with pytest.raises(ConfigError, match="matched no queue"):
         asyncio.run(stage.run())
     assert stage.stats.handled == 0
-    assert depth(emq_rabbitmq_url, inp.queue) == 2
-    assert depth(emq_rabbitmq_url, inp.quarantine_queue) == 0
+    assert queue_depth(emq_rabbitmq_url, inp.queue) == 2
+    assert queue_depth(emq_rabbitmq_url, inp.quarantine_queue) == 0

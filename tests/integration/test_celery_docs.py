@@ -7,7 +7,6 @@ a KMS emulator whose one principal may both generate and decrypt data keys.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -16,8 +15,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
+from broker_kit import throwaway_queue
+from command_kit import clean_env
 
 from envelope_mq.testing.kms import Credentials, emulator_seed
 
@@ -58,15 +58,8 @@ def kms_env() -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def queue() -> Iterator[str]:
-    name = f"emq-celery-docs-{uuid.uuid4().hex[:10]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(PIKA_URL))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(name)
-        channel.queue_delete(f"{name}.quarantine")
-    finally:
-        connection.close()
+    with throwaway_queue(PIKA_URL, "emq-celery-docs") as name:
+        yield name
 
 
 def test_the_celery_example_runs_sealed(
@@ -75,11 +68,7 @@ def test_the_celery_example_runs_sealed(
     (tmp_path / "tasks.py").write_text(block("celery-tasks"), encoding="utf-8")
     (tmp_path / "client.py").write_text(block("celery-client"), encoding="utf-8")
     env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
-        },
+        **clean_env(),
         **kms_env,
         "CELERY_BROKER_URL": BROKER,
         "BILLING_QUEUE": queue,

@@ -4,40 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from command_kit import ENVELOPE_MQ, env_for
 from envelope_mq.shared.config import Settings
 
 pytestmark = pytest.mark.integration
 
-ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
 TIMEOUT = 120
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
-    }
-    assert settings.kms_endpoint
-    assert settings.access_key_id
-    env.update(
-        RABBITMQ_URL=",".join(settings.rabbitmq_urls),
-        KMS_ENDPOINT=settings.kms_endpoint,
-        KMS_KEY_ID=settings.kms_key_id or "",
-        ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id,
-        ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
-    )
-    return env
 
 
 def topology_args(names: Any) -> list[str]:

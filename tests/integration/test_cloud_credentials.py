@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
+from broker_kit import throwaway_queue
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.kms_emulator import Emulator
@@ -79,16 +79,9 @@ def emulator(issuer: OidcIssuer) -> Iterator[Emulator]:
 
 @pytest.fixture
 def queue(emq_rabbitmq_url: str) -> Iterator[str]:
-    name = f"cloud-creds-{uuid.uuid4().hex[:10]}"
-    yield name
     # The commands declare durable queues, as a deployment's would be.
-    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(name)
-        channel.queue_delete(f"{name}.quarantine")
-    finally:
-        connection.close()
+    with throwaway_queue(emq_rabbitmq_url, "cloud-creds") as name:
+        yield name
 
 
 def _base_env(emu: Emulator, home: Path, rabbitmq_url: str) -> dict[str, str]:

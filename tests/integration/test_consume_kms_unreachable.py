@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from command_kit import clean_env
 
 from envelope_mq.testing.plugin import AmqpNames
 
@@ -42,18 +42,13 @@ def test_a_typo_in_kms_endpoint_is_named_at_start_and_reported_not_ready(
     emq_rabbitmq_url: str, emq_amqp_names: AmqpNames, tmp_path: Path
 ) -> None:
     port = _closed_port()  # the typo: nothing listens there
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
-    }
-    env |= {
-        "HOME": str(tmp_path),
-        "RABBITMQ_URL": emq_rabbitmq_url,
-        "KMS_ENDPOINT": f"127.0.0.1:{port}",
-        "ALIBABA_CLOUD_ACCESS_KEY_ID": "consumer-ak",
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "consumer-secret",
-    }
+    env = clean_env(
+        HOME=str(tmp_path),
+        RABBITMQ_URL=emq_rabbitmq_url,
+        KMS_ENDPOINT=f"127.0.0.1:{port}",
+        ALIBABA_CLOUD_ACCESS_KEY_ID="consumer-ak",
+        ALIBABA_CLOUD_ACCESS_KEY_SECRET="consumer-secret",
+    )
     env.pop("HTTPS_PROXY", None)
     env.pop("https_proxy", None)
     consumer = subprocess.Popen(

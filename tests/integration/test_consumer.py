@@ -12,6 +12,7 @@ from typing import Any
 
 import pika
 import pytest
+from broker_kit import queue_depth
 from envelope_mq.consumer.decisions import Reject, Retry
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.outcome import Reason
@@ -168,15 +169,6 @@ def drain(url: str, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
         connection.close()
 
 
-def depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def publisher(
     emq_producer_settings: Settings, emq_amqp_topology: Topology
@@ -236,7 +228,7 @@ def test_damaged_messages_are_quarantined_while_good_ones_keep_flowing(
     assert tampered_props.headers[QUARANTINE_QUEUE_HEADER] == emq_amqp_topology.queue
     assert tampered_props.delivery_mode == 2
     assert by_id[meta_c.message_id][0].headers["x-app"] == "kept"
-    assert depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 0
+    assert queue_depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 0
 
 
 def test_kms_outage_mid_stream_holds_messages_and_loses_none(
@@ -271,7 +263,7 @@ def test_kms_outage_mid_stream_holds_messages_and_loses_none(
     assert not consumer.stats.quarantined
     assert handler.bodies == publisher.published.bodies
     assert all(n == 1 for n in handler.calls.values())  # held, never redelivered
-    assert depth(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue) == 0
+    assert queue_depth(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue) == 0
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
@@ -316,7 +308,7 @@ def test_failing_handler_is_retried_then_quarantined(
     [(props, _body)] = drain(emq_rabbitmq_url, topology.quarantine_queue)
     assert props.message_id == poison
     assert props.headers[QUARANTINE_REASON_HEADER] == "handler-error"
-    assert depth(emq_rabbitmq_url, topology.queue) == 0
+    assert queue_depth(emq_rabbitmq_url, topology.queue) == 0
 
 
 def test_context_outside_the_policy_is_quarantined_without_a_kms_call(
@@ -396,7 +388,7 @@ def test_replay_returns_quarantined_messages_once_they_can_be_opened(
 
     assert result.moved == {"kms-rejected": 5}
     assert result.skipped == 1
-    assert depth(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue) == 1
+    assert queue_depth(emq_rabbitmq_url, emq_amqp_topology.quarantine_queue) == 1
     handler = Collector()
     right = make_consumer(emq_consumer_settings, emq_amqp_topology, handler)
     with running(right):
@@ -427,7 +419,9 @@ def test_stop_finishes_the_message_in_hand_and_requeues_the_rest(
 
     assert stats.handled == 10
     assert len(handler.bodies) == 10
-    wait_for(lambda: depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 50, "requeue")
+    wait_for(
+        lambda: queue_depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 50, "requeue"
+    )
 
 
 def test_consumer_reconnects_after_the_connection_is_cut(
@@ -461,7 +455,7 @@ def test_consumer_reconnects_after_the_connection_is_cut(
 
     assert consumer.stats.reconnects >= 1
     assert handler.bodies == publisher.published.bodies
-    assert depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 0
+    assert queue_depth(emq_rabbitmq_url, emq_amqp_topology.queue) == 0
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
+from broker_kit import throwaway_queue
 from envelope_mq.kms_emulator import Emulator
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.errors import KmsUnavailableError
@@ -67,15 +67,8 @@ def gateway() -> Iterator[Emulator]:
 
 @pytest.fixture
 def queue(emq_rabbitmq_url: str) -> Iterator[str]:
-    name = f"instance-{uuid.uuid4().hex[:10]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(name)
-        channel.queue_delete(f"{name}.quarantine")
-    finally:
-        connection.close()
+    with throwaway_queue(emq_rabbitmq_url, "instance") as name:
+        yield name
 
 
 def _env(gateway: Emulator, creds: tuple[str, str], home: Path) -> dict[str, str]:

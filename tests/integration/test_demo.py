@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from command_kit import ENVELOPE_MQ, clean_env
 
 pytestmark = pytest.mark.integration
-
-ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
-
-
-def demo_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
-    }
-    env.update(extra)
-    return env
 
 
 def test_demo_publishes_consumes_and_verifies_every_message(
@@ -30,7 +16,7 @@ def test_demo_publishes_consumes_and_verifies_every_message(
 ) -> None:
     done = subprocess.run(
         [ENVELOPE_MQ, "demo", "--messages", "200", "--size", "300"],
-        env=demo_env(RABBITMQ_URL=emq_rabbitmq_url),
+        env=clean_env(RABBITMQ_URL=emq_rabbitmq_url),
         capture_output=True,
         text=True,
         timeout=180,
@@ -56,7 +42,7 @@ def test_demo_publishes_consumes_and_verifies_every_message(
 def test_demo_says_how_to_get_a_broker_when_none_answers() -> None:
     done = subprocess.run(
         [ENVELOPE_MQ, "demo", "--messages", "1"],
-        env=demo_env(RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F"),
+        env=clean_env(RABBITMQ_URL="amqp://guest:guest@127.0.0.1:1/%2F"),
         capture_output=True,
         text=True,
         timeout=60,

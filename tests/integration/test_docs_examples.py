@@ -19,9 +19,9 @@ from pathlib import Path
 import pika
 import pika.exceptions
 import pytest
+from broker_kit import throwaway_queue
+from command_kit import env_for
 from envelope_mq.shared.config import Settings
-
-from tests.integration.test_cli_pipeline import env_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,8 @@ def examples(name: str) -> list[tuple[str | None, str]]:
 
 @pytest.fixture
 def queue(emq_rabbitmq_url: str) -> Iterator[str]:
-    name = f"emq-docs-{uuid.uuid4().hex[:10]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(name)
-        channel.queue_delete(f"{name}.quarantine")
-    finally:
-        connection.close()
+    with throwaway_queue(emq_rabbitmq_url, "emq-docs") as name:
+        yield name
 
 
 def _env(settings: Settings | None, queue: str) -> dict[str, str] | None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
+from command_kit import ENVELOPE_MQ, env_for
 from envelope_mq.shared.amqp import Topology, connect_blocking
 from envelope_mq.shared.config import Settings
 
@@ -20,30 +18,11 @@ from envelope_mq.testing.plugin import AmqpNames
 
 pytestmark = pytest.mark.integration
 
-ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
 TIMEOUT = 120
 STABLE_KEYS = ["ts", "level", "logger", "event", "message"]
 METRICS_LINE = re.compile(
     r"^envelope-mq (\w+): metrics at http://127\.0\.0\.1:(\d+)/metrics ", re.M
 )
-
-
-def env_for(settings: Settings | None, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
-    }
-    if settings is not None:
-        env.update(
-            RABBITMQ_URL=",".join(settings.rabbitmq_urls),
-            KMS_ENDPOINT=settings.kms_endpoint or "",
-            KMS_KEY_ID=settings.kms_key_id or "",
-            ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id or "",
-            ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
-        )
-    env.update(extra)
-    return env
 
 
 def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pika
 import pytest
+from broker_kit import queue_depth
 from envelope_mq.consumer.backoff import Backoff
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.transport import QUARANTINE_REASON_HEADER
@@ -95,17 +96,6 @@ def drain_quarantine(url: str, topology: Topology, ledger: MessageLedger) -> int
         connection.close()
 
 
-def quarantine_depth(url: str, topology: Topology) -> int:
-    connection = connect_blocking(url)
-    try:
-        declared = connection.channel().queue_declare(
-            topology.quarantine_queue, passive=True
-        )
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
-
-
 def test_metric_values_match_the_ledger(
     emq_producer_settings: Settings,
     emq_consumer_settings: Settings,
@@ -180,8 +170,9 @@ def test_metric_values_match_the_ledger(
     runner.start()
     try:
         assert ledger.wait_settled(TIMEOUT, at_least=GOOD)
+        quarantine = emq_amqp_topology.quarantine_queue
         wait_for(
-            lambda: quarantine_depth(emq_rabbitmq_url, emq_amqp_topology) == 3,
+            lambda: queue_depth(emq_rabbitmq_url, quarantine) == 3,
             "three quarantined messages",
         )
     finally:

@@ -18,10 +18,10 @@ from typing import Any
 
 import pika
 import pytest
+from command_kit import env_for
 from envelope_mq.shared.config import Settings
 
 from envelope_mq.testing.kms import Credentials
-from tests.integration.test_cli_pipeline import env_for
 from tests.integration.test_docs_examples import DOCS, _run
 
 pytestmark = pytest.mark.integration

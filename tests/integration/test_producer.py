@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from broker_kit import drain, queue_depth
 from envelope_mq.producer import EncryptedPublisher, TransportOptions
 from envelope_mq.producer.transport import ConfirmingTransport
 from envelope_mq.shared import wire_v2
@@ -51,42 +52,11 @@ def publisher(
         yield pub
 
 
-def queue_depth(urls: tuple[str, ...], queue: str) -> int:
-    connection = connect_blocking(urls)
-    try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
-
-
 def wait_for_depth(urls: tuple[str, ...], queue: str, depth: int) -> None:
     deadline = time.monotonic() + 60
     while queue_depth(urls, queue) < depth:
         assert time.monotonic() < deadline, f"{queue} never reached {depth} messages"
         time.sleep(0.05)
-
-
-def drain(urls: tuple[str, ...], queue: str) -> list[Received]:
-    """Every message now in ``queue``, taken off it."""
-    expected = queue_depth(urls, queue)
-    connection = connect_blocking(urls)
-    received: list[Received] = []
-    try:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=1000)
-        for method, properties, body in channel.consume(
-            queue, auto_ack=True, inactivity_timeout=10
-        ):
-            if method is None:
-                break
-            received.append((properties, body))
-            if len(received) == expected:
-                break
-        channel.cancel()
-    finally:
-        connection.close()
-    return received
 
 
 def open_message(consumer_settings: Settings, properties: Any, body: bytes) -> bytes:

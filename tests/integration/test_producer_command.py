@@ -1,39 +1,19 @@
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pika.exceptions
 import pytest
-from envelope_mq.shared.amqp import connect_blocking
+from broker_kit import queue_depth
+from command_kit import ENVELOPE_MQ, env_for
 from envelope_mq.shared.config import Settings
 
 from envelope_mq.testing.plugin import AmqpNames
 
 pytestmark = pytest.mark.integration
-
-ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
-
-
-def environment(settings: Settings, **overrides: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RABBITMQ_", "KMS_", "ALIBABA_CLOUD_", "EMQ_"))
-    }
-    env.update(
-        RABBITMQ_URL=",".join(settings.rabbitmq_urls),
-        KMS_ENDPOINT=settings.kms_endpoint or "",
-        KMS_KEY_ID=settings.kms_key_id or "",
-        ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id or "",
-        ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
-    )
-    env.update(overrides)
-    return env
 
 
 def produce(
@@ -42,21 +22,12 @@ def produce(
     return subprocess.run(
         [ENVELOPE_MQ, "produce", *args],
         input=stdin.decode(),
-        env=environment(settings, **env),
+        env=env_for(settings, **env),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-
-
-def depth(settings: Settings, queue: str) -> int:
-    connection = connect_blocking(settings.rabbitmq_urls)
-    try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
 
 
 def test_generated_messages_are_published_to_a_declared_queue(
@@ -71,8 +42,9 @@ def test_generated_messages_are_published_to_a_declared_queue(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "200 of 200 message(s), 12800 bytes" in done.stderr
-    assert depth(emq_producer_settings, emq_amqp_names.queue) == 200
-    assert depth(emq_producer_settings, emq_amqp_names.quarantine_queue) == 0
+    urls = emq_producer_settings.rabbitmq_urls
+    assert queue_depth(urls, emq_amqp_names.queue) == 200
+    assert queue_depth(urls, emq_amqp_names.quarantine_queue) == 0
 
 
 def test_stdin_lines_are_messages_and_blank_lines_are_skipped(
@@ -88,7 +60,7 @@ def test_stdin_lines_are_messages_and_blank_lines_are_skipped(
     assert done.returncode == 0, done.stderr
     assert "3 of 3 message(s)" in done.stderr
     assert "skipped 1 blank stdin line(s)" in done.stderr  # skipped, not silently
-    assert depth(emq_producer_settings, emq_amqp_names.queue) == 3
+    assert queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_names.queue) == 3
 
 
 def test_an_unroutable_message_exits_1_and_says_so(
@@ -140,7 +112,7 @@ def test_files_are_messages_one_each_or_one_per_line(
     done = produce(emq_producer_settings, *route, "--file", str(lines), "--lines")
     assert done.returncode == 0, done.stderr
     assert "3 of 3 message(s), 10 bytes" in done.stderr  # the blank line too
-    assert depth(emq_producer_settings, emq_amqp_names.queue) == 4
+    assert queue_depth(emq_producer_settings.rabbitmq_urls, emq_amqp_names.queue) == 4
 
 
 def test_ctrl_c_says_how_many_were_confirmed_and_exits_130(
@@ -152,7 +124,7 @@ def test_ctrl_c_says_how_many_were_confirmed_and_exits_130(
         command,
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=environment(emq_producer_settings),
+        env=env_for(emq_producer_settings),
         text=True,
         # A terminal's Ctrl-C: the default disposition, even when this test
         # runs as a background job (whose SIGINT a shell ignores, and produce
@@ -193,6 +165,6 @@ def _sigint_default() -> None:
 def depth_or_zero(settings: Settings, queue: str) -> int:
     """The queue's depth, 0 while it does not exist yet."""
     try:
-        return depth(settings, queue)
+        return queue_depth(settings.rabbitmq_urls, queue)
     except pika.exceptions.ChannelClosedByBroker:  # 404 NOT_FOUND
         return 0

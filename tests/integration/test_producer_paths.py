@@ -18,9 +18,10 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from broker_kit import drain
 from envelope_mq.producer import EncryptedPublisher, TransportOptions
 from envelope_mq.shared import wire_v2
-from envelope_mq.shared.amqp import Topology, connect_blocking
+from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Opener
 from envelope_mq.shared.errors import MessageUnroutableError
@@ -53,27 +54,6 @@ def publisher(
         ) as pub,
     ):
         yield pub
-
-
-def drain(urls: tuple[str, ...], queue: str) -> list[tuple[Any, bytes]]:
-    connection = connect_blocking(urls)
-    received: list[tuple[Any, bytes]] = []
-    try:
-        channel = connection.channel()
-        expected = channel.queue_declare(queue, passive=True).method.message_count
-        channel.basic_qos(prefetch_count=1000)
-        for method, properties, body in channel.consume(
-            queue, auto_ack=True, inactivity_timeout=10
-        ):
-            if method is None:
-                break
-            received.append((properties, body))
-            if len(received) == expected:
-                break
-        channel.cancel()
-    finally:
-        connection.close()
-    return received
 
 
 def test_the_chosen_path_is_logged_once(

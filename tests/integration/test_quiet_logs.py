@@ -12,13 +12,13 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import IO
 
 import pytest
+from command_kit import ENVELOPE_MQ
 from envelope_mq.producer import EncryptedPublisher, TransportOptions
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
@@ -29,7 +29,6 @@ from envelope_mq.testing.kms import KmsFixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
 OUTAGE_SECONDS = 5.0
 TIMEOUT = 120.0
 

@@ -11,11 +11,11 @@ import asyncio
 import dataclasses
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator, Mapping
 
 import pika
 import pytest
+from command_kit import ENVELOPE_MQ, env_for
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
@@ -47,15 +47,15 @@ from regions_kit import (
     region_settings,
     two_regions,
 )
-from scenario_kit import scenario_topology
+from scenario_kit import run_at_most, scenario_topology
 
 from envelope_mq.aio import AsyncEncryptedPublisher
 from envelope_mq.testing.plugin import AmqpNames
-from tests.integration.test_cli_pipeline import ENVELOPE_MQ, TIMEOUT, env_for
 
 pytestmark = pytest.mark.integration
 
 CONTEXT = {"queue": "orders", "tenant": "a"}
+TIMEOUT = 120  # seconds a command may take
 
 
 def _dead_endpoint() -> str:
@@ -183,12 +183,7 @@ def _consume(
     received: list[ReceivedMessage] = []
     reader = region_settings("consumer", principals, urls, order)
     consumer = EncryptedConsumer.from_settings(reader, topology, received.append)
-    timer = threading.Timer(60.0, consumer.stop)
-    timer.start()
-    try:
-        return received, consumer.run(count=count)
-    finally:
-        timer.cancel()
+    return received, run_at_most(consumer, count, 60.0)
 
 
 class _Forging:

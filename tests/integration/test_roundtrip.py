@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import threading
 import uuid
 
 import pytest
@@ -13,6 +12,7 @@ from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
+from scenario_kit import run_at_most
 
 from envelope_mq.testing.kms import KmsFixture, Role
 
@@ -51,12 +51,7 @@ def _round_trip(
         contexts.add(tuple(sorted(message.context.items())))
 
     consumer = EncryptedConsumer.from_settings(consumer_settings, topology, handler)
-    watchdog = threading.Timer(120, consumer.stop)
-    watchdog.start()
-    try:
-        consumer.run(count=count)
-    finally:
-        watchdog.cancel()
+    run_at_most(consumer, count, 120)
     assert contexts == {(("tenant", "a"),)}
     return sent, received, consumer
 

@@ -20,20 +20,25 @@ from pathlib import Path
 
 import pika
 import pytest
+from broker_kit import queue_depth
 from envelope_mq.consumer.message import ReceivedMessage
-from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer.publisher import EncryptedPublisher
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.errors import ConfigError
-from stage_kit import PipelineKms, pipeline_kms
+from stage_kit import (
+    EXPIRES,
+    STAGE_CONTEXT,
+    PipelineKms,
+    hop_topologies,
+    pipeline_kms,
+    publish,
+    read_all,
+)
 
 from envelope_mq import EncryptedStage, Reject, StageOutput
 from envelope_mq.stage_output import output_message_id
 
 pytestmark = pytest.mark.integration
-
-EXPIRES = {"x-expires": 300_000}
-STAGE_CONTEXT = {"stage": "analytics"}
 
 
 @pytest.fixture
@@ -42,69 +47,16 @@ def kms() -> Iterator[PipelineKms]:
         yield running
 
 
-def _topologies(url: str, *, plain: bool) -> Iterator[tuple[Topology, Topology]]:
-    """Input and output on one exchange; ``plain``: as the commands declare them."""
-    tag = uuid.uuid4().hex[:8]
-    exchange = f"emq-test-stage-x-{tag}"
-    made = tuple(
-        Topology(
-            queue=f"emq-test-stage-{side}-{tag}",
-            exchange=exchange,
-            queue_arguments={} if plain else EXPIRES,
-            exchange_auto_delete=not plain,
-        )
-        for side in ("in", "out")
-    )
-    yield made[0], made[1]
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for topology in made:
-            channel.queue_delete(topology.queue)
-            channel.queue_delete(topology.quarantine_queue)
-        channel.exchange_delete(exchange)
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def topologies(emq_rabbitmq_url: str) -> Iterator[tuple[Topology, Topology]]:
-    yield from _topologies(emq_rabbitmq_url, plain=False)
+    with hop_topologies(emq_rabbitmq_url, plain=False) as made:
+        yield made
 
 
 @pytest.fixture
 def plain_topologies(emq_rabbitmq_url: str) -> Iterator[tuple[Topology, Topology]]:
-    yield from _topologies(emq_rabbitmq_url, plain=True)
-
-
-def depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        frame = connection.channel().queue_declare(queue, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
-
-
-def publish(
-    kms: PipelineKms, url: str, topology: Topology, bodies: list[bytes]
-) -> list[str]:
-    with EncryptedPublisher.from_settings(
-        kms.settings("producer", [url]), topology, context={"tenant": "a"}
-    ) as publisher:
-        return [publisher.send(body) for body in bodies]
-
-
-def read_all(
-    kms: PipelineKms, url: str, topology: Topology, count: int
-) -> list[ReceivedMessage]:
-    got: list[ReceivedMessage] = []
-    consumer = EncryptedConsumer.from_settings(
-        kms.settings("consumer", [url]), topology, got.append
-    )
-    stats = consumer.run(count=count)
-    assert stats.quarantined == {}
-    return got
+    with hop_topologies(emq_rabbitmq_url, plain=True) as made:
+        yield made
 
 
 @contextlib.contextmanager
@@ -175,7 +127,7 @@ def test_outputs_are_resealed_under_the_stage_key_and_inputs_acked(
     assert stats.handled == len(bodies)
     assert stats.outputs == expected
     assert stats.repeated_outputs == 0
-    assert depth(emq_rabbitmq_url, inp.queue) == 0  # every input acknowledged
+    assert queue_depth(emq_rabbitmq_url, inp.queue) == 0  # every input acknowledged
 
     got = read_all(kms, emq_rabbitmq_url, out, expected)
     assert len(got) == expected
@@ -224,8 +176,8 @@ def test_undecryptable_and_rejected_inputs_are_quarantined(
     assert stats.handled == 1
     assert stats.quarantined == {"malformed": 1, "rejected": 1, "handler-error": 1}
     assert stats.requeued == 1
-    assert depth(emq_rabbitmq_url, inp.quarantine_queue) == 3
-    assert depth(emq_rabbitmq_url, inp.queue) == 0
+    assert queue_depth(emq_rabbitmq_url, inp.quarantine_queue) == 3
+    assert queue_depth(emq_rabbitmq_url, inp.queue) == 0
     got = read_all(kms, emq_rabbitmq_url, out, 1)
     assert got[0].message_id == output_message_id(kms.key_out, ids[0], 0)
 
@@ -245,8 +197,8 @@ def test_an_unroutable_output_stops_the_stage_and_leaves_the_input(
     with pytest.raises(ConfigError, match="matched no queue"):
         stage.run()
     assert stage.stats.handled == 0
-    assert depth(emq_rabbitmq_url, inp.queue) == 2  # both inputs still queued
-    assert depth(emq_rabbitmq_url, inp.quarantine_queue) == 0
+    assert queue_depth(emq_rabbitmq_url, inp.queue) == 2  # both inputs still queued
+    assert queue_depth(emq_rabbitmq_url, inp.quarantine_queue) == 0
 
 
 def test_stop_waits_for_the_outputs_in_flight(
@@ -268,9 +220,11 @@ def test_stop_waits_for_the_outputs_in_flight(
     stats = stage.stats
     # every input acknowledged had its output confirmed, and no more
     assert stats.outputs == stats.handled
-    assert depth(emq_rabbitmq_url, out.queue) == stats.handled
+    assert queue_depth(emq_rabbitmq_url, out.queue) == stats.handled
     # the rest requeued (the broker counts them ready again shortly after)
-    wait_until(lambda: depth(emq_rabbitmq_url, inp.queue) == count - stats.handled)
+    wait_until(
+        lambda: queue_depth(emq_rabbitmq_url, inp.queue) == count - stats.handled
+    )
 
 
 def test_the_stage_command_hands_on_and_reports(
@@ -331,10 +285,10 @@ def test_a_nacked_output_requeues_its_input(
     with running(stage):
         wait_until(lambda: stage.stats.outputs_nacked >= 2)
     assert stage.stats.handled == 1
-    assert depth(emq_rabbitmq_url, out.queue) == 1
+    assert queue_depth(emq_rabbitmq_url, out.queue) == 1
     # the two inputs whose output was refused are back in their queue
-    wait_until(lambda: depth(emq_rabbitmq_url, inp.queue) == 2)
-    assert depth(emq_rabbitmq_url, inp.quarantine_queue) == 0
+    wait_until(lambda: queue_depth(emq_rabbitmq_url, inp.queue) == 2)
+    assert queue_depth(emq_rabbitmq_url, inp.quarantine_queue) == 0
 
 
 def test_a_stream_input_is_handed_on_and_its_position_kept(

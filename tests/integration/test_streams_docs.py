@@ -5,12 +5,11 @@ The second consumer run resumes after the offset the first one committed.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
+from broker_kit import throwaway_queue
 from envelope_mq.shared.config import Settings
 
 from tests.integration.test_docs_examples import _env, _run, examples
@@ -20,15 +19,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def queue(emq_rabbitmq_url: str) -> Iterator[str]:
-    name = f"emq-docs-stream-{uuid.uuid4().hex[:10]}"
-    yield name
-    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(name)
-        channel.queue_delete(f"{name}.quarantine")
-    finally:
-        connection.close()
+    with throwaway_queue(emq_rabbitmq_url, "emq-docs-stream") as name:
+        yield name
 
 
 def test_the_stream_examples_run_and_a_rerun_resumes(

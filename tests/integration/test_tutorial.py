@@ -9,12 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
+from broker_kit import throwaway_queue
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +66,9 @@ def test_tutorial_has_runnable_blocks_and_few_skipped_ones() -> None:
 
 @pytest.fixture
 def queue(emq_rabbitmq_url: str) -> Iterator[str]:
-    name = f"{DOCUMENTED_QUEUE}-{uuid.uuid4().hex[:10]}"
-    yield name
     # The tutorial's queues are durable, as a reader's would be; ours go away.
-    connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-    try:
-        channel = connection.channel()
-        channel.queue_delete(name)
-        channel.queue_delete(f"{name}.quarantine")
-    finally:
-        connection.close()
+    with throwaway_queue(emq_rabbitmq_url, DOCUMENTED_QUEUE) as name:
+        yield name
 
 
 def test_every_command_of_the_tutorial_runs(

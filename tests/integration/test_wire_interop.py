@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
 import pika
 import pytest
+from command_kit import env_for
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.transport import QUARANTINE_REASON_HEADER
 from envelope_mq.consumer.worker import EncryptedConsumer
@@ -31,6 +30,7 @@ from envelope_mq.shared.config import Settings
 from envelope_mq.shared.envelope import MessageMeta, Sealer
 from envelope_mq.shared.keycache import DataKeyCache
 from envelope_mq.shared.kms import AliyunKms
+from scenario_kit import run_at_most
 
 from envelope_mq.aio import AsyncEncryptedConsumer, AsyncEncryptedPublisher
 from envelope_mq.testing.plugin import AmqpNames
@@ -104,12 +104,7 @@ def _consume_sync(
         received[message.message_id] = _digest(message.body)
 
     consumer = EncryptedConsumer.from_settings(settings, topology, handler)
-    watchdog = threading.Timer(TIMEOUT, consumer.stop)
-    watchdog.start()
-    try:
-        consumer.run(count=count)
-    finally:
-        watchdog.cancel()
+    run_at_most(consumer, count, TIMEOUT)
     return received, consumer
 
 
@@ -180,29 +175,13 @@ def test_v1_and_v2_producers_into_one_queue_the_asyncio_consumer_opens_both(
     assert not consumer.stats.quarantined
 
 
-def _environment(settings: Settings) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RABBITMQ_", "KMS_", "ALIBABA_CLOUD_", "EMQ_"))
-    }
-    env.update(
-        RABBITMQ_URL=",".join(settings.rabbitmq_urls),
-        KMS_ENDPOINT=settings.kms_endpoint or "",
-        KMS_KEY_ID=settings.kms_key_id or "",
-        ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id or "",
-        ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
-    )
-    return env
-
-
 def test_produce_wire_version_1_is_opened_by_the_consumer(
     emq_producer_settings: Settings,
     emq_consumer_settings: Settings,
     emq_amqp_names: AmqpNames,
     emq_rabbitmq_url: str,
 ) -> None:
-    env = _environment(emq_producer_settings)
+    env = env_for(emq_producer_settings)
     # What produce declares (the names fixture deletes it afterwards).
     topology = Topology(queue=emq_amqp_names.queue, exchange=emq_amqp_names.exchange)
     for argv, version in ((["--wire-version", "1"], 1), ([], 2)):

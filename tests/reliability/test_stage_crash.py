@@ -15,13 +15,13 @@ import contextlib
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pika
 import pytest
-from crash_kit import ENVELOPE_MQ, Processes, wait_until
+from command_kit import ENVELOPE_MQ_MODULE
+from crash_kit import Processes, wait_until
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer.publisher import EncryptedPublisher
@@ -36,7 +36,7 @@ from scenario_kit import (
     quick_publisher_options,
     settle,
 )
-from stage_kit import PipelineKms, pipeline_kms
+from stage_kit import PipelineKms, hop_topologies, pipeline_kms
 
 from envelope_mq.stage_output import output_message_id
 from envelope_mq.testing.ledger import MessageLedger
@@ -57,23 +57,11 @@ def kms() -> Iterator[PipelineKms]:
 @pytest.fixture
 def hops(emq_rabbitmq_url: str) -> Iterator[tuple[Topology, Topology]]:
     """Input and output, declared as the commands declare them; deleted after."""
-    tag = uuid.uuid4().hex[:8]
-    exchange = f"emq-test-stagecrash-{tag}"
-    made = [
-        Topology(queue=f"emq-test-stagecrash-{side}-{tag}", exchange=exchange)
-        for side in ("in", "out")
-    ]
-    yield made[0], made[1]
-    with contextlib.suppress(pika.exceptions.AMQPError):
-        connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-        try:
-            channel = connection.channel()
-            for topology in made:
-                channel.queue_delete(topology.queue)
-                channel.queue_delete(topology.quarantine_queue)
-            channel.exchange_delete(exchange)
-        finally:
-            connection.close()
+    with (
+        contextlib.suppress(pika.exceptions.AMQPError),
+        hop_topologies(emq_rabbitmq_url, plain=True, name="stagecrash") as made,
+    ):
+        yield made
 
 
 def test_a_stage_killed_three_times_loses_nothing_across_two_hops(
@@ -87,7 +75,8 @@ def test_a_stage_killed_three_times_loses_nothing_across_two_hops(
     urls = [emq_rabbitmq_url]
     ledger = MessageLedger("stage SIGKILLed 3 times mid-stream, two hops")
     env = {**os.environ, **kms.env("stage", urls)}
-    argv = [*ENVELOPE_MQ, "stage", "--queue", inp.queue, "--exchange", inp.exchange]
+    argv = [*ENVELOPE_MQ_MODULE, "stage"]
+    argv += ["--queue", inp.queue, "--exchange", inp.exchange]
     argv += ["--to-queue", out.queue, "--to-exchange", out.exchange]
     argv += ["--context", "stage=analytics", "--prefetch", "200"]
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pika
 import pika.exceptions
 import pytest
+from broker_kit import delete
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.producer.publisher import EncryptedPublisher
@@ -59,12 +60,7 @@ def output_queue(emq_rabbitmq_url: str, emq_amqp_names: AmqpNames) -> Iterator[s
     name = f"{emq_amqp_names.queue}-out"
     yield name
     with contextlib.suppress(pika.exceptions.AMQPError):
-        connection = pika.BlockingConnection(pika.URLParameters(emq_rabbitmq_url))
-        try:
-            connection.channel().queue_delete(name)
-            connection.channel().queue_delete(f"{name}.quarantine")
-        finally:
-            connection.close()
+        delete(emq_rabbitmq_url, [name, f"{name}.quarantine"])
 
 
 def test_a_stage_whose_connection_is_reset_again_and_again_loses_nothing(

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-import pika
 import pytest
+from broker_kit import queue_depth
+from command_kit import ENVELOPE_MQ, env_for
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared.amqp import Topology
-from envelope_mq.shared.config import Settings
 from identity_kit import TwoKeys, two_key_emulator
 from scenario_kit import (
     ConsumerThread,
@@ -37,7 +35,6 @@ from envelope_mq.testing.plugin import AmqpNames
 
 pytestmark = pytest.mark.security
 
-ENVELOPE_MQ = str(Path(sys.executable).with_name("envelope-mq"))
 COUNT = 5
 TIMEOUT = 120
 # KMS answers a request signed more than 15 minutes away from its clock so.
@@ -48,32 +45,6 @@ SKEW_SECONDS = 20 * 60
 def keys() -> Iterator[TwoKeys]:
     with two_key_emulator() as running:
         yield running
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    import os
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KMS_", "ALIBABA_CLOUD_", "RABBITMQ_", "EMQ_"))
-    }
-    env.update(
-        RABBITMQ_URL=",".join(settings.rabbitmq_urls),
-        KMS_ENDPOINT=settings.kms_endpoint or "",
-        ALIBABA_CLOUD_ACCESS_KEY_ID=settings.access_key_id or "",
-        ALIBABA_CLOUD_ACCESS_KEY_SECRET=settings.access_key_secret or "",
-    )
-    return env
-
-
-def _depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        declared = connection.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
 
 
 MISTAKES = {
@@ -128,7 +99,7 @@ def test_a_consumer_kms_refuses_exits_non_zero_and_leaves_every_message_queued(
             str(COUNT),
             *extra,
         ],
-        env=_env(broken),
+        env=env_for(broken),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -139,10 +110,10 @@ def test_a_consumer_kms_refuses_exits_non_zero_and_leaves_every_message_queued(
     assert code in done.stderr
     assert cause in done.stderr
     assert "Traceback" not in done.stderr
-    still_queued = _depth(emq_rabbitmq_url, topology.queue)
+    still_queued = queue_depth(emq_rabbitmq_url, topology.queue)
     ledger.fault("messages still in the queue after consume exited", still_queued)
     assert still_queued == COUNT
-    assert _depth(emq_rabbitmq_url, topology.quarantine_queue) == 0
+    assert queue_depth(emq_rabbitmq_url, topology.quarantine_queue) == 0
 
     consumer = EncryptedConsumer.from_settings(good, topology, ledger_handler(ledger))
     with QuarantineWatcher(list(urls), topology, ledger), ConsumerThread(consumer):

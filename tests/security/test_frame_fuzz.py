@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import pika
 import pytest
+from broker_kit import queue_depth
 from envelope_mq.consumer.worker import EncryptedConsumer
 from envelope_mq.shared import wire
 from envelope_mq.shared.content_header import MAX_DEPTH
@@ -441,15 +441,6 @@ class Run:
 
     def identify(self, body: bytes) -> str | None:
         return self.traces_by_body.get(body)
-
-
-def queue_depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        declared = connection.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
 
 
 def test_ten_thousand_raw_frames_never_stop_or_stall_the_consumer(

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import pika
 import pytest
+from broker_kit import queue_depth
 from envelope_mq.consumer.peek import peek
 from envelope_mq.consumer.replay import replay_quarantine
 from envelope_mq.consumer.transport import QUARANTINE_DEFECTS_HEADER
@@ -240,15 +240,6 @@ async def consume_one_async(
             consumer.run(ledger_handler(ledger), count=1), SETTLE_SECONDS
         )
     return stats.reconnects
-
-
-def queue_depth(url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        declared = connection.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
