@@ -401,7 +401,11 @@ class UnwrapCache:
             KmsRequestError: KMS refused (now, or within ``negative_ttl``).
             KmsUnavailableError: KMS could not answer.
         """
-        key = _cache_key(wrapped, context)
+        return self._unwrap(_cache_key(wrapped, context), wrapped, context)
+
+    def _unwrap(
+        self, key: _CacheKey, wrapped: str, context: Mapping[str, str]
+    ) -> UnwrappedKey:
         with self._lock:
             found = self._keys.get(key)
             if found is not None and self._clock() < found[1]:
@@ -453,7 +457,7 @@ class UnwrapCache:
                 return copy, found[0]
         finally:
             lock.release()
-        return copy, self.unwrap(copy.blob, context)
+        return copy, self._unwrap(key, copy.blob, context)
 
     def unwrap_by(self, lookup: UnwrapLookup) -> tuple[WrappedCopy, UnwrappedKey]:
         """:meth:`unwrap_any` of ``lookup``'s copies and context, its key ready.
@@ -471,8 +475,10 @@ class UnwrapCache:
                 return lookup.copy, found[0]
         finally:
             lock.release()
+        # Under the lookup's own key: the entry a miss makes is then found
+        # by identity, not by comparing tuples, message after message.
         copy = lookup.copy
-        return copy, self.unwrap(copy.blob, lookup.context)
+        return copy, self._unwrap(key, copy.blob, lookup.context)
 
     def unwrap_any_cached(
         self, copies: Sequence[WrappedCopy], context: Mapping[str, str]
