@@ -209,6 +209,8 @@ class OpenedMessage:
 
 
 _NO_CAUSE = wire_v2.cause_field(None)
+# Builds the result objects of seal and open without an __init__ call.
+_new_object = object.__new__
 
 
 def _message_aads(key_aad: bytes, version: int) -> wire.MessageAad:
@@ -345,7 +347,14 @@ class Sealer:
         headers = current.headers.copy()  # the caller's to add to
         if cause is not None:
             headers[wire_v2.CAUSE_HEADER] = cause
-        return SealedMessage(nonce + sealed, headers, meta)
+        # SealedMessage(nonce + sealed, headers, meta), filled as its
+        # __init__ does, without that call's frame: once per message.
+        message = _new_object(SealedMessage)
+        fields = message.__dict__
+        fields["body"] = nonce + sealed
+        fields["headers"] = headers
+        fields["meta"] = meta
+        return message
 
     def _prepare(self, data_key: DataKey) -> _SealingKey:
         key_id, wrapped = data_key.key_id, data_key.wrapped
@@ -528,7 +537,15 @@ class Opener:
         # of a sender that names its key by KeyId.
         if (claimed != verified or not claimed) and not same_key(claimed, verified):
             raise KeyMismatchError(claimed, verified)
-        return OpenedMessage(plaintext, header.context, unwrapped.key_id, meta)
+        # OpenedMessage(plaintext, header.context, unwrapped.key_id, meta),
+        # filled as in seal.
+        opened = _new_object(OpenedMessage)
+        fields = opened.__dict__
+        fields["plaintext"] = plaintext
+        fields["context"] = header.context
+        fields["key_id"] = verified
+        fields["meta"] = meta
+        return opened
 
     def _cipher_for(self, key: bytes) -> Aes256Gcm:
         if type(key) is not bytes or len(key) != KEY_SIZE:
