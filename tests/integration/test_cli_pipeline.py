@@ -12,40 +12,18 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from command_kit import ENVELOPE_MQ, env_for
+from command_kit import (
+    ENVELOPE_MQ,
+    TIMEOUT,
+    env_for,
+    finish,
+    produce,
+    start_consume,
+    topology_args,
+)
 from envelope_mq.shared.config import Settings
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 120
-
-
-def topology_args(names: Any) -> list[str]:
-    return ["--queue", names.queue, "--exchange", names.exchange]
-
-
-def produce(settings: Settings, names: Any, lines: list[str], *extra: str) -> str:
-    done = subprocess.run(
-        [ENVELOPE_MQ, "produce", *topology_args(names), *extra],
-        input="".join(f"{line}\n" for line in lines),
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
-def start_consume(settings: Settings, names: Any, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [ENVELOPE_MQ, "consume", *topology_args(names), *extra],
-        env=env_for(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def line_reader(stream: IO[str]) -> queue.Queue[str]:
@@ -59,11 +37,6 @@ def line_reader(stream: IO[str]) -> queue.Queue[str]:
 
     threading.Thread(target=pump, daemon=True).start()
     return lines
-
-
-def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=TIMEOUT)
-    return process.returncode, out, err
 
 
 def test_produced_lines_come_out_of_consume_as_json(

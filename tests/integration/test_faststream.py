@@ -16,6 +16,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from command_kit import finish, produce, start_consume
 from envelope_mq.consumer.policy import ContextPolicy
 from envelope_mq.consumer.transport import (
     QUARANTINE_QUEUE_HEADER,
@@ -36,7 +37,6 @@ from faststream.rabbit import (
 from pydantic import BaseModel
 
 from envelope_mq.faststream import EnvelopeMiddleware, guard_connection
-from tests.integration.test_cli_pipeline import finish, produce, start_consume
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from typing import Any
 import pika
 import pytest
 from command_kit import env_for
+from docs_kit import DOCS, run_example
 from envelope_mq.shared.config import Settings
 
 from envelope_mq.testing.kms import Credentials
-from tests.integration.test_docs_examples import DOCS, _run
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_the_two_stage_pipeline_runs_program_by_program(
     out = {}
     for role in ROLES:
         env = {**env_for(settings[role]), "EMQ_QUEUE": prefix}
-        out[role] = _run(tmp_path, blocks[role], env)
+        out[role] = run_example(tmp_path, blocks[role], env)
     assert "published 3 orders" in out["producer"]
     assert "tenant stage: 3 orders in, 2 out" in out["tenant-stage"]
     assert "analytics stage: 2 in, 2 out" in out["analytics-stage"]

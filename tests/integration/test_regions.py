@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 
 import pika
 import pytest
-from command_kit import ENVELOPE_MQ, env_for
+from command_kit import ENVELOPE_MQ, TIMEOUT, env_for
 from envelope_mq.consumer.message import ReceivedMessage
 from envelope_mq.consumer.worker import ConsumerStats, EncryptedConsumer
 from envelope_mq.producer import EncryptedPublisher
@@ -55,7 +55,6 @@ from envelope_mq.testing.plugin import AmqpNames
 pytestmark = pytest.mark.integration
 
 CONTEXT = {"queue": "orders", "tenant": "a"}
-TIMEOUT = 120  # seconds a command may take
 
 
 def _dead_endpoint() -> str:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 from broker_kit import throwaway_queue
+from docs_kit import example_env, examples, run_example
 from envelope_mq.shared.config import Settings
-
-from tests.integration.test_docs_examples import _env, _run, examples
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +32,16 @@ def test_the_stream_examples_run_and_a_rerun_resumes(
     (producer,) = [code for role, code in blocks if role == "producer"]
     (consumer,) = [code for role, code in blocks if role == "consumer"]
     assert not [code for role, code in blocks if role is None]
-    produced = _env(emq_producer_settings, queue)
+    produced = example_env(emq_producer_settings, queue)
     consuming = {
-        **(_env(emq_consumer_settings, queue) or {}),
+        **(example_env(emq_consumer_settings, queue) or {}),
         "EMQ_OFFSET_FILE": str(tmp_path / "events.offset"),
     }
 
-    assert "published 5 events" in _run(tmp_path, producer, produced)
-    first = _run(tmp_path, consumer, consuming)
+    assert "published 5 events" in run_example(tmp_path, producer, produced)
+    first = run_example(tmp_path, consumer, consuming)
     assert "read 5 events, acme event 0 first; position 4" in first
-    _run(tmp_path, producer, produced)
-    second = _run(tmp_path, consumer, consuming)
+    run_example(tmp_path, producer, produced)
+    second = run_example(tmp_path, consumer, consuming)
     assert "read 5 events, acme event 0 first; position 9" in second
     assert (tmp_path / "events.offset").read_text() == "9\n"
