@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from command_kit import ENVELOPE_MQ_MODULE
-from scenario_kit import PATIENCE
+from envelope_mq.shared.amqp import Topology
+from scenario_kit import (
+    PATIENCE,
+    QuarantineWatcher,
+    confirm_all,
+    scenario_publisher,
+    settle,
+    stream_in_background,
+)
 
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
@@ -27,6 +35,7 @@ __all__ = [
     "OutputTail",
     "Processes",
     "consumer_env",
+    "consumers_killed_while_publishing",
     "kill_consumers_mid_stream",
     "wait_until",
 ]
@@ -172,3 +181,47 @@ def kill_consumers_mid_stream(
         if after_kill is not None:
             after_kill()
     return start(directory / "run-last.jsonl")
+
+
+def consumers_killed_while_publishing(
+    kms: KmsFixture,
+    rabbitmq_url: str,
+    topology: Topology,
+    ledger: MessageLedger,
+    start: Callable[[Path], KillableProcess],
+    directory: Path,
+    *,
+    messages: int,
+    kills: int,
+    lines_before_kill: int,
+) -> tuple[list[str], int]:
+    """Publish ``messages`` at about 1,000 a second (so the kills land while
+    messages still arrive) while :func:`kill_consumers_mid_stream` kills the
+    consumers ``start`` starts; the last one handles the rest and is stopped
+    with SIGTERM. The publishes' errors and the last consumer's exit code."""
+    tail = OutputTail(ledger)
+    publisher = scenario_publisher(kms, [rabbitmq_url], topology)
+    producer, sent = stream_in_background(
+        publisher,
+        ledger,
+        count=messages,
+        size=300,
+        tag="kill",
+        pause_every=100,
+        pause=0.1,
+    )
+    with QuarantineWatcher([rabbitmq_url], topology, ledger), publisher:
+        producer.start()
+        final = kill_consumers_mid_stream(
+            start,
+            tail,
+            ledger,
+            directory,
+            kills=kills,
+            lines_before_kill=lines_before_kill,
+        )
+        producer.join(PATIENCE)
+        errors = confirm_all(publisher, ledger, sent)
+        tail.wait_handled(directory, messages, "every message to be handled")
+        settle(ledger, timeout=5)
+        return errors, final.terminate()

@@ -15,17 +15,15 @@ from pathlib import Path
 import pytest
 from crash_kit import (
     KillableProcess,
-    OutputTail,
     Processes,
     consumer_env,
-    kill_consumers_mid_stream,
+    consumers_killed_while_publishing,
 )
 from envelope_mq.producer.options import TransportStats
 from envelope_mq.shared.amqp import Topology
 from envelope_mq.shared.config import Settings
 from scenario_kit import (
     FAST_RECONNECT,
-    PATIENCE,
     AsyncConsumerThread,
     QuarantineWatcher,
     address_of,
@@ -37,7 +35,6 @@ from scenario_kit import (
     scenario_publisher,
     scenario_topology,
     settle,
-    stream_in_background,
 )
 
 from envelope_mq.aio import AsyncEncryptedConsumer, AsyncEncryptedPublisher
@@ -105,38 +102,24 @@ def test_asyncio_consumers_killed_three_times_lose_nothing(
         emq_amqp_names.queue, emq_amqp_names.exchange, expires=False
     )
     env = consumer_env(emq_kms, emq_rabbitmq_url)
-    tail = OutputTail(ledger)
-    publisher = scenario_publisher(emq_kms, [emq_rabbitmq_url], topology)
-    producer, sent = stream_in_background(
-        publisher,
+
+    def start(out: Path) -> KillableProcess:
+        argv = [sys.executable, str(PROCESS), str(out)]
+        argv += [topology.queue, topology.exchange]
+        return processes.start(argv, env, out.with_suffix(".stderr"))
+
+    errors, exit_code = consumers_killed_while_publishing(
+        emq_kms,
+        emq_rabbitmq_url,
+        topology,
         ledger,
-        count=messages,
-        size=300,
-        tag="kill",
-        pause_every=100,
-        pause=0.1,
+        start,
+        tmp_path,
+        messages=messages,
+        kills=kills,
+        lines_before_kill=lines_before_kill,
     )
-    with QuarantineWatcher([emq_rabbitmq_url], topology, ledger), publisher:
-        producer.start()
-
-        def start(out: Path) -> KillableProcess:
-            argv = [sys.executable, str(PROCESS), str(out)]
-            argv += [topology.queue, topology.exchange]
-            return processes.start(argv, env, out.with_suffix(".stderr"))
-
-        final = kill_consumers_mid_stream(
-            start,
-            tail,
-            ledger,
-            tmp_path,
-            kills=kills,
-            lines_before_kill=lines_before_kill,
-        )
-        producer.join(PATIENCE)
-        errors = confirm_all(publisher, ledger, sent)
-        tail.wait_handled(tmp_path, messages, "every message to be handled")
-        settle(ledger, timeout=5)
-        assert final.terminate() == 0
+    assert exit_code == 0
     assert errors == []
     report = ledger.check()
     assert report["quarantined"] == {}

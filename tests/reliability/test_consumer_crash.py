@@ -11,16 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from crash_kit import OutputTail, Processes, consumer_env, kill_consumers_mid_stream
-from scenario_kit import (
-    PATIENCE,
-    QuarantineWatcher,
-    confirm_all,
-    scenario_publisher,
-    scenario_topology,
-    settle,
-    stream_in_background,
-)
+from crash_kit import Processes, consumer_env, consumers_killed_while_publishing
+from scenario_kit import scenario_topology
 
 from envelope_mq.testing.kms import KmsFixture
 from envelope_mq.testing.ledger import MessageLedger
@@ -49,34 +41,18 @@ def test_consumers_killed_three_times_lose_nothing(
     env = consumer_env(emq_kms, emq_rabbitmq_url)
     args = ["--queue", topology.queue, "--exchange", topology.exchange]
     args += ["--prefetch", "200"]
-    tail = OutputTail(ledger)
-
-    publisher = scenario_publisher(emq_kms, [emq_rabbitmq_url], topology)
-    # About 1,000 messages/s, so the kills land while messages still arrive.
-    producer, sent = stream_in_background(
-        publisher,
+    errors, exit_code = consumers_killed_while_publishing(
+        emq_kms,
+        emq_rabbitmq_url,
+        topology,
         ledger,
-        count=MESSAGES,
-        size=300,
-        tag="kill",
-        pause_every=100,
-        pause=0.1,
+        lambda out: processes.consume(env, args, out),
+        tmp_path,
+        messages=MESSAGES,
+        kills=KILLS,
+        lines_before_kill=LINES_BEFORE_KILL,
     )
-    with QuarantineWatcher([emq_rabbitmq_url], topology, ledger), publisher:
-        producer.start()
-        final = kill_consumers_mid_stream(
-            lambda out: processes.consume(env, args, out),
-            tail,
-            ledger,
-            tmp_path,
-            kills=KILLS,
-            lines_before_kill=LINES_BEFORE_KILL,
-        )
-        producer.join(PATIENCE)
-        errors = confirm_all(publisher, ledger, sent)
-        tail.wait_handled(tmp_path, MESSAGES, "every message to be handled")
-        settle(ledger, timeout=5)
-        assert final.terminate() == 0
+    assert exit_code == 0
     assert errors == []
     report = ledger.check()
     assert report["quarantined"] == {}
