@@ -12,6 +12,7 @@ from envelope_mq.shared.envelope import (
     MessageMeta,
     OpenedMessage,
     Opener,
+    SealedMessage,
 )
 from envelope_mq.shared.envelope import Sealer as _Sealer
 from envelope_mq.shared.errors import (
@@ -241,6 +242,26 @@ def test_body_moved_under_another_messages_headers_fails() -> None:
     opener = Opener(KnownKeys())
     with pytest.raises(DecryptionError):
         _open(opener, second.headers, first.body, second.meta)
+
+
+@pytest.mark.parametrize("wire_version", [1, 2])
+def test_sealed_and_opened_messages_are_what_their_constructors_give(
+    wire_version: int,
+) -> None:
+    # seal and open fill their results in place, without __init__.
+    provider = InMemoryKeyProvider()
+    sealer = Sealer(DataKeyCache(provider), KEY_ID, CONTEXT, wire_version=wire_version)
+    opener = Opener(UnwrapCache(provider))
+    for _ in range(2):  # a miss, then a hit on both sides
+        sealed = sealer.seal(b"secret plaintext", META)
+        assert sealed == SealedMessage(sealed.body, sealed.headers, META)
+        opened = opener.open(sealed.body, opener.parse(sealed.headers), META)
+        assert opened == OpenedMessage(b"secret plaintext", CONTEXT, KEY_ID, META)
+        assert "secret" not in repr(opened)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            opened.key_id = "other"  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            sealed.body = b""  # type: ignore[misc]
 
 
 def test_a_cached_data_key_opens_only_under_exactly_what_it_was_sealed_with() -> None:
