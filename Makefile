@@ -49,7 +49,8 @@ bench: $(TREE)
 	$(VENV)/bin/python -m pip install --quiet '.[test,bench]' $(EDITABLE)
 	$(VENV)/bin/envelope-mq bench --check
 
-# The producer tests on the oldest and newest pika of the dependency range, each
+# The tests that reach into pika (producer, consumer outlet, header decoder) on the
+# oldest and newest pika of the dependency range, each
 # in a throwaway venv under /tmp built from the wheel (not part of `make test`).
 pika-range:
 	PYTHON=$(PYTHON) scripts/pika-range.sh

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The producer's tests on the oldest and the newest pika that pyproject's range
+# The tests of everything that reaches into pika (producer, consumer outlet,
+# content header decoder) on the oldest and the newest pika that pyproject's range
 # allows, each in a throwaway venv made from the built wheel (not part of
 # `make test`: it downloads two pikas and installs the wheel twice).
 #
@@ -35,6 +36,8 @@ for version in "$OLDEST" "$PIKA_NEWEST"; do
   "$venv/bin/python" -c "import pika, sys; sys.exit(pika.__version__ != '$version')"
   # -p no:cacheprovider: nothing written into the checkout.
   "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/unit/test_producer_*.py tests/integration/test_producer*.py || status=1
+    tests/unit/test_producer_*.py tests/integration/test_producer*.py \
+    tests/unit/test_consumer_outlet.py tests/integration/test_outlet_paths.py \
+    tests/integration/test_consumer_header_fallback.py || status=1
 done
 exit $status
